@@ -1,0 +1,160 @@
+"""Checkpoints: weights, architecture spec and config in one safetensors file, written atomically.
+
+A checkpoint never contains pickled code: tensors are stored with safetensors and everything else
+(architecture spec, structural transforms, run config, metrics, optimizer hyper-parameters) as JSON
+in the file's header. Files are written to a temporary name and renamed, so an interrupted write
+never leaves a half-written checkpoint in place.
+
+Tensor keys are namespaced: `model/...` (weights), `ema/...` (EMA weights), `optim/...`
+(optimizer state), `extra/...` (anything else a trainer needs to resume, e.g. RNG state).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from effdl.errors import EffdlError
+from effdl.models.registry import create_model, model_spec
+from effdl.models.transforms import model_transforms, replay_transforms
+
+FORMAT_VERSION = 1
+_META_KEY = "effdl"
+
+
+def _plain(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # safetensors refuses shared or non-contiguous storage; checkpoints are small enough to copy.
+    return {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
+
+
+def write_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
+    """Atomically write `tensors` and JSON `meta` to `path` (a .safetensors file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = {_META_KEY: json.dumps({"format_version": FORMAT_VERSION, **meta})}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(_plain(tensors), tmp, metadata=header)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a checkpoint's tensors and metadata; a clear EffdlError if missing or corrupt."""
+    path = Path(path)
+    if not path.is_file():
+        raise EffdlError(f"checkpoint not found: {path}")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+        tensors = load_file(str(path))
+        meta = json.loads(header[_META_KEY])
+    except (SafetensorError, OSError, KeyError, ValueError, RuntimeError) as exc:
+        raise EffdlError(f"{path} is not a readable effdl checkpoint (corrupt or truncated?): {exc}") from None
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise EffdlError(f"{path} was written by a newer effdl (format {meta['format_version']})")
+    return tensors, meta
+
+
+def split_namespace(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The tensors under `prefix/`, with the prefix removed."""
+    p = prefix + "/"
+    return {k[len(p):]: v for k, v in tensors.items() if k.startswith(p)}
+
+
+def with_namespace(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {f"{prefix}/{k}": v for k, v in tensors.items()}
+
+
+def model_meta(model: nn.Module) -> dict[str, Any]:
+    """The architecture part of a checkpoint's metadata: spec and structural transforms."""
+    spec = model_spec(model)
+    if spec is None:
+        raise EffdlError(
+            "this model was not built by effdl.create_model, so a checkpoint could not rebuild it; "
+            "build it with create_model (or register its factory with register_model)"
+        )
+    return {"spec": spec, "transforms": model_transforms(model)}
+
+
+def save_model(
+    path: str | Path,
+    model: nn.Module,
+    *,
+    config: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+    extra_tensors: dict[str, torch.Tensor] | None = None,
+    extra_meta: dict[str, Any] | None = None,
+) -> Path:
+    """Save `model` (built by create_model, possibly transformed) with its config and metrics."""
+    tensors = with_namespace(model.state_dict(), "model")
+    tensors.update(extra_tensors or {})
+    meta = {**model_meta(model), "config": config or {}, "metrics": metrics or {}, **(extra_meta or {})}
+    return write_checkpoint(path, tensors, meta)
+
+
+def build_model(meta: dict[str, Any]) -> nn.Module:
+    """Rebuild the (untrained) architecture a checkpoint describes."""
+    spec = meta.get("spec")
+    if not spec:
+        raise EffdlError("checkpoint has no architecture spec")
+    model = create_model(spec["name"], **spec.get("kwargs", {}))
+    return replay_transforms(model, meta.get("transforms", []))
+
+
+def load_model(path: str | Path, *, namespace: str = "model") -> tuple[nn.Module, dict[str, Any]]:
+    """Load a checkpoint as (model, metadata). `namespace="ema"` loads the EMA weights instead."""
+    tensors, meta = read_checkpoint(path)
+    model = build_model(meta)
+    state = split_namespace(tensors, namespace)
+    if not state:
+        raise EffdlError(f"{path} holds no '{namespace}' weights")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        raise EffdlError(f"{path}: weights do not fit the architecture: {' '.join(first[:2])}") from None
+    return model.eval(), meta
+
+
+def optimizer_to_checkpoint(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split an optimizer's state into tensors and JSON-able metadata."""
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for pid, state in sd["state"].items():
+        for key, value in state.items():
+            if torch.is_tensor(value):
+                tensors[f"optim/{pid}/{key}"] = value
+            else:
+                scalars[f"{pid}/{key}"] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def optimizer_from_checkpoint(
+    opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]
+) -> None:
+    """Restore an optimizer saved with `optimizer_to_checkpoint`."""
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in split_namespace(tensors, "optim").items():
+        pid, name = key.split("/", 1)
+        state.setdefault(int(pid), {})[name] = value
+    for key, value in meta["scalars"].items():
+        pid, name = key.split("/", 1)
+        state.setdefault(int(pid), {})[name] = value
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})

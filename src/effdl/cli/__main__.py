@@ -1,0 +1,5 @@
+import sys
+
+from effdl.cli import main
+
+sys.exit(main())

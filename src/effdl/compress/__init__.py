@@ -1,0 +1,4 @@
+"""Compression techniques: quantize, prune, factorize, distill. Each is a function over any nn.Module.
+
+Importing this package registers every technique's checkpoint replay (see models/transforms.py).
+"""

@@ -1,0 +1,1 @@
+"""distill (to be filled)."""

@@ -1,0 +1,1 @@
+"""factorize (to be filled)."""

@@ -1,0 +1,1 @@
+"""prune (to be filled)."""

@@ -1,0 +1,1 @@
+"""deploy (to be filled)."""

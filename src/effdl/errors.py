@@ -1,0 +1,18 @@
+"""User-facing errors: anything raised as EffdlError is shown by the CLI as one clear line."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class EffdlError(Exception):
+    """An error caused by user input (bad name, missing file, malformed config...)."""
+
+
+def unknown_name_error(kind: str, name: str, known: Iterable[str]) -> EffdlError:
+    """An EffdlError for an unknown `name`, suggesting the closest `known` names."""
+    known = sorted(known)
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(known[:40])}"
+    return EffdlError(f"unknown {kind} '{name}'{hint}")

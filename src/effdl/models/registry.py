@@ -1,0 +1,68 @@
+"""Model registry: every architecture is a named factory; `create_model` builds one by name.
+
+Factories are registered with `@register_model`. A model built here remembers how it was built
+(`model.effdl_spec = {"name": ..., "kwargs": {...}}`) so that checkpoints can rebuild it.
+Names with a `tv:` prefix build torchvision classification models (see `torchvision_models.py`).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from effdl.errors import EffdlError, unknown_name_error
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+_TV_PREFIX = "tv:"
+
+
+def register_model(fn: Callable[..., nn.Module] | None = None, *, name: str | None = None):
+    """Register a model factory under `name` (default: the function's name)."""
+
+    def wrap(f: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        key = name or f.__name__
+        if key in _REGISTRY:
+            raise ValueError(f"model '{key}' registered twice")
+        _REGISTRY[key] = f
+        return f
+
+    return wrap(fn) if fn is not None else wrap
+
+
+def list_models() -> list[str]:
+    """Names of every registered (non-torchvision) model, sorted."""
+    return sorted(_REGISTRY)
+
+
+def model_factory(name: str) -> Callable[..., nn.Module]:
+    if name.startswith(_TV_PREFIX):
+        from effdl.models.torchvision_models import torchvision_factory
+
+        return torchvision_factory(name[len(_TV_PREFIX):])
+    if name not in _REGISTRY:
+        raise unknown_name_error("model", name, _REGISTRY)
+    return _REGISTRY[name]
+
+
+def create_model(name: str, num_classes: int = 10, **kwargs: Any) -> nn.Module:
+    """Build model `name` for `num_classes` classes; extra kwargs go to its factory."""
+    factory = model_factory(name)
+    accepted = inspect.signature(factory).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
+    unknown = [k for k in kwargs if k not in accepted and not takes_any]
+    if unknown:
+        raise EffdlError(
+            f"model '{name}' has no option {', '.join(unknown)}; "
+            f"options: {', '.join(k for k in accepted if k != 'num_classes') or 'none'}"
+        )
+    model = factory(num_classes=num_classes, **kwargs)
+    model.effdl_spec = {"name": name, "kwargs": {"num_classes": num_classes, **kwargs}}
+    return model
+
+
+def model_spec(model: nn.Module) -> dict[str, Any] | None:
+    """How `model` was built ({"name", "kwargs"}), or None if not built by `create_model`."""
+    return getattr(model, "effdl_spec", None)
