@@ -1,0 +1,48 @@
+"""Argument helpers shared by the CLI commands: data, device, and 'checkpoint or model name'."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from effdl.checkpoint import load_model
+from effdl.data import ImageDataset, load_dataset
+from effdl.models import create_model
+
+
+def add_data_args(parser: argparse.ArgumentParser, default: str | None = None) -> None:
+    parser.add_argument("--data", default=default, help="dataset: cifar10, cifar100, imagefolder:PATH, synthetic")
+    parser.add_argument("--data-root", default=None, help="where datasets live (default: $EFFDL_DATA)")
+
+
+def add_device_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def dataset_from_args(args: argparse.Namespace, config: dict[str, Any] | None = None) -> ImageDataset:
+    """The dataset named on the command line, else the one a checkpoint's config names."""
+    config = config or {}
+    name = args.data or config.get("dataset")
+    root = args.data_root or config.get("data_root")
+    if not name:
+        from effdl.errors import EffdlError
+
+        raise EffdlError("no dataset given: pass --data NAME")
+    return load_dataset(name, root=root)
+
+
+def model_from_ref(ref: str, num_classes: int = 10) -> tuple[nn.Module, dict[str, Any]]:
+    """A model from a checkpoint path, or a fresh one from a registered name (meta is then {})."""
+    if ref.endswith(".safetensors") or Path(ref).exists():
+        return load_model(ref)
+    return create_model(ref, num_classes=num_classes).eval(), {}
