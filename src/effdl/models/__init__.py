@@ -4,5 +4,25 @@ from effdl.models.registry import create_model, list_models, model_spec, registe
 
 # Importing each family registers its models.
 from effdl.models import resnet  # noqa: F401  isort: skip
+from effdl.models import (  # noqa: F401  isort: skip
+    densenet,
+    fastnet,
+    mobilenet,
+    preact_resnet,
+    resnext,
+    senet,
+    shufflenet,
+    squeezenet,
+    vgg,
+    wrn,
+)
+from effdl.models.catalog import count_parameters, describe_models  # noqa: E402
 
-__all__ = ["create_model", "list_models", "model_spec", "register_model"]
+__all__ = [
+    "count_parameters",
+    "create_model",
+    "describe_models",
+    "list_models",
+    "model_spec",
+    "register_model",
+]
