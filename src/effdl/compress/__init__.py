@@ -2,3 +2,5 @@
 
 Importing this package registers every technique's checkpoint replay (see models/transforms.py).
 """
+
+from effdl.compress import quantize  # noqa: F401,E402  registers the quantization replays

@@ -1,0 +1,195 @@
+"""The quantization verbs: `quantize_(model, config)`, `calibrate`, and their checkpoint replays.
+
+    quantize_(model, FakeQuantConfig(weight_bits=4, act_bits=4, method="lsq"))
+    quantize_(model, Int8StaticConfig(calibration="mse")); calibrate(model, images)
+    quantize_(model, Float16Config("bfloat16"))
+
+Only plain nn.Conv2d and nn.Linear layers are quantized; other layers holding weights (Conv1d,
+ConvTranspose2d, Embedding...) are skipped and listed in one warning, never mis-quantized.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from effdl.compress.quantize.config import Float16Config
+from effdl.compress.quantize.layers import QUANTIZABLE, is_quantized_layer, quantize_layer
+from effdl.compress.quantize.quantizers import RangeAct
+from effdl.data import ImageDataset
+from effdl.data.loader import BatchLoader
+from effdl.errors import EffdlError
+from effdl.measure.bits import verify_weight_bits
+from effdl.models.transforms import record_transform, register_transform
+
+MIN_CALIBRATION_IMAGES = 64
+FilterFn = Callable[[nn.Module, str], bool]
+_HALF_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def quantized_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Every quantized layer of `model`, by name."""
+    return {name: m for name, m in model.named_modules() if is_quantized_layer(m)}
+
+
+def is_quantized(model: nn.Module) -> bool:
+    """True if any layer is quantized or the model was converted to half precision."""
+    return bool(quantized_layers(model)) or getattr(model, "effdl_half_dtype", None) is not None
+
+
+def _skipped_layers(model: nn.Module) -> list[str]:
+    skipped = []
+    for name, module in model.named_modules():
+        weight = getattr(module, "weight", None)
+        has_matrix = isinstance(weight, torch.Tensor) and weight.dim() >= 2
+        if has_matrix and type(module) not in QUANTIZABLE and not is_quantized_layer(module):
+            skipped.append(f"{name} ({type(module).__name__})")
+    return skipped
+
+
+def quantize_(model: nn.Module, config: Any, filter_fn: FilterFn | None = None) -> nn.Module:
+    """Quantize `model` in place as `config` says and return it.
+
+    filter_fn(module, name) -> bool restricts which Conv2d / Linear layers are quantized.
+    Raises EffdlError if the model is already quantized or nothing can be quantized.
+    """
+    if is_quantized(model):
+        raise EffdlError("this model is already quantized; start again from the float (unquantized) model")
+    if isinstance(config, Float16Config):
+        return to_half_(model, config.dtype)
+    if not hasattr(config, "layer_spec"):
+        raise EffdlError(f"{type(config).__name__} is not a quantization config")
+    candidates = [(n, m) for n, m in model.named_modules() if type(m) in QUANTIZABLE]
+    skipped = _skipped_layers(model)
+    if skipped:
+        warnings.warn(f"quantize_: unsupported layer types left in float: {', '.join(skipped)}", stacklevel=2)
+    specs: dict[str, dict[str, Any]] = {}
+    for index, (name, module) in enumerate(candidates):
+        if filter_fn is not None and not filter_fn(module, name):
+            continue
+        position = "first" if index == 0 else "last" if index == len(candidates) - 1 else "middle"
+        spec = config.layer_spec(name, module, position)
+        if spec is not None:
+            specs[name] = spec
+    if not specs:
+        raise EffdlError("no Conv2d or Linear layer to quantize (check filter_fn and the model)")
+    _apply_specs(model, specs, fit=True)
+    record_transform(model, "quantize", {"layers": specs})
+    return model
+
+
+def _apply_specs(model: nn.Module, specs: dict[str, dict[str, Any]], fit: bool) -> None:
+    for name, spec in specs.items():
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, quantize_layer(getattr(parent, child), spec, fit=fit))
+    clip_latent_weights_(model)
+
+
+@register_transform("quantize")
+def _replay_quantize(model: nn.Module, layers: dict[str, dict[str, Any]]) -> None:
+    _apply_specs(model, layers, fit=False)
+
+
+def verify_model_bits(model: nn.Module) -> dict[str, int]:
+    """Check every quantized layer holds no more distinct weights than it declares; name -> bits."""
+    layers = quantized_layers(model)
+    for name, layer in layers.items():
+        verify_weight_bits(layer, name)
+    return {name: layer.weight_bits for name, layer in layers.items()}
+
+
+@torch.no_grad()
+def clip_latent_weights_(model: nn.Module) -> None:
+    """Clip the latent float weights of BinaryConnect layers to [-1, 1] (call after each step)."""
+    for layer in quantized_layers(model).values():
+        if getattr(layer.weight_quantizer, "clip_latent", False):
+            layer.weight.clamp_(-1, 1)
+
+
+class QuantizationCallback:
+    """Trainer callback for quantization-aware training: keeps BinaryConnect latent weights in [-1, 1]."""
+
+    def on_after_step(self, trainer: Any) -> None:
+        clip_latent_weights_(trainer.model)
+
+
+# ------------------------------------------------------------------------------ half precision
+
+
+def _cast_input(dtype: torch.dtype):
+    def hook(module: nn.Module, args: tuple) -> tuple:
+        return tuple(a.to(dtype) if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
+
+    return hook
+
+
+def _make_half(model: nn.Module, dtype_name: str) -> nn.Module:
+    model.to(_HALF_DTYPES[dtype_name])
+    model.register_forward_pre_hook(_cast_input(_HALF_DTYPES[dtype_name]))
+    model.effdl_half_dtype = dtype_name
+    return model
+
+
+def to_half_(model: nn.Module, dtype: str = "float16") -> nn.Module:
+    """Convert every parameter and buffer to float16 / bfloat16; inputs are cast on the way in."""
+    Float16Config(dtype)  # validates the name
+    _make_half(model, dtype)
+    record_transform(model, "half", {"dtype": dtype})
+    return model
+
+
+@register_transform("half")
+def _replay_half(model: nn.Module, dtype: str) -> None:
+    _make_half(model, dtype)
+
+
+# --------------------------------------------------------------------------------- calibration
+
+
+def calibration_images(data: ImageDataset, count: int = 512, seed: int = 0) -> torch.Tensor:
+    """`count` normalised training images drawn at random (seeded), as the model takes them."""
+    if count > len(data.train_labels):
+        raise EffdlError(f"asked for {count} calibration images but the training split has {len(data.train_labels)}")
+    order = torch.randperm(len(data.train_labels), generator=torch.Generator().manual_seed(seed))[:count]
+    loader = BatchLoader.for_split(data, "train")
+    return loader.normalize(data.train_images[order])
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, images: torch.Tensor, batch_size: int = 64) -> nn.Module:
+    """Set every activation range of an int8-static model from `images` (normalised, NCHW).
+
+    Each quantizer uses its own method: minmax (observed extremes), percentile (a histogram
+    quantile) or mse (the range minimising the expected squared error over the histogram).
+    """
+    observers = [m for m in model.modules() if isinstance(m, RangeAct)]
+    if not observers:
+        raise EffdlError("nothing to calibrate: the model has no calibrated activation quantizers (Int8StaticConfig)")
+    if len(images) < MIN_CALIBRATION_IMAGES:
+        raise EffdlError(
+            f"calibration needs at least {MIN_CALIBRATION_IMAGES} images (a few hundred is best), got {len(images)}"
+        )
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    passes = ["range"] + (["histogram"] if any(o.method in ("percentile", "mse") for o in observers) else [])
+    try:
+        for phase in passes:
+            for observer in observers:
+                observer.observing = phase
+            for start in range(0, len(images), batch_size):
+                model(images[start : start + batch_size].to(device))
+    except BaseException:
+        for observer in observers:
+            observer.observing = None
+        raise
+    finally:
+        model.train(was_training)
+    for observer in observers:
+        observer.finish_calibration()
+    return model

@@ -1,0 +1,99 @@
+"""QuantConv2d / QuantLinear: convolutions and linear layers that quantize their weight and input.
+
+They subclass nn.Conv2d / nn.Linear, so counting, pruning and export still see a convolution, and
+they implement the bit-width interface of `effdl.measure.bits` (weight_bits, act_bits,
+weight_per_channel, quantized_weight()). `spec` is the JSON description the layer was built from.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from effdl.compress.quantize.quantizers import build_act_quantizer, build_weight_quantizer
+
+
+class QuantMixin:
+    """Shared behaviour of the quantized layers (the weight and input-activation quantizers)."""
+
+    weight_quantizer: nn.Module
+    act_quantizer: nn.Module | None
+    spec: dict[str, Any]
+
+    def _attach(self, spec: dict[str, Any], fit: bool) -> None:
+        self.spec = spec
+        self.weight_quantizer = build_weight_quantizer(spec["weight"], self.weight, fit=fit)
+        self.act_quantizer = build_act_quantizer(spec["act"]) if spec.get("act") else None
+        if spec["weight"]["kind"] == "kmeans":
+            # The codebook replaces the float weight: it no longer trains.
+            self.weight.requires_grad_(False)
+
+    @property
+    def weight_bits(self) -> int:
+        return int(self.weight_quantizer.bits)
+
+    @property
+    def act_bits(self) -> int | None:
+        return int(self.act_quantizer.bits) if self.act_quantizer is not None else None
+
+    @property
+    def weight_per_channel(self) -> bool:
+        return bool(self.weight_quantizer.per_channel)
+
+    def quantized_weight(self) -> torch.Tensor:
+        """The weight values used at inference."""
+        return self.weight_quantizer(self.weight)
+
+    def quantized_input(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act_quantizer(x) if self.act_quantizer is not None else x
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, weight_bits={self.weight_bits}, act_bits={self.act_bits}"
+
+
+class QuantConv2d(QuantMixin, nn.Conv2d):
+    @classmethod
+    def from_float(cls, conv: nn.Conv2d, spec: dict[str, Any], fit: bool = True) -> QuantConv2d:
+        layer = cls(
+            conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+            conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode,
+            device=conv.weight.device, dtype=conv.weight.dtype,
+        )
+        layer.load_state_dict(conv.state_dict())
+        layer.train(conv.training)
+        layer._attach(spec, fit)
+        return layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(self.quantized_input(x), self.quantized_weight(), self.bias)
+
+
+class QuantLinear(QuantMixin, nn.Linear):
+    @classmethod
+    def from_float(cls, linear: nn.Linear, spec: dict[str, Any], fit: bool = True) -> QuantLinear:
+        layer = cls(
+            linear.in_features, linear.out_features, linear.bias is not None,
+            device=linear.weight.device, dtype=linear.weight.dtype,
+        )
+        layer.load_state_dict(linear.state_dict())
+        layer.train(linear.training)
+        layer._attach(spec, fit)
+        return layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.quantized_input(x), self.quantized_weight(), self.bias)
+
+
+QUANTIZABLE = {nn.Conv2d: QuantConv2d, nn.Linear: QuantLinear}
+
+
+def quantize_layer(module: nn.Module, spec: dict[str, Any], fit: bool = True) -> nn.Module:
+    """A quantized copy of a plain nn.Conv2d / nn.Linear, built from `spec`."""
+    return QUANTIZABLE[type(module)].from_float(module, spec, fit)
+
+
+def is_quantized_layer(module: nn.Module) -> bool:
+    return isinstance(module, QuantMixin)

@@ -1,0 +1,417 @@
+"""Weight and activation quantizers: small modules mapping a float tensor to its quantized values.
+
+Every quantizer has `bits` and `per_channel` and is built from a JSON spec (`{"kind": ..., ...}`)
+by `build_weight_quantizer` / `build_act_quantizer`, so checkpoints can rebuild it. Gradients use
+straight-through estimators (see ste.py). Weight quantizers keep the float weight as the trained
+("latent") copy; the quantized values are recomputed from it on every forward.
+
+Weight kinds: minmax (uniform symmetric, scale = max|w| / (2^(b-1)-1)), lsq (learned step size,
+Esser et al. 2020), dorefa (tanh-normalised, Zhou et al. 2016), binary (sign, optionally scaled by
+the per-channel mean |w| as in BWN/XNOR-Net, optionally stochastic as in BinaryConnect), ternary
+(TWN, Li et al. 2016), kmeans (shared codebook, Han et al. 2016).
+Activation kinds: range (affine uint grid over a calibrated or running range), lsq, pact (learned
+clipping level, Choi et al. 2018), dorefa (clip to [0, 1]), sign (binary activations).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from effdl.compress.quantize.ste import round_ste, scale_grad, sign_hardtanh_ste, sign_ste
+from effdl.errors import EffdlError
+
+HISTOGRAM_BINS = 2048
+
+
+def _channel_view(t: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """A per-output-channel vector shaped to broadcast against `weight`."""
+    return t.view(-1, *([1] * (weight.dim() - 1)))
+
+
+def _per_channel_abs_mean(w: torch.Tensor) -> torch.Tensor:
+    return w.abs().mean(dim=tuple(range(1, w.dim())), keepdim=True)
+
+
+def _constant(t: torch.Tensor) -> torch.Tensor:
+    # During ONNX export the scales must appear as constants, not as ops on the weight.
+    return torch.tensor(t.tolist(), dtype=t.dtype) if torch.onnx.is_in_onnx_export() else t
+
+
+# ---------------------------------------------------------------------------------------- weights
+
+
+class MinMaxWeight(nn.Module):
+    """Symmetric uniform weights: scale = max|w| / (2^(b-1)-1) per channel (or per tensor)."""
+
+    def __init__(self, bits: int, per_channel: bool = True):
+        super().__init__()
+        self.bits, self.per_channel = bits, per_channel
+
+    def scale(self, w: torch.Tensor) -> torch.Tensor:
+        qmax = 2 ** (self.bits - 1) - 1
+        w = w.detach().float()
+        absmax = w.abs().amax(dim=tuple(range(1, w.dim()))) if self.per_channel else w.abs().max().reshape(1)
+        return (absmax / qmax).clamp(min=1e-12)
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        qmax = 2 ** (self.bits - 1) - 1
+        scale = _constant(self.scale(w))
+        zero = torch.zeros_like(scale, dtype=torch.int32)
+        if self.per_channel:
+            return torch.fake_quantize_per_channel_affine(w, scale, zero, 0, -qmax - 1, qmax)
+        return torch.fake_quantize_per_tensor_affine(w, scale, zero, -qmax - 1, qmax)
+
+
+class LSQWeight(nn.Module):
+    """Learned step size: w_q = s * round(clamp(w / s, -2^(b-1), 2^(b-1)-1)), s trained."""
+
+    def __init__(self, bits: int, weight: torch.Tensor, per_channel: bool = True):
+        super().__init__()
+        self.bits, self.per_channel = bits, per_channel
+        self.qn, self.qp = 2 ** (bits - 1), 2 ** (bits - 1) - 1
+        w = weight.detach().float()
+        mean_abs = _per_channel_abs_mean(w).flatten() if per_channel else w.abs().mean().reshape(1)
+        self.step = nn.Parameter(2 * mean_abs / math.sqrt(max(self.qp, 1)) + 1e-8)
+        self.grad_factor = 1.0 / math.sqrt((w[0].numel() if per_channel else w.numel()) * max(self.qp, 1))
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        step = scale_grad(self.step.clamp(min=1e-8), self.grad_factor)
+        step = _channel_view(step, w) if self.per_channel else step
+        return round_ste((w / step).clamp(-self.qn, self.qp)) * step
+
+
+class DoReFaWeight(nn.Module):
+    """DoReFa-Net weights: tanh(w) mapped to [0, 1], quantized to 2^b levels, mapped to [-1, 1]."""
+
+    per_channel = False
+
+    def __init__(self, bits: int):
+        super().__init__()
+        self.bits = bits
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        levels = 2**self.bits - 1
+        t = torch.tanh(w)
+        t = t / (2 * t.abs().max().detach().clamp(min=1e-12)) + 0.5
+        return 2 * round_ste(t * levels) / levels - 1
+
+
+class BinaryWeight(nn.Module):
+    """sign(w) (BinaryConnect), times the per-channel mean |w| when `scaled` (BWN / XNOR-Net).
+
+    `stochastic` draws +1 with probability hard_sigmoid(w) during training (stochastic
+    BinaryConnect); evaluation always uses the deterministic sign. `clip_latent` asks the training
+    loop to keep the latent float weights in [-1, 1] (see `clip_latent_weights_`).
+    """
+
+    bits = 1
+
+    def __init__(self, scaled: bool = False, stochastic: bool = False):
+        super().__init__()
+        self.scaled, self.stochastic = scaled, stochastic
+        self.per_channel = scaled
+        self.clip_latent = not scaled
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        if self.stochastic and self.training:
+            prob_plus = ((w.detach() + 1) / 2).clamp(0, 1)
+            signs = torch.where(torch.rand_like(w) < prob_plus, 1.0, -1.0).to(w.dtype)
+            binary = w + (signs - w).detach()
+        else:
+            binary = sign_ste(w)
+        return binary * _per_channel_abs_mean(w) if self.scaled else binary
+
+
+class TernaryWeight(nn.Module):
+    """Ternary weights (TWN): per channel {-a, 0, +a} with threshold t * mean|w|, a = mean kept |w|."""
+
+    bits = 2
+    per_channel = True
+
+    def __init__(self, threshold: float = 0.7):
+        super().__init__()
+        self.threshold = threshold
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        delta = self.threshold * _per_channel_abs_mean(w.detach())
+        keep = (w.detach().abs() > delta).to(w.dtype)
+        dims = tuple(range(1, w.dim()))
+        alpha = (w.abs() * keep).sum(dims, keepdim=True) / keep.sum(dims, keepdim=True).clamp(min=1)
+        ternary = torch.sign(w.detach()) * keep * alpha
+        return ternary + (w - w.detach())
+
+
+class KMeansWeight(nn.Module):
+    """Deep Compression weight sharing: one codebook of 2^b centroids per layer, trainable.
+
+    The weight used is `centroids[labels]`; indexing accumulates each weight's gradient into its
+    centroid, which is the centroid fine-tuning of Han et al. (2016).
+    """
+
+    per_channel = False
+
+    def __init__(self, bits: int, weight: torch.Tensor, fit: bool = True, iterations: int = 30):
+        super().__init__()
+        self.bits = bits
+        self.centroids = nn.Parameter(torch.zeros(2**bits))
+        self.register_buffer("labels", torch.zeros(weight.shape, dtype=torch.uint8 if bits <= 8 else torch.int64))
+        if fit:
+            centroids, labels = kmeans_1d(weight.detach().float().flatten(), 2**bits, iterations)
+            self.centroids.data.copy_(centroids)
+            self.labels.copy_(labels.view(weight.shape))
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return self.centroids[self.labels.long()].to(w.dtype)
+
+
+def kmeans_1d(values: torch.Tensor, k: int, iterations: int = 30) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lloyd's k-means on scalars, linearly initialised over [min, max] (as Deep Compression)."""
+    centroids = torch.linspace(float(values.min()), float(values.max()), k)
+    for _ in range(iterations):
+        labels = _nearest(values, centroids)
+        counts = torch.bincount(labels, minlength=k).float()
+        sums = torch.bincount(labels, weights=values, minlength=k)
+        updated = torch.where(counts > 0, sums / counts.clamp(min=1), centroids)
+        converged = torch.allclose(updated, centroids)
+        centroids = updated.sort().values
+        if converged:
+            break
+    return centroids, _nearest(values, centroids)
+
+
+def _nearest(values: torch.Tensor, sorted_centroids: torch.Tensor) -> torch.Tensor:
+    midpoints = (sorted_centroids[1:] + sorted_centroids[:-1]) / 2
+    return torch.bucketize(values, midpoints)
+
+
+def build_weight_quantizer(spec: dict[str, Any], weight: torch.Tensor, fit: bool = True) -> nn.Module:
+    """The weight quantizer a spec describes; `fit=False` skips data-dependent fitting (replay)."""
+    kind, bits = spec["kind"], spec.get("bits")
+    if kind == "minmax":
+        return MinMaxWeight(bits, spec.get("per_channel", True))
+    if kind == "lsq":
+        return LSQWeight(bits, weight, spec.get("per_channel", True))
+    if kind == "dorefa":
+        return DoReFaWeight(bits)
+    if kind == "binary":
+        return BinaryWeight(spec.get("scaled", False), spec.get("stochastic", False))
+    if kind == "ternary":
+        return TernaryWeight(spec.get("threshold", 0.7))
+    if kind == "kmeans":
+        return KMeansWeight(bits, weight, fit=fit)
+    raise EffdlError(f"unknown weight quantizer kind '{kind}'")
+
+
+# ------------------------------------------------------------------------------------ activations
+
+
+class _LazyAct(nn.Module):
+    """An activation quantizer that learns from the first batch whether its input is signed."""
+
+    per_channel = False
+
+    def __init__(self, bits: int):
+        super().__init__()
+        self.bits = bits
+        self.register_buffer("signed", torch.tensor(False))
+        self.register_buffer("ready", torch.tensor(False))
+
+    def levels(self) -> tuple[int, int]:
+        """(-lowest, highest) integer of the grid."""
+        if bool(self.signed):
+            return 2 ** (self.bits - 1), 2 ** (self.bits - 1) - 1
+        return 0, 2**self.bits - 1
+
+    @torch.no_grad()
+    def initialize(self, x: torch.Tensor) -> None:
+        self.signed.fill_(bool(x.min() < 0))
+        self.ready.fill_(True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not bool(self.ready):
+            self.initialize(x)
+        return self.quantize(x)
+
+    def quantize(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class LSQAct(_LazyAct):
+    """Learned step size on activations; the step starts at 2 mean|x| / sqrt(Qp) of the first batch."""
+
+    def __init__(self, bits: int):
+        super().__init__(bits)
+        self.step = nn.Parameter(torch.tensor(1.0))
+
+    @torch.no_grad()
+    def initialize(self, x: torch.Tensor) -> None:
+        super().initialize(x)
+        self.step.fill_(float(2 * x.abs().mean() / math.sqrt(self.levels()[1])) + 1e-8)
+
+    def quantize(self, x: torch.Tensor) -> torch.Tensor:
+        qn, qp = self.levels()
+        step = scale_grad(self.step.clamp(min=1e-8), 1.0 / math.sqrt(x[0].numel() * qp))
+        return round_ste((x / step).clamp(-qn, qp)) * step
+
+
+class PACTAct(_LazyAct):
+    """PACT: clip to a learned level alpha (to [-alpha, alpha] for signed inputs), then quantize."""
+
+    def __init__(self, bits: int):
+        super().__init__(bits)
+        self.alpha = nn.Parameter(torch.tensor(1.0))
+
+    @torch.no_grad()
+    def initialize(self, x: torch.Tensor) -> None:
+        super().initialize(x)
+        sample = x.detach().abs().flatten()[:1_000_000].float()
+        self.alpha.fill_(float(torch.quantile(sample[:: max(1, sample.numel() // 100_000)], 0.999)) + 1e-6)
+
+    def quantize(self, x: torch.Tensor) -> torch.Tensor:
+        qn, qp = self.levels()
+        alpha = self.alpha.clamp(min=1e-6)
+        clipped = torch.minimum(x, alpha)
+        clipped = torch.maximum(clipped, -alpha) if qn else clipped.clamp(min=0)
+        step = alpha / qp
+        return round_ste(clipped / step) * step
+
+
+class DoReFaAct(_LazyAct):
+    """DoReFa activations: clip to [0, 1] ([-1, 1] if signed) and quantize uniformly."""
+
+    def quantize(self, x: torch.Tensor) -> torch.Tensor:
+        qn, qp = self.levels()
+        clipped = x.clamp(-1 if qn else 0, 1)
+        return round_ste(clipped * qp) / qp
+
+
+class SignAct(nn.Module):
+    """Binary activations sign(x) with the hardtanh straight-through estimator (BNN)."""
+
+    bits = 1
+    per_channel = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return sign_hardtanh_ste(x)
+
+
+class RangeAct(nn.Module):
+    """Affine unsigned grid over a range [lo, hi] (which always contains 0), per tensor.
+
+    The range comes from calibration (`calibrate` with method minmax / percentile / mse) or, with
+    method "ema", from a running average of batch min / max during training. Uses the
+    fake-quantize op that ONNX export turns into QuantizeLinear / DequantizeLinear.
+    """
+
+    per_channel = False
+    METHODS = ("minmax", "percentile", "mse", "ema")
+
+    def __init__(self, bits: int, method: str = "minmax", percentile: float = 99.99, momentum: float = 0.1):
+        super().__init__()
+        if method not in self.METHODS:
+            raise EffdlError(f"unknown calibration method '{method}'; choose from {', '.join(self.METHODS)}")
+        self.bits, self.method, self.percentile, self.momentum = bits, method, percentile, momentum
+        self.register_buffer("lo", torch.tensor(0.0))
+        self.register_buffer("hi", torch.tensor(0.0))
+        self.register_buffer("ready", torch.tensor(False))
+        self.observing: str | None = None  # None, "range" or "histogram" while calibrating
+        self.histogram: torch.Tensor | None = None
+        self.seen_min = math.inf
+        self.seen_max = -math.inf
+
+    def qparams(self) -> tuple[float, int]:
+        """(scale, zero_point) of the uint grid 0..2^b-1."""
+        qmax = 2**self.bits - 1
+        lo, hi = min(float(self.lo), 0.0), max(float(self.hi), 0.0)
+        scale = max((hi - lo) / qmax, 1e-8)
+        return scale, int(min(max(round(-lo / scale), 0), qmax))
+
+    @torch.no_grad()
+    def observe(self, x: torch.Tensor) -> None:
+        x = x.detach().float()
+        if self.observing == "range":
+            self.seen_min = min(self.seen_min, float(x.min()))
+            self.seen_max = max(self.seen_max, float(x.max()))
+        else:
+            hist = torch.histc(x, HISTOGRAM_BINS, self.seen_min, self.seen_max)
+            self.histogram = hist if self.histogram is None else self.histogram + hist
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.observing:
+            self.observe(x)
+            return x
+        if self.method == "ema" and self.training:
+            self._update_running_range(x)
+        if not bool(self.ready):
+            raise EffdlError(
+                "activation quantizer is not calibrated: run effdl.compress.quantize.calibrate(model, images) "
+                "(or train with method 'ema') before using the model"
+            )
+        scale, zero_point = self.qparams()
+        return torch.fake_quantize_per_tensor_affine(x, scale, zero_point, 0, 2**self.bits - 1)
+
+    @torch.no_grad()
+    def _update_running_range(self, x: torch.Tensor) -> None:
+        lo, hi = x.detach().min().float(), x.detach().max().float()
+        if not bool(self.ready):
+            self.lo.copy_(lo), self.hi.copy_(hi), self.ready.fill_(True)
+        else:
+            self.lo.lerp_(lo, self.momentum), self.hi.lerp_(hi, self.momentum)
+
+    @torch.no_grad()
+    def finish_calibration(self) -> None:
+        """Set [lo, hi] from what was observed, with this quantizer's method."""
+        lo, hi = self.seen_min, self.seen_max
+        if self.method == "percentile" and self.histogram is not None:
+            lo, hi = self._percentile_range()
+        elif self.method == "mse" and self.histogram is not None:
+            lo, hi = self._mse_range()
+        self.lo.fill_(lo), self.hi.fill_(hi), self.ready.fill_(True)
+        self.observing, self.histogram = None, None
+        self.seen_min, self.seen_max = math.inf, -math.inf
+
+    def _bin_centers(self) -> torch.Tensor:
+        edges = torch.linspace(self.seen_min, self.seen_max, HISTOGRAM_BINS + 1, dtype=torch.float64)
+        return (edges[1:] + edges[:-1]) / 2
+
+    def _percentile_range(self) -> tuple[float, float]:
+        cdf = self.histogram.double().cumsum(0) / self.histogram.sum()
+        centers = self._bin_centers()
+        tail = 1 - self.percentile / 100
+        hi = float(centers[int(torch.searchsorted(cdf, 1 - tail))].clamp(max=self.seen_max))
+        lo = float(centers[int(torch.searchsorted(cdf, tail))]) if self.seen_min < 0 else self.seen_min
+        return min(lo, 0.0) if self.seen_min < 0 else lo, hi
+
+    def _mse_range(self) -> tuple[float, float]:
+        """The shrunk [lo, hi] minimising the expected squared quantization error."""
+        centers, counts = self._bin_centers(), self.histogram.double()
+        qmax = 2**self.bits - 1
+        best, best_err = (self.seen_min, self.seen_max), math.inf
+        for shrink in torch.linspace(0.2, 1.0, 81).tolist():
+            lo, hi = min(self.seen_min * shrink, 0.0), max(self.seen_max * shrink, 0.0)
+            scale = max((hi - lo) / qmax, 1e-12)
+            zero = round(-lo / scale)
+            q = (torch.round(centers / scale) + zero).clamp(0, qmax)
+            err = float((counts * ((q - zero) * scale - centers) ** 2).sum())
+            if err < best_err:
+                best, best_err = (lo, hi), err
+        return best
+
+
+def build_act_quantizer(spec: dict[str, Any]) -> nn.Module:
+    kind, bits = spec["kind"], spec.get("bits")
+    if kind == "range":
+        return RangeAct(bits, spec.get("method", "minmax"), spec.get("percentile", 99.99))
+    if kind == "lsq":
+        return LSQAct(bits)
+    if kind == "pact":
+        return PACTAct(bits)
+    if kind == "dorefa":
+        return DoReFaAct(bits)
+    if kind == "sign":
+        return SignAct()
+    raise EffdlError(f"unknown activation quantizer kind '{kind}'")
