@@ -4,3 +4,4 @@ Importing this package registers every technique's checkpoint replay (see models
 """
 
 from effdl.compress import quantize  # noqa: F401,E402  registers the quantization replays
+from effdl.compress import prune  # noqa: F401,E402  registers the channel-pruning replay
