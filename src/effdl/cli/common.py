@@ -6,7 +6,6 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from effdl.checkpoint import load_model
@@ -21,12 +20,6 @@ def add_data_args(parser: argparse.ArgumentParser, default: str | None = None) -
 
 def add_device_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def dataset_from_args(args: argparse.Namespace, config: dict[str, Any] | None = None) -> ImageDataset:

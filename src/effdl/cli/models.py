@@ -1,0 +1,31 @@
+"""`effdl models`: every registered model name with its parameter count."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from rich.console import Console
+from rich.table import Table
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("models", help="list the model zoo")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from effdl.models import describe_models
+
+    rows = describe_models()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    table = Table(title="effdl models (10 classes, 32x32); any torchvision model as tv:NAME")
+    table.add_column("name")
+    table.add_column("parameters", justify="right")
+    for row in rows:
+        table.add_row(row["name"], f"{row['params']:,}")
+    Console().print(table)
+    return 0

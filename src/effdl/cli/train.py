@@ -1,0 +1,64 @@
+"""`effdl train`: train a model from flags and/or a YAML config; `--resume RUN` continues a run.
+
+Every TrainConfig field is a flag (`--batch-size`, `--augment.cutout`, ...), generated from the
+config model so flags and config keys can never drift apart. Flag values are parsed as YAML
+scalars/lists (`--milestones "[30, 60]"`), then the merged config is validated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import yaml
+from pydantic import BaseModel
+
+from effdl.train import TrainConfig, make_config, resume, train
+from effdl.train.config import merge, read_config_file
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, model: type[BaseModel], prefix: str = "") -> None:
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            _add_config_flags(parser, annotation, prefix=f"{prefix}{name}.")
+            continue
+        flag = "--" + (prefix + name).replace("_", "-")
+        parser.add_argument(flag, dest=f"cfg:{prefix}{name}", default=None, metavar="VALUE",
+                            help=f"(default: {field.default if field.default_factory is None else field.default_factory()})")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("train", help="train a model", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="YAML file of TrainConfig keys (flags override it)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run (other flags: only --epochs)")
+    p.add_argument("--data", dest="cfg:dataset", default=None, help="alias of --dataset")
+    _add_config_flags(p, TrainConfig)
+    p.set_defaults(func=run)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    values = read_config_file(args.config) if args.config else {}
+    overrides = {
+        key[4:]: yaml.safe_load(value)
+        for key, value in vars(args).items()
+        if key.startswith("cfg:") and value is not None
+    }
+    # Names and paths stay strings even when they look like YAML (e.g. a run named "2024").
+    for key in ("name", "out_dir", "dataset", "data_root", "model", "device"):
+        if key in overrides:
+            overrides[key] = str(getattr(args, f"cfg:{key}"))
+    return make_config(merge(values, overrides), source=args.config or "arguments")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.resume:
+        epochs = getattr(args, "cfg:epochs")
+        result = resume(args.resume, epochs=int(epochs) if epochs is not None else None)
+    else:
+        result = train(config_from_args(args))
+    print(json.dumps({"accuracy": result.accuracy, "correct": result.correct, "total": result.total,
+                      "epochs": result.epochs, "time_s": round(result.time_s, 1),
+                      "images_per_s": round(result.images_per_s, 1), "run_dir": result.run_dir}))
+    return 0

@@ -1,0 +1,61 @@
+"""`train(config)`: the whole job behind `effdl train` — data, model, run directory, resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from effdl.data import ImageDataset, load_dataset
+from effdl.errors import EffdlError
+from effdl.models import create_model
+from effdl.train.callbacks import Callback
+from effdl.train.config import TrainConfig, make_config, read_config_file
+from effdl.train.trainer import Trainer, TrainResult, default_run_name
+
+
+def prepare_data(config: TrainConfig) -> tuple[ImageDataset, tuple | None]:
+    """The dataset (optionally subset) and the held-out validation tensors, as the config asks."""
+    from effdl.data import splits
+
+    data = load_dataset(config.dataset, root=config.data_root)
+    val = None
+    if config.val_size:
+        data, val = splits.hold_out(data, config.val_size, seed=config.seed)
+    if config.subset or config.subset_per_class:
+        data = splits.subset(data, n=config.subset, per_class=config.subset_per_class, seed=config.seed)
+    return data, val
+
+
+def train(
+    config: TrainConfig,
+    callbacks: list[Callback] | None = None,
+    data: ImageDataset | None = None,
+) -> TrainResult:
+    """Train `config.model` on `config.dataset` into `<out_dir>/<name>/` and return the result."""
+    if data is None:
+        data, val = prepare_data(config)
+    else:
+        val = None
+    model = create_model(config.model, num_classes=data.num_classes, **config.model_kwargs)
+    name = config.name or default_run_name(config)
+    config = config.model_copy(update={"name": name})
+    run_dir = Path(config.out_dir) / name
+    if (run_dir / "last.safetensors").exists():
+        raise EffdlError(f"run directory {run_dir} already holds a run; resume it with --resume {run_dir} or pick another --name")
+    trainer = Trainer(model, data, config, callbacks=callbacks, run_dir=run_dir, eval_data=val)
+    return trainer.fit()
+
+
+def resume(run_dir: str | Path, callbacks: list[Callback] | None = None, epochs: int | None = None) -> TrainResult:
+    """Continue an interrupted run from its last.safetensors (optionally extending its epochs)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "last.safetensors").is_file():
+        raise EffdlError(f"nothing to resume in {run_dir}: no last.safetensors")
+    values = read_config_file(run_dir / "config.yaml")
+    if epochs is not None:
+        values["epochs"] = epochs
+    config = make_config(values, source=str(run_dir / "config.yaml"))
+    data, val = prepare_data(config)
+    model = create_model(config.model, num_classes=data.num_classes, **config.model_kwargs)
+    trainer = Trainer(model, data, config, callbacks=callbacks, run_dir=run_dir, eval_data=val)
+    trainer.resume(run_dir / "last.safetensors")
+    return trainer.fit()

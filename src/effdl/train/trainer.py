@@ -1,0 +1,417 @@
+"""The training loop: one readable loop over in-memory, on-device batches.
+
+A run writes `<out_dir>/<name>/`:
+    config.yaml        the resolved configuration
+    metrics.jsonl      one JSON line per epoch (loss, accuracy, lr, images/s, time)
+    last.safetensors   the latest state, enough to resume exactly (weights, EMA, optimizer, RNG)
+    best.safetensors   the best weights so far (EMA weights when EMA is on) as `model/`
+    summary.json       final accuracy of best.safetensors on the full test split, time, images/s
+
+Ctrl-C saves a resumable checkpoint at the current step; a non-finite loss stops the run before
+anything is overwritten, so last.safetensors and best.safetensors stay the last good ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from effdl.checkpoint import (
+    optimizer_from_checkpoint,
+    optimizer_to_checkpoint,
+    read_checkpoint,
+    save_model,
+    split_namespace,
+    with_namespace,
+)
+from effdl.data import BatchLoader, ImageDataset
+from effdl.device import default_bf16, resolve_device
+from effdl.errors import EffdlError
+from effdl.measure.accuracy import Accuracy, evaluate
+from effdl.train.callbacks import Callback
+from effdl.train.config import TrainConfig, save_config
+from effdl.train.schedule import default_warmup_epochs, lr_factor
+
+
+class NonFiniteLoss(EffdlError):
+    """The loss became NaN or infinite; the run stopped without overwriting good checkpoints."""
+
+
+@dataclass
+class TrainResult:
+    accuracy: float  # top-1 of the best weights on the full test split
+    correct: int
+    total: int
+    best_eval_accuracy: float  # the accuracy used to choose the best weights (val or test)
+    epochs: int
+    time_s: float
+    images_per_s: float
+    run_dir: str | None
+
+
+def parameter_groups(model: nn.Module, weight_decay: float, decay_bn_and_bias: bool) -> list[dict]:
+    """Weight decay on conv/linear weights only, unless told to decay BN scales and biases too."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim > 1 or decay_bn_and_bias else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    groups = parameter_groups(model, config.weight_decay, config.decay_bn_and_bias)
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
+    return torch.optim.AdamW(groups, lr=config.lr)
+
+
+def default_run_name(config: TrainConfig) -> str:
+    dataset = config.dataset.split(":")[0]
+    return f"{config.model.replace(':', '_')}-{dataset}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+class Trainer:
+    """Train `model` on `data` as `config` says, with optional callbacks and a run directory."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data: ImageDataset,
+        config: TrainConfig,
+        callbacks: list[Callback] | None = None,
+        run_dir: str | Path | None = None,
+        eval_data: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ):
+        self.config = config
+        self.data = data
+        self.callbacks = list(callbacks or [])
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.device = resolve_device(config.device)
+        self.bf16 = default_bf16(self.device) if config.bf16 is None else config.bf16
+        self.channels_last = config.channels_last
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        torch.manual_seed(config.seed)
+
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        self.model = model.to(self.device, memory_format=memory_format)
+        self.train_loader = BatchLoader.for_split(
+            data, "train", batch_size=config.batch_size, train=True, augment=config.augment,
+            device=self.device, channels_last=self.channels_last, seed=config.seed,
+        )
+        # Best weights are chosen on held-out validation images when given, else on the test split.
+        if eval_data is not None:
+            self.eval_loader = BatchLoader(
+                *eval_data, mean=data.mean, std=data.std, batch_size=config.eval_batch_size,
+                num_classes=data.num_classes, device=self.device, channels_last=self.channels_last,
+            )
+        else:
+            self.eval_loader = self.test_loader()
+        self.steps_per_epoch = len(self.train_loader)
+        if self.steps_per_epoch == 0:
+            raise EffdlError(
+                f"batch size {config.batch_size} is larger than the {len(data.train_labels)} training images"
+            )
+        self.total_steps = config.epochs * self.steps_per_epoch
+        warmup = default_warmup_epochs(config.schedule, config.epochs, config.warmup_epochs)
+        self.warmup_steps = int(warmup * self.steps_per_epoch)
+        self.milestone_steps = tuple(m * self.steps_per_epoch for m in config.milestones)
+
+        self.optimizer = build_optimizer(self.model, config)
+        self.ema = self._new_ema() if config.ema_decay else None
+        self.train_step = torch.compile(self._forward_loss) if config.compile else self._forward_loss
+        self.epoch = 0  # the epoch in progress (0-based)
+        self.step = 0  # optimizer steps taken so far
+        self.best_accuracy = -1.0
+        self._epoch_start_rng: torch.Tensor | None = None
+        self._skip_batches = 0
+        self._tensorboard = None
+
+    # -- building blocks -------------------------------------------------------------------------
+    def test_loader(self) -> BatchLoader:
+        return BatchLoader.for_split(
+            self.data, "test", batch_size=self.config.eval_batch_size, device=self.device,
+            channels_last=self.channels_last,
+        )
+
+    def _new_ema(self) -> AveragedModel:
+        return AveragedModel(
+            self.model, multi_avg_fn=get_ema_multi_avg_fn(self.config.ema_decay), use_buffers=True
+        )
+
+    def rebuild_optimizer(self) -> None:
+        """Rebuild optimizer (and EMA) after a callback changed the model's parameters."""
+        self.optimizer = build_optimizer(self.model, self.config)
+        if self.ema is not None:
+            self.ema = self._new_ema()
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights that are evaluated and kept as 'best': the EMA when enabled."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def set_lr(self) -> float:
+        factor = lr_factor(
+            self.config.schedule, self.step, self.total_steps, self.warmup_steps, self.milestone_steps,
+            self.config.gamma,
+        )
+        lr = self.config.lr * factor
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def _forward_loss(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            logits = self.model(images)
+            loss = nn.functional.cross_entropy(logits, targets, label_smoothing=self.config.label_smoothing)
+        return logits, loss
+
+    def evaluate(self, loader: BatchLoader | None = None) -> Accuracy:
+        return evaluate(self.eval_model, loader or self.eval_loader, tta=self.config.tta, autocast=self.bf16)
+
+    # -- the loop --------------------------------------------------------------------------------
+    def train_one_epoch(self, progress) -> dict[str, float]:
+        self.model.train()
+        self.train_loader.set_epoch(self.epoch)
+        self._epoch_start_rng = self.train_loader.generator.get_state()
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device)
+        seen, trained_time = 0, 0.0
+        check_every = 1 if self.device.type == "cpu" else 50
+        task = progress.add_task(f"epoch {self.epoch + 1}/{self.config.epochs}", total=self.steps_per_epoch)
+        start = time.perf_counter()
+        for i, (images, targets) in enumerate(self.train_loader):
+            if i < self._skip_batches:  # resuming mid-epoch: replay the data order, skip the work
+                progress.advance(task)
+                continue
+            lr = self.set_lr()
+            logits, loss = self.train_step(images, targets)
+            for cb in self.callbacks:
+                extra = cb.extra_loss(self, images, targets, logits, loss)
+                if extra is not None:
+                    loss = loss + extra
+            if (i + 1) % check_every == 0 and not torch.isfinite(loss):
+                raise NonFiniteLoss(
+                    f"loss became {loss.item()} at epoch {self.epoch + 1}, step {self.step}; stopped. "
+                    f"Last good checkpoint: {self.run_dir / 'last.safetensors' if self.run_dir else 'none'}"
+                    " (try a lower --lr or --grad-clip)"
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.config.grad_clip:
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+            self.optimizer.step()
+            self.step += 1
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
+            for cb in self.callbacks:
+                cb.on_after_step(self)
+            hard = targets if targets.ndim == 1 else targets.argmax(1)
+            loss_sum += loss.detach() * len(hard)
+            correct += (logits.detach().argmax(1) == hard).sum()
+            seen += len(hard)
+            trained_time = time.perf_counter() - start
+            progress.update(
+                task, advance=1,
+                description=(
+                    f"epoch {self.epoch + 1}/{self.config.epochs} loss {loss_sum.item() / seen:.3f} "
+                    f"acc {correct.item() / seen:.3f} {seen / trained_time:,.0f} img/s lr {lr:.4f}"
+                ) if (i + 1) % 20 == 0 or i + 1 == self.steps_per_epoch else None,
+            )
+        progress.remove_task(task)
+        self._skip_batches = 0
+        if seen and not math.isfinite(loss_sum.item()):
+            raise NonFiniteLoss(f"loss became non-finite during epoch {self.epoch + 1}; stopped")
+        return {
+            "train_loss": loss_sum.item() / max(seen, 1),
+            "train_acc": correct.item() / max(seen, 1),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "images_per_s": seen / max(trained_time, 1e-9),
+            "train_time_s": trained_time,
+        }
+
+    def fit(self) -> TrainResult:
+        """Train for the configured epochs (continuing a resumed run) and write the summary."""
+        self._prepare_run_dir()
+        for cb in self.callbacks:
+            cb.on_train_start(self)
+        start = time.perf_counter()
+        images_per_s = []
+        try:
+            with _progress(self.config.progress) as progress:
+                while self.epoch < self.config.epochs:
+                    for cb in self.callbacks:
+                        cb.on_epoch_start(self, self.epoch)
+                    metrics = {"epoch": self.epoch + 1, **self.train_one_epoch(progress)}
+                    acc = self.evaluate()
+                    metrics.update(eval_loss=acc.loss, eval_acc=acc.top1, time_s=time.perf_counter() - start)
+                    for cb in self.callbacks:
+                        cb.on_epoch_end(self, self.epoch, metrics)
+                    images_per_s.append(metrics["images_per_s"])
+                    self.epoch += 1
+                    self._log(metrics)
+                    if acc.top1 > self.best_accuracy:
+                        self.best_accuracy = acc.top1
+                        self._save_best()
+                    self._save_last()
+        except KeyboardInterrupt:
+            if self.run_dir is not None:
+                self._save_last(mid_epoch=True)
+                raise EffdlError(
+                    f"interrupted; resumable checkpoint saved: resume with `effdl train --resume {self.run_dir}`"
+                ) from None
+            raise
+        for cb in self.callbacks:
+            cb.on_train_end(self)
+        if self.run_dir is None:
+            self.best_accuracy = max(self.best_accuracy, 0.0)
+            final = evaluate(self.eval_model, self.test_loader(), tta=self.config.tta, autocast=self.bf16)
+        else:
+            final = self._final_evaluation()
+        result = TrainResult(
+            accuracy=final.top1, correct=final.correct, total=final.total,
+            best_eval_accuracy=self.best_accuracy, epochs=self.epoch, time_s=time.perf_counter() - start,
+            images_per_s=sum(images_per_s) / max(len(images_per_s), 1),
+            run_dir=str(self.run_dir) if self.run_dir else None,
+        )
+        self._write_summary(result)
+        return result
+
+    # -- run directory ---------------------------------------------------------------------------
+    def _prepare_run_dir(self) -> None:
+        if self.run_dir is None:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(self.config, self.run_dir / "config.yaml")
+        if self.config.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise EffdlError("tensorboard logging needs `pip install tensorboard`") from None
+            self._tensorboard = SummaryWriter(str(self.run_dir / "tensorboard"))
+
+    def _log(self, metrics: dict[str, Any]) -> None:
+        if self.run_dir is None:
+            return
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(metrics) + "\n")
+        if self._tensorboard is not None:
+            for key, value in metrics.items():
+                if key != "epoch":
+                    self._tensorboard.add_scalar(key, value, metrics["epoch"])
+            self._tensorboard.flush()
+
+    def _config_meta(self) -> dict[str, Any]:
+        return self.config.model_dump(mode="json")
+
+    def _save_best(self) -> None:
+        if self.run_dir is not None:
+            save_model(
+                self.run_dir / "best.safetensors", _bare(self.eval_model, self.model),
+                config=self._config_meta(), metrics={"eval_acc": self.best_accuracy, "epoch": self.epoch},
+            )
+
+    def _save_last(self, mid_epoch: bool = False) -> None:
+        if self.run_dir is None:
+            return
+        optim_tensors, optim_meta = optimizer_to_checkpoint(self.optimizer)
+        extra = {**optim_tensors, "extra/torch_rng": torch.get_rng_state()}
+        epoch_rng = self._epoch_start_rng if mid_epoch else None
+        if epoch_rng is not None:
+            extra["extra/loader_rng"] = epoch_rng
+        else:
+            extra["extra/loader_rng"] = self.train_loader.generator.get_state()
+        if self.ema is not None:
+            extra.update(with_namespace(self.ema.module.state_dict(), "ema"))
+        state = {
+            "epoch": self.epoch, "step": self.step, "best_accuracy": self.best_accuracy,
+            "batches_done": self.step - self.epoch * self.steps_per_epoch if mid_epoch else 0,
+            "ema_n_averaged": int(self.ema.n_averaged) if self.ema is not None else 0,
+            "optimizer": optim_meta,
+        }
+        save_model(
+            self.run_dir / "last.safetensors", _bare(self.model, self.model), config=self._config_meta(),
+            extra_tensors=extra, extra_meta={"train_state": state},
+        )
+
+    def resume(self, checkpoint: str | Path) -> None:
+        """Continue from a `last.safetensors` written by this trainer."""
+        tensors, meta = read_checkpoint(checkpoint)
+        state = meta.get("train_state")
+        if state is None:
+            raise EffdlError(f"{checkpoint} holds no training state to resume from")
+        self.model.load_state_dict(split_namespace(tensors, "model"))
+        optimizer_from_checkpoint(self.optimizer, tensors, state["optimizer"])
+        if self.ema is not None:
+            self.ema.module.load_state_dict(split_namespace(tensors, "ema"))
+            self.ema.n_averaged.fill_(state["ema_n_averaged"])
+        torch.set_rng_state(tensors["extra/torch_rng"])
+        self.train_loader.generator.set_state(tensors["extra/loader_rng"])
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.best_accuracy = state["best_accuracy"]
+        self._skip_batches = state["batches_done"]
+
+    def _final_evaluation(self) -> Accuracy:
+        from effdl.checkpoint import load_model
+
+        best, _ = load_model(self.run_dir / "best.safetensors")
+        best = best.to(self.device, memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
+        return evaluate(best, self.test_loader(), tta=self.config.tta, autocast=self.bf16)
+
+    def _write_summary(self, result: TrainResult) -> None:
+        if self.run_dir is None:
+            return
+        summary = {
+            "name": self.run_dir.name, **asdict(result), "dataset": self.config.dataset,
+            "model": getattr(self.model, "effdl_spec", {"name": self.config.model}),
+            "device": str(self.device), "checkpoint": "best.safetensors",
+        }
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+
+
+def _bare(model: nn.Module, original: nn.Module) -> nn.Module:
+    """The model to save: carries the original's spec/transforms (EMA copies and compiles may not)."""
+    for attr in ("effdl_spec", "effdl_transforms"):
+        if hasattr(original, attr):
+            setattr(model, attr, getattr(original, attr))
+    return model
+
+
+def _progress(enabled: bool):
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    if not enabled:
+        return _NullProgress()
+    return Progress(TextColumn("{task.description}"), BarColumn(), TimeRemainingColumn(), transient=True)
+
+
+class _NullProgress(contextlib.AbstractContextManager):
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def add_task(self, *args, **kwargs) -> int:
+        return 0
+
+    def advance(self, *args, **kwargs) -> None:
+        pass
+
+    def update(self, *args, **kwargs) -> None:
+        pass
+
+    def remove_task(self, *args, **kwargs) -> None:
+        pass
