@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from effdl.compress.quantize.ste import round_ste, scale_grad, sign_hardtanh_ste, sign_ste
+from effdl.compress.quantize.ste import passthrough, round_ste, scale_grad, sign_hardtanh_ste, sign_ste
 from effdl.errors import EffdlError
 
 HISTOGRAM_BINS = 2048
@@ -120,7 +120,7 @@ class BinaryWeight(nn.Module):
         if self.stochastic and self.training:
             prob_plus = ((w.detach() + 1) / 2).clamp(0, 1)
             signs = torch.where(torch.rand_like(w) < prob_plus, 1.0, -1.0).to(w.dtype)
-            binary = w + (signs - w).detach()
+            binary = passthrough(signs, w)
         else:
             binary = sign_ste(w)
         return binary * _per_channel_abs_mean(w) if self.scaled else binary
@@ -142,7 +142,7 @@ class TernaryWeight(nn.Module):
         dims = tuple(range(1, w.dim()))
         alpha = (w.abs() * keep).sum(dims, keepdim=True) / keep.sum(dims, keepdim=True).clamp(min=1)
         ternary = torch.sign(w.detach()) * keep * alpha
-        return ternary + (w - w.detach())
+        return ternary + (w - w.detach())  # exact values; identity gradient plus the one through alpha
 
 
 class KMeansWeight(nn.Module):
