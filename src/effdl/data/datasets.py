@@ -1,20 +1,42 @@
 """Datasets by name, decoded once into uint8 tensors held whole in memory.
 
-`load_dataset(name)` returns an `ImageDataset`: train and test images as uint8 NCHW tensors,
-integer labels, class names and the normalisation constants. Names:
-- `synthetic`: a small learnable random dataset for tests (class-dependent templates + noise).
+`load_dataset(name, root=None, **options)` returns an `ImageDataset`: train and test images as
+uint8 NCHW tensors, integer labels, class names and the normalisation constants. Names:
+
+- `cifar10`, `cifar100`: looked for in the data root (`root`, else $EFFDL_DATA, else
+  ~/.cache/effdl/data), first in `<root>/cifar10` (resp. `cifar100`), then in `<root>` itself.
+  Either torchvision's format (`cifar-10-batches-py` / `cifar-100-python`) or an image folder
+  (`train/<class>/*`, `test/<class>/*`) is read. If neither is there, torchvision downloads the
+  dataset into `<root>/cifar10` (option `download=False` turns that off). Normalisation uses the
+  usual published constants (for CIFAR-10, the course's).
+- `imagefolder:PATH`: any `PATH/train/<class>/*` + `PATH/test/<class>/*` (or `PATH/val/`) tree;
+  option `image_size` resizes every image. Mean and std are measured on the train split.
+- `synthetic`: a small learnable random dataset for tests; options n_train, n_test, num_classes,
+  size, seed.
+
+Image folders are decoded once and cached (see `effdl.data.imagefolder`).
 """
 
 from __future__ import annotations
 
+import inspect
+import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
+import torchvision
 
-from effdl.errors import unknown_name_error
+from effdl.data.imagefolder import read_image_folder
+from effdl.errors import EffdlError, unknown_name_error
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2023, 0.1994, 0.2010)
+CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
+CIFAR100_STD = (0.2673, 0.2564, 0.2762)
+IMAGEFOLDER_PREFIX = "imagefolder:"
 
 
 @dataclass
@@ -40,14 +62,32 @@ class ImageDataset:
         return tuple(self.train_images.shape[1:])
 
 
+@dataclass(frozen=True)
+class CifarSpec:
+    torchvision_class: type
+    torchvision_folder: str  # what torchvision's download unpacks
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+CIFAR = {
+    "cifar10": CifarSpec(torchvision.datasets.CIFAR10, "cifar-10-batches-py", 10, CIFAR10_MEAN, CIFAR10_STD),
+    "cifar100": CifarSpec(torchvision.datasets.CIFAR100, "cifar-100-python", 100, CIFAR100_MEAN, CIFAR100_STD),
+}
+
+
+def default_data_root() -> Path:
+    """Where datasets live unless told otherwise: $EFFDL_DATA, else ~/.cache/effdl/data."""
+    return Path(os.environ.get("EFFDL_DATA") or Path.home() / ".cache" / "effdl" / "data").expanduser()
+
+
 def synthetic_dataset(
     n_train: int = 512, n_test: int = 256, num_classes: int = 10, size: int = 32, seed: int = 0
 ) -> ImageDataset:
-    """Smooth random class templates plus noise: learnable in a few epochs, for tests."""
+    """Random class templates plus noise: learnable in a few epochs, for tests."""
     g = torch.Generator().manual_seed(seed)
-    # Low-frequency templates, so that random crops and flips keep each class recognisable.
-    coarse = torch.rand(num_classes, 3, 4, 4, generator=g) * 255
-    templates = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
+    templates = torch.rand(num_classes, 3, size, size, generator=g) * 255
 
     def draw(n: int) -> tuple[torch.Tensor, torch.Tensor]:
         labels = torch.arange(n) % num_classes
@@ -62,8 +102,85 @@ def synthetic_dataset(
     return ImageDataset("synthetic", train_x, train_y, test_x, test_y, classes, (0.5,) * 3, (0.25,) * 3)
 
 
-def load_dataset(name: str, root: str | None = None) -> ImageDataset:
-    """Load dataset `name` (see module docstring) from `root` or the default data location."""
-    if name == "synthetic":
-        return synthetic_dataset()
-    raise unknown_name_error("dataset", name, ["synthetic", "cifar10", "cifar100", "imagefolder:PATH"])
+def image_folder_dataset(path: str | Path, image_size: int | tuple[int, int] | None = None) -> ImageDataset:
+    """The image folder at `path` (see `effdl.data.imagefolder`), normalised by its own train statistics."""
+    folder = read_image_folder(path, image_size)
+    return ImageDataset(
+        f"{IMAGEFOLDER_PREFIX}{path}", folder.train_images, folder.train_labels, folder.test_images,
+        folder.test_labels, folder.classes, folder.mean, folder.std, folder.info,
+    )  # fmt: skip
+
+
+def cifar_dataset(name: str, root: str | Path | None = None, download: bool = True) -> ImageDataset:
+    """CIFAR-10/100 from the data root, in torchvision's format or as an image folder (module docstring)."""
+    spec = CIFAR[name]
+    base = Path(root).expanduser() if root else default_data_root()
+    places = [base / name, base]
+    for place in places:
+        if (place / spec.torchvision_folder).is_dir():
+            return _cifar_from_torchvision(name, spec, place, download=False)
+        if (place / "train").is_dir():
+            return _cifar_from_image_folder(name, spec, place)
+    reason = "not found"
+    if download:
+        try:
+            return _cifar_from_torchvision(name, spec, places[0], download=True)
+        except (OSError, RuntimeError) as exc:  # no network, or a broken archive
+            reason = f"download failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+    where = " or ".join(str(place) for place in places)
+    raise EffdlError(
+        f"{name} not found in {where} ({reason}); set EFFDL_DATA or --data-root to a folder holding {name}/ "
+        f"(torchvision's {spec.torchvision_folder}/, or train/<class>/ and test/<class>/ images), "
+        f"or pass --data imagefolder:PATH"
+    )
+
+
+def _cifar_from_torchvision(name: str, spec: CifarSpec, place: Path, download: bool) -> ImageDataset:
+    start = time.perf_counter()
+    splits = {}
+    for split in ("train", "test"):
+        try:
+            data = spec.torchvision_class(str(place), train=split == "train", download=download)
+        except RuntimeError as exc:
+            if download:
+                raise
+            raise EffdlError(f"{name} in {place}/{spec.torchvision_folder} is unreadable: {exc}") from None
+        images = torch.from_numpy(data.data).permute(0, 3, 1, 2).contiguous()  # NHWC -> NCHW
+        splits[split] = (images, torch.tensor(data.targets, dtype=torch.int64))
+    info = {"source": str(place / spec.torchvision_folder), "format": "torchvision"}
+    info["load_seconds"] = round(time.perf_counter() - start, 3)
+    return ImageDataset(name, *splits["train"], *splits["test"], list(data.classes), spec.mean, spec.std, info)
+
+
+def _cifar_from_image_folder(name: str, spec: CifarSpec, place: Path) -> ImageDataset:
+    folder = read_image_folder(place)
+    if len(folder.classes) != spec.num_classes:
+        raise EffdlError(
+            f"{place} holds {len(folder.classes)} classes, not the {spec.num_classes} of {name}; "
+            f"point the data root at {name} itself, or use --data imagefolder:{place}"
+        )
+    return ImageDataset(
+        name, folder.train_images, folder.train_labels, folder.test_images, folder.test_labels,
+        folder.classes, spec.mean, spec.std, folder.info,
+    )  # fmt: skip
+
+
+def load_dataset(name: str, root: str | Path | None = None, **options) -> ImageDataset:
+    """Load dataset `name` (see module docstring), passing `options` to its reader."""
+    reader: Callable[..., ImageDataset]
+    if name.startswith(IMAGEFOLDER_PREFIX):
+        path = name[len(IMAGEFOLDER_PREFIX) :]
+        if not path:
+            raise EffdlError("imagefolder: needs a path, as in imagefolder:PATH")
+        reader, args = image_folder_dataset, (path,)
+    elif name in CIFAR:
+        reader, args = cifar_dataset, (name, root)
+    elif name == "synthetic":
+        reader, args = synthetic_dataset, ()
+    else:
+        raise unknown_name_error("dataset", name, ["synthetic", *CIFAR, f"{IMAGEFOLDER_PREFIX}PATH"])
+    accepted = list(inspect.signature(reader).parameters)[len(args) :]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise EffdlError(f"dataset '{name}' has no option {', '.join(unknown)}; options: {', '.join(accepted)}")
+    return reader(*args, **options)

@@ -11,37 +11,23 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict
 
+from effdl.data.augment import (
+    AugmentConfig,
+    auto_augment,
+    auto_augment_transform,
+    cutmix,
+    cutout,
+    mixup,
+    random_crop,
+    random_flip,
+)
 from effdl.data.datasets import ImageDataset
+from effdl.errors import unknown_name_error
 
-
-class AugmentConfig(BaseModel):
-    """Training-time augmentation. Evaluation batches are never augmented."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    crop_padding: int = 4  # random crop after zero padding by this many pixels; 0 disables
-    flip: bool = True  # random horizontal flip
-
-
-def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Per-image random crop of a zero-padded batch, as one gather."""
-    n, c, h, w = images.shape
-    padded = torch.nn.functional.pad(images, (padding,) * 4)
-    dx = torch.randint(0, 2 * padding + 1, (n,), device=images.device, generator=generator)
-    dy = torch.randint(0, 2 * padding + 1, (n,), device=images.device, generator=generator)
-    rows = (dy[:, None] + torch.arange(h, device=images.device)[None])  # [n, h]
-    cols = (dx[:, None] + torch.arange(w, device=images.device)[None])  # [n, w]
-    batch = torch.arange(n, device=images.device)[:, None, None, None]
-    chan = torch.arange(c, device=images.device)[None, :, None, None]
-    return padded[batch, chan, rows[:, None, :, None], cols[:, None, None, :]]
-
-
-def random_flip(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    flip = torch.rand(images.shape[0], device=images.device, generator=generator) < 0.5
-    return torch.where(flip[:, None, None, None], images.flip(3), images)
+__all__ = ["AugmentConfig", "BatchLoader"]
 
 
 class BatchLoader:
@@ -74,11 +60,16 @@ class BatchLoader:
         self.drop_last = train if drop_last is None else drop_last
         self.mean = torch.tensor(mean, device=self.device).view(1, -1, 1, 1) * 255
         self.std = torch.tensor(std, device=self.device).view(1, -1, 1, 1) * 255
-        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)  # per-image draws
+        self.rng = np.random.default_rng(seed)  # per-batch draws: whether and how to mix, policy seeds
+        self.auto_augment = auto_augment_transform(self.augment.auto_augment)
         self.epoch = 0
 
     @classmethod
     def for_split(cls, data: ImageDataset, split: str, **kwargs) -> BatchLoader:
+        """A loader over the 'train' or 'test' split of `data`; `kwargs` go to the constructor."""
+        if split not in ("train", "test"):
+            raise unknown_name_error("split", split, ["train", "test"])
         images = data.train_images if split == "train" else data.test_images
         labels = data.train_labels if split == "train" else data.test_labels
         return cls(images, labels, mean=data.mean, std=data.std, num_classes=data.num_classes, **kwargs)
@@ -88,19 +79,47 @@ class BatchLoader:
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def set_epoch(self, epoch: int) -> None:
+        """Tell the loader which epoch comes next (mixing stops at `mix_until_epoch`)."""
         self.epoch = epoch
 
+    @property
+    def mixing(self) -> bool:
+        """Whether this epoch's training batches may be mixed (mixup / CutMix)."""
+        until = self.augment.mix_until_epoch
+        return self.augment.mixes and (until is None or self.epoch < until)
+
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        x = (images.float() - self.mean) / self.std
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+        """uint8 images to normalised float32 (NCHW-contiguous)."""
+        return images.float().sub_(self.mean).div_(self.std)
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised images back to pixel values in [0, 1]."""
+        return (x * self.std + self.mean).div_(255)
 
     def augment_batch(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training transform of one uint8 batch: normalised float images and their targets.
+
+        Targets are the int64 labels, or float class probabilities [B, num_classes] if the batch
+        was mixed.
+        """
         aug = self.augment
         if aug.crop_padding:
             images = random_crop(images, aug.crop_padding, self.generator)
         if aug.flip:
             images = random_flip(images, self.generator)
-        return images, labels
+        if self.auto_augment is not None:
+            seed = int(self.rng.integers(2**63))
+            images = auto_augment(images, self.auto_augment, aug.auto_augment_chunk, seed)
+        x = self.normalize(images)
+        if aug.cutout:
+            cutout(x, aug.cutout, self.generator)
+        if self.mixing and self.rng.random() < aug.mix_prob:
+            use_cutmix = aug.cutmix_alpha > 0 and (aug.mixup_alpha == 0 or self.rng.random() < 0.5)
+            alpha = aug.cutmix_alpha if use_cutmix else aug.mixup_alpha
+            lam = float(self.rng.beta(alpha, alpha))
+            soft = torch.nn.functional.one_hot(labels, self.num_classes).float()
+            return cutmix(x, soft, lam, self.generator) if use_cutmix else mixup(x, soft, lam)
+        return x, labels
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.labels)
@@ -112,5 +131,7 @@ class BatchLoader:
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]
             images, targets = self.images[idx], self.labels[idx]
             if self.train:
-                images, targets = self.augment_batch(images, targets)
-            yield self.normalize(images), targets
+                x, targets = self.augment_batch(images, targets)
+            else:
+                x = self.normalize(images)
+            yield (x.contiguous(memory_format=torch.channels_last) if self.channels_last else x), targets

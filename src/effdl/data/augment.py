@@ -1,0 +1,125 @@
+"""Training augmentations as batched tensor ops on the device: no per-image Python.
+
+Pixel-level ops (`random_crop`, `random_flip`, `auto_augment`) work on uint8 batches; `cutout`,
+`mixup` and `cutmix` work on the normalised float batch, so Cutout's zeros are the dataset mean
+(as in DeVries & Taylor) and mixing is linear in what the model sees.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torchvision.transforms.v2 as v2
+from pydantic import BaseModel, ConfigDict, Field
+
+AutoAugmentName = Literal["none", "autoaugment", "randaugment", "trivialaugment"]
+
+
+class AugmentConfig(BaseModel):
+    """Training-time augmentation. Evaluation batches are never augmented."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    crop_padding: int = Field(4, ge=0)  # random crop after zero padding by this many pixels; 0 disables
+    flip: bool = True  # random horizontal flip
+    auto_augment: AutoAugmentName = "none"  # torchvision policy; AutoAugment uses its CIFAR-10 policy
+    auto_augment_chunk: int = Field(8, ge=1)  # images sharing one random op draw (policies act per call)
+    cutout: int = Field(0, ge=0)  # side of the square Cutout erases, centred anywhere; 0 disables
+    mixup_alpha: float = Field(0.0, ge=0)  # Beta(alpha, alpha) mixing weight; 0 disables
+    cutmix_alpha: float = Field(0.0, ge=0)  # with mixup too, each mixed batch picks one at random
+    mix_prob: float = Field(1.0, ge=0, le=1)  # probability that a batch is mixed
+    mix_until_epoch: int | None = Field(None, ge=0)  # no mixing from this epoch on
+
+    @property
+    def mixes(self) -> bool:
+        return self.mixup_alpha > 0 or self.cutmix_alpha > 0
+
+
+def auto_augment_transform(name: AutoAugmentName) -> v2.Transform | None:
+    """The torchvision transform for an `auto_augment` setting (None for 'none')."""
+    transforms = {
+        "none": lambda: None,
+        "autoaugment": lambda: v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10),
+        "randaugment": v2.RandAugment,
+        "trivialaugment": v2.TrivialAugmentWide,
+    }
+    return transforms[name]()
+
+
+def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Per-image random crop of the zero-padded uint8 batch, keeping its size.
+
+    Each output row is a contiguous run of the padded batch, so the crop is one `index_select` of
+    rows rather than a gather of pixels (about 10x faster on CPU for a 512-image CIFAR batch).
+    """
+    n, c, h, w = images.shape
+    device = images.device
+    padded = torch.nn.functional.pad(images.contiguous(), (padding,) * 4).contiguous()
+    padded_h, padded_w = h + 2 * padding, w + 2 * padding
+    dx = torch.randint(0, 2 * padding + 1, (n,), device=device, generator=generator)
+    dy = torch.randint(0, 2 * padding + 1, (n,), device=device, generator=generator)
+    flat = padded.view(-1)
+    runs = flat.as_strided((flat.numel() - w + 1, w), (1, 1))  # runs[i] = flat[i : i + w]
+    image_start = torch.arange(n, device=device) * (c * padded_h * padded_w) + dy * padded_w + dx
+    row_start = torch.arange(c, device=device)[:, None] * (padded_h * padded_w)
+    row_start = (row_start + torch.arange(h, device=device) * padded_w).view(1, -1)
+    return runs.index_select(0, (image_start[:, None] + row_start).view(-1)).view(n, c, h, w)
+
+
+def random_flip(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Mirror each image left-right with probability 1/2."""
+    flip = torch.rand(images.shape[0], device=images.device, generator=generator) < 0.5
+    return torch.where(flip[:, None, None, None], images.flip(3), images)
+
+
+def auto_augment(images: torch.Tensor, transform: v2.Transform, chunk: int, seed: int) -> torch.Tensor:
+    """Apply a torchvision policy to uint8 `images`, `chunk` images per random draw.
+
+    torchvision draws one op per call, so calling it on small chunks keeps the batch diverse. Its
+    draws come from torch's global generator, seeded here (and restored after) for reproducibility.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return torch.cat([transform(part) for part in images.split(chunk)])
+
+
+def box_masks(
+    n: int, height: int, width: int, box_height: int, box_width: int, *, device: torch.device,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:  # fmt: skip
+    """Boolean [n, 1, height, width] masks, each one box centred on a uniformly random pixel, clipped at the borders."""
+    top = torch.randint(0, height, (n, 1), device=device, generator=generator) - box_height // 2
+    left = torch.randint(0, width, (n, 1), device=device, generator=generator) - box_width // 2
+    rows = torch.arange(height, device=device)
+    cols = torch.arange(width, device=device)
+    in_rows = (rows >= top) & (rows < top + box_height)  # [n, height]
+    in_cols = (cols >= left) & (cols < left + box_width)
+    return (in_rows[:, :, None] & in_cols[:, None, :])[:, None]
+
+
+def cutout(x: torch.Tensor, size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Zero one size x size square per image (clipped at the borders), in place."""
+    n, _, h, w = x.shape
+    return x.masked_fill_(box_masks(n, h, w, size, size, device=x.device, generator=generator), 0)
+
+
+def mixup(x: torch.Tensor, targets: torch.Tensor, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Blend each image and its soft target with the batch's mirror image: weight `lam` on itself."""
+    return x * lam + x.flip(0) * (1 - lam), targets * lam + targets.flip(0) * (1 - lam)
+
+
+def cutmix(
+    x: torch.Tensor, targets: torch.Tensor, lam: float, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Paste a box of area about (1 - lam) from the batch's mirror image into each image.
+
+    Boxes are placed per image and clipped at the borders; each target is weighted by the area
+    actually pasted.
+    """
+    n, _, h, w = x.shape
+    side = math.sqrt(1 - lam)
+    mask = box_masks(n, h, w, round(h * side), round(w * side), device=x.device, generator=generator)
+    pasted = mask.flatten(1).float().mean(1, keepdim=True)
+    return torch.where(mask, x.flip(0), x), targets * (1 - pasted) + targets.flip(0) * pasted

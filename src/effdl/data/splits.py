@@ -1,0 +1,74 @@
+"""Seeded, class-balanced subsets of a training split, and validation splits held out from it.
+
+Both draw from one `balanced_order` of the training images: a seeded shuffle in which every class
+takes its turn before any class appears again, so any prefix of it is as balanced as the class
+sizes allow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from effdl.data.datasets import ImageDataset
+from effdl.errors import EffdlError
+
+
+def balanced_order(labels: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """A seeded permutation of range(len(labels)) interleaving the classes round-robin."""
+    generator = torch.Generator().manual_seed(seed)
+    shuffled = torch.randperm(len(labels), generator=generator)
+    shuffled_labels = labels.cpu()[shuffled]
+    grouped = torch.sort(shuffled_labels, stable=True).indices  # by class, shuffled within each class
+    counts = torch.bincount(shuffled_labels)
+    class_start = counts.cumsum(0) - counts
+    rank = torch.empty_like(grouped)  # position of each image within its class
+    rank[grouped] = torch.arange(len(labels)) - class_start[shuffled_labels[grouped]]
+    return shuffled[torch.sort(rank, stable=True).indices]
+
+
+def subset(data: ImageDataset, n: int | None = None, per_class: int | None = None, seed: int = 0) -> ImageDataset:
+    """`data` with a seeded subset of its training images: `n` in all, or `per_class` of each class.
+
+    Either way the classes are balanced (to within one image for `n`); the test split is kept.
+    """
+    labels = data.train_labels
+    if (n is None) == (per_class is None):
+        raise EffdlError("subset needs exactly one of n (images in all) or per_class")
+    if per_class is not None:
+        smallest = int(torch.bincount(labels, minlength=data.num_classes).min())
+        if not 0 < per_class <= smallest:
+            raise EffdlError(f"per_class must be in 1..{smallest} (the smallest class), not {per_class}")
+        n = per_class * data.num_classes
+    elif not 0 < n <= len(labels):
+        raise EffdlError(f"subset size n must be in 1..{len(labels)}, not {n}")
+    keep = balanced_order(labels, seed)[:n].sort().values.to(labels.device)
+    info = {**data.info, "subset": {"n": n, "per_class": per_class, "seed": seed}}
+    return dataclasses.replace(data, train_images=data.train_images[keep], train_labels=labels[keep], info=info)
+
+
+def train_val_split(data: ImageDataset, val_size: int | float, seed: int = 0) -> ImageDataset:
+    """Hold out a class-balanced validation set from the training split.
+
+    Returns a new ImageDataset whose train_* are the remaining training images and whose test_*
+    are the validation images (the original test split is left out, so that model selection never
+    sees it); its name ends in ':val' and info['test_split'] says 'validation'. `val_size` is a
+    number of images, or a fraction of the training split when below 1.
+    """
+    n_train = len(data.train_labels)
+    n_val = round(val_size * n_train) if isinstance(val_size, float) and val_size < 1 else int(val_size)
+    if not 0 < n_val < n_train:
+        raise EffdlError(f"val_size must be 1..{n_train - 1} images, or a fraction below 1, not {val_size}")
+    order = balanced_order(data.train_labels, seed).to(data.train_labels.device)
+    val, train = order[:n_val].sort().values, order[n_val:].sort().values
+    info = {**data.info, "test_split": "validation", "validation": {"n": n_val, "seed": seed}}
+    return dataclasses.replace(
+        data,
+        name=f"{data.name}:val",
+        train_images=data.train_images[train],
+        train_labels=data.train_labels[train],
+        test_images=data.train_images[val],
+        test_labels=data.train_labels[val],
+        info=info,
+    )
