@@ -1,0 +1,358 @@
+"""Data pipeline: datasets by name, the decode cache, subsets/splits, batched augmentations, grids."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from pydantic import ValidationError
+
+from effdl.data import (
+    AugmentConfig,
+    BatchLoader,
+    ImageDataset,
+    load_dataset,
+    save_augmentation_grid,
+    subset,
+    train_val_split,
+)
+from effdl.data import datasets as datasets_module
+from effdl.data.augment import cutout, random_crop, random_flip
+from effdl.data.datasets import CIFAR10_MEAN, CIFAR10_STD
+from effdl.errors import EffdlError
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory, monkeypatch):
+    """Every test decodes into its own cache, never the user's."""
+    monkeypatch.setenv("EFFDL_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
+def one_line_error(call) -> str:
+    with pytest.raises(EffdlError) as info:
+        call()
+    message = str(info.value)
+    assert message and "\n" not in message
+    return message
+
+
+def write_folder(root: Path, splits: dict[str, dict[str, list[np.ndarray]]]) -> None:
+    """Write HWC uint8 arrays as PNGs (lossless) under root/<split>/<class>/NN.png."""
+    for split, classes in splits.items():
+        for name, images in classes.items():
+            (root / split / name).mkdir(parents=True, exist_ok=True)
+            for i, image in enumerate(images):
+                Image.fromarray(image).save(root / split / name / f"{i:02d}.png")
+
+
+def random_images(n: int, size: int = 8, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(n)]
+
+
+@pytest.fixture
+def tiny_folder(tmp_path) -> tuple[Path, dict]:
+    content = {
+        "train": {"dog": random_images(3, seed=1), "cat": random_images(2, seed=2)},
+        "test": {"cat": random_images(1, seed=3), "dog": random_images(2, seed=4)},
+    }
+    write_folder(tmp_path / "pets", content)
+    return tmp_path / "pets", content
+
+
+# --- datasets by name -------------------------------------------------------------------------
+
+
+def test_synthetic_shapes_dtypes_and_options():
+    data = load_dataset("synthetic", n_train=40, n_test=20, num_classes=4, size=16)
+    assert data.train_images.shape == (40, 3, 16, 16) and data.train_images.dtype == torch.uint8
+    assert data.test_images.shape == (20, 3, 16, 16)
+    assert data.train_labels.dtype == torch.int64 and set(data.train_labels.tolist()) == {0, 1, 2, 3}
+    assert data.num_classes == 4 and data.image_shape == (3, 16, 16)
+
+
+def test_unknown_dataset_and_option_are_one_line_errors():
+    assert "cifar10" in one_line_error(lambda: load_dataset("cifar11"))
+    assert "n_train" in one_line_error(lambda: load_dataset("synthetic", n_trian=3))
+    assert "imagefolder:PATH" in one_line_error(lambda: load_dataset("imagefolder:"))
+
+
+def test_image_folder_decodes_labels_and_statistics(tiny_folder):
+    root, content = tiny_folder
+    data = load_dataset(f"imagefolder:{root}")
+    assert data.classes == ["cat", "dog"]  # sorted folder names
+    expected_train = content["train"]["cat"] + content["train"]["dog"]
+    assert data.train_labels.tolist() == [0, 0, 1, 1, 1]
+    assert data.test_labels.tolist() == [0, 1, 1]
+    assert torch.equal(data.train_images, torch.from_numpy(np.stack(expected_train)).permute(0, 3, 1, 2))
+    pixels = np.stack(expected_train).reshape(-1, 3) / 255
+    assert data.mean == pytest.approx(pixels.mean(0).tolist(), abs=1e-9)
+    assert data.std == pytest.approx(pixels.std(0).tolist(), abs=1e-9)
+
+
+def test_image_folder_cache_hits_and_is_invalidated_by_changes(tiny_folder):
+    root, _ = tiny_folder
+    first = load_dataset(f"imagefolder:{root}")
+    second = load_dataset(f"imagefolder:{root}")
+    assert (first.info["cache"], second.info["cache"]) == ("miss", "hit")
+    assert torch.equal(first.train_images, second.train_images)
+    assert torch.equal(first.test_labels, second.test_labels)
+
+    Image.fromarray(random_images(1, seed=9)[0]).save(root / "train" / "cat" / "new.png")
+    grown = load_dataset(f"imagefolder:{root}")
+    assert grown.info["cache"] == "miss" and len(grown.train_labels) == 6
+
+    replacement = random_images(1, seed=10)[0]
+    Image.fromarray(replacement).save(root / "test" / "cat" / "00.png")
+    os.utime(root / "test" / "cat" / "00.png", ns=(1, 1))  # a new mtime even on coarse clocks
+    edited = load_dataset(f"imagefolder:{root}")
+    assert edited.info["cache"] == "miss"
+    assert torch.equal(edited.test_images[0], torch.from_numpy(replacement).permute(2, 0, 1))
+
+
+def test_image_folder_accepts_val_and_resizes_on_request(tmp_path):
+    write_folder(tmp_path, {"train": {"a": random_images(2, 8), "b": random_images(1, 12)}, "val": {"a": random_images(1, 8)}})
+    message = one_line_error(lambda: load_dataset(f"imagefolder:{tmp_path}"))
+    assert "image_size" in message
+    data = load_dataset(f"imagefolder:{tmp_path}", image_size=6)
+    assert data.train_images.shape == (3, 3, 6, 6) and data.test_images.shape == (1, 3, 6, 6)
+
+
+def test_image_folder_bad_input_is_one_line(tmp_path):
+    assert "does not exist" in one_line_error(lambda: load_dataset(f"imagefolder:{tmp_path}/missing"))
+    (tmp_path / "train" / "a").mkdir(parents=True)
+    assert "test" in one_line_error(lambda: load_dataset(f"imagefolder:{tmp_path}"))
+    write_folder(tmp_path, {"train": {"a": random_images(1)}, "test": {"a": random_images(1)}})
+    (tmp_path / "train" / "a" / "broken.jpg").write_bytes(b"not a jpeg")
+    assert "broken.jpg" in one_line_error(lambda: load_dataset(f"imagefolder:{tmp_path}"))
+
+
+# --- CIFAR --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_cifar10(tmp_path, cifar10_root) -> Path:
+    """A few hundred real CIFAR-10 JPEGs, copied into tmp_path/cifar10 in the same layout."""
+    for split, count in (("train", 20), ("test", 5)):
+        for class_dir in sorted((cifar10_root / "cifar10" / split).iterdir()):
+            target = tmp_path / "cifar10" / split / class_dir.name
+            target.mkdir(parents=True)
+            for file in sorted(class_dir.iterdir())[:count]:
+                shutil.copy(file, target / file.name)
+    return tmp_path
+
+
+def test_cifar10_from_an_image_folder_copy(small_cifar10, monkeypatch):
+    data = load_dataset("cifar10", root=small_cifar10)
+    assert data.classes[:3] == ["airplane", "automobile", "bird"] and data.num_classes == 10
+    assert data.train_images.shape == (200, 3, 32, 32) and data.test_images.shape == (50, 3, 32, 32)
+    assert torch.bincount(data.train_labels).tolist() == [20] * 10
+    assert (data.mean, data.std) == (CIFAR10_MEAN, CIFAR10_STD)
+    first = small_cifar10 / "cifar10" / "train" / "airplane" / sorted(os.listdir(small_cifar10 / "cifar10/train/airplane"))[0]
+    assert torch.equal(data.train_images[0], torch.from_numpy(np.array(Image.open(first).convert("RGB"))).permute(2, 0, 1))
+
+    monkeypatch.setenv("EFFDL_DATA", str(small_cifar10))  # the data root from the environment
+    assert load_dataset("cifar10").info["cache"] == "hit"
+    direct = load_dataset("cifar10", root=small_cifar10 / "cifar10")  # or the dataset folder itself
+    assert torch.equal(direct.test_labels, data.test_labels)
+    assert "10 classes" in one_line_error(lambda: load_dataset("cifar100", root=small_cifar10 / "cifar10"))
+
+
+def test_cifar_missing_says_where_it_looked(tmp_path):
+    message = one_line_error(lambda: load_dataset("cifar10", root=tmp_path, download=False))
+    assert str(tmp_path / "cifar10") in message and "EFFDL_DATA" in message and "imagefolder:" in message
+
+
+def test_cifar_torchvision_format_becomes_nchw(tmp_path, monkeypatch):
+    class FakeTorchvisionCifar:  # stands in for torchvision.datasets.CIFAR10 (which checks real md5s)
+        classes = [f"c{i}" for i in range(10)]
+
+        def __init__(self, root, train, download):
+            n = 6 if train else 4
+            self.data = np.arange(n * 32 * 32 * 3, dtype=np.uint32).reshape(n, 32, 32, 3).astype(np.uint8)
+            self.targets = list(range(n))
+
+    (tmp_path / "cifar-10-batches-py").mkdir()
+    spec = dataclasses.replace(datasets_module.CIFAR["cifar10"], torchvision_class=FakeTorchvisionCifar)
+    monkeypatch.setitem(datasets_module.CIFAR, "cifar10", spec)
+    data = load_dataset("cifar10", root=tmp_path)
+    fake = FakeTorchvisionCifar(None, True, False)
+    assert data.train_images.shape == (6, 3, 32, 32) and data.test_images.shape == (4, 3, 32, 32)
+    assert torch.equal(data.train_images[2, 1], torch.from_numpy(fake.data[2, :, :, 1]))
+    assert data.info["format"] == "torchvision" and data.classes == fake.classes
+
+
+# --- subsets and validation splits -------------------------------------------------------------
+
+
+@pytest.fixture
+def uneven() -> ImageDataset:
+    """Unique images (image i holds the value of its index) with classes of sizes 30, 20, 10."""
+    labels = torch.tensor([0] * 30 + [1] * 20 + [2] * 10)[torch.randperm(60, generator=torch.Generator().manual_seed(5))]
+    images = torch.arange(60, dtype=torch.uint8)[:, None, None, None].expand(60, 3, 4, 4).clone()
+    return ImageDataset("uneven", images, labels, images[:3], labels[:3], ["a", "b", "c"])
+
+
+def image_ids(images: torch.Tensor) -> list[int]:
+    return images[:, 0, 0, 0].tolist()
+
+
+def test_subset_is_seeded_balanced_and_keeps_pairs(uneven):
+    small = subset(uneven, n=14, seed=1)
+    assert sorted(torch.bincount(small.train_labels).tolist()) == [4, 5, 5]
+    assert image_ids(subset(uneven, n=14, seed=1).train_images) == image_ids(small.train_images)
+    assert image_ids(subset(uneven, n=14, seed=2).train_images) != image_ids(small.train_images)
+    assert all(uneven.train_labels[i] == label for i, label in zip(image_ids(small.train_images), small.train_labels))
+    assert torch.equal(small.test_images, uneven.test_images)
+
+    per = subset(uneven, per_class=7, seed=0)
+    assert torch.bincount(per.train_labels).tolist() == [7, 7, 7]
+    # beyond the smallest class, n keeps drawing from the classes that have images left
+    assert sorted(torch.bincount(subset(uneven, n=45).train_labels).tolist()) == [10, 17, 18]
+
+
+def test_subset_bad_arguments(uneven):
+    assert "exactly one" in one_line_error(lambda: subset(uneven))
+    assert "exactly one" in one_line_error(lambda: subset(uneven, n=3, per_class=1))
+    assert "1..10" in one_line_error(lambda: subset(uneven, per_class=11))
+    assert "1..60" in one_line_error(lambda: subset(uneven, n=61))
+
+
+def test_train_val_split_is_disjoint_balanced_and_named(uneven):
+    split = train_val_split(uneven, 0.25, seed=3)
+    train, val = image_ids(split.train_images), image_ids(split.test_images)
+    assert len(val) == 15 and sorted(train + val) == list(range(60))
+    assert sorted(torch.bincount(split.test_labels).tolist()) == [5, 5, 5]
+    assert split.name == "uneven:val" and split.info["test_split"] == "validation"
+    assert image_ids(train_val_split(uneven, 15, seed=3).test_images) == val
+    assert "val_size" in one_line_error(lambda: train_val_split(uneven, 60))
+
+
+# --- augmentations ------------------------------------------------------------------------------
+
+
+def test_random_crop_is_a_shifted_window_of_the_padded_image():
+    images = torch.randint(0, 256, (64, 3, 12, 10), dtype=torch.uint8)
+    out = random_crop(images, 2, torch.Generator().manual_seed(0))
+    assert out.shape == images.shape and out.dtype == torch.uint8
+    padded = torch.nn.functional.pad(images, (2, 2, 2, 2))
+    shifts = set()
+    for i in range(64):
+        matches = [(dy, dx) for dy in range(5) for dx in range(5) if torch.equal(out[i], padded[i, :, dy : dy + 12, dx : dx + 10])]
+        assert len(matches) == 1
+        shifts.add(matches[0])
+    assert len(shifts) > 10
+    assert torch.equal(random_crop(images, 0), images)
+
+
+def test_random_flip_mirrors_about_half():
+    images = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8)
+    out = random_flip(images, torch.Generator().manual_seed(0))
+    flipped = [torch.equal(o, i.flip(2)) for o, i in zip(out, images)]
+    kept = [torch.equal(o, i) for o, i in zip(out, images)]
+    assert all(f or k for f, k in zip(flipped, kept)) and 16 < sum(flipped) < 48
+
+
+def test_cutout_zeroes_one_square_per_image():
+    x = torch.ones(200, 3, 16, 16)
+    cutout(x, 6, torch.Generator().manual_seed(0))
+    zero = x == 0
+    assert torch.equal(zero[:, :1].expand_as(zero), zero)  # the same square in every channel
+    interior = 0
+    for mask in zero[:, 0]:
+        rows, cols = mask.any(1).nonzero().flatten(), mask.any(0).nonzero().flatten()
+        assert 3 <= len(rows) <= 6 and 3 <= len(cols) <= 6  # clipped at worst to half a side
+        assert int(mask.sum()) == len(rows) * len(cols)  # a filled rectangle
+        assert rows.diff().eq(1).all() and cols.diff().eq(1).all()
+        if 0 < rows[0] and rows[-1] < 15 and 0 < cols[0] and cols[-1] < 15:
+            interior += 1
+            assert len(rows) == len(cols) == 6
+    assert interior > 50
+
+
+def coloured(num_classes: int = 4, n: int = 64) -> ImageDataset:
+    """Images filled with a per-class value, normalised to exactly that value."""
+    values = torch.tensor([10, 80, 150, 240], dtype=torch.uint8)[:num_classes]
+    labels = torch.arange(n) % num_classes
+    images = values[labels][:, None, None, None].expand(n, 3, 8, 8).clone()
+    return ImageDataset("coloured", images, labels, images, labels, list("abcd"[:num_classes]), (0.0,) * 3, (1 / 255,) * 3)
+
+
+def mixed_loader(data: ImageDataset, **augment) -> BatchLoader:
+    config = AugmentConfig(crop_padding=0, flip=False, **augment)
+    return BatchLoader.for_split(data, "train", train=True, batch_size=16, augment=config, seed=1)
+
+
+@pytest.mark.parametrize("mixer", ["mixup_alpha", "cutmix_alpha"])
+def test_mixing_targets_describe_the_mixed_pixels(mixer):
+    data = coloured()
+    values = torch.tensor([10.0, 80.0, 150.0, 240.0])
+    for x, targets in mixed_loader(data, **{mixer: 1.0}):
+        assert targets.shape == (16, 4) and targets.dtype == torch.float32
+        assert torch.allclose(targets.sum(1), torch.ones(16)) and (targets >= 0).all()
+        assert torch.allclose(x.mean((1, 2, 3)), targets @ values, atol=1e-3)
+        if mixer == "mixup_alpha":  # one Beta draw per batch: every two-class row has the same weights
+            pairs = [sorted(row[row > 0].tolist()) for row in targets if (row > 0).sum() == 2]
+            assert pairs and all(pair == pytest.approx(pairs[0]) for pair in pairs)
+
+
+def test_mix_until_epoch_and_mix_prob_switch_mixing_off():
+    loader = mixed_loader(coloured(), mixup_alpha=0.4, cutmix_alpha=1.0, mix_until_epoch=2)
+    for epoch, expect_soft in ((0, True), (1, True), (2, False), (5, False)):
+        loader.set_epoch(epoch)
+        assert loader.mixing == expect_soft
+        assert {targets.dtype for _, targets in loader} == ({torch.float32} if expect_soft else {torch.int64})
+    never = mixed_loader(coloured(), mixup_alpha=0.4, mix_prob=0.0)
+    assert {targets.dtype for _, targets in never} == {torch.int64}
+
+
+def test_auto_augment_is_batched_seeded_and_changes_images():
+    data = load_dataset("synthetic", n_train=64, n_test=8)
+    for policy in ("autoaugment", "randaugment", "trivialaugment"):
+        batches = [
+            next(iter(mixed_loader(data, auto_augment=policy, auto_augment_chunk=4)))[0] for _ in range(2)
+        ]
+        plain = next(iter(mixed_loader(data)))[0]
+        assert torch.equal(batches[0], batches[1]) and batches[0].shape == plain.shape
+        assert not torch.equal(batches[0], plain)
+
+
+def test_augment_config_rejects_unknown_keys_and_values():
+    with pytest.raises(ValidationError, match="cutuot"):
+        AugmentConfig(cutuot=8)
+    with pytest.raises(ValidationError):
+        AugmentConfig(auto_augment="autoaugmnet")
+    with pytest.raises(ValidationError):
+        AugmentConfig(mix_prob=1.5)
+
+
+def test_loader_train_is_seeded_and_eval_is_exact():
+    data = load_dataset("synthetic", n_train=64, n_test=20)
+    config = AugmentConfig(cutout=4, mixup_alpha=0.2)
+    runs = [[x for x, _ in BatchLoader.for_split(data, "train", train=True, batch_size=16, augment=config, seed=7)] for _ in range(2)]
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
+    batches = list(BatchLoader.for_split(data, "test", batch_size=8, channels_last=True))
+    assert [len(t) for _, t in batches] == [8, 8, 4]
+    assert batches[0][0].is_contiguous(memory_format=torch.channels_last)
+    expected = (data.test_images[:8].float() / 255 - 0.5) / 0.25
+    assert torch.allclose(batches[0][0], expected, atol=1e-6)
+    assert "train" in one_line_error(lambda: BatchLoader.for_split(data, "valid"))
+
+
+# --- grids --------------------------------------------------------------------------------------
+
+
+def test_augmentation_grid_png_has_the_expected_size(tmp_path):
+    data = load_dataset("synthetic", n_train=64, n_test=8)
+    path = save_augmentation_grid(data, tmp_path / "grid.png", n=16, nrow=4, augment=AugmentConfig(cutout=8))
+    with Image.open(path) as image:
+        assert image.size == (4 * 34 + 2, 4 * 34 + 2)  # 32-pixel tiles with 2-pixel borders
+    loader = BatchLoader.for_split(data, "train", train=True, augment=AugmentConfig(mixup_alpha=1.0))
+    with Image.open(save_augmentation_grid(loader, tmp_path / "sub" / "mixed.png", n=10, nrow=5)) as image:
+        assert image.size == (5 * 34 + 2, 2 * 34 + 2)
