@@ -28,6 +28,12 @@ from effdl.compress.quantize.config import (
 )
 from effdl.compress.quantize.fold import fold_batchnorm
 from effdl.compress.quantize.layers import QuantConv2d, QuantLinear
+from effdl.compress.quantize.sensitivity import (
+    LayerSensitivity,
+    plot_sensitivity,
+    sensitivity_scan,
+    sensitivity_table,
+)
 
 __all__ = [
     "BinaryConnectConfig",
@@ -36,6 +42,7 @@ __all__ = [
     "Int8StaticConfig",
     "Int8WeightOnlyConfig",
     "KMeansConfig",
+    "LayerSensitivity",
     "QuantConv2d",
     "QuantLinear",
     "QuantizationCallback",
@@ -46,8 +53,11 @@ __all__ = [
     "clip_latent_weights_",
     "fold_batchnorm",
     "is_quantized",
+    "plot_sensitivity",
     "quantize_",
     "quantized_layers",
+    "sensitivity_scan",
+    "sensitivity_table",
     "to_half_",
     "verify_model_bits",
 ]

@@ -25,6 +25,7 @@ from effdl.data.loader import BatchLoader
 from effdl.errors import EffdlError
 from effdl.measure.bits import verify_weight_bits
 from effdl.models.transforms import record_transform, register_transform
+from effdl.train.callbacks import Callback
 
 MIN_CALIBRATION_IMAGES = 64
 FilterFn = Callable[[nn.Module, str], bool]
@@ -111,7 +112,7 @@ def clip_latent_weights_(model: nn.Module) -> None:
             layer.weight.clamp_(-1, 1)
 
 
-class QuantizationCallback:
+class QuantizationCallback(Callback):
     """Trainer callback for quantization-aware training: keeps BinaryConnect latent weights in [-1, 1]."""
 
     def on_after_step(self, trainer: Any) -> None:

@@ -61,9 +61,10 @@ class MinMaxWeight(nn.Module):
         qmax = 2 ** (self.bits - 1) - 1
         scale = _constant(self.scale(w))
         zero = torch.zeros_like(scale, dtype=torch.int32)
+        w32 = w.float()  # the fake-quantize ops take float32 only (e.g. not under bf16 autocast)
         if self.per_channel:
-            return torch.fake_quantize_per_channel_affine(w, scale, zero, 0, -qmax - 1, qmax)
-        return torch.fake_quantize_per_tensor_affine(w, scale, zero, -qmax - 1, qmax)
+            return torch.fake_quantize_per_channel_affine(w32, scale, zero, 0, -qmax - 1, qmax).to(w.dtype)
+        return torch.fake_quantize_per_tensor_affine(w32, scale, zero, -qmax - 1, qmax).to(w.dtype)
 
 
 class LSQWeight(nn.Module):
@@ -352,7 +353,7 @@ class RangeAct(nn.Module):
                 "(or train with method 'ema') before using the model"
             )
         scale, zero_point = self.qparams()
-        return torch.fake_quantize_per_tensor_affine(x, scale, zero_point, 0, 2**self.bits - 1)
+        return torch.fake_quantize_per_tensor_affine(x.float(), scale, zero_point, 0, 2**self.bits - 1).to(x.dtype)
 
     @torch.no_grad()
     def _update_running_range(self, x: torch.Tensor) -> None:
