@@ -85,9 +85,11 @@ def default_data_root() -> Path:
 def synthetic_dataset(
     n_train: int = 512, n_test: int = 256, num_classes: int = 10, size: int = 32, seed: int = 0
 ) -> ImageDataset:
-    """Random class templates plus noise: learnable in a few epochs, for tests."""
+    """Smooth random class templates plus noise: learnable in a few epochs, for tests."""
     g = torch.Generator().manual_seed(seed)
-    templates = torch.rand(num_classes, 3, size, size, generator=g) * 255
+    # Low-frequency templates, so that random crops and flips keep each class recognisable.
+    coarse = torch.rand(num_classes, 3, 4, 4, generator=g) * 255
+    templates = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
 
     def draw(n: int) -> tuple[torch.Tensor, torch.Tensor]:
         labels = torch.arange(n) % num_classes
