@@ -1,0 +1,78 @@
+"""`effdl bench CKPT|MODEL`: latency and throughput in PyTorch and ONNX Runtime, and sizes on disk."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from effdl.cli.common import add_device_arg, model_from_ref
+from effdl.cli.export import int_list
+from effdl.deploy.bench import BenchResult, benchmark_model
+from effdl.device import resolve_device
+from effdl.measure.counting import profile
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("bench", help="latency/throughput in PyTorch and ONNX Runtime, sizes on disk")
+    p.add_argument("model", help="checkpoint (.safetensors) or registered model name")
+    p.add_argument("--batch-sizes", default="1,64", help="comma-separated batch sizes (default 1,64)")
+    p.add_argument("--input-size", default="3,32,32", help="C,H,W of one input (default 3,32,32)")
+    p.add_argument("--num-classes", type=int, default=10, help="classes, for a model name (default 10)")
+    p.add_argument("--onnx", action=argparse.BooleanOptionalAction, default=True,
+                   help="also export to ONNX, check it and time it in ONNX Runtime (default on)")
+    p.add_argument("--out", default=None, help="folder to keep the ONNX file in (default: a temporary one)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="intra-op CPU threads for PyTorch and ONNX Runtime (default: torch's setting)")
+    p.add_argument("--repeats", type=int, default=30, help="timed runs per measurement (default 30)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed runs first (default 5)")
+    p.add_argument("--max-seconds", type=float, default=20.0, help="cap on each timed loop (default 20)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_device_arg(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    batch_sizes = int_list(args.batch_sizes, "--batch-sizes")
+    shape = int_list(args.input_size, "--input-size", length=3)
+    device = resolve_device(args.device)
+    model, _ = model_from_ref(args.model, num_classes=args.num_classes)
+    counted_bytes = profile(model, (1, *shape)).size_bytes
+    result = benchmark_model(
+        model, shape, batch_sizes, onnx=args.onnx, onnx_dir=args.out, device=device, threads=args.threads,
+        warmup=args.warmup, repeats=args.repeats, max_seconds=args.max_seconds,
+    )
+    if Path(args.model).is_file():
+        result.sizes["checkpoint_bytes"] = Path(args.model).stat().st_size
+    result.sizes["counted_bytes"] = counted_bytes
+    if result.onnx_bytes is not None:
+        result.sizes["onnx_bytes"] = result.onnx_bytes
+    if args.json:
+        print(json.dumps({"model": args.model, **result.to_dict()}, indent=2))
+    else:
+        print_bench(args.model, result)
+    return 0
+
+
+def print_bench(name: str, result: BenchResult) -> None:
+    console = Console()
+    if not console.is_terminal:  # piped or captured: rich would fall back to 80 columns
+        console.width = max(console.width, 140)
+    table = Table(title=f"{name}: latency on input {tuple(result.input_shape)}")
+    for column in ("backend", "device", "threads", "batch", "median ms", "p10 ms", "p90 ms", "images/s"):
+        table.add_column(column, justify="left" if column in ("backend", "device") else "right")
+    for r in result.latencies:
+        table.add_row(r.backend, r.device, str(r.threads), str(r.batch_size), f"{r.median_ms:.2f}",
+                      f"{r.p10_ms:.2f}", f"{r.p90_ms:.2f}", f"{r.throughput:,.0f}")
+    console.print(table)
+    if result.onnx_max_abs_diff is not None:
+        console.print(f"ONNX Runtime output matches PyTorch (max abs diff {result.onnx_max_abs_diff:.2e})")
+    for batch, ratio in result.onnx_speedups().items():
+        console.print(f"batch {batch}: ONNX Runtime is {ratio:.2f}x the speed of PyTorch eager")
+    labels = {"checkpoint_bytes": "checkpoint file", "onnx_bytes": "ONNX file",
+              "counted_bytes": "parameters at their bit-width (counted)"}
+    for key, value in result.sizes.items():
+        console.print(f"{labels.get(key, key)}: {value / 1e6:.3f} MB ({value:,} bytes)")

@@ -1,0 +1,103 @@
+"""PyTorch eager against its ONNX Runtime export: export, verify outputs, then time both.
+
+`benchmark_model` is what `effdl bench` and `benchmarks/latency.py` run. The ONNX file is checked
+against PyTorch before it is timed, so a fast but wrong export is never reported.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from effdl.deploy.onnx import check_onnx, export_onnx, ort_session
+from effdl.errors import EffdlError
+from effdl.measure.latency import LatencyResult, onnx_latency, torch_latency
+
+
+@dataclass
+class BenchResult:
+    """Latencies per backend and batch size, the ONNX check and the sizes on disk."""
+
+    input_shape: tuple[int, ...]
+    latencies: list[LatencyResult]
+    onnx_path: str | None = None
+    onnx_bytes: int | None = None
+    onnx_max_abs_diff: float | None = None
+    sizes: dict[str, int] = field(default_factory=dict)
+
+    def latency(self, backend: str, batch_size: int) -> LatencyResult | None:
+        return next(
+            (r for r in self.latencies if r.backend == backend and r.batch_size == batch_size), None
+        )
+
+    def onnx_speedups(self) -> dict[int, float]:
+        """Per batch size: PyTorch CPU median latency / ONNX Runtime median latency."""
+        ratios = {}
+        for r in self.latencies:
+            if r.backend != "onnxruntime":
+                continue
+            eager = next(
+                (e for e in self.latencies if e.backend == "pytorch" and e.device == "cpu" and e.batch_size == r.batch_size),
+                None,
+            )
+            if eager is not None:
+                ratios[r.batch_size] = eager.median_ms / r.median_ms
+        return ratios
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "input_shape": list(self.input_shape),
+            "onnx": None
+            if self.onnx_bytes is None
+            else {"path": self.onnx_path, "bytes": self.onnx_bytes, "max_abs_diff": self.onnx_max_abs_diff},
+            "sizes": self.sizes,
+            "latency": [r.to_dict() for r in self.latencies],
+            "onnx_speedup": {str(b): v for b, v in self.onnx_speedups().items()},
+        }
+
+
+def benchmark_model(
+    model: nn.Module,
+    input_shape: Sequence[int] = (3, 32, 32),
+    batch_sizes: Sequence[int] = (1, 64),
+    *,
+    onnx: bool = True,
+    onnx_dir: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    threads: int | None = None,
+    warmup: int = 5,
+    repeats: int = 30,
+    max_seconds: float | None = 20.0,
+) -> BenchResult:
+    """Time `model` on random batches of each size in PyTorch (on `device`) and in ONNX Runtime (CPU).
+
+    `input_shape` excludes the batch dimension. The ONNX export goes to `onnx_dir` (a temporary
+    folder, removed afterwards, when None). `max_seconds` caps each timed loop.
+    """
+    if not batch_sizes or min(batch_sizes) < 1:
+        raise EffdlError(f"batch sizes must be positive integers (got {list(batch_sizes)})")
+    input_shape = tuple(int(d) for d in input_shape)
+    model.eval()
+    result = BenchResult(input_shape=input_shape, latencies=[])
+    timing = dict(threads=threads, warmup=warmup, repeats=repeats, max_seconds=max_seconds)
+    with tempfile.TemporaryDirectory(prefix="effdl-bench-") as tmp:
+        session = None
+        if onnx:
+            # Exported and checked on CPU: ONNX Runtime runs on the CPU provider.
+            model.cpu()
+            path = export_onnx(model, Path(onnx_dir or tmp) / "model.onnx", (1, *input_shape))
+            result.onnx_path = str(path) if onnx_dir else None
+            result.onnx_bytes = path.stat().st_size
+            result.onnx_max_abs_diff = check_onnx(model, path)
+            session = ort_session(path, threads=threads)
+        for b in batch_sizes:
+            result.latencies.append(torch_latency(model, (b, *input_shape), device=device, **timing))
+            if session is not None:
+                result.latencies.append(onnx_latency(path, b, session=session, **timing))
+    return result

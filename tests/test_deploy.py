@@ -1,0 +1,181 @@
+"""ONNX export and verification, latency measurement, and the `effdl export` / `effdl bench` commands."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import types
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+from torch import nn
+
+from effdl.checkpoint import save_model
+from effdl.cli import main
+from effdl.deploy import check_onnx, export_onnx, ort_session
+from effdl.errors import EffdlError
+from effdl.measure.latency import measure_latency, onnx_latency, torch_latency
+from effdl.models import create_model
+
+
+@pytest.fixture(autouse=True)
+def _cli_main_module_stub(monkeypatch):
+    # effdl.cli.build_parser imports every module of effdl.cli, __main__ included, which runs the CLI
+    # on import; an empty stand-in keeps main([...]) callable in-process until it skips __main__.
+    monkeypatch.setitem(sys.modules, "effdl.cli.__main__", types.ModuleType("effdl.cli.__main__"))
+
+
+@pytest.fixture(scope="module")
+def resnet20():
+    torch.manual_seed(0)
+    return create_model("resnet20", width=0.5).eval()
+
+
+@pytest.fixture(scope="module")
+def resnet20_onnx(resnet20, tmp_path_factory):
+    """resnet20 exported once for the module; the post-processor tags the graph to prove it ran."""
+
+    def tag(proto: onnx.ModelProto) -> onnx.ModelProto:
+        onnx.helper.set_model_props(proto, {"effdl_test": "postprocessed"})
+        return proto
+
+    folder = tmp_path_factory.mktemp("onnx")
+    return export_onnx(resnet20, folder / "resnet20.onnx", postprocess=tag)
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    return save_model(tmp_path / "tiny.safetensors", create_model("tiny_cnn"))
+
+
+def test_export_resnet20_matches_pytorch_at_any_batch(resnet20, resnet20_onnx):
+    assert [p.name for p in resnet20_onnx.parent.iterdir()] == ["resnet20.onnx"]  # no temp file left
+    proto = onnx.load(str(resnet20_onnx))
+    onnx.checker.check_model(proto)
+    assert {p.key: p.value for p in proto.metadata_props}["effdl_test"] == "postprocessed"
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # symbolic batch
+    assert check_onnx(resnet20, resnet20_onnx) < 1e-4
+
+    session = ort_session(resnet20_onnx, threads=1)
+    x = torch.randn(3, 3, 32, 32)
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(got, resnet20(x).numpy(), atol=1e-4, rtol=1e-3)
+
+
+def test_export_torchvision_mobilenet_v2(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("tv:mobilenet_v2", num_classes=10)
+    path = export_onnx(model, tmp_path / "mbv2.onnx", input_size=(1, 3, 32, 32), dynamic_batch=False)
+    proto = onnx.load(str(path))
+    assert [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim] == [1, 3, 32, 32]
+    assert check_onnx(model, path) < 1e-4
+
+
+def test_check_detects_tampered_weights(resnet20, resnet20_onnx, tmp_path):
+    proto = onnx.load(str(resnet20_onnx))
+    biggest = max(proto.graph.initializer, key=lambda t: int(np.prod(t.dims)))
+    values = numpy_helper.to_array(biggest).copy()
+    values += 0.5
+    biggest.CopyFrom(numpy_helper.from_array(values, biggest.name))
+    tampered = tmp_path / "tampered.onnx"
+    onnx.save(proto, str(tampered))
+    with pytest.raises(EffdlError, match="differs from PyTorch"):
+        check_onnx(resnet20, tampered)
+
+
+def test_check_detects_a_different_model(resnet20_onnx):
+    torch.manual_seed(1)
+    other = create_model("resnet20", width=0.5).eval()
+    with pytest.raises(EffdlError, match="max abs diff"):
+        check_onnx(other, resnet20_onnx)
+
+
+def test_unexportable_model_and_bad_files_give_effdl_errors(tmp_path):
+    class Broken(nn.Module):
+        def forward(self, x):
+            raise ValueError("no forward for you")
+
+    with pytest.raises(EffdlError, match="ONNX export of Broken failed"):
+        export_onnx(Broken(), tmp_path / "broken.onnx")
+    assert not list(tmp_path.iterdir())
+    with pytest.raises(EffdlError, match="not found"):
+        ort_session(tmp_path / "missing.onnx")
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"not a protobuf at all")
+    with pytest.raises(EffdlError, match="not a runnable ONNX model"):
+        ort_session(garbage)
+
+
+def test_latency_statistics_are_consistent():
+    result = measure_latency(lambda _: time.sleep(0.002), None, warmup=1, repeats=15, batch_size=4)
+    assert result.repeats == len(result.times_ms) == 15
+    assert result.min_ms <= result.p10_ms <= result.median_ms <= result.p90_ms <= result.max_ms
+    assert result.min_ms >= 2.0  # each call sleeps 2 ms
+    assert result.min_ms <= result.mean_ms <= result.max_ms and result.std_ms >= 0
+    assert 0 <= result.iqr_ms <= result.max_ms - result.min_ms
+    assert result.throughput == pytest.approx(4 / (result.median_ms / 1e3))
+    assert "times_ms" not in result.to_dict() and result.to_dict()["throughput"] == result.throughput
+
+
+def test_latency_time_cap_and_bad_arguments():
+    capped = measure_latency(lambda _: time.sleep(0.02), None, warmup=0, repeats=1000, max_seconds=0.1)
+    assert 3 <= capped.repeats < 20
+    with pytest.raises(EffdlError):
+        measure_latency(lambda _: None, None, repeats=0)
+
+
+def test_torch_and_onnx_latency_record_their_threads(resnet20_onnx):
+    model = create_model("resnet20", width=0.25).train()
+    before = torch.get_num_threads()
+    result = torch_latency(model, (2, 3, 32, 32), threads=1, warmup=1, repeats=3)
+    assert (result.backend, result.batch_size, result.threads, result.repeats) == ("pytorch", 2, 1, 3)
+    assert torch.get_num_threads() == before and model.training  # settings restored
+    ort_result = onnx_latency(resnet20_onnx, batch_size=2, threads=1, warmup=1, repeats=3)
+    assert (ort_result.backend, ort_result.batch_size, ort_result.threads) == ("onnxruntime", 2, 1)
+    assert ort_result.median_ms > 0
+
+
+def test_cli_export_writes_a_verified_file(tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "out" / "tiny.onnx"
+    assert main(["export", str(tiny_checkpoint), "--out", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["bytes"] == out.stat().st_size > 0
+    assert report["max_abs_diff"] < 1e-4
+
+
+def test_cli_bench_times_both_backends(tiny_checkpoint, tmp_path, capsys):
+    argv = ["bench", str(tiny_checkpoint), "--batch-sizes", "1,2", "--repeats", "3", "--warmup", "1",
+            "--threads", "1", "--device", "cpu", "--out", str(tmp_path / "keep"), "--json"]
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    pairs = {(r["backend"], r["batch_size"]) for r in report["latency"]}
+    assert pairs == {("pytorch", 1), ("pytorch", 2), ("onnxruntime", 1), ("onnxruntime", 2)}
+    assert all(r["threads"] == 1 for r in report["latency"])
+    assert report["onnx"]["max_abs_diff"] < 1e-4
+    assert report["sizes"]["checkpoint_bytes"] == tiny_checkpoint.stat().st_size
+    assert report["sizes"]["onnx_bytes"] == (tmp_path / "keep" / "model.onnx").stat().st_size
+    assert set(report["onnx_speedup"]) == {"1", "2"}
+
+
+def test_cli_bench_without_onnx_prints_a_table(tiny_checkpoint, capsys):
+    assert main(["bench", str(tiny_checkpoint), "--no-onnx", "--batch-sizes", "1", "--repeats", "2",
+                 "--warmup", "0", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "pytorch" in out and "onnxruntime" not in out and "checkpoint file" in out
+
+
+def test_cli_bad_input_exits_2(tmp_path, tiny_checkpoint, capsys):
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(tiny_checkpoint.read_bytes()[:100])
+    assert main(["bench", str(tmp_path / "missing.safetensors"), "--no-onnx"]) == 2
+    assert main(["export", str(corrupt), "--out", str(tmp_path / "x.onnx")]) == 2
+    assert main(["bench", str(tiny_checkpoint), "--batch-sizes", "1,zero", "--no-onnx"]) == 2
+    assert main(["export", str(tiny_checkpoint), "--out", str(tmp_path / "x.onnx"), "--input-size", "3,32"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("effdl: error:") == 4 and "Traceback" not in err
