@@ -1,0 +1,46 @@
+"""`effdl report RUNS...`: a table of runs with their scores, a Pareto plot, CSV and JSON."""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.console import Console
+
+from effdl.cli.export import int_list
+from effdl.errors import EffdlError
+from effdl.measure.scoring import scorer_names
+from effdl.report import make_report
+from effdl.report.table import runs_table
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("report", help="table and accuracy-vs-score plot over training runs")
+    p.add_argument("runs", nargs="+", help="run directories (runs/NAME), or folders holding them")
+    p.add_argument("--out", default="reports", help="folder for runs.csv, runs.json, accuracy_vs_score.png")
+    p.add_argument("--scorer", action="append", default=None,
+                   help=f"scorer to compute, repeatable; the first is plotted ({', '.join(scorer_names())}; "
+                        "default: those with a track for the runs' dataset)")
+    p.add_argument("--track", default=None, help="track of the scorers (default: the runs' dataset, if a track)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="accuracy line on the plot, as a fraction (default: the plotted track's threshold)")
+    p.add_argument("--latency", action="store_true", help="also time batch-1 PyTorch latency of each run")
+    p.add_argument("--input-size", default="3,32,32", help="C,H,W of one input (default 3,32,32)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.threshold is not None and not 0 <= args.threshold <= 1:
+        raise EffdlError(f"--threshold is a fraction in [0, 1], got {args.threshold}")
+    report = make_report(
+        args.runs, args.out, scorers=args.scorer, track=args.track, threshold=args.threshold,
+        latency=args.latency, input_size=int_list(args.input_size, "--input-size", length=3),
+    )
+    console = Console()
+    if not console.is_terminal:  # piped or captured: rich would fall back to 80 columns
+        console.width = max(console.width, 140)
+    console.print(runs_table(report.rows, report.scorers, title=f"{len(report.rows)} runs"))
+    console.print(f"✓: meets the track's accuracy threshold; ★: on the Pareto front of {report.plotted_scorer} "
+                  "score against accuracy")
+    for path in report.files.values():
+        console.print(f"wrote {path}")
+    return 0

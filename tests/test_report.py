@@ -1,0 +1,146 @@
+"""Reports over run directories: loading, Pareto front, plot, CSV/JSON, and `effdl report`."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+from effdl.checkpoint import save_model
+from effdl.cli import main
+from effdl.errors import EffdlError
+from effdl.measure import profile, score
+from effdl.models import create_model
+from effdl.report import find_runs, load_run, make_report, pareto_front, plot_accuracy_vs_score
+
+
+@pytest.fixture(autouse=True)
+def _cli_main_module_stub(monkeypatch):
+    # effdl.cli.build_parser imports every module of effdl.cli, __main__ included, which runs the CLI
+    # on import; an empty stand-in keeps main([...]) callable in-process until it skips __main__.
+    monkeypatch.setitem(sys.modules, "effdl.cli.__main__", types.ModuleType("effdl.cli.__main__"))
+
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def make_run(root: Path, name: str, width: float, correct: int, total: int = 10_000,
+             dataset: str = "cifar10") -> Path:
+    """A run directory as the trainer writes it, with a real tiny model and a hand-written summary."""
+    run = root / name
+    run.mkdir(parents=True)
+    torch.manual_seed(0)
+    model = create_model("resnet20", width=width)
+    save_model(run / "best.safetensors", model)
+    save_model(run / "last.safetensors", model)
+    summary = {"name": name, "accuracy": correct / total, "correct": correct, "total": total,
+               "dataset": dataset, "model": {"name": "resnet20", "kwargs": {"width": width}},
+               "time_s": 1.0, "images_per_s": 100.0, "epochs": 1}
+    (run / "summary.json").write_text(json.dumps(summary))
+    (run / "config.yaml").write_text("model: resnet20\n")
+    (run / "metrics.jsonl").write_text("")
+    return run
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> Path:
+    """Three runs: small and inaccurate, medium and accurate, large and barely more accurate."""
+    root = tmp_path_factory.mktemp("runs")
+    make_run(root, "small", 0.25, correct=8_500)
+    make_run(root, "medium", 0.5, correct=9_100)
+    make_run(root, "large", 0.75, correct=9_000)  # dominated by medium: bigger and less accurate
+    return root
+
+
+def test_pareto_front_on_hand_made_points():
+    points = [(1.0, 0.90), (0.5, 0.92), (2.0, 0.95), (0.3, 0.70), (0.5, 0.80), (2.5, 0.95)]
+    # (1.0, 0.90) and (0.5, 0.80) are dominated by (0.5, 0.92); (2.5, 0.95) by (2.0, 0.95).
+    assert pareto_front(points) == [3, 1, 2]
+    assert pareto_front([(1.0, 0.9), (1.0, 0.9)]) == [0, 1]  # ties dominate nothing
+    assert pareto_front([(float("nan"), 0.9), (2.0, 0.5)]) == [1]
+    assert pareto_front([]) == []
+
+
+def test_plot_writes_a_png(tmp_path):
+    path = plot_accuracy_vs_score([0.1, 1.0, 10.0], [0.85, 0.9, 0.95], tmp_path / "sub" / "plot.png",
+                                  labels=["a", "b", "c"], threshold=0.9, score_label="imt2024")
+    assert path.read_bytes()[:8] == PNG_MAGIC and path.stat().st_size > 5_000
+
+
+def test_report_over_fabricated_runs(runs, tmp_path):
+    report = make_report([runs], tmp_path / "out", scorers=["imt2024", "micronet"], track="cifar100",
+                         latency=True)
+    by_name = {row["name"]: row for row in report.rows}
+    assert set(by_name) == {"small", "medium", "large"}
+    assert report.plotted_scorer == "imt2024"
+    # imt2024 has no cifar100 track: it falls back to the runs' dataset, cifar10 (threshold 90%).
+    assert report.threshold == pytest.approx(0.9)
+    assert {row["imt2024_track"] for row in report.rows} == {"cifar10"}
+    assert {row["micronet_track"] for row in report.rows} == {"cifar100"}
+    # The table holds what the counting engine and the scorers say about each checkpoint.
+    model = create_model("resnet20", width=0.5)
+    prof = profile(model, (1, 3, 32, 32))
+    assert (by_name["medium"]["params"], by_name["medium"]["macs"]) == (prof.params, prof.macs)
+    assert by_name["medium"]["imt2024_score"] == pytest.approx(score(model, "imt2024", "cifar10").score)
+    assert by_name["small"]["imt2024_score"] < by_name["medium"]["imt2024_score"] < by_name["large"]["imt2024_score"]
+    # Exact threshold check: 9,000 of 10,000 meets 90%, 8,500 does not; every micronet entry is >= 80%.
+    assert [by_name[n]["imt2024_qualifies"] for n in ("small", "medium", "large")] == [False, True, True]
+    assert all(row["micronet_qualifies"] for row in report.rows)
+    assert {n for n, row in by_name.items() if row["pareto"]} == {"small", "medium"}
+    assert all(row["latency_ms"] > 0 for row in report.rows)
+
+    assert report.files["png"].read_bytes()[:8] == PNG_MAGIC
+    with open(report.files["csv"]) as f:
+        table = list(csv.DictReader(f))
+    assert {r["name"] for r in table} == set(by_name)
+    assert {r["name"]: r["pareto"] for r in table}["large"] == "False"
+    saved = json.loads(report.files["json"].read_text())
+    assert saved["plotted_scorer"] == "imt2024" and len(saved["runs"]) == 3
+
+
+def test_default_scorers_follow_the_dataset(runs, tmp_path):
+    report = make_report([runs / "small", runs / "medium"], tmp_path, threshold=0.88)
+    assert report.scorers == ["imt2021", "imt2024"]  # the scorers with a cifar10 track
+    assert report.threshold == 0.88
+
+
+def test_bad_runs_give_clear_errors(runs, tmp_path):
+    with pytest.raises(EffdlError, match="run directory not found"):
+        load_run(tmp_path / "nope")
+    not_finished = tmp_path / "unfinished"
+    not_finished.mkdir()
+    with pytest.raises(EffdlError, match="no summary.json"):
+        find_runs([not_finished])
+    bad_summary = make_run(tmp_path, "bad", 0.25, correct=1)
+    (bad_summary / "summary.json").write_text(json.dumps({"name": "bad", "accuracy": 1.5}))
+    with pytest.raises(EffdlError, match="accuracy"):
+        load_run(bad_summary)
+    with pytest.raises(EffdlError, match="unknown scorer"):
+        make_report([runs / "small"], tmp_path, scorers=["imt2042"])
+    with pytest.raises(EffdlError, match="unknown track"):
+        make_report([runs / "small"], tmp_path, scorers=["imt2024"], track="mnist")
+
+
+def test_cli_report_end_to_end(runs, tmp_path, capsys):
+    out = tmp_path / "reports"
+    assert main(["report", str(runs / "small"), str(runs / "medium"), "--out", str(out),
+                 "--scorer", "imt2024", "--threshold", "0.9"]) == 0
+    printed = capsys.readouterr().out
+    assert "small" in printed and "medium" in printed and "imt2024" in printed
+    assert sorted(p.name for p in out.iterdir()) == ["accuracy_vs_score.png", "runs.csv", "runs.json"]
+
+
+def test_cli_report_bad_input_exits_2(runs, tmp_path, capsys):
+    corrupt = make_run(tmp_path, "corrupt", 0.25, correct=9_000)
+    (corrupt / "best.safetensors").write_bytes(b"\x00" * 64)
+    assert main(["report", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
+    assert main(["report", str(corrupt), "--out", str(tmp_path / "o")]) == 2
+    assert main(["report", str(runs / "small"), "--threshold", "90", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("effdl: error:") == 3 and "Traceback" not in err
+    assert "corrupt" in err
