@@ -18,7 +18,8 @@ from effdl.checkpoint import save_model
 from effdl.cli import main
 from effdl.deploy import check_onnx, export_onnx, ort_session
 from effdl.errors import EffdlError
-from effdl.measure.latency import measure_latency, onnx_latency, torch_latency
+from effdl.deploy.bench import BenchResult
+from effdl.measure.latency import LatencyResult, measure_latency, onnx_latency, torch_latency
 from effdl.models import create_model
 
 
@@ -139,6 +140,25 @@ def test_torch_and_onnx_latency_record_their_threads(resnet20_onnx):
     ort_result = onnx_latency(resnet20_onnx, batch_size=2, threads=1, warmup=1, repeats=3)
     assert (ort_result.backend, ort_result.batch_size, ort_result.threads) == ("onnxruntime", 2, 1)
     assert ort_result.median_ms > 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
+def test_torch_latency_on_gpu_is_synchronised():
+    result = torch_latency(create_model("resnet20", width=0.25), (8, 3, 32, 32), device="cuda", warmup=2, repeats=5)
+    assert result.device.startswith("cuda") and result.median_ms > 0
+
+
+def test_onnx_speedup_is_eager_over_onnx_median_per_batch():
+    def timed(backend: str, batch: int, median: float, device: str = "cpu") -> LatencyResult:
+        return LatencyResult(backend, device, batch, 1, 1, 0, median, median, 0.0, median, median, median, median,
+                             [median])
+
+    result = BenchResult((3, 32, 32), [timed("pytorch", 1, 4.0), timed("onnxruntime", 1, 2.0),
+                                       timed("pytorch", 8, 30.0, device="cuda"), timed("onnxruntime", 8, 10.0),
+                                       timed("pytorch", 8, 20.0)])
+    assert result.onnx_speedups() == {1: 2.0, 8: 2.0}  # compared with the CPU eager time only
+    assert result.latency("pytorch", 8).device == "cuda"
+    assert result.latency("pytorch", 8, device="cpu").median_ms == 20.0
 
 
 def test_cli_export_writes_a_verified_file(tiny_checkpoint, tmp_path, capsys):

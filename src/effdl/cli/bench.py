@@ -38,11 +38,14 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     batch_sizes = int_list(args.batch_sizes, "--batch-sizes")
     shape = int_list(args.input_size, "--input-size", length=3)
-    device = resolve_device(args.device)
+    # auto: the CPU, and the GPU as well when there is one; a named device: that device only.
+    devices = [resolve_device(args.device)]
+    if args.device == "auto" and devices[0].type != "cpu":
+        devices.insert(0, resolve_device("cpu"))
     model, _ = model_from_ref(args.model, num_classes=args.num_classes)
     counted_bytes = profile(model, (1, *shape)).size_bytes
     result = benchmark_model(
-        model, shape, batch_sizes, onnx=args.onnx, onnx_dir=args.out, device=device, threads=args.threads,
+        model, shape, batch_sizes, onnx=args.onnx, onnx_dir=args.out, devices=devices, threads=args.threads,
         warmup=args.warmup, repeats=args.repeats, max_seconds=args.max_seconds,
     )
     if Path(args.model).is_file():

@@ -31,9 +31,12 @@ class BenchResult:
     onnx_max_abs_diff: float | None = None
     sizes: dict[str, int] = field(default_factory=dict)
 
-    def latency(self, backend: str, batch_size: int) -> LatencyResult | None:
+    def latency(self, backend: str, batch_size: int, device: str | None = None) -> LatencyResult | None:
+        """The first result for `backend` at `batch_size` (on `device`, if given)."""
         return next(
-            (r for r in self.latencies if r.backend == backend and r.batch_size == batch_size), None
+            (r for r in self.latencies
+             if r.backend == backend and r.batch_size == batch_size and device in (None, r.device)),
+            None,
         )
 
     def onnx_speedups(self) -> dict[int, float]:
@@ -42,10 +45,7 @@ class BenchResult:
         for r in self.latencies:
             if r.backend != "onnxruntime":
                 continue
-            eager = next(
-                (e for e in self.latencies if e.backend == "pytorch" and e.device == "cpu" and e.batch_size == r.batch_size),
-                None,
-            )
+            eager = self.latency("pytorch", r.batch_size, device="cpu")
             if eager is not None:
                 ratios[r.batch_size] = eager.median_ms / r.median_ms
         return ratios
@@ -69,13 +69,13 @@ def benchmark_model(
     *,
     onnx: bool = True,
     onnx_dir: str | Path | None = None,
-    device: str | torch.device = "cpu",
+    devices: Sequence[str | torch.device] = ("cpu",),
     threads: int | None = None,
     warmup: int = 5,
     repeats: int = 30,
     max_seconds: float | None = 20.0,
 ) -> BenchResult:
-    """Time `model` on random batches of each size in PyTorch (on `device`) and in ONNX Runtime (CPU).
+    """Time `model` on random batches of each size in PyTorch (on each of `devices`) and ONNX Runtime (CPU).
 
     `input_shape` excludes the batch dimension. The ONNX export goes to `onnx_dir` (a temporary
     folder, removed afterwards, when None). `max_seconds` caps each timed loop.
@@ -97,7 +97,8 @@ def benchmark_model(
             result.onnx_max_abs_diff = check_onnx(model, path)
             session = ort_session(path, threads=threads)
         for b in batch_sizes:
-            result.latencies.append(torch_latency(model, (b, *input_shape), device=device, **timing))
+            for device in devices:
+                result.latencies.append(torch_latency(model, (b, *input_shape), device=device, **timing))
             if session is not None:
                 result.latencies.append(onnx_latency(path, b, session=session, **timing))
     return result
