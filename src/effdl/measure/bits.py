@@ -13,6 +13,13 @@ A layer that declares `weight_bits = b` must hold at most 2**b distinct weight v
 channel when `weight_per_channel`); `verify_weight_bits` raises an EffdlError otherwise. A layer
 whose weight tensor is stored in float16/bfloat16 counts as 16-bit. Anything else counts as 32-bit.
 Sparsity is always the measured fraction of exact zeros in the weight used at inference.
+
+How the scorers use it (effdl.measure.scoring): parameter storage is counted at `weight_bits`
+(biases and BN at their storage dtype); a conv/linear multiply costs max(weight_bits, act_bits)/32,
+or 1/32 for 1-bit weights times float or 1-bit activations; any layer declaring fewer than 16 bits
+cancels the MicroNet 16-bit freebie. Pruning needs no declaration: unstructured pruning shows as
+zeros in `quantized_weight()` (or `weight`), structured pruning as smaller tensors. A new quantizer
+only has to implement the four members above; the scorers need no change.
 """
 
 from __future__ import annotations

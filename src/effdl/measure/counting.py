@@ -545,10 +545,12 @@ def _param_records(model: nn.Module, tracer: _Tracer) -> list[ParamRecord]:
     records = []
     for name, p in model.named_parameters():
         layer, role = owner.get(name, (None, "other"))
-        bits, nonzero = _float_bits(p), int(torch.count_nonzero(p.detach()))
         if layer is not None and role == "weight" and tracer.records[layer].kind in WEIGHTED_KINDS:
-            bits = tracer.records[layer].weight_bits or bits
+            # the inference weight (quantized, masked) was measured when the layer was recorded
+            bits = tracer.records[layer].weight_bits or _float_bits(p)
             nonzero = tracer.records[layer].weight_nonzero
+        else:
+            bits, nonzero = _float_bits(p), int(torch.count_nonzero(p.detach()))
         records.append(ParamRecord(name, p.numel(), nonzero, int(bits), layer, role))
         if layer is not None:
             tracer.records[layer].params += p.numel()
