@@ -274,6 +274,7 @@ class _Tracer(TorchFunctionMode):
         self.names = {m: n for n, m in model.named_modules()}
         self.used_names: dict[str, int] = {}
         self.param_ids = {id(p): n for n, p in model.named_parameters()}
+        self.buffer_ids = {id(b) for b in model.buffers()}
         self.param_ptrs = {p.untyped_storage().data_ptr() for p in model.parameters()}
         self.param_ptrs |= {b.untyped_storage().data_ptr() for b in model.buffers()}
         self.stack: list[tuple[nn.Module, str | None]] = []
@@ -354,10 +355,10 @@ class _Tracer(TorchFunctionMode):
         if not outputs:
             return
         arg_tensors = _tensors(list(args) + list(kwargs.values()))
-        inputs = [t for t in arg_tensors if id(t) not in self.param_ids]
+        inputs = [t for t in arg_tensors if id(t) not in self.param_ids and id(t) not in self.buffer_ids]
         weights = [t for t in arg_tensors if id(t) in self.param_ids]
         if not inputs:
-            return  # arithmetic on parameters only (e.g. building a masked weight)
+            return  # arithmetic on model state only (e.g. building a masked weight or a BN scale)
         weight = bias = None
         extra: dict[str, Any] = {}
         roles: dict[str, str] = {}
