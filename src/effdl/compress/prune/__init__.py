@@ -16,7 +16,7 @@ from effdl.compress.prune.schedules import (
 )
 from effdl.compress.prune.sensitivity import SensitivityScan, sensitivity_scan
 from effdl.compress.prune.slimming import SlimmingPenalty, bn_scale_l1
-from effdl.compress.prune.structured import count_macs, prune_channels, prune_channels_to_macs
+from effdl.compress.prune.structured import prune_channels, prune_channels_to_macs
 from effdl.compress.prune.unstructured import (
     MaskCallback,
     Masks,
@@ -31,7 +31,7 @@ from effdl.compress.prune.unstructured import (
 
 __all__ = [
     "AGPCallback", "FilterNormImportance", "MaskCallback", "Masks", "SensitivityScan", "SlimmingPenalty", "SparsityReport",
-    "ThiNetImportance", "WeightSnapshot", "agp_sparsity", "apply_masks", "bn_scale_l1", "count_macs",
+    "ThiNetImportance", "WeightSnapshot", "agp_sparsity", "apply_masks", "bn_scale_l1",
     "current_masks", "iterative_pruning", "iterative_sparsities", "lottery_ticket", "magnitude_masks",
     "make_importance", "make_permanent", "measure_sparsity", "prune_channels", "prune_channels_to_macs",
     "prune_magnitude", "rewind", "sensitivity_scan", "snapshot",

@@ -21,11 +21,11 @@ from typing import Any
 import torch
 import torch_pruning as tp
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from effdl.compress.prune.criteria import make_importance
 from effdl.compress.prune.selection import PRUNABLE_TYPES, check_fraction, matching
 from effdl.errors import EffdlError
+from effdl.measure.counting import profile
 from effdl.models.transforms import record_transform, register_transform
 
 TRANSFORM = "prune_channels"
@@ -100,18 +100,19 @@ class _Pruner(tp.pruner.BasePruner):
         return current_channels - kept
 
 
-def _check_groups(pruner: tp.pruner.BasePruner, groups: list, names: dict[nn.Module, str]) -> None:
-    for group in groups:
-        for item in group:
-            module, fn = item.dep.target.module, item.dep.handler
-            if not pruner.DG.is_out_channel_pruning_fn(fn):
-                continue
-            channels = pruner.DG.get_out_channels(module)
-            if channels is not None and len(set(item.idxs)) >= channels:
-                raise EffdlError(
-                    f"pruning would remove every channel of layer '{names.get(module, module)}' "
-                    f"({channels} channels); lower the ratio or use scope 'layer'"
-                )
+def _refuse_emptying_layers(pruner: tp.pruner.BasePruner, names: dict[nn.Module, str]) -> None:
+    """Make the pruner raise, instead of silently skipping a group that would empty a layer."""
+    keeps_channels = pruner.DG.check_pruning_group
+
+    def check(group) -> bool:
+        if keeps_channels(group):
+            return True
+        layer = names.get(group[0].dep.target.module, "?")
+        raise EffdlError(
+            f"pruning would remove every channel of layer '{layer}'; lower the ratio or use scope 'layer'"
+        )
+
+    pruner.DG.check_pruning_group = check
 
 
 def prune_channels(
@@ -125,7 +126,8 @@ def prune_channels(
     calibration: Iterable[torch.Tensor] | None = None,
     ignore: Iterable[str] = (),
 ) -> dict[str, tuple[int, int]]:
-    """Remove `ratio` of the channels of `model` in place; returns {layer: (outputs before, after)}.
+    """Remove `ratio` of the channels of `model` in place; returns {layer: (outputs before, after)}
+    for the Conv/Linear layers that lost outputs.
 
     `criterion`: "l1" / "l2" filter norm, "bn-scale" (network slimming), "thinet" (needs a few
     `calibration` input batches), or any torch-pruning Importance. `ignore`: layer-name globs
@@ -153,35 +155,20 @@ def prune_channels(
         model, example_inputs, importance, global_pruning=scope == "global", pruning_ratio=ratio,
         ignored_layers=ignored, round_to=round_to,
     )
-    groups = list(pruner.step(interactive=True))
-    _check_groups(pruner, groups, names)
+    _refuse_emptying_layers(pruner, names)
+    groups = list(pruner.step(interactive=True))  # all planned (and checked) before any change
     for group in groups:
         group.prune()
     after = module_widths(model)
     changed = {name: spec for name, spec in after.items() if spec != before.get(name)}
     if changed:
         record_transform(model, TRANSFORM, {"modules": changed})
-    return {
-        name: (before[name]["tensors"]["weight"][0], after[name]["tensors"]["weight"][0])
-        for name in layers if name in changed
-    }
-
-
-def count_macs(model: nn.Module, example_inputs: torch.Tensor) -> int:
-    """Multiply-accumulates of one forward pass of `example_inputs`, per example."""
-    was_training = model.training
-    model.eval()
-    counter = FlopCounterMode(display=False)
-    try:
-        with torch.no_grad(), counter:
-            model(example_inputs)
-    finally:
-        model.train(was_training)
-    return counter.get_total_flops() // 2 // example_inputs.shape[0]
+    widths = {name: (before[name]["tensors"]["weight"][0], after[name]["tensors"]["weight"][0]) for name in layers}
+    return {name: (old, new) for name, (old, new) in widths.items() if old != new}
 
 
 def prune_channels_to_macs(
-    model: nn.Module, keep_macs: float, *, example_inputs: torch.Tensor | None = None, steps: int = 10, **kwargs
+    model: nn.Module, keep_macs: float, *, input_size: tuple[int, ...] = (1, 3, 32, 32), steps: int = 10, **kwargs
 ) -> float:
     """Prune in place until MACs are at most `keep_macs` of the original; returns the ratio used.
 
@@ -191,28 +178,27 @@ def prune_channels_to_macs(
     keep_macs = float(keep_macs)
     if not 0.0 < keep_macs < 1.0:
         raise EffdlError(f"the MAC fraction to keep must be in (0, 1), got {keep_macs}")
-    if example_inputs is None:
-        example_inputs = default_inputs(model)
+    example_inputs = default_inputs(model, input_size)
     criterion = kwargs.pop("criterion", "l1")
     if isinstance(criterion, str):
         criterion = make_importance(criterion, scope=kwargs.get("scope", "layer"), model=model,
                                     calibration=kwargs.pop("calibration", None))
-    base = count_macs(model, example_inputs)
-    low, high = 0.0, None
-    for ratio in [0.5] + [None] * (steps - 1):
-        ratio = ratio if ratio is not None else (low + high) / 2 if high is not None else (low + 1.0) / 2
+    prune_channels(copy.deepcopy(model), 0.0, criterion=criterion, **kwargs)  # validates the options
+    base = profile(model, input_size).macs
+    low, fitting, failing = 0.0, None, 1.0  # fitting: smallest ratio known to meet the budget
+    for _ in range(steps):
+        ratio = (low + (fitting if fitting is not None else failing)) / 2
         trial = copy.deepcopy(model)
         try:
             prune_channels(trial, ratio, criterion=criterion, example_inputs=example_inputs, **kwargs)
-            fits = count_macs(trial, example_inputs) <= keep_macs * base
-        except EffdlError:
-            fits = False  # removed a whole layer: too much
-            trial = None
-        if fits:
-            high = ratio
+        except EffdlError:  # would empty a layer: too much
+            failing = ratio
+            continue
+        if profile(trial, input_size).macs <= keep_macs * base:
+            fitting = ratio
         else:
             low = ratio
-    if high is None:
+    if fitting is None:
         raise EffdlError(f"could not reach {keep_macs:.0%} of the MACs by channel pruning")
-    prune_channels(model, high, criterion=criterion, example_inputs=example_inputs, **kwargs)
-    return high
+    prune_channels(model, fitting, criterion=criterion, example_inputs=example_inputs, **kwargs)
+    return fitting

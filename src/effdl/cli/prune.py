@@ -1,0 +1,72 @@
+"""`effdl prune CKPT --method M --sparsity S --out runs/NAME`: prune a checkpoint, optionally fine-tune.
+
+Unstructured (weights set to exact zeros): magnitude (global or per-layer L1; --rounds for
+iterative prune-retrain; --sensitivity-drop for per-layer targets from a sensitivity scan), agp
+(gradual sparsity during --epochs), lottery (rewind survivors to --rewind-to, then retrain).
+Structured (channels physically removed, --sparsity is the channel fraction or --target-macs the
+MAC fraction to keep): l1-filter, l2-filter, slimming (--penalty-epochs of BN-scale L1 training
+first), thinet. The run directory gets best.safetensors and summary.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from effdl.cli.common import add_data_args, add_device_arg, dataset_from_args
+from effdl.compress.prune.pipeline import METHODS, PruneOptions, prune_checkpoint
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("prune", help="prune a checkpoint (unstructured or structured) into a new run")
+    p.add_argument("checkpoint", help="a .safetensors checkpoint")
+    p.add_argument("--method", required=True, help=f"one of {', '.join(METHODS)}")
+    p.add_argument("--sparsity", type=float, default=None,
+                   help="fraction in [0, 1): of weights (unstructured) or of channels (structured)")
+    p.add_argument("--target-macs", type=float, default=None,
+                   help="structured: keep this fraction of the MACs (e.g. 0.5 for 2x fewer), instead of --sparsity")
+    p.add_argument("--scope", default=None, help="global or layer (default: global unstructured, layer structured)")
+    p.add_argument("--round-to", type=int, default=None, help="structured: keep channel counts multiples of this")
+    p.add_argument("--epochs", type=int, default=0, help="fine-tuning epochs after pruning (per round)")
+    p.add_argument("--lr", type=float, default=0.01, help="fine-tuning peak learning rate (cosine schedule)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--rounds", type=int, default=1, help="magnitude/lottery: iterative prune-retrain rounds")
+    p.add_argument("--rewind-to", default=None, help="lottery: early checkpoint of the same run to rewind to")
+    p.add_argument("--penalty", type=float, default=1e-4, help="slimming: L1 strength on BN scales")
+    p.add_argument("--penalty-epochs", type=int, default=0, help="slimming: sparsity-training epochs before pruning")
+    p.add_argument("--calibration-batches", type=int, default=4, help="thinet: 64-image batches to sample")
+    p.add_argument("--sensitivity-drop", type=float, default=None,
+                   help="magnitude: scan per-layer sensitivity, prune each layer as far as it loses at most this")
+    p.add_argument("--scan-images", type=int, default=1000, help="training images used by the sensitivity scan")
+    p.add_argument("--include", nargs="*", default=[], help="layer-name globs to prune (unstructured)")
+    p.add_argument("--exclude", nargs="*", default=[], help="layer-name globs never to prune")
+    p.add_argument("--train-limit", type=int, default=None, help="fine-tune on a balanced subset of this many images")
+    p.add_argument("--test-limit", type=int, default=None, help="evaluate on the first N test images (smoke tests)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="run directory to create, e.g. runs/resnet20-pruned")
+    add_data_args(p)
+    add_device_arg(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    options = PruneOptions(
+        method=args.method, sparsity=args.sparsity, target_macs=args.target_macs, scope=args.scope,
+        round_to=args.round_to, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, rounds=args.rounds,
+        rewind_to=args.rewind_to, penalty=args.penalty, penalty_epochs=args.penalty_epochs,
+        calibration_batches=args.calibration_batches, sensitivity_drop=args.sensitivity_drop,
+        scan_images=args.scan_images, include=args.include, exclude=args.exclude, train_limit=args.train_limit,
+        test_limit=args.test_limit, device=args.device, seed=args.seed,
+    )
+    options.validate()
+    data = dataset_from_args(args) if args.data else None
+    s = prune_checkpoint(args.checkpoint, options, args.out, data=data)
+    print(f"pruned with {s['method']} ({s['scope']} scope) -> {args.out}/best.safetensors")
+    print(f"accuracy     {s['accuracy_before']:.2%} -> {s['accuracy']:.2%} ({s['correct']}/{s['total']} test images)")
+    print(f"sparsity     {s['sparsity_before']:.2%} -> {s['sparsity']:.2%} (measured fraction of exact zeros)")
+    print(f"MACs         {s['macs_before']:,} -> {s['macs_after']:,} ({s['macs_after'] / s['macs_before']:.2f}x)")
+    print(f"params       {s['params_before']:,} -> {s['params_after']:,}")
+    print(f"size         {s['size_bytes_before']:,} -> {s['size_bytes_after']:,} bytes")
+    if s["score_imt2024_after"] is not None:
+        print(f"imt2024      {s['score_imt2024_before']:.4f} -> {s['score_imt2024_after']:.4f}")
+    print(f"note: {s['note']}")
+    return 0

@@ -1,0 +1,246 @@
+"""The job behind `effdl prune`: checkpoint in, pruned (and fine-tuned) run directory out.
+
+`prune_checkpoint` loads a checkpoint, measures it, applies one pruning method, optionally
+fine-tunes with the trainer (masks kept applied for unstructured methods), measures again and
+writes `<out>/best.safetensors` (the final pruned weights) and `<out>/summary.json`. Every number
+in the summary is measured on the model itself: sparsity is the fraction of exact zeros, MACs and
+parameters come from the counting engine, accuracy from the full test split.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from effdl.checkpoint import load_model, read_checkpoint, save_model, split_namespace
+from effdl.compress.prune.schedules import AGPCallback, iterative_pruning, lottery_ticket
+from effdl.compress.prune.selection import check_fraction
+from effdl.compress.prune.sensitivity import sensitivity_scan
+from effdl.compress.prune.structured import prune_channels, prune_channels_to_macs
+from effdl.compress.prune.slimming import SlimmingPenalty
+from effdl.compress.prune.unstructured import MaskCallback, make_permanent, measure_sparsity, prune_magnitude
+from effdl.data import BatchLoader, ImageDataset, subset
+from effdl.device import resolve_device
+from effdl.errors import EffdlError, unknown_name_error
+from effdl.measure.accuracy import evaluate
+from effdl.measure.counting import profile
+
+UNSTRUCTURED = ("magnitude", "agp", "lottery")
+STRUCTURED = {"l1-filter": "l1", "l2-filter": "l2", "slimming": "bn-scale", "thinet": "thinet"}
+METHODS = (*UNSTRUCTURED, *STRUCTURED)
+
+UNSTRUCTURED_NOTE = (
+    "unstructured sparsity shrinks storage (and the scores, which count only non-zero weights) "
+    "but not dense latency: dense kernels still multiply the zeros, and the MACs above are dense MACs"
+)
+STRUCTURED_NOTE = "channels were physically removed: MACs, parameters and dense latency all drop"
+
+
+@dataclass
+class PruneOptions:
+    """What `effdl prune` does; see `effdl prune --help` for each option."""
+
+    method: str
+    sparsity: float | None = None  # fraction of weights (unstructured) or of channels (structured)
+    target_macs: float | None = None  # structured: keep this fraction of the MACs instead
+    scope: str | None = None  # global | layer (default: global unstructured, layer structured)
+    round_to: int | None = None
+    epochs: int = 0
+    lr: float = 0.01
+    batch_size: int = 128
+    rounds: int = 1
+    rewind_to: str | None = None
+    penalty: float = 1e-4
+    penalty_epochs: int = 0
+    calibration_batches: int = 4
+    sensitivity_drop: float | None = None
+    scan_images: int = 1000
+    include: list[str] = field(default_factory=list)
+    exclude: list[str] = field(default_factory=list)
+    train_limit: int | None = None
+    test_limit: int | None = None
+    device: str = "auto"
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.method not in METHODS:
+            raise unknown_name_error("pruning method", self.method, METHODS)
+        structured = self.method in STRUCTURED
+        if self.sparsity is None and not (structured and self.target_macs is not None) and self.sensitivity_drop is None:
+            raise EffdlError(f"--sparsity is required for method {self.method}")
+        if self.sparsity is not None:
+            check_fraction(self.sparsity)
+        if self.target_macs is not None and not structured:
+            raise EffdlError("--target-macs applies to structured methods (l1-filter, l2-filter, slimming, thinet)")
+        if self.scope not in (None, "global", "layer"):
+            raise EffdlError(f"unknown scope '{self.scope}'; use global or layer")
+        if self.epochs < 0 or self.rounds < 1 or self.penalty_epochs < 0:
+            raise EffdlError("--epochs and --penalty-epochs must be >= 0 and --rounds >= 1")
+        if self.method == "agp" and self.epochs < 1:
+            raise EffdlError("agp prunes gradually during training: pass --epochs N (N >= 1)")
+        if self.method == "lottery" and not self.rewind_to:
+            raise EffdlError("lottery rewinds to early weights: pass --rewind-to an early checkpoint of the same run")
+        if self.sensitivity_drop is not None and self.method != "magnitude":
+            raise EffdlError("--sensitivity-drop sets per-layer targets for the magnitude method only")
+        if structured and self.include:
+            raise EffdlError("structured pruning takes --exclude (layers whose outputs are kept), not --include")
+
+
+def limited(data: ImageDataset, train_limit: int | None, test_limit: int | None, seed: int = 0) -> ImageDataset:
+    """`data` with a balanced training subset and/or the first `test_limit` test images."""
+    if train_limit:
+        data = subset(data, n=min(train_limit, len(data.train_labels)), seed=seed)
+    if test_limit:
+        data = dataclasses.replace(data, test_images=data.test_images[:test_limit],
+                                   test_labels=data.test_labels[:test_limit])
+    return data
+
+
+def _measure(model: nn.Module, data: ImageDataset, device: torch.device) -> dict[str, Any]:
+    from effdl.measure.scoring import score
+
+    prof = profile(model, (1, *data.image_shape))
+    acc = evaluate(model.to(device), BatchLoader.for_split(data, "test", batch_size=500, device=device))
+    try:
+        imt2024 = score(prof, "imt2024").score
+    except EffdlError:
+        imt2024 = None
+    return {"accuracy": acc.top1, "correct": acc.correct, "total": acc.total, "macs": prof.macs,
+            "params": prof.params, "size_bytes": prof.size_bytes, "score_imt2024": imt2024,
+            "sparsity": measure_sparsity(model).sparsity}
+
+
+class _FineTuner:
+    """Fine-tunes with the trainer, from the checkpoint's own training config where it has one."""
+
+    def __init__(self, data: ImageDataset, options: PruneOptions, train_config: dict[str, Any], model_name: str):
+        from effdl.train import make_config
+
+        base = {k: v for k, v in train_config.items() if k not in ("name", "out_dir", "subset", "subset_per_class",
+                                                                   "val_size", "ema_decay", "milestones")}
+        self.data = data
+        self.config = lambda epochs: make_config({
+            **base, "dataset": data.name, "model": base.get("model", model_name), "epochs": epochs,
+            "lr": options.lr, "batch_size": options.batch_size, "schedule": "cosine", "warmup_epochs": 0,
+            "device": options.device, "seed": options.seed, "compile": False,
+        }, source="fine-tuning options")
+        self.results: list[dict[str, Any]] = []
+
+    def __call__(self, model: nn.Module, epochs: int, callbacks: list) -> nn.Module:
+        from effdl.train import Trainer
+
+        if epochs < 1:
+            return model
+        trainer = Trainer(model, self.data, self.config(epochs), callbacks=callbacks)
+        result = trainer.fit()
+        self.results.append({"epochs": epochs, "accuracy": result.accuracy, "time_s": result.time_s})
+        return trainer.model
+
+
+def _calibration(data: ImageDataset, batches: int, device: torch.device) -> list[torch.Tensor]:
+    loader = BatchLoader.for_split(data, "train", batch_size=64, device=device)
+    return [images for _, (images, _) in zip(range(max(1, batches)), loader)]
+
+
+def prune_checkpoint(
+    checkpoint: str | Path, options: PruneOptions, out_dir: str | Path, data: ImageDataset | None = None
+) -> dict[str, Any]:
+    """Prune `checkpoint` as `options` say into run directory `out_dir`; returns the summary."""
+    from effdl.data import load_dataset
+
+    options.validate()
+    out_dir = Path(out_dir)
+    if (out_dir / "best.safetensors").exists():
+        raise EffdlError(f"{out_dir} already holds a pruned model; pick another --out")
+    model, meta = load_model(checkpoint)
+    train_config = meta.get("config") or {}
+    if data is None:
+        if not train_config.get("dataset"):
+            raise EffdlError("the checkpoint does not name its dataset: pass --data NAME")
+        data = load_dataset(train_config["dataset"], root=train_config.get("data_root"))
+    data = limited(data, options.train_limit, options.test_limit, options.seed)
+    device = resolve_device(options.device)
+    model = model.to(device)
+    early = split_namespace(read_checkpoint(options.rewind_to)[0], "model") if options.rewind_to else None
+    torch.manual_seed(options.seed)
+
+    before = _measure(model, data, device)
+    finetune = _FineTuner(data, options, train_config, meta["spec"]["name"])
+    scope = options.scope or ("layer" if options.method in STRUCTURED else "global")
+    selection = {"include": options.include or None, "exclude": options.exclude or None}
+    details: dict[str, Any] = {}
+
+    if options.method == "magnitude":
+        target: Any = options.sparsity
+        if options.sensitivity_drop is not None:
+            scan_data = dataclasses.replace(data, test_images=data.train_images[: options.scan_images],
+                                            test_labels=data.train_labels[: options.scan_images])
+            loader = BatchLoader.for_split(scan_data, "test", batch_size=500, device=device)
+            scan = sensitivity_scan(model, lambda m: evaluate(m, loader).top1, **selection)
+            target = scan.layer_targets(options.sensitivity_drop)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            scan.plot(out_dir / "sensitivity.png")
+            details["sensitivity"] = scan.to_json()
+            scope = "layer"
+        if options.rounds > 1 and options.epochs:
+            masks = iterative_pruning(model, target, options.rounds,
+                                      lambda m, masks: finetune(m, options.epochs, [MaskCallback(masks)]),
+                                      scope=scope, **selection)
+        else:
+            masks = prune_magnitude(model, target, scope=scope, **selection)
+            model = finetune(model, options.epochs, [MaskCallback(masks)])
+        make_permanent(model, masks)
+    elif options.method == "agp":
+        agp = AGPCallback(options.sparsity, initial_sparsity=measure_sparsity(model).sparsity, scope=scope, **selection)
+        model = finetune(model, options.epochs, [agp])
+        make_permanent(model, agp.masks)
+    elif options.method == "lottery":
+        masks = lottery_ticket(model, early, options.sparsity,
+                               lambda m, masks: finetune(m, options.epochs, [MaskCallback(masks)]),
+                               rounds=options.rounds, scope=scope, **selection)
+        make_permanent(model, masks)
+    else:
+        criterion = STRUCTURED[options.method]
+        if options.method == "slimming" and options.penalty_epochs:
+            model = finetune(model, options.penalty_epochs, [SlimmingPenalty(options.penalty)])
+        kwargs = {"criterion": criterion, "scope": scope, "round_to": options.round_to, "ignore": options.exclude,
+                  "calibration": _calibration(data, options.calibration_batches, device) if criterion == "thinet" else None}
+        model.eval()
+        if options.target_macs is not None:
+            details["channel_ratio"] = prune_channels_to_macs(model, options.target_macs,
+                                                              input_size=(1, *data.image_shape), **kwargs)
+        else:
+            example = torch.randn(1, *data.image_shape, device=device)
+            prune_channels(model, options.sparsity, example_inputs=example, **kwargs)
+            details["channel_ratio"] = options.sparsity
+        model = finetune(model, options.epochs, [])
+
+    model.eval()
+    after = _measure(model, data, device)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = {
+        "name": out_dir.name, "source": str(checkpoint), "method": options.method,
+        "options": dataclasses.asdict(options), "scope": scope, "dataset": data.name,
+        "accuracy": after["accuracy"], "correct": after["correct"], "total": after["total"],
+        "accuracy_before": before["accuracy"],
+        "sparsity": after["sparsity"], "sparsity_before": before["sparsity"],
+        "sparsity_per_layer": measure_sparsity(model).per_layer,
+        "macs_before": before["macs"], "macs_after": after["macs"],
+        "params_before": before["params"], "params_after": after["params"],
+        "size_bytes_before": before["size_bytes"], "size_bytes_after": after["size_bytes"],
+        "score_imt2024_before": before["score_imt2024"], "score_imt2024_after": after["score_imt2024"],
+        "finetune": finetune.results, **details,
+        "note": STRUCTURED_NOTE if options.method in STRUCTURED else UNSTRUCTURED_NOTE,
+        "checkpoint": "best.safetensors",
+    }
+    prune_meta = {k: v for k, v in summary.items() if k not in ("sparsity_per_layer", "sensitivity")}
+    save_model(out_dir / "best.safetensors", model.cpu(), config={**train_config, "dataset": data.name},
+               metrics={"accuracy": after["accuracy"]}, extra_meta={"prune": prune_meta})
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary

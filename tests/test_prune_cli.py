@@ -1,0 +1,90 @@
+"""`effdl prune`: run directories with measured facts, fine-tuning through the trainer, bad input."""
+
+import json
+import sys
+import types
+
+import pytest
+import torch
+
+from effdl.checkpoint import load_model, save_model
+from effdl.cli import main
+from effdl.compress.prune import measure_sparsity
+from effdl.models import create_model
+
+
+@pytest.fixture(autouse=True)
+def in_process_cli(monkeypatch):
+    # effdl.cli.build_parser imports every module of effdl.cli, __main__ included, which runs the CLI
+    # on import; an empty stand-in keeps main([...]) callable in-process until it skips __main__.
+    monkeypatch.setitem(sys.modules, "effdl.cli.__main__", types.ModuleType("effdl.cli.__main__"))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "model.safetensors"
+    save_model(path, create_model("resnet20", width=0.25), config={"dataset": "synthetic", "model": "resnet20",
+                                                                     "model_kwargs": {"width": 0.25}})
+    return path
+
+
+def run_prune(checkpoint, out, *args) -> dict:
+    code = main(["prune", str(checkpoint), "--out", str(out), "--device", "cpu", *args])
+    assert code == 0
+    return json.loads((out / "summary.json").read_text())
+
+
+def test_magnitude_with_fine_tuning_writes_a_sparse_run(checkpoint, tmp_path, capsys):
+    s = run_prune(checkpoint, tmp_path / "mag", "--method", "magnitude", "--sparsity", "0.7", "--epochs", "1",
+                  "--batch-size", "128")
+    model, meta = load_model(tmp_path / "mag" / "best.safetensors")
+    report = measure_sparsity(model)
+    assert report.zeros == round(0.7 * report.total)
+    assert s["sparsity"] == pytest.approx(report.sparsity)
+    assert s["macs_after"] == s["macs_before"] and s["params_after"] == s["params_before"]
+    assert s["size_bytes_after"] < s["size_bytes_before"]
+    assert s["total"] == 256 and len(s["finetune"]) == 1
+    assert meta["prune"]["method"] == "magnitude"
+    out = capsys.readouterr().out
+    assert "not dense latency" in out and "sparsity" in out
+
+
+def test_structured_pruning_to_a_mac_budget_reloads(checkpoint, tmp_path, capsys):
+    s = run_prune(checkpoint, tmp_path / "l1", "--method", "l1-filter", "--target-macs", "0.5")
+    assert s["macs_after"] <= 0.5 * s["macs_before"] and s["params_after"] < s["params_before"]
+    model, _ = load_model(tmp_path / "l1" / "best.safetensors")
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+    assert "physically removed" in capsys.readouterr().out
+
+
+def test_thinet_and_slimming_methods_run(checkpoint, tmp_path):
+    s = run_prune(checkpoint, tmp_path / "thinet", "--method", "thinet", "--sparsity", "0.5",
+                  "--calibration-batches", "1")
+    assert s["macs_after"] < 0.5 * s["macs_before"]
+    s = run_prune(checkpoint, tmp_path / "slim", "--method", "slimming", "--sparsity", "0.25", "--penalty-epochs", "1",
+                  "--penalty", "1e-3")
+    assert s["params_after"] < s["params_before"]
+
+
+def test_agp_needs_and_uses_training(checkpoint, tmp_path, capsys):
+    assert main(["prune", str(checkpoint), "--method", "agp", "--sparsity", "0.5", "--out", str(tmp_path / "a")]) == 2
+    assert "--epochs" in capsys.readouterr().err
+    s = run_prune(checkpoint, tmp_path / "agp", "--method", "agp", "--sparsity", "0.5", "--epochs", "1",
+                  "--batch-size", "64")
+    assert s["sparsity"] == pytest.approx(0.5, abs=1e-4)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--method", "magnitude", "--sparsity", "1.0"], "sparsity"),
+    (["--method", "magnitude", "--sparsity", "-0.5"], "sparsity"),
+    (["--method", "snip", "--sparsity", "0.5"], "unknown pruning method"),
+    (["--method", "magnitude", "--sparsity", "0.5", "--include", "nothing.*"], "matches no"),
+    (["--method", "lottery", "--sparsity", "0.5"], "--rewind-to"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(checkpoint, tmp_path, capsys, args, message):
+    out = tmp_path / "bad"
+    assert main(["prune", str(checkpoint), "--out", str(out), "--device", "cpu", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not (out / "best.safetensors").exists()

@@ -1,0 +1,199 @@
+"""Structured pruning: channels physically removed, criteria, rounding, reload and ONNX export."""
+
+import pytest
+import torch
+from torch import nn
+
+from effdl.checkpoint import load_model, save_model
+from effdl.compress.prune import SlimmingPenalty, prune_channels, prune_channels_to_macs
+from effdl.compress.prune.criteria import ThiNetImportance
+from effdl.deploy.onnx import check_onnx, export_onnx
+from effdl.errors import EffdlError
+from effdl.measure.counting import profile
+from effdl.models import create_model
+
+X = torch.randn(2, 3, 32, 32)
+
+
+def conv_net(width: int = 16, seed: int = 0) -> nn.Module:
+    """conv -> BN -> ReLU -> conv -> BN -> ReLU -> pool -> fc, with named layers."""
+    torch.manual_seed(seed)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.bn1 = nn.Conv2d(3, width, 3, padding=1, bias=False), nn.BatchNorm2d(width)
+            self.conv2, self.bn2 = nn.Conv2d(width, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16)
+            self.fc = nn.Linear(16, 10)
+
+        def forward(self, x):
+            x = torch.relu(self.bn1(self.conv1(x)))
+            x = torch.relu(self.bn2(self.conv2(x)))
+            return self.fc(x.mean((2, 3)))
+
+    return Net().eval()
+
+
+def kept_filters(original: torch.Tensor, pruned: torch.Tensor) -> set[int]:
+    """Which of `original`'s filters survive in `pruned` (matched by value)."""
+    return {i for i in range(len(original)) if any(torch.equal(original[i], p) for p in pruned)}
+
+
+def roundtrip(model: nn.Module, tmp_path) -> nn.Module:
+    save_model(tmp_path / "pruned.safetensors", model)
+    loaded, _ = load_model(tmp_path / "pruned.safetensors")
+    return loaded
+
+
+def test_resnet_structured_pruning_shrinks_and_reloads_identically(tmp_path):
+    model = create_model("resnet20", width=0.5).eval()
+    macs = profile(model).macs
+    changed = prune_channels(model, 0.5, criterion="l2")
+    assert changed and all(after < before for before, after in changed.values())
+    assert "fc" not in changed
+    assert profile(model).macs < 0.4 * macs
+    assert model.fc.out_features == 10  # the classifier keeps every class
+    out = model(X)
+    assert out.shape == (2, 10)
+    assert torch.equal(roundtrip(model, tmp_path)(X), out)
+
+
+def test_l1_criterion_keeps_the_filters_with_largest_l1_norm():
+    model = conv_net(width=8)
+    with torch.no_grad():
+        scale = torch.tensor([5.0, 0.1, 3.0, 0.2, 4.0, 0.3, 2.0, 0.4])
+        model.conv1.weight.mul_(scale[:, None, None, None] / model.conv1.weight.abs().sum((1, 2, 3), keepdim=True)
+                                [:, :, :1, :1].squeeze(-1).squeeze(-1)[:, :, None, None])
+    original = model.conv1.weight.detach().clone()
+    prune_channels(model, 0.5, criterion="l1", ignore=["conv2"])
+    assert model.conv1.out_channels == 4 and model.bn1.num_features == 4 and model.conv2.in_channels == 4
+    assert kept_filters(original, model.conv1.weight) == {0, 2, 4, 6}
+
+
+def test_bn_scale_criterion_removes_channels_with_smallest_gamma():
+    model = conv_net(width=8)
+    with torch.no_grad():
+        model.bn1.weight.copy_(torch.tensor([0.9, -0.01, 0.5, 0.02, -0.7, 0.03, 0.6, -0.04]))
+    gammas = model.bn1.weight.detach().clone()
+    prune_channels(model, 0.5, criterion="bn-scale", ignore=["conv2"])
+    assert sorted(model.bn1.weight.detach().abs().tolist()) == pytest.approx(sorted(gammas[[0, 2, 4, 6]].abs().tolist()))
+
+
+def test_slimming_penalty_is_l1_of_bn_scales_and_shrinks_them():
+    model = conv_net(width=8)
+    penalty = SlimmingPenalty(1e-2)
+    trainer = type("T", (), {"model": model})()
+    value = penalty.extra_loss(trainer, None, None, None, None)
+    expected = 1e-2 * (model.bn1.weight.abs().sum() + model.bn2.weight.abs().sum())
+    assert value.item() == pytest.approx(expected.item())
+    value.backward()
+    assert torch.allclose(model.bn1.weight.grad, 1e-2 * model.bn1.weight.detach().sign())
+
+
+def test_thinet_reconstructs_the_next_layer_better_than_random_channels():
+    torch.manual_seed(0)
+    model = conv_net(width=16)
+    with torch.no_grad():  # make a few channels matter a lot to conv2, and others cancel out
+        model.conv2.weight.mul_(torch.rand(1, 16, 1, 1) * 2)
+    calibration = [torch.randn(8, 3, 32, 32) for _ in range(2)]
+    importance = ThiNetImportance(model, calibration, samples_per_layer=2048)
+
+    captured = {}
+    model.conv2.register_forward_hook(lambda m, i, o: captured.update(x=i[0].detach(), y=o.detach()))
+    with torch.no_grad():
+        model(torch.cat(calibration))
+    x, y = captured["x"], captured["y"]
+
+    def error(keep: list[int]) -> float:
+        mask = torch.zeros(16)
+        mask[keep] = 1
+        with torch.no_grad():
+            out = nn.functional.conv2d(x * mask[None, :, None, None], model.conv2.weight, padding=1)
+        return float((out - y).pow(2).mean())
+
+    reference = conv_net(width=16)
+    reference.load_state_dict(model.state_dict())
+    original = reference.conv1.weight.detach().clone()
+    prune_channels(reference, 0.5, criterion=importance, ignore=["conv2"])
+    chosen = sorted(kept_filters(original, reference.conv1.weight))
+    assert len(chosen) == 8
+    g = torch.Generator().manual_seed(1)
+    random_errors = [error(torch.randperm(16, generator=g)[:8].tolist()) for _ in range(30)]
+    assert error(chosen) < min(random_errors)
+
+
+def test_round_to_keeps_channel_counts_multiples_of_eight():
+    model = create_model("resnet20").eval()
+    changed = prune_channels(model, 0.4, criterion="l1", round_to=8)
+    assert all(after % 8 == 0 for name, (_, after) in changed.items())
+    assert model(X).shape == (2, 10)
+
+
+def test_global_scope_prunes_layers_unevenly():
+    model = create_model("resnet20").eval()
+    changed = prune_channels(model, 0.4, criterion="l1", scope="global")
+    ratios = {round(after / before, 2) for before, after in changed.values()}
+    assert len(ratios) > 1
+    assert model(X).shape == (2, 10)
+
+
+def test_removing_every_channel_of_a_layer_is_refused_before_any_change():
+    model = conv_net(width=8)
+    with torch.no_grad():
+        model.bn1.weight.fill_(1e-4)  # globally, every channel of bn1 ranks lowest
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(EffdlError, match="every channel"):
+        prune_channels(model, 0.4, criterion="bn-scale", scope="global")
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert not getattr(model, "effdl_transforms", [])
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"ratio": 1.0}, "ratio"), ({"ratio": -0.2}, "ratio"), ({"ratio": 0.5, "criterion": "l3"}, "criterion"),
+    ({"ratio": 0.5, "scope": "all"}, "scope"), ({"ratio": 0.5, "ignore": ["nothing*"]}, "matches no"),
+    ({"ratio": 0.5, "criterion": "thinet"}, "calibration"),
+])
+def test_bad_structured_inputs_are_clear_errors(kwargs, match):
+    with pytest.raises(EffdlError, match=match):
+        prune_channels(conv_net(), **kwargs)
+
+
+def test_prune_to_a_mac_budget():
+    model = create_model("resnet20", width=0.25).eval()
+    macs = profile(model).macs
+    ratio = prune_channels_to_macs(model, 0.5, criterion="l1", steps=6)
+    after = profile(model).macs
+    assert 0 < ratio < 1 and 0.35 * macs < after <= 0.5 * macs
+
+
+TORCHVISION = ["tv:resnet18", "tv:mobilenet_v2", "tv:densenet121"]
+
+
+def pruned_torchvision(name: str) -> nn.Module:
+    model = create_model(name, num_classes=10).eval()
+    macs = profile(model).macs
+    prune_channels(model, 0.3, criterion="l1", round_to=8)
+    assert profile(model).macs < 0.75 * macs
+    return model
+
+
+@pytest.mark.parametrize("name", TORCHVISION)
+def test_torchvision_models_prune_and_reload(name, tmp_path):
+    model = pruned_torchvision(name)
+    expected = model(X)
+    assert expected.shape == (2, 10)
+    assert torch.allclose(roundtrip(model, tmp_path)(X), expected, atol=1e-5)
+
+
+def test_pruned_resnet_exports_to_onnx_and_runs_in_onnxruntime(tmp_path):
+    model = create_model("resnet20", width=0.5).eval()
+    prune_channels(model, 0.5, criterion="l1", round_to=4)
+    loaded = roundtrip(model, tmp_path)
+    check_onnx(loaded, export_onnx(loaded, tmp_path / "m.onnx"), n=2)  # raises if ORT disagrees
+
+
+@pytest.mark.slow  # the ONNX exporter needs 20-80 s per torchvision model on a loaded 2-core CPU
+@pytest.mark.parametrize("name", TORCHVISION)
+def test_pruned_torchvision_models_export_to_onnx(name, tmp_path):
+    loaded = roundtrip(pruned_torchvision(name), tmp_path)
+    check_onnx(loaded, export_onnx(loaded, tmp_path / "m.onnx"), n=2)
