@@ -48,7 +48,9 @@ from effdl.measure.bits import (
 # Module types recorded as one operation each; the first matching entry wins (subclasses such as
 # quantized convolutions match their base class).
 MODULE_KINDS: list[tuple[type[nn.Module], str]] = [
-    (nn.modules.conv._ConvNd, "conv"),
+    (nn.Conv1d, "conv"),  # transposed convolutions are not counted (different MAC formula)
+    (nn.Conv2d, "conv"),
+    (nn.Conv3d, "conv"),
     (nn.Linear, "linear"),
     (nn.modules.batchnorm._BatchNorm, "bn"),
     (nn.GroupNorm, "norm"),
