@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
-from effdl.data import ImageDataset, load_dataset
+from effdl.data import ImageDataset, load_dataset, subset, train_val_split
 from effdl.errors import EffdlError
 from effdl.models import create_model
 from effdl.train.callbacks import Callback
@@ -13,15 +14,20 @@ from effdl.train.trainer import Trainer, TrainResult, default_run_name
 
 
 def prepare_data(config: TrainConfig) -> tuple[ImageDataset, tuple | None]:
-    """The dataset (optionally subset) and the held-out validation tensors, as the config asks."""
-    from effdl.data import splits
+    """The training data as the config asks, and held-out validation tensors if any.
 
+    With `val_size`, the validation images leave the training split and choose the best
+    checkpoint; the test split stays the real one, used only for the final accuracy.
+    """
     data = load_dataset(config.dataset, root=config.data_root)
     val = None
     if config.val_size:
-        data, val = splits.hold_out(data, config.val_size, seed=config.seed)
+        held_out = train_val_split(data, config.val_size, seed=config.seed)
+        val = (held_out.test_images, held_out.test_labels)
+        data = dataclasses.replace(held_out, name=data.name, test_images=data.test_images,
+                                   test_labels=data.test_labels, info=data.info)
     if config.subset or config.subset_per_class:
-        data = splits.subset(data, n=config.subset, per_class=config.subset_per_class, seed=config.seed)
+        data = subset(data, n=config.subset, per_class=config.subset_per_class, seed=config.seed)
     return data, val
 
 
