@@ -19,7 +19,7 @@ from torch import nn
 
 from effdl.compress.quantize.config import Float16Config
 from effdl.compress.quantize.layers import QUANTIZABLE, is_quantized_layer, quantize_layer
-from effdl.compress.quantize.quantizers import RangeAct
+from effdl.compress.quantize.quantizers import RangeAct, LazyAct
 from effdl.data import ImageDataset
 from effdl.data.loader import BatchLoader
 from effdl.errors import EffdlError
@@ -163,14 +163,17 @@ def calibration_images(data: ImageDataset, count: int = 512, seed: int = 0) -> t
 
 @torch.no_grad()
 def calibrate(model: nn.Module, images: torch.Tensor, batch_size: int = 64) -> nn.Module:
-    """Set every activation range of an int8-static model from `images` (normalised, NCHW).
+    """Set every activation quantizer's range from `images` (normalised training images, NCHW).
 
-    Each quantizer uses its own method: minmax (observed extremes), percentile (a histogram
-    quantile) or mse (the range minimising the expected squared error over the histogram).
+    Calibrated quantizers (Int8StaticConfig, QAT "minmax") use their own method: minmax (observed
+    extremes), percentile (a histogram quantile) or mse (the range minimising the expected
+    squared error over the histogram). LSQ / PACT / DoReFa quantizers initialise their step,
+    clipping level and signedness from the first batch. Runs in eval mode (BatchNorm untouched).
     """
     observers = [m for m in model.modules() if isinstance(m, RangeAct)]
-    if not observers:
-        raise EffdlError("nothing to calibrate: the model has no calibrated activation quantizers (Int8StaticConfig)")
+    lazy = [m for m in model.modules() if isinstance(m, LazyAct)]
+    if not observers and not lazy:
+        raise EffdlError("nothing to calibrate: the model has no activation quantizers")
     if len(images) < MIN_CALIBRATION_IMAGES:
         raise EffdlError(
             f"calibration needs at least {MIN_CALIBRATION_IMAGES} images (a few hundred is best), got {len(images)}"
@@ -178,6 +181,8 @@ def calibrate(model: nn.Module, images: torch.Tensor, batch_size: int = 64) -> n
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
+    for quantizer in lazy:
+        quantizer.ready.fill_(False)
     passes = ["range"] + (["histogram"] if any(o.method in ("percentile", "mse") for o in observers) else [])
     try:
         for phase in passes:

@@ -210,7 +210,7 @@ def build_weight_quantizer(spec: dict[str, Any], weight: torch.Tensor, fit: bool
 # ------------------------------------------------------------------------------------ activations
 
 
-class _LazyAct(nn.Module):
+class LazyAct(nn.Module):
     """An activation quantizer that learns from the first batch whether its input is signed."""
 
     per_channel = False
@@ -241,7 +241,7 @@ class _LazyAct(nn.Module):
         raise NotImplementedError
 
 
-class LSQAct(_LazyAct):
+class LSQAct(LazyAct):
     """Learned step size on activations; the step starts at 2 mean|x| / sqrt(Qp) of the first batch."""
 
     def __init__(self, bits: int):
@@ -259,7 +259,7 @@ class LSQAct(_LazyAct):
         return round_ste((x / step).clamp(-qn, qp)) * step
 
 
-class PACTAct(_LazyAct):
+class PACTAct(LazyAct):
     """PACT: clip to a learned level alpha (to [-alpha, alpha] for signed inputs), then quantize."""
 
     def __init__(self, bits: int):
@@ -281,7 +281,7 @@ class PACTAct(_LazyAct):
         return round_ste(clipped / step) * step
 
 
-class DoReFaAct(_LazyAct):
+class DoReFaAct(LazyAct):
     """DoReFa activations: clip to [0, 1] ([-1, 1] if signed) and quantize uniformly."""
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:

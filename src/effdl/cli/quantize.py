@@ -1,0 +1,212 @@
+"""`effdl quantize CKPT --method M --out runs/NAME`: quantize a checkpoint, optionally fine-tune it.
+
+Methods: ptq-int8 (BatchNorm folded, int8 per-channel weights, calibrated int8 activations),
+ptq-fp16 / ptq-bf16 (half precision), int8-weight (weights only), qat (fake quantization at
+--bits / --act-bits with --qat-method, first/last layer at --first-last-bits), binaryconnect,
+xnor (BWN with --no-binary-acts), ternary, kmeans (--bits codebook), and sensitivity (a per-layer
+scan at --bits, written as a table, plot and JSON; no checkpoint). Training methods fine-tune for
+--epochs with the trainer. The run directory gets best.safetensors (the final
+quantized model) and summary.json (accuracy on
+the full test split, bit-widths verified against the weights, and the imt2024 score).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from effdl.checkpoint import load_model, save_model
+from effdl.cli.common import add_data_args, add_device_arg, dataset_from_args
+from effdl.compress.quantize import (
+    BinaryConnectConfig,
+    FakeQuantConfig,
+    Float16Config,
+    Int8StaticConfig,
+    Int8WeightOnlyConfig,
+    KMeansConfig,
+    QuantizationCallback,
+    TernaryConfig,
+    XnorConfig,
+    calibrate,
+    calibration_images,
+    fold_batchnorm,
+    plot_sensitivity,
+    quantize_,
+    quantized_layers,
+    sensitivity_scan,
+    sensitivity_table,
+    verify_model_bits,
+)
+from effdl.compress.quantize.sensitivity import sensitivity_records
+from effdl.data import BatchLoader
+from effdl.device import resolve_device
+from effdl.errors import EffdlError
+from effdl.measure import evaluate
+
+METHODS = ("ptq-int8", "ptq-fp16", "ptq-bf16", "int8-weight", "qat", "binaryconnect", "xnor", "ternary", "kmeans",
+           "sensitivity")
+TRAINABLE = ("qat", "binaryconnect", "xnor", "ternary", "kmeans")
+FIXED_BITS = {"ptq-int8": 8, "int8-weight": 8, "ptq-fp16": 16, "ptq-bf16": 16, "binaryconnect": 1, "xnor": 1, "ternary": 2}
+
+
+def _optional_bits(text: str | int | None) -> int | None:
+    if text is None or isinstance(text, int):
+        return text
+    if text.lower() in ("none", "float"):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise EffdlError(f"expected a number of bits or 'none', got '{text}'") from None
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("quantize", help="quantize a checkpoint (PTQ, QAT, binary, ternary, k-means)",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint")
+    p.add_argument("--method", required=True, choices=METHODS)
+    p.add_argument("--bits", type=int, default=None, help="weight bits (qat, kmeans: default 4; sensitivity: 4)")
+    p.add_argument("--act-bits", default="same",
+                   help="activation bits for qat, or 'none' (default: same as --bits)")
+    p.add_argument("--qat-method", default="lsq", choices=("lsq", "pact", "dorefa", "minmax"))
+    p.add_argument("--first-last-bits", default=8,
+                   help="bits of the first and last layer in qat, or 'none' (default 8)")
+    p.add_argument("--override", action="append", default=[], metavar="LAYER=BITS",
+                   help="per-layer bits in qat, e.g. layers.0.*=6 or fc=8,8 (weight,act); repeatable")
+    p.add_argument("--calibration", default="minmax", choices=("minmax", "percentile", "mse"))
+    p.add_argument("--calibration-images", type=int, default=512, help="training images used to calibrate")
+    p.add_argument("--stochastic", action="store_true", help="stochastic BinaryConnect")
+    p.add_argument("--binary-acts", action=argparse.BooleanOptionalAction, default=None,
+                   help="binary activations (default: on for xnor, off for binaryconnect)")
+    p.add_argument("--epochs", type=int, default=0, help="fine-tuning epochs for training methods (default 0)")
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--limit-test", type=int, default=None, help="evaluate on the first N test images only (smoke tests)")
+    p.add_argument("--out", required=True, help="run directory to write, e.g. runs/r20-int8")
+    add_data_args(p)
+    add_device_arg(p)
+    p.set_defaults(func=run)
+
+
+def _overrides(items: list[str]) -> dict[str, Any]:
+    overrides = {}
+    for item in items:
+        name, sep, bits = item.partition("=")
+        try:
+            values = [int(b) for b in bits.split(",")]
+        except ValueError:
+            values = []
+        if not sep or not name or len(values) not in (1, 2):
+            raise EffdlError(f"--override expects LAYER=BITS or LAYER=WBITS,ABITS, got '{item}'")
+        overrides[name] = values[0] if len(values) == 1 else values
+    return overrides
+
+
+def make_config(args: argparse.Namespace):
+    """The quantization config the command line describes."""
+    method = args.method
+    if method in FIXED_BITS and args.bits not in (None, FIXED_BITS[method]):
+        raise EffdlError(f"--method {method} quantizes to {FIXED_BITS[method]} bits; got --bits {args.bits}")
+    if method == "ptq-int8":
+        return Int8StaticConfig(calibration=args.calibration)
+    if method in ("ptq-fp16", "ptq-bf16"):
+        return Float16Config("float16" if method == "ptq-fp16" else "bfloat16")
+    if method == "int8-weight":
+        return Int8WeightOnlyConfig()
+    if method == "qat":
+        bits = 4 if args.bits is None else args.bits
+        act_bits = bits if args.act_bits == "same" else _optional_bits(args.act_bits)
+        return FakeQuantConfig(weight_bits=bits, act_bits=act_bits, method=args.qat_method,
+                               first_last_bits=_optional_bits(args.first_last_bits),
+                               overrides=_overrides(args.override))
+    if method == "binaryconnect":
+        return BinaryConnectConfig(stochastic=args.stochastic, binary_acts=bool(args.binary_acts))
+    if method == "xnor":
+        return XnorConfig(binary_acts=args.binary_acts is not False)
+    if method == "ternary":
+        return TernaryConfig()
+    return KMeansConfig(4 if args.bits is None else args.bits)
+
+
+def _fine_tune(model, data, args: argparse.Namespace, out: Path, device: torch.device) -> dict[str, Any]:
+    from effdl.models import model_spec
+    from effdl.train import Trainer, make_config as make_train_config
+
+    spec = model_spec(model) or {}
+    train_config = make_train_config({
+        "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "schedule": "cosine",
+        "dataset": data.name, "data_root": args.data_root, "model": spec.get("name", "resnet20"),
+        "device": str(device), "out_dir": str(out.parent), "name": out.name,
+        # bf16 autocast would round the quantized weights and activations off their grids
+        "bf16": False, "progress": False,
+    })
+    result = Trainer(model, data, train_config, callbacks=[QuantizationCallback()], run_dir=out).fit()
+    return {"epochs": args.epochs, "lr": args.lr, "time_s": round(result.time_s, 1),
+            "train_best_accuracy": result.best_eval_accuracy}
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.epochs < 0:
+        raise EffdlError(f"--epochs must be >= 0, got {args.epochs}")
+    if args.epochs and args.method not in TRAINABLE:
+        raise EffdlError(f"--epochs fine-tunes training methods ({', '.join(TRAINABLE)}), not {args.method}")
+    config = None if args.method == "sensitivity" else make_config(args)
+    model, meta = load_model(args.checkpoint)
+    data = dataset_from_args(args, meta.get("config"))
+    device = resolve_device(args.device)
+    model = model.to(device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    test_images, test_labels = data.test_images[: args.limit_test], data.test_labels[: args.limit_test]
+    loader = BatchLoader(test_images, test_labels, mean=data.mean, std=data.std, batch_size=256,
+                         num_classes=data.num_classes, device=device)
+    if args.method == "sensitivity":
+        return _sensitivity(model, loader, args, out)
+
+    source_accuracy = evaluate(model, loader).top1
+    if args.method == "ptq-int8":
+        fold_batchnorm(model)
+    quantize_(model, config)
+    if any(layer.act_quantizer is not None for layer in quantized_layers(model).values()):
+        calibrate(model, calibration_images(data, args.calibration_images).to(device))
+    training = _fine_tune(model, data, args, out, device) if args.epochs else None
+    model = model.to(device).eval()
+    accuracy = evaluate(model, loader)
+    summary = {
+        "method": args.method, "config": repr(config), "source": str(args.checkpoint), "dataset": data.name,
+        "accuracy": accuracy.top1, "correct": accuracy.correct, "total": accuracy.total,
+        "source_accuracy": source_accuracy, "drop_points": round(100 * (source_accuracy - accuracy.top1), 3),
+        "layer_bits": verify_model_bits(model), "training": training, "score": _score(model),
+    }
+    save_model(out / "best.safetensors", model, config={**meta.get("config", {}), "dataset": data.name},
+               metrics={"accuracy": accuracy.top1, "correct": accuracy.correct, "total": accuracy.total},
+               extra_meta={"quantize": {"method": args.method, "config": repr(config)}})
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps({k: summary[k] for k in ("method", "accuracy", "correct", "total", "source_accuracy",
+                                              "drop_points", "score")} | {"run_dir": str(out)}))
+    return 0
+
+
+def _score(model) -> dict[str, Any] | None:
+    try:
+        from effdl.measure.scoring import score
+    except ImportError:
+        return None
+    result = score(model.cpu(), "imt2024")
+    return {"scorer": "imt2024", "score": result.score, "params": result.params, "ops": result.ops}
+
+
+def _sensitivity(model, loader: BatchLoader, args: argparse.Namespace, out: Path) -> int:
+    bits = 4 if args.bits is None else args.bits
+    FakeQuantConfig(weight_bits=bits, act_bits=None)  # validates the bits
+    baseline, results = sensitivity_scan(model, loader, bits)
+    plot_sensitivity(baseline, results, out / "sensitivity.png")
+    (out / "sensitivity.json").write_text(json.dumps(sensitivity_records(baseline, results), indent=2) + "\n")
+    from rich.console import Console
+
+    Console().print(sensitivity_table(baseline, results))
+    return 0
