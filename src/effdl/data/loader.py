@@ -129,7 +129,7 @@ class BatchLoader:
             order = torch.arange(n, device=self.device)
         for i in range(len(self)):
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]
-            images, targets = self.images[idx], self.labels[idx]
+            images, targets = self.images.index_select(0, idx), self.labels[idx]  # faster than [idx]
             if self.train:
                 x, targets = self.augment_batch(images, targets)
             else:
