@@ -34,6 +34,7 @@ from effdl.compress.quantize import (
     calibrate,
     calibration_images,
     fold_batchnorm,
+    is_quantized,
     plot_sensitivity,
     quantize_,
     quantized_layers,
@@ -167,6 +168,8 @@ def run(args: argparse.Namespace) -> int:
     if args.method == "sensitivity":
         return _sensitivity(model, loader, args, out)
 
+    if is_quantized(model):
+        raise EffdlError(f"{args.checkpoint} is already quantized; quantize the float checkpoint instead")
     source_accuracy = evaluate(model, loader).top1
     if args.method == "ptq-int8":
         fold_batchnorm(model)

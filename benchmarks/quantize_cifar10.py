@@ -1,0 +1,160 @@
+"""Quantization on CIFAR-10: int8 PTQ drop, QAT 4-bit / 2-bit drop, int8 vs fp32 ONNX Runtime latency.
+
+1. int8 post-training quantization of --checkpoint (BatchNorm folded, per-channel int8 weights,
+   per-tensor activations calibrated on --calibration-images training images) with minmax,
+   percentile and mse calibration: accuracy drop (target <= 0.5 point). The minmax model is also
+   exported as QDQ int8 ONNX and evaluated in ONNX Runtime (target: within 0.3 point of PyTorch).
+2. QAT (LSQ) at 4 and 2 bits for weights and activations, first/last layer at 8 bits, fine-tuned
+   for --epochs: accuracy drop (targets <= 1 and <= 3 points, given enough epochs).
+3. Batch-1 ONNX Runtime latency, fp32 against int8 QDQ, for the checkpoint's model and for an
+   (untrained) resnet18 (target: int8 at least 1.5x faster for a resnet18-size model).
+
+Smoke test on a few hundred images (numbers meaningless, the pipeline exercised):
+    python benchmarks/quantize_cifar10.py --checkpoint runs/r20/best.safetensors --epochs 1 \
+        --limit-train 256 --limit-test 256 --repeats 5
+Accuracies use the full test split unless --limit-test is given. Writes bench_results/quantize_cifar10.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common import write_result
+from effdl.checkpoint import load_model
+from effdl.compress.quantize import (
+    FakeQuantConfig,
+    Int8StaticConfig,
+    QuantizationCallback,
+    calibrate,
+    calibration_images,
+    fold_batchnorm,
+    quantize_,
+    verify_model_bits,
+)
+from effdl.data import BatchLoader, load_dataset
+from effdl.deploy.int8 import export_int8_onnx
+from effdl.deploy.onnx import export_onnx, ort_session
+from effdl.measure import evaluate
+from effdl.measure.latency import onnx_latency
+from effdl.models import create_model, model_spec
+from effdl.train import Trainer, make_config
+
+
+def limited(data, limit_train: int | None, limit_test: int | None):
+    return dataclasses.replace(
+        data, train_images=data.train_images[:limit_train], train_labels=data.train_labels[:limit_train],
+        test_images=data.test_images[:limit_test], test_labels=data.test_labels[:limit_test],
+    )
+
+
+def onnx_accuracy(path: Path, loader: BatchLoader) -> float:
+    session = ort_session(path)
+    name = session.get_inputs()[0].name
+    correct = total = 0
+    for images, labels in loader:
+        logits = session.run(None, {name: images.cpu().numpy()})[0]
+        correct += int((np.argmax(logits, 1) == labels.cpu().numpy()).sum())
+        total += len(labels)
+    return correct / total
+
+
+def ptq(model, data, loader, images, method: str):
+    q = load_fresh(model)
+    fold_batchnorm(q)
+    quantize_(q, Int8StaticConfig(calibration=method))
+    calibrate(q, images)
+    verify_model_bits(q)
+    return q, evaluate(q, loader).top1
+
+
+def load_fresh(model):
+    import copy
+
+    return copy.deepcopy(model).eval()
+
+
+def qat(model, data, loader, images, bits: int, args) -> dict:
+    q = load_fresh(model)
+    quantize_(q, FakeQuantConfig(weight_bits=bits, act_bits=bits, method="lsq", first_last_bits=8))
+    calibrate(q, images)
+    before = evaluate(q, loader).top1
+    config = make_config({"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "schedule": "cosine",
+                          "device": args.device, "bf16": False, "progress": False,
+                          "model": (model_spec(model) or {}).get("name", "resnet20")})
+    start = time.perf_counter()
+    Trainer(q, data, config, callbacks=[QuantizationCallback()]).fit()
+    q = q.cpu().eval()
+    verify_model_bits(q)
+    return {"bits": bits, "accuracy_before_training": before, "accuracy": evaluate(q, loader).top1,
+            "epochs": args.epochs, "train_time_s": round(time.perf_counter() - start, 1)}
+
+
+def latency_pair(model, images, repeats: int, workdir: Path, name: str) -> dict:
+    fp32 = export_onnx(model, workdir / f"{name}-fp32.onnx")
+    int8 = export_int8_onnx(model, workdir / f"{name}-int8.onnx", images)
+    t32 = onnx_latency(fp32, 1, repeats=repeats, warmup=5).median_ms
+    t8 = onnx_latency(int8, 1, repeats=repeats, warmup=5).median_ms
+    return {"model": name, "fp32_ms": t32, "int8_ms": t8, "speedup": t32 / t8,
+            "fp32_bytes": fp32.stat().st_size, "int8_bytes": int8.stat().st_size}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--data", default="cifar10")
+    parser.add_argument("--data-root", default=None)
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--lr", type=float, default=0.01)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--calibration-images", type=int, default=512)
+    parser.add_argument("--limit-train", type=int, default=None)
+    parser.add_argument("--limit-test", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--skip-qat", action="store_true")
+    args = parser.parse_args()
+
+    model, _ = load_model(args.checkpoint)
+    model = model.cpu().eval()
+    data = limited(load_dataset(args.data, root=args.data_root), args.limit_train, args.limit_test)
+    loader = BatchLoader.for_split(data, "test", batch_size=256)
+    images = calibration_images(data, min(args.calibration_images, len(data.train_labels)))
+    baseline = evaluate(model, loader).top1
+    result = {"checkpoint": args.checkpoint, "test_images": len(data.test_labels), "float_accuracy": baseline,
+              "ptq_int8": {}, "qat": [], "latency": [],
+              "targets": {"ptq_int8_drop_points": 0.5, "qat4_drop_points": 1, "qat2_drop_points": 3,
+                          "onnx_vs_torch_points": 0.3, "int8_speedup": 1.5}}
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        for method in ("minmax", "percentile", "mse"):
+            q, accuracy = ptq(model, data, loader, images, method)
+            entry = {"accuracy": accuracy, "drop_points": 100 * (baseline - accuracy)}
+            if method == "minmax":
+                path = export_int8_onnx(q, workdir / "ptq.onnx")
+                entry["onnx_accuracy"] = onnx_accuracy(path, loader)
+                entry["onnx_vs_torch_points"] = 100 * abs(entry["onnx_accuracy"] - accuracy)
+            result["ptq_int8"][method] = entry
+        if not args.skip_qat:
+            for bits in (4, 2):
+                entry = qat(model, data, loader, images, bits, args)
+                entry["drop_points"] = 100 * (baseline - entry["accuracy"])
+                result["qat"].append(entry)
+        torch.manual_seed(0)
+        result["latency"].append(latency_pair(model, images, args.repeats, workdir, "checkpoint"))
+        result["latency"].append(latency_pair(create_model("resnet18").eval(), images, args.repeats, workdir,
+                                              "resnet18-untrained"))
+    cpu_flags = open("/proc/cpuinfo").read()
+    result["cpu_int8_instructions"] = sorted({f for f in ("avx512_vnni", "avx_vnni", "amx_int8", "avx2")
+                                              if f" {f}" in cpu_flags})
+    write_result("quantize_cifar10", result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""int8 ONNX export (QDQ, same scales as the PyTorch fake-quant model) and the `effdl quantize` command."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from effdl.checkpoint import load_model, save_model
+from effdl.compress.quantize import FakeQuantConfig, quantize_
+from effdl.deploy.int8 import export_int8_onnx, int8_model
+from effdl.deploy.onnx import ort_session
+from effdl.errors import EffdlError
+from effdl.measure.bits import weight_bits
+from effdl.models import create_model
+
+
+@pytest.fixture(autouse=True)
+def in_process_cli(monkeypatch):
+    # effdl.cli.build_parser imports effdl.cli.__main__, which runs the CLI on import.
+    monkeypatch.setitem(sys.modules, "effdl.cli.__main__", types.ModuleType("effdl.cli.__main__"))
+
+
+def test_int8_onnx_has_int8_weights_and_matches_the_fake_quant_model(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("resnet20", width=0.25).eval()
+    quantized = int8_model(model, torch.randn(64, 3, 32, 32), calibration="percentile")
+    path = export_int8_onnx(quantized, tmp_path / "int8.onnx")
+    graph = onnx.load(path).graph
+    ops = [n.op_type for n in graph.node]
+    assert ops.count("QuantizeLinear") == 22 and ops.count("Conv") == 21 and ops.count("Gemm") == 1
+    int8_weights = [i for i in graph.initializer if i.data_type == onnx.TensorProto.INT8 and i.name.endswith("weight_int8")]
+    assert len(int8_weights) == 22
+    assert not any(i.name.endswith(".weight") for i in graph.initializer)  # no float copies left
+    x = torch.randn(16, 3, 32, 32)
+    got = ort_session(path).run(None, {"input": x.numpy()})[0]
+    with torch.no_grad():
+        expected = quantized(x).numpy()
+    assert np.abs(got - expected).max() <= 1e-4 * max(1.0, np.abs(expected).max())
+    assert (got.argmax(1) == expected.argmax(1)).all()
+
+
+def test_int8_export_refuses_models_it_cannot_express():
+    model = quantize_(create_model("resnet20", width=0.25), FakeQuantConfig(weight_bits=4, act_bits=4))
+    with pytest.raises(EffdlError, match="not int8 static"):
+        int8_model(model, None)
+    with pytest.raises(EffdlError, match="needs calibration images"):
+        int8_model(create_model("resnet20", width=0.25), None)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "model.safetensors"
+    save_model(path, create_model("resnet20", width=0.25), config={"dataset": "synthetic"})
+    return path
+
+
+def test_cli_ptq_int8_writes_a_reloadable_run(checkpoint, tmp_path, capsys):
+    from effdl.cli import main
+
+    out = tmp_path / "int8"
+    code = main(["quantize", str(checkpoint), "--method", "ptq-int8", "--calibration", "mse",
+                 "--calibration-images", "64", "--device", "cpu", "--out", str(out)])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["total"] == 256 and set(summary["layer_bits"].values()) == {8}
+    assert summary["score"]["scorer"] == "imt2024" and summary["score"]["score"] > 0
+    model, meta = load_model(out / "best.safetensors")
+    assert weight_bits(model.conv1) == 8 and meta["quantize"]["method"] == "ptq-int8"
+    from effdl.data import BatchLoader, load_dataset
+    from effdl.measure import evaluate
+
+    data = load_dataset("synthetic")
+    accuracy = evaluate(model, BatchLoader.for_split(data, "test"))
+    assert accuracy.correct == summary["correct"]
+    assert '"method": "ptq-int8"' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--method", "qat", "--bits", "9"], "from 1 to 8"),
+        (["--method", "qat", "--bits", "16"], "ptq-fp16"),
+        (["--method", "xnor", "--bits", "4"], "quantizes to 1 bits"),
+        (["--method", "ptq-int8", "--epochs", "2"], "--epochs fine-tunes"),
+        (["--method", "ptq-int8", "--calibration-images", "10"], "at least 64 images"),
+        (["--method", "qat", "--override", "fc"], "LAYER=BITS"),
+    ],
+)
+def test_cli_bad_input_is_one_line_and_exit_2(checkpoint, tmp_path, capsys, args, message):
+    from effdl.cli import main
+
+    assert main(["quantize", str(checkpoint), "--device", "cpu", "--out", str(tmp_path / "x"), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_cli_refuses_an_already_quantized_checkpoint(checkpoint, tmp_path, capsys):
+    from effdl.cli import main
+
+    assert main(["quantize", str(checkpoint), "--method", "ternary", "--device", "cpu",
+                 "--out", str(tmp_path / "t")]) == 0
+    assert main(["quantize", str(tmp_path / "t" / "best.safetensors"), "--method", "ptq-int8", "--device", "cpu",
+                 "--out", str(tmp_path / "again")]) == 2
+    assert "already quantized" in capsys.readouterr().err
