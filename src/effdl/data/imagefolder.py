@@ -27,6 +27,7 @@ CACHE_FORMAT = 1  # bump when the cached layout changes
 TEST_SPLIT_NAMES = ("test", "val")
 PARALLEL_FROM = 4096  # below this many files a process pool costs more than it saves
 CHUNK = 1024
+Listing = list[tuple[str, int]]  # (file, label) pairs
 
 
 @dataclass
@@ -51,7 +52,7 @@ def read_image_folder(path: str | Path, image_size: int | tuple[int, int] | None
     """
     start = time.perf_counter()
     root = Path(path).expanduser().resolve()
-    size = (image_size, image_size) if isinstance(image_size, int) else image_size
+    size = _checked_size(image_size)
     classes, train, test = _list_files(root)
     fingerprint = _fingerprint(root, train + test)
     entry = cache_root() / "datasets" / _entry_name(root, size)
@@ -76,7 +77,13 @@ def read_image_folder(path: str | Path, image_size: int | tuple[int, int] | None
     )  # fmt: skip
 
 
-Listing = list[tuple[str, int]]  # (file, label) pairs
+def _checked_size(image_size: int | tuple[int, int] | None) -> tuple[int, int] | None:
+    if image_size is None:
+        return None
+    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    if len(size) != 2 or not all(isinstance(side, int) and side > 0 for side in size):
+        raise EffdlError(f"image_size must be a positive int or (height, width), not {image_size!r}")
+    return size
 
 
 def _list_files(root: Path) -> tuple[list[str], Listing, Listing]:

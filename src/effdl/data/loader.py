@@ -1,8 +1,9 @@
 """Batches from an in-memory uint8 tensor, augmented on the device: no per-image Python.
 
 `BatchLoader` shuffles indices, gathers a batch of uint8 images on the device, applies the
-augmentations as batched tensor ops, converts to float, normalises and (optionally) switches to
-channels_last. It yields `(images, targets)`: targets are int64 labels, or float class
+pixel augmentations (crop, flip, auto-augment) as batched tensor ops, converts to float and
+normalises, then erases (Cutout) and mixes (mixup / CutMix, per batch, until `mix_until_epoch`),
+and (optionally) switches to channels_last. It yields `(images, targets)`: targets are int64 labels, or float class
 probabilities [B, num_classes] when a batch was mixed (mixup / CutMix); `F.cross_entropy`
 accepts both.
 """
