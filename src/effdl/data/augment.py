@@ -22,15 +22,19 @@ class AugmentConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    crop_padding: int = Field(4, ge=0)  # random crop after zero padding by this many pixels; 0 disables
-    flip: bool = True  # random horizontal flip
-    auto_augment: AutoAugmentName = "none"  # torchvision policy; AutoAugment uses its CIFAR-10 policy
-    auto_augment_chunk: int = Field(8, ge=1)  # images sharing one random op draw (policies act per call)
-    cutout: int = Field(0, ge=0)  # side of the square Cutout erases, centred anywhere; 0 disables
-    mixup_alpha: float = Field(0.0, ge=0)  # Beta(alpha, alpha) mixing weight; 0 disables
-    cutmix_alpha: float = Field(0.0, ge=0)  # with mixup too, each mixed batch picks one at random
-    mix_prob: float = Field(1.0, ge=0, le=1)  # probability that a batch is mixed
-    mix_until_epoch: int | None = Field(None, ge=0)  # no mixing from this epoch on
+    crop_padding: int = Field(4, ge=0, description="random crop after zero padding by this many pixels; 0 disables")
+    flip: bool = Field(True, description="random horizontal flip")
+    auto_augment: AutoAugmentName = Field(
+        "none", description="torchvision policy: none, autoaugment (CIFAR-10 policy), randaugment, trivialaugment"
+    )
+    auto_augment_chunk: int = Field(8, ge=1, description="images sharing one random policy draw")
+    cutout: int = Field(0, ge=0, description="side of the square Cutout erases, centred anywhere; 0 disables")
+    mixup_alpha: float = Field(0.0, ge=0, description="mixup weight ~ Beta(alpha, alpha); 0 disables")
+    cutmix_alpha: float = Field(0.0, ge=0, description="CutMix box area ~ Beta(alpha, alpha); 0 disables")
+    mix_prob: float = Field(
+        1.0, ge=0, le=1, description="probability that a batch is mixed (mixup or CutMix, 50/50 if both)"
+    )
+    mix_until_epoch: int | None = Field(None, ge=0, description="no mixing from this epoch on")
 
     @property
     def mixes(self) -> bool:
