@@ -41,7 +41,7 @@ def resnet20_onnx(resnet20, tmp_path_factory):
     """resnet20 exported once for the module; the post-processor tags the graph to prove it ran."""
 
     def tag(proto: onnx.ModelProto) -> onnx.ModelProto:
-        onnx.helper.set_model_props(proto, {"effdl_test": "postprocessed"})
+        proto.metadata_props.add(key="effdl_test", value="postprocessed")
         return proto
 
     folder = tmp_path_factory.mktemp("onnx")
@@ -58,7 +58,8 @@ def test_export_resnet20_matches_pytorch_at_any_batch(resnet20, resnet20_onnx):
     assert [p.name for p in resnet20_onnx.parent.iterdir()] == ["resnet20.onnx"]  # no temp file left
     proto = onnx.load(str(resnet20_onnx))
     onnx.checker.check_model(proto)
-    assert {p.key: p.value for p in proto.metadata_props}["effdl_test"] == "postprocessed"
+    metadata = {p.key: p.value for p in proto.metadata_props}
+    assert metadata["effdl_test"] == "postprocessed" and metadata["effdl.exporter"] == "dynamo"
     assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # symbolic batch
     assert check_onnx(resnet20, resnet20_onnx) < 1e-4
 
@@ -76,6 +77,30 @@ def test_export_torchvision_mobilenet_v2(tmp_path):
     proto = onnx.load(str(path))
     assert [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim] == [1, 3, 32, 32]
     assert check_onnx(model, path) < 1e-4
+
+
+def test_data_dependent_control_flow_falls_back_to_the_tracing_exporter(tmp_path):
+    class Gated(nn.Module):
+        """Branches on a buffer's value, as quantizers do; torch.export cannot capture that."""
+
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.register_buffer("enabled", torch.tensor(True))
+
+        def forward(self, x):
+            x = self.conv(x)
+            if bool(self.enabled):
+                x = x.abs()
+            return x.mean((2, 3))
+
+    model = Gated()
+    path = export_onnx(model, tmp_path / "gated.onnx")
+    metadata = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert metadata["effdl.exporter"] == "torchscript"
+    assert check_onnx(model, path) < 1e-5
+    with pytest.raises(EffdlError, match="unknown ONNX exporter"):
+        export_onnx(model, tmp_path / "x.onnx", exporter="jit")
 
 
 def test_check_detects_tampered_weights(resnet20, resnet20_onnx, tmp_path):
@@ -102,7 +127,7 @@ def test_unexportable_model_and_bad_files_give_effdl_errors(tmp_path):
         def forward(self, x):
             raise ValueError("no forward for you")
 
-    with pytest.raises(EffdlError, match="ONNX export of Broken failed"):
+    with pytest.raises(EffdlError, match="ONNX export of Broken failed .*no forward for you"):
         export_onnx(Broken(), tmp_path / "broken.onnx")
     assert not list(tmp_path.iterdir())
     with pytest.raises(EffdlError, match="not found"):
@@ -163,8 +188,9 @@ def test_onnx_speedup_is_eager_over_onnx_median_per_batch():
 
 def test_cli_export_writes_a_verified_file(tiny_checkpoint, tmp_path, capsys):
     out = tmp_path / "out" / "tiny.onnx"
-    assert main(["export", str(tiny_checkpoint), "--out", str(out), "--json"]) == 0
+    assert main(["export", str(tiny_checkpoint), "--out", str(out), "--exporter", "torchscript", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
+    assert report["exporter"] == "torchscript"
     assert report["bytes"] == out.stat().st_size > 0
     assert report["max_abs_diff"] < 1e-4
 

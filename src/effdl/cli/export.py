@@ -6,8 +6,10 @@ import argparse
 import json
 from pathlib import Path
 
+import onnx
+
 from effdl.cli.common import model_from_ref
-from effdl.deploy.onnx import check_onnx, export_onnx
+from effdl.deploy.onnx import EXPORTERS, check_onnx, export_onnx
 from effdl.errors import EffdlError
 
 
@@ -31,6 +33,8 @@ def register(subparsers) -> None:
     p.add_argument("--num-classes", type=int, default=10, help="classes, for a model name (default 10)")
     p.add_argument("--static-batch", action="store_true", help="fix the batch size to 1 instead of dynamic")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
+    p.add_argument("--exporter", default="auto", choices=["auto", *EXPORTERS],
+                   help="torch exporter: auto (dynamo, falling back to torchscript tracing; default)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run)
 
@@ -38,11 +42,15 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     shape = int_list(args.input_size, "--input-size", length=3)
     model, _ = model_from_ref(args.model, num_classes=args.num_classes)
-    path = export_onnx(model, Path(args.out), (1, *shape), dynamic_batch=not args.static_batch, opset=args.opset)
+    path = export_onnx(model, Path(args.out), (1, *shape), dynamic_batch=not args.static_batch, opset=args.opset,
+                       exporter=args.exporter)
     max_diff = check_onnx(model, path)
-    result = {"onnx": str(path), "bytes": path.stat().st_size, "max_abs_diff": max_diff, "input_size": list(shape)}
+    exporter = {p.key: p.value for p in onnx.load(str(path)).metadata_props}.get("effdl.exporter")
+    result = {"onnx": str(path), "bytes": path.stat().st_size, "max_abs_diff": max_diff, "input_size": list(shape),
+              "exporter": exporter}
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"wrote {path} ({result['bytes'] / 1e6:.2f} MB); ONNX Runtime matches PyTorch, max abs diff {max_diff:.2e}")
+        print(f"wrote {path} ({result['bytes'] / 1e6:.2f} MB, {exporter} exporter); "
+              f"ONNX Runtime matches PyTorch, max abs diff {max_diff:.2e}")
     return 0

@@ -1,13 +1,19 @@
 """ONNX export of a PyTorch model, atomic saving, ONNX Runtime sessions and output verification.
 
-Exporter choice: `torch.onnx.export(..., dynamo=True)` (the torch.export-based exporter, default
-since PyTorch 2.9). On torch 2.14 the legacy TorchScript exporter still works and is much faster
-(about 0.2-6 s against 5-30 s per model on a 2-core CPU), but it is deprecated, warns that it
-will be removed, and fails on models the dynamo exporter handles, e.g. torchvision's VGG at 32x32
-(adaptive average pooling to a size that does not divide the input). Both give the same outputs
-on our ResNets and on torchvision's MobileNetV2/ShuffleNetV2/EfficientNet/DenseNet, so the
-supported exporter wins. Weights are embedded in one self-contained .onnx file (no external data),
-which bounds a model to the 2 GB protobuf limit, far above any CIFAR-sized network.
+Exporter choice (torch 2.14), measured on our models:
+- `dynamo` (`torch.onnx.export(..., dynamo=True)`, built on torch.export; the default since
+  PyTorch 2.9) is tried first. It handles everything the legacy exporter does on our ResNets and
+  torchvision's MobileNetV2/ShuffleNetV2/EfficientNet/DenseNet with identical outputs, plus
+  models the legacy one rejects (torchvision VGG at 32x32: adaptive pooling to a size that does
+  not divide the input). It is slow, though: 5-30 s per model on a 2-core CPU.
+- `torchscript` (the legacy tracer, deprecated: it warns that it will be removed) is the fallback
+  when torch.export cannot capture the model, which happens with data-dependent Python control
+  flow such as a quantizer's `if not bool(self.ready)`: tracing simply records the branch taken
+  on the example input. It is 10-30x faster.
+`exporter="auto"` does exactly that and records which exporter produced the file in the model's
+metadata (`effdl.exporter`); `check_onnx` then verifies the result against PyTorch either way.
+Weights are embedded in one self-contained .onnx file (no external data), which bounds a model to
+the 2 GB protobuf limit, far above any CIFAR-sized network.
 
 Export is split in three steps so later work (e.g. int8 QDQ export) can hook in between:
 `onnx_model(model)` builds the graph in memory, an optional `postprocess(ModelProto) -> ModelProto`
@@ -18,10 +24,12 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
+import re
 import tempfile
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +37,7 @@ import onnx
 import torch
 from torch import nn
 
-from effdl.errors import EffdlError
+from effdl.errors import EffdlError, unknown_name_error
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -43,44 +51,84 @@ def _model_device(model: nn.Module) -> torch.device:
     return first.device if first is not None else torch.device("cpu")
 
 
+@contextlib.contextmanager
+def _quietly() -> Iterator[None]:
+    """Silence what the exporters print (progress, warnings, graphs dumped on failure): a CLI shows one line."""
+    previous = logging.root.manager.disable
+    sink = io.StringIO()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        warnings.simplefilter("ignore")
+        logging.disable(logging.CRITICAL)
+        try:
+            yield
+        finally:
+            logging.disable(previous)
+
+
+def _failure_reason(exc: BaseException) -> str:
+    """The first line of the innermost cause: the exporters wrap the real reason in generic errors."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    line = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+    return re.sub(r"\x1b\[[0-9;]*m", "", line)
+
+
+def _export_dynamo(model: nn.Module, example: torch.Tensor, dynamic_batch: bool, opset: int | None) -> onnx.ModelProto:
+    program = torch.onnx.export(
+        model, (example,), None, dynamo=True, verbose=False, external_data=False, opset_version=opset,
+        input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+        dynamic_shapes=({0: torch.export.Dim("batch")},) if dynamic_batch else None,
+    )
+    return program.model_proto
+
+
+def _export_torchscript(model: nn.Module, example: torch.Tensor, dynamic_batch: bool, opset: int | None) -> onnx.ModelProto:
+    buffer = io.BytesIO()
+    torch.onnx.export(
+        model, (example,), buffer, dynamo=False, opset_version=opset, input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None,
+    )
+    return onnx.load_from_string(buffer.getvalue())
+
+
+EXPORTERS = {"dynamo": _export_dynamo, "torchscript": _export_torchscript}
+
+
 def onnx_model(
     model: nn.Module,
     input_size: Sequence[int] = DEFAULT_INPUT_SIZE,
     *,
     dynamic_batch: bool = True,
     opset: int | None = None,
+    exporter: str = "auto",
 ) -> onnx.ModelProto:
-    """The ONNX graph of `model` in eval mode, traced on a random input of `input_size` (NCHW).
+    """The ONNX graph of `model` in eval mode, captured on a random input of `input_size` (NCHW).
 
     With `dynamic_batch` the first input dimension is symbolic ("batch"), so one file serves
-    batch-1 and batch-N inference.
+    batch-1 and batch-N inference. `exporter`: "auto" (dynamo, else torchscript; see the module
+    docstring), "dynamo" or "torchscript".
     """
+    if exporter != "auto" and exporter not in EXPORTERS:
+        raise unknown_name_error("ONNX exporter", exporter, ["auto", *EXPORTERS])
     example = torch.randn(*input_size, device=_model_device(model))
-    dynamic_shapes = ({0: torch.export.Dim("batch")},) if dynamic_batch else None
     was_training = model.training
     model.eval()
+    failures = []
     try:
-        # The exporter reports progress on stdout and emits internal warnings; a CLI prints neither.
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            program = torch.onnx.export(
-                model,
-                (example,),
-                None,
-                dynamo=True,
-                verbose=False,
-                external_data=False,
-                opset_version=opset,
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                dynamic_shapes=dynamic_shapes,
-            )
-    except Exception as exc:  # the exporter raises many unrelated types; the user needs one line
-        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise EffdlError(f"ONNX export of {type(model).__name__} failed: {first_line}") from None
+        for name in EXPORTERS if exporter == "auto" else [exporter]:
+            try:
+                with _quietly():
+                    proto = EXPORTERS[name](model, example, dynamic_batch, opset)
+            except Exception as exc:  # the exporters raise many unrelated types; keep each reason
+                failures.append(f"{name}: {_failure_reason(exc)}")
+                continue
+            onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props},
+                                                "effdl.exporter": name})
+            return proto
     finally:
         model.train(was_training)
-    return program.model_proto
+    raise EffdlError(f"ONNX export of {type(model).__name__} failed ({'; '.join(failures)})")
 
 
 def save_onnx(proto: onnx.ModelProto, path: str | Path) -> Path:
@@ -107,12 +155,13 @@ def export_onnx(
     dynamic_batch: bool = True,
     opset: int | None = None,
     postprocess: OnnxPostprocess | None = None,
+    exporter: str = "auto",
 ) -> Path:
     """Export `model` to the ONNX file `path` (written atomically) and return the path.
 
     `postprocess` may rewrite the graph before it is saved (e.g. to insert quantization nodes).
     """
-    proto = onnx_model(model, input_size, dynamic_batch=dynamic_batch, opset=opset)
+    proto = onnx_model(model, input_size, dynamic_batch=dynamic_batch, opset=opset, exporter=exporter)
     if postprocess is not None:
         proto = postprocess(proto)
     return save_onnx(proto, path)
