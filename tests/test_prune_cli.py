@@ -37,7 +37,7 @@ def run_prune(checkpoint, out, *args) -> dict:
 
 def test_magnitude_with_fine_tuning_writes_a_sparse_run(checkpoint, tmp_path, capsys):
     s = run_prune(checkpoint, tmp_path / "mag", "--method", "magnitude", "--sparsity", "0.7", "--epochs", "1",
-                  "--batch-size", "128")
+                  "--batch-size", "64", "--train-limit", "128")
     model, meta = load_model(tmp_path / "mag" / "best.safetensors")
     report = measure_sparsity(model)
     assert report.zeros == round(0.7 * report.total)
@@ -63,7 +63,7 @@ def test_thinet_and_slimming_methods_run(checkpoint, tmp_path):
                   "--calibration-batches", "1")
     assert s["macs_after"] < 0.5 * s["macs_before"]
     s = run_prune(checkpoint, tmp_path / "slim", "--method", "slimming", "--sparsity", "0.25", "--penalty-epochs", "1",
-                  "--penalty", "1e-3")
+                  "--penalty", "1e-3", "--batch-size", "64", "--train-limit", "128")
     assert s["params_after"] < s["params_before"]
 
 
@@ -71,7 +71,7 @@ def test_agp_needs_and_uses_training(checkpoint, tmp_path, capsys):
     assert main(["prune", str(checkpoint), "--method", "agp", "--sparsity", "0.5", "--out", str(tmp_path / "a")]) == 2
     assert "--epochs" in capsys.readouterr().err
     s = run_prune(checkpoint, tmp_path / "agp", "--method", "agp", "--sparsity", "0.5", "--epochs", "1",
-                  "--batch-size", "64")
+                  "--batch-size", "32", "--train-limit", "128")
     assert s["sparsity"] == pytest.approx(0.5, abs=1e-4)
 
 

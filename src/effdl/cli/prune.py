@@ -40,7 +40,7 @@ def register(subparsers) -> None:
     p.add_argument("--include", nargs="*", default=[], help="layer-name globs to prune (unstructured)")
     p.add_argument("--exclude", nargs="*", default=[], help="layer-name globs never to prune")
     p.add_argument("--train-limit", type=int, default=None, help="fine-tune on a balanced subset of this many images")
-    p.add_argument("--test-limit", type=int, default=None, help="evaluate on the first N test images (smoke tests)")
+    p.add_argument("--test-limit", type=int, default=None, help="evaluate on a balanced subset of N test images (smoke tests)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="run directory to create, e.g. runs/resnet20-pruned")
     add_data_args(p)

@@ -26,6 +26,7 @@ from effdl.compress.prune.structured import prune_channels, prune_channels_to_ma
 from effdl.compress.prune.slimming import SlimmingPenalty
 from effdl.compress.prune.unstructured import MaskCallback, make_permanent, measure_sparsity, prune_magnitude
 from effdl.data import BatchLoader, ImageDataset, subset
+from effdl.data.splits import balanced_order
 from effdl.device import resolve_device
 from effdl.errors import EffdlError, unknown_name_error
 from effdl.measure.accuracy import evaluate
@@ -93,12 +94,12 @@ class PruneOptions:
 
 
 def limited(data: ImageDataset, train_limit: int | None, test_limit: int | None, seed: int = 0) -> ImageDataset:
-    """`data` with a balanced training subset and/or the first `test_limit` test images."""
+    """`data` with class-balanced seeded subsets of its training and/or test images (smoke tests)."""
     if train_limit:
         data = subset(data, n=min(train_limit, len(data.train_labels)), seed=seed)
     if test_limit:
-        data = dataclasses.replace(data, test_images=data.test_images[:test_limit],
-                                   test_labels=data.test_labels[:test_limit])
+        keep = balanced_order(data.test_labels, seed)[:test_limit].sort().values
+        data = dataclasses.replace(data, test_images=data.test_images[keep], test_labels=data.test_labels[keep])
     return data
 
 
