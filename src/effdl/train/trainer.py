@@ -7,6 +7,9 @@ A run writes `<out_dir>/<name>/`:
     best.safetensors   the best weights so far (EMA weights when EMA is on) as `model/`
     summary.json       final accuracy of best.safetensors on the full test split, time, images/s
 
+Per-epoch evaluations use bf16 autocast when training does (they only rank epochs); the final
+accuracy is always measured in fp32, on the weights exactly as saved.
+
 Ctrl-C saves a resumable checkpoint at the current step; a non-finite loss stops the run before
 anything is overwritten, so last.safetensors and best.safetensors stay the last good ones.
 """
@@ -215,10 +218,10 @@ class Trainer:
                 nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
             self.optimizer.step()
             self.step += 1
+            for cb in self.callbacks:  # before the EMA update, so weight constraints reach it at once
+                cb.on_after_step(self)
             if self.ema is not None:
                 self.ema.update_parameters(self.model)
-            for cb in self.callbacks:
-                cb.on_after_step(self)
             hard = targets if targets.ndim == 1 else targets.argmax(1)
             loss_sum += loss.detach() * len(hard)
             correct += (logits.detach().argmax(1) == hard).sum()
@@ -278,7 +281,7 @@ class Trainer:
             cb.on_train_end(self)
         if self.run_dir is None:
             self.best_accuracy = max(self.best_accuracy, 0.0)
-            final = evaluate(self.eval_model, self.test_loader(), tta=self.config.tta, autocast=self.bf16)
+            final = evaluate(self.eval_model, self.test_loader(), tta=self.config.tta)
         else:
             final = self._final_evaluation()
         result = TrainResult(
@@ -369,7 +372,7 @@ class Trainer:
 
         best, _ = load_model(self.run_dir / "best.safetensors")
         best = best.to(self.device, memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
-        return evaluate(best, self.test_loader(), tta=self.config.tta, autocast=self.bf16)
+        return evaluate(best, self.test_loader(), tta=self.config.tta)
 
     def _write_summary(self, result: TrainResult) -> None:
         if self.run_dir is None:
