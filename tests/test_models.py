@@ -112,7 +112,10 @@ def test_small_models_have_the_intended_sizes():
     assert 1_000 <= meta_params("tiny_cnn") <= 10_000
 
 
-@pytest.mark.parametrize("name", [n for n in list_models() if "width" in inspect.signature(model_factory(n)).parameters])
+WIDTH_MODELS = [n for n in list_models() if "width" in inspect.signature(model_factory(n)).parameters]
+
+
+@pytest.mark.parametrize("name", WIDTH_MODELS)
 def test_width_multiplier_shrinks_and_grows_models(name):
     small_kwargs = SMALL_KWARGS.get(name, {})
     half = meta_params(name, width=0.5, **small_kwargs)

@@ -94,8 +94,9 @@ class ShuffleNetV2(nn.Module):
         *stages, last = shufflenet_channels(width)
         self.stem = conv_bn_act(3, 24)
         layers, in_ch = [], 24
-        for out, units in zip(stages, STAGE_UNITS):
-            layers.append(nn.Sequential(DownsampleUnit(in_ch, out), *[ShuffleUnit(out) for _ in range(units)]))
+        for out, repeats in zip(stages, STAGE_UNITS):
+            units = [DownsampleUnit(in_ch, out)] + [ShuffleUnit(out) for _ in range(repeats)]
+            layers.append(nn.Sequential(*units))
             in_ch = out
         self.layers = nn.Sequential(*layers)
         self.head = conv_bn_act(in_ch, last, 1)
