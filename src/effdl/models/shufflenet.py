@@ -8,7 +8,7 @@ an `nn.ChannelShuffle` module so that counting and export see it.
 `width` picks the paper's configurations 0.5, 1, 1.5 and 2; other values scale the 1x channels.
 Structured pruning may only remove the channels inside a unit's branches: the channels around a
 shuffle are coupled by the permutation (torch-pruning needs a customized pruner for ChannelShuffle,
-without one its dependency grouping does not terminate on this model).
+without one its dependency grouping ran for minutes without finishing on this model).
 """
 
 from __future__ import annotations
