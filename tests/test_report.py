@@ -120,6 +120,10 @@ def test_bad_runs_give_clear_errors(runs, tmp_path):
     (bad_summary / "summary.json").write_text(json.dumps({"name": "bad", "accuracy": 1.5}))
     with pytest.raises(EffdlError, match="accuracy"):
         load_run(bad_summary)
+    summary = json.loads((runs / "small" / "summary.json").read_text())
+    (bad_summary / "summary.json").write_text(json.dumps({**summary, "correct": 9_999}))
+    with pytest.raises(EffdlError, match="not correct/total"):
+        load_run(bad_summary)
     with pytest.raises(EffdlError, match="unknown scorer"):
         make_report([runs / "small"], tmp_path, scorers=["imt2042"])
     with pytest.raises(EffdlError, match="unknown track"):

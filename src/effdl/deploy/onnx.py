@@ -73,7 +73,9 @@ def _failure_reason(exc: BaseException) -> str:
     return re.sub(r"\x1b\[[0-9;]*m", "", line)
 
 
-def _export_dynamo(model: nn.Module, example: torch.Tensor, dynamic_batch: bool, opset: int | None) -> onnx.ModelProto:
+def _export_dynamo(
+    model: nn.Module, example: torch.Tensor, dynamic_batch: bool, opset: int | None
+) -> onnx.ModelProto:
     program = torch.onnx.export(
         model, (example,), None, dynamo=True, verbose=False, external_data=False, opset_version=opset,
         input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
@@ -82,7 +84,9 @@ def _export_dynamo(model: nn.Module, example: torch.Tensor, dynamic_batch: bool,
     return program.model_proto
 
 
-def _export_torchscript(model: nn.Module, example: torch.Tensor, dynamic_batch: bool, opset: int | None) -> onnx.ModelProto:
+def _export_torchscript(
+    model: nn.Module, example: torch.Tensor, dynamic_batch: bool, opset: int | None
+) -> onnx.ModelProto:
     buffer = io.BytesIO()
     torch.onnx.export(
         model, (example,), buffer, dynamo=False, opset_version=opset, input_names=[INPUT_NAME],

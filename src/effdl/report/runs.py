@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from effdl.errors import EffdlError
 
@@ -23,7 +23,7 @@ class ModelRef(BaseModel):
 class RunSummary(BaseModel):
     """The part of a trainer's summary.json a report relies on (other keys are kept, unused)."""
 
-    model_config = ConfigDict(extra="allow", protected_namespaces=())
+    model_config = ConfigDict(extra="allow")
     name: str
     accuracy: float = Field(ge=0, le=1)
     correct: int = Field(ge=0)
@@ -33,6 +33,13 @@ class RunSummary(BaseModel):
     time_s: float | None = None
     images_per_s: float | None = None
     checkpoint: str = "best.safetensors"
+
+    @model_validator(mode="after")
+    def _counts_match_accuracy(self) -> RunSummary:
+        # Thresholds are checked on correct/total, so the reported accuracy must be that fraction.
+        if self.correct > self.total or abs(self.accuracy - self.correct / self.total) > 1e-9:
+            raise ValueError(f"accuracy {self.accuracy} is not correct/total = {self.correct}/{self.total}")
+        return self
 
 
 @dataclass(frozen=True)
