@@ -48,9 +48,13 @@ from effdl.train import Trainer, make_config
 
 
 def limited(data, limit_train: int | None, limit_test: int | None):
+    """A seeded random subset (the splits are ordered by class, so a prefix would be one class)."""
+    g = torch.Generator().manual_seed(0)
+    train = torch.randperm(len(data.train_labels), generator=g)[:limit_train]
+    test = torch.randperm(len(data.test_labels), generator=g)[:limit_test]
     return dataclasses.replace(
-        data, train_images=data.train_images[:limit_train], train_labels=data.train_labels[:limit_train],
-        test_images=data.test_images[:limit_test], test_labels=data.test_labels[:limit_test],
+        data, train_images=data.train_images[train], train_labels=data.train_labels[train],
+        test_images=data.test_images[test], test_labels=data.test_labels[test],
     )
 
 
