@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from effdl.errors import EffdlError
 from effdl.models.registry import register_model
 
 
@@ -115,23 +116,26 @@ def _four_stage(block, num_blocks, num_classes: int, width: float) -> ResNet:
 
 @register_model
 def resnet18(num_classes: int = 10, width: float = 1.0) -> ResNet:
+    """CIFAR ResNet-18 (kuangliu layout): the course's reference model, 11.17M parameters."""
     return _four_stage(BasicBlock, [2, 2, 2, 2], num_classes, width)
 
 
 @register_model
 def resnet34(num_classes: int = 10, width: float = 1.0) -> ResNet:
+    """CIFAR ResNet-34 (kuangliu layout), basic blocks 3-4-6-3."""
     return _four_stage(BasicBlock, [3, 4, 6, 3], num_classes, width)
 
 
 @register_model
 def resnet50(num_classes: int = 10, width: float = 1.0) -> ResNet:
+    """CIFAR ResNet-50 (kuangliu layout), bottleneck blocks 3-4-6-3."""
     return _four_stage(Bottleneck, [3, 4, 6, 3], num_classes, width)
 
 
 def cifar_resnet(depth: int, num_classes: int = 10, width: float = 1.0) -> ResNet:
     """He et al.'s CIFAR ResNet of `depth` = 6n + 2 layers."""
     if (depth - 2) % 6:
-        raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
+        raise EffdlError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
     n = (depth - 2) // 6
     return ResNet(BasicBlock, [n, n, n], [scaled(c, width) for c in (16, 32, 64)], num_classes)
 
