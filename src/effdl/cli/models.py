@@ -25,7 +25,8 @@ def run(args: argparse.Namespace) -> int:
     table = Table(title="effdl models (10 classes, 32x32); any torchvision model as tv:NAME")
     table.add_column("name")
     table.add_column("parameters", justify="right")
+    table.add_column("what it is")
     for row in rows:
-        table.add_row(row["name"], f"{row['params']:,}")
+        table.add_row(row["name"], f"{row['params']:,}", row.get("summary", ""))
     Console().print(table)
     return 0
