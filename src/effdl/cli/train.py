@@ -17,15 +17,16 @@ from effdl.train import TrainConfig, make_config, resume, train
 from effdl.train.config import merge, read_config_file
 
 
-def _add_config_flags(parser: argparse.ArgumentParser, model: type[BaseModel], prefix: str = "") -> None:
+def add_config_flags(parser: argparse.ArgumentParser, model: type[BaseModel], prefix: str = "") -> None:
     for name, field in model.model_fields.items():
         annotation = field.annotation
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            _add_config_flags(parser, annotation, prefix=f"{prefix}{name}.")
+            add_config_flags(parser, annotation, prefix=f"{prefix}{name}.")
             continue
         flag = "--" + (prefix + name).replace("_", "-")
+        default = field.default if field.default_factory is None else field.default_factory()
         parser.add_argument(flag, dest=f"cfg:{prefix}{name}", default=None, metavar="VALUE",
-                            help=f"(default: {field.default if field.default_factory is None else field.default_factory()})")
+                            help=f"{field.description or ''} (default: {default})".strip())
 
 
 def register(subparsers) -> None:
@@ -34,7 +35,7 @@ def register(subparsers) -> None:
     p.add_argument("--config", help="YAML file of TrainConfig keys (flags override it)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run (other flags: only --epochs)")
     p.add_argument("--data", dest="cfg:dataset", default=None, help="alias of --dataset")
-    _add_config_flags(p, TrainConfig)
+    add_config_flags(p, TrainConfig)
     p.set_defaults(func=run)
 
 

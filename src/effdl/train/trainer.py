@@ -41,6 +41,7 @@ from effdl.data import BatchLoader, ImageDataset
 from effdl.device import default_bf16, resolve_device
 from effdl.errors import EffdlError
 from effdl.measure.accuracy import Accuracy, evaluate
+from effdl.measure.bits import declared_weight_bits
 from effdl.train.callbacks import Callback
 from effdl.train.config import TrainConfig, save_config
 from effdl.train.schedule import default_warmup_epochs, lr_factor
@@ -103,7 +104,9 @@ class Trainer:
         self.callbacks = list(callbacks or [])
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.device = resolve_device(config.device)
-        self.bf16 = default_bf16(self.device) if config.bf16 is None else config.bf16
+        # Automatic bf16 stays off for quantized models: bf16 rounding moves values off the quantizer grid.
+        quantized = any(declared_weight_bits(m) is not None for m in model.modules())
+        self.bf16 = (default_bf16(self.device) and not quantized) if config.bf16 is None else config.bf16
         self.channels_last = config.channels_last
         if config.threads:
             torch.set_num_threads(config.threads)

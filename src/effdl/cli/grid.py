@@ -1,0 +1,35 @@
+"""`effdl grid`: a PNG grid of augmented training images, to see what the model sees."""
+
+from __future__ import annotations
+
+import argparse
+
+import yaml
+
+from effdl.cli.common import add_data_args, dataset_from_args
+from effdl.cli.train import add_config_flags
+from effdl.data import AugmentConfig, save_augmentation_grid
+from effdl.errors import EffdlError
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("grid", help="save a grid of augmented training images (PNG)")
+    add_data_args(p, default="cifar10")
+    p.add_argument("--out", default="augmented.png")
+    p.add_argument("-n", type=int, default=64, help="number of images")
+    p.add_argument("--seed", type=int, default=0)
+    add_config_flags(p, AugmentConfig, prefix="augment.")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    values = {k[len("cfg:augment."):]: yaml.safe_load(v) for k, v in vars(args).items()
+              if k.startswith("cfg:augment.") and v is not None}
+    try:
+        augment = AugmentConfig.model_validate(values)
+    except ValueError as exc:
+        raise EffdlError(f"invalid augmentation: {str(exc).splitlines()[0]}") from None
+    data = dataset_from_args(args)
+    path = save_augmentation_grid(data, args.out, n=args.n, augment=augment, seed=args.seed)
+    print(f"wrote {path or args.out}")
+    return 0
