@@ -184,6 +184,9 @@ def test_onnx_speedup_is_eager_over_onnx_median_per_batch():
     assert result.onnx_speedups() == {1: 2.0, 8: 2.0}  # compared with the CPU eager time only
     assert result.latency("pytorch", 8).device == "cuda"
     assert result.latency("pytorch", 8, device="cpu").median_ms == 20.0
+    assert not result.machine_busy  # load unknown
+    result.load_average = 1000.0
+    assert result.machine_busy
 
 
 def test_cli_export_writes_a_verified_file(tiny_checkpoint, tmp_path, capsys):
@@ -207,6 +210,7 @@ def test_cli_bench_times_both_backends(tiny_checkpoint, tmp_path, capsys):
     assert report["sizes"]["checkpoint_bytes"] == tiny_checkpoint.stat().st_size
     assert report["sizes"]["onnx_bytes"] == (tmp_path / "keep" / "model.onnx").stat().st_size
     assert set(report["onnx_speedup"]) == {"1", "2"}
+    assert report["load_average"] >= 0
 
 
 def test_cli_bench_without_onnx_prints_a_table(tiny_checkpoint, capsys):

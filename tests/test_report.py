@@ -92,7 +92,7 @@ def test_report_over_fabricated_runs(runs, tmp_path):
     assert [by_name[n]["imt2024_qualifies"] for n in ("small", "medium", "large")] == [False, True, True]
     assert all(row["micronet_qualifies"] for row in report.rows)
     assert {n for n, row in by_name.items() if row["pareto"]} == {"small", "medium"}
-    assert all(row["latency_ms"] > 0 for row in report.rows)
+    assert all(row["latency_ms"] > 0 and row["latency_threads"] == 1 for row in report.rows)
 
     assert report.files["png"].read_bytes()[:8] == PNG_MAGIC
     with open(report.files["csv"]) as f:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from rich.console import Console
@@ -79,3 +80,6 @@ def print_bench(name: str, result: BenchResult) -> None:
               "counted_bytes": "parameters at their bit-width (counted)"}
     for key, value in result.sizes.items():
         console.print(f"{labels.get(key, key)}: {value / 1e6:.3f} MB ({value:,} bytes)")
+    if result.machine_busy:
+        console.print(f"[yellow]note: the machine was busy (load {result.load_average:.1f} on {os.cpu_count()} "
+                      "cores): timings are unreliable, multi-threaded ones most of all; --threads 1 suffers least")

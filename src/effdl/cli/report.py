@@ -23,7 +23,8 @@ def register(subparsers) -> None:
     p.add_argument("--track", default=None, help="track of the scorers (default: the runs' dataset, if a track)")
     p.add_argument("--threshold", type=float, default=None,
                    help="accuracy line on the plot, as a fraction (default: the plotted track's threshold)")
-    p.add_argument("--latency", action="store_true", help="also time batch-1 PyTorch latency of each run")
+    p.add_argument("--latency", action="store_true", help="also time batch-1 PyTorch CPU latency of each run")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads for --latency (default 1)")
     p.add_argument("--input-size", default="3,32,32", help="C,H,W of one input (default 3,32,32)")
     p.set_defaults(func=run)
 
@@ -33,7 +34,8 @@ def run(args: argparse.Namespace) -> int:
         raise EffdlError(f"--threshold is a fraction in [0, 1], got {args.threshold}")
     report = make_report(
         args.runs, args.out, scorers=args.scorer, track=args.track, threshold=args.threshold,
-        latency=args.latency, input_size=int_list(args.input_size, "--input-size", length=3),
+        latency=args.latency, latency_threads=args.threads,
+        input_size=int_list(args.input_size, "--input-size", length=3),
     )
     console = Console()
     if not console.is_terminal:  # piped or captured: rich would fall back to 80 columns

@@ -6,6 +6,7 @@ against PyTorch before it is timed, so a fast but wrong export is never reported
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,6 +31,12 @@ class BenchResult:
     onnx_bytes: int | None = None
     onnx_max_abs_diff: float | None = None
     sizes: dict[str, int] = field(default_factory=dict)
+    load_average: float | None = None  # 1-minute system load when timing started (None: unknown)
+
+    @property
+    def machine_busy(self) -> bool:
+        """True when other processes kept every core busy: the timings are then unreliable."""
+        return self.load_average is not None and self.load_average > (os.cpu_count() or 1)
 
     def latency(self, backend: str, batch_size: int, device: str | None = None) -> LatencyResult | None:
         """The first result for `backend` at `batch_size` (on `device`, if given)."""
@@ -57,6 +64,7 @@ class BenchResult:
             if self.onnx_bytes is None
             else {"path": self.onnx_path, "bytes": self.onnx_bytes, "max_abs_diff": self.onnx_max_abs_diff},
             "sizes": self.sizes,
+            "load_average": self.load_average,
             "latency": [r.to_dict() for r in self.latencies],
             "onnx_speedup": {str(b): v for b, v in self.onnx_speedups().items()},
         }
@@ -96,6 +104,7 @@ def benchmark_model(
             result.onnx_bytes = path.stat().st_size
             result.onnx_max_abs_diff = check_onnx(model, path)
             session = ort_session(path, threads=threads)
+        result.load_average = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
         for b in batch_sizes:
             for device in devices:
                 result.latencies.append(torch_latency(model, (b, *input_shape), device=device, **timing))

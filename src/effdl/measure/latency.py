@@ -7,7 +7,10 @@ Threads: PyTorch CPU inference uses `torch.get_num_threads()` intra-op threads; 
 sets it for the measurement (and restores it afterwards) when `threads` is given. ONNX Runtime
 sessions get the same number of intra-op threads unless told otherwise (see
 `effdl.deploy.onnx.ort_session`). Every result records the thread count it ran with, because a
-latency without its thread count cannot be compared. On CUDA, each timed call is followed by
+latency without its thread count cannot be compared. On a machine other processes keep busy,
+multi-threaded timings mostly measure the scheduler (each operator waits until all its threads
+run: resnet20 batch 1 took 480 ms with 2 threads against 5.4 ms with 1 on a loaded 2-core
+machine), so compare single-threaded figures there. On CUDA, each timed call is followed by
 `torch.cuda.synchronize()` so the time covers the kernels, not just their launch.
 """
 

@@ -31,6 +31,7 @@ def make_report(
     track: str | None = None,
     threshold: float | None = None,
     latency: bool = False,
+    latency_threads: int | None = 1,
     input_size: Sequence[int] = (3, 32, 32),
 ) -> Report:
     """Measure the runs in `run_paths` and write runs.csv, runs.json and accuracy_vs_score.png.
@@ -43,7 +44,7 @@ def make_report(
     chosen = choose_scorers(runs, scorers)
     check_track(chosen, track)
     plotted = chosen[0]
-    rows = sorted((measure_run(run, chosen, track, input_size, latency) for run in runs),
+    rows = sorted((measure_run(run, chosen, track, input_size, latency, latency_threads) for run in runs),
                   key=lambda row: row[f"{plotted}_score"])
     if threshold is None:
         threshold = float(get_track(plotted, choose_track(plotted, track, runs[0].summary.dataset)).threshold)

@@ -52,8 +52,13 @@ def measure_run(
     track: str | None = None,
     input_size: Sequence[int] = (3, 32, 32),
     latency: bool = False,
+    latency_threads: int | None = 1,
 ) -> dict[str, Any]:
-    """One flat row: the run's summary, its counted complexity, each score and whether it qualifies."""
+    """One flat row: the run's summary, its counted complexity, each score and whether it qualifies.
+
+    With `latency`, the median batch-1 PyTorch CPU latency with `latency_threads` threads (one by
+    default: on a busy machine multi-threaded timings mostly measure the scheduler).
+    """
     s = run.summary
     model, _ = load_model(run.checkpoint)
     prof = profile(model, (1, *input_size))
@@ -70,7 +75,8 @@ def measure_run(
         row[f"{name}_threshold"] = float(result.threshold)
         row[f"{name}_qualifies"] = result.qualifies(s.correct, s.total)
     if latency:
-        timed = torch_latency(model, (1, *input_size), warmup=3, repeats=20, max_seconds=5.0)
+        timed = torch_latency(model, (1, *input_size), threads=latency_threads, warmup=3, repeats=20,
+                              max_seconds=5.0)
         row["latency_ms"] = timed.median_ms
         row["latency_threads"] = timed.threads
     return row
