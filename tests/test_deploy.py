@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
-import types
 
 import numpy as np
 import onnx
@@ -21,13 +19,6 @@ from effdl.errors import EffdlError
 from effdl.deploy.bench import BenchResult
 from effdl.measure.latency import LatencyResult, measure_latency, onnx_latency, torch_latency
 from effdl.models import create_model
-
-
-@pytest.fixture(autouse=True)
-def _cli_main_module_stub(monkeypatch):
-    # effdl.cli.build_parser imports every module of effdl.cli, __main__ included, which runs the CLI
-    # on import; an empty stand-in keeps main([...]) callable in-process until it skips __main__.
-    monkeypatch.setitem(sys.modules, "effdl.cli.__main__", types.ModuleType("effdl.cli.__main__"))
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -17,13 +15,6 @@ from effdl.errors import EffdlError
 from effdl.measure import profile, score
 from effdl.models import create_model
 from effdl.report import find_runs, load_run, make_report, pareto_front, plot_accuracy_vs_score
-
-
-@pytest.fixture(autouse=True)
-def _cli_main_module_stub(monkeypatch):
-    # effdl.cli.build_parser imports every module of effdl.cli, __main__ included, which runs the CLI
-    # on import; an empty stand-in keeps main([...]) callable in-process until it skips __main__.
-    monkeypatch.setitem(sys.modules, "effdl.cli.__main__", types.ModuleType("effdl.cli.__main__"))
 
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
