@@ -12,8 +12,6 @@ Tensor keys are namespaced: `model/...` (weights), `ema/...` (EMA weights), `opt
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from effdl.errors import EffdlError
+from effdl.fileio import atomic_write
 from effdl.models.registry import create_model, model_spec
 from effdl.models.transforms import model_transforms, replay_transforms
 
@@ -37,20 +36,9 @@ def _plain(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def write_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
     """Atomically write `tensors` and JSON `meta` to `path` (a .safetensors file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     header = {_META_KEY: json.dumps({"format_version": FORMAT_VERSION, **meta})}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(_plain(tensors), tmp, metadata=header)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    plain = _plain(tensors)
+    return atomic_write(path, lambda tmp: save_file(plain, tmp, metadata=header))
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -10,8 +10,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from effdl.cli.common import add_device_arg, model_from_ref
-from effdl.cli.export import int_list
+from effdl.cli.common import add_device_arg, int_list, model_from_ref
 from effdl.deploy.bench import BenchResult, benchmark_model
 from effdl.device import resolve_device
 from effdl.measure.counting import profile

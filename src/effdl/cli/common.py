@@ -10,6 +10,7 @@ from torch import nn
 
 from effdl.checkpoint import load_model
 from effdl.data import ImageDataset, load_dataset
+from effdl.errors import EffdlError
 from effdl.models import create_model
 
 
@@ -28,8 +29,6 @@ def dataset_from_args(args: argparse.Namespace, config: dict[str, Any] | None = 
     name = args.data or config.get("dataset")
     root = args.data_root or config.get("data_root")
     if not name:
-        from effdl.errors import EffdlError
-
         raise EffdlError("no dataset given: pass --data NAME")
     return load_dataset(name, root=root)
 
@@ -39,3 +38,15 @@ def model_from_ref(ref: str, num_classes: int = 10) -> tuple[nn.Module, dict[str
     if ref.endswith(".safetensors") or Path(ref).exists():
         return load_model(ref)
     return create_model(ref, num_classes=num_classes).eval(), {}
+
+
+def int_list(text: str, what: str, length: int | None = None) -> tuple[int, ...]:
+    """Parse '3,32,32' into (3, 32, 32); an EffdlError naming `what` unless `length` positive integers."""
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        values = ()
+    if not values or min(values) < 1 or (length is not None and len(values) != length):
+        count = f"{length} " if length else ""
+        raise EffdlError(f"{what} must be {count}comma-separated positive integers, got '{text}'")
+    return values

@@ -10,7 +10,7 @@ import torch
 from effdl.checkpoint import load_model
 from effdl.cli.common import add_data_args, add_device_arg, dataset_from_args
 from effdl.data import BatchLoader
-from effdl.device import default_bf16, resolve_device
+from effdl.device import resolve_device
 from effdl.measure import evaluate
 
 

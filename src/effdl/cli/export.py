@@ -8,21 +8,8 @@ from pathlib import Path
 
 import onnx
 
-from effdl.cli.common import model_from_ref
+from effdl.cli.common import int_list, model_from_ref
 from effdl.deploy.onnx import EXPORTERS, check_onnx, export_onnx
-from effdl.errors import EffdlError
-
-
-def int_list(text: str, what: str, length: int | None = None) -> tuple[int, ...]:
-    """Parse '3,32,32' into (3, 32, 32); an EffdlError naming `what` unless `length` positive integers."""
-    try:
-        values = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        values = ()
-    if not values or min(values) < 1 or (length is not None and len(values) != length):
-        count = f"{length} " if length else ""
-        raise EffdlError(f"{what} must be {count}comma-separated positive integers, got '{text}'")
-    return values
 
 
 def register(subparsers) -> None:

@@ -6,7 +6,7 @@ import argparse
 
 from rich.console import Console
 
-from effdl.cli.export import int_list
+from effdl.cli.common import int_list
 from effdl.errors import EffdlError
 from effdl.measure.scoring import scorer_names
 from effdl.report import make_report

@@ -13,8 +13,7 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-from effdl.cli.common import add_data_args, add_device_arg, dataset_from_args, model_from_ref
-from effdl.cli.export import int_list
+from effdl.cli.common import add_data_args, add_device_arg, dataset_from_args, int_list, model_from_ref
 from effdl.data import BatchLoader
 from effdl.device import resolve_device
 from effdl.errors import unknown_name_error

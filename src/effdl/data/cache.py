@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
-from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
+
+from effdl.fileio import atomic_write
 
 MANIFEST = "manifest.json"
 
@@ -47,18 +47,12 @@ def save_arrays(entry: Path, fingerprint: str, arrays: dict[str, np.ndarray], me
         entry.mkdir(parents=True, exist_ok=True)
         (entry / MANIFEST).unlink(missing_ok=True)  # the entry is invalid until the new manifest lands
         for name, array in arrays.items():
-            _write_atomically(entry / f"{name}.npy", lambda f, a=array: np.save(f, a, allow_pickle=False))
-        _write_atomically(entry / MANIFEST, lambda f: f.write(json.dumps(manifest).encode()))
+            atomic_write(entry / f"{name}.npy", lambda tmp, a=array: _save_npy(tmp, a))
+        atomic_write(entry / MANIFEST, lambda tmp: Path(tmp).write_text(json.dumps(manifest)))
     except OSError as exc:
         warnings.warn(f"could not write the dataset cache {entry}: {exc}", stacklevel=2)
 
 
-def _write_atomically(path: Path, write: Callable[[IO[bytes]], object]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _save_npy(path: str, array: np.ndarray) -> None:
+    with open(path, "wb") as f:  # a file object: np.save would append ".npy" to a bare path
+        np.save(f, array, allow_pickle=False)

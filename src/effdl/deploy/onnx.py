@@ -25,9 +25,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
 import re
-import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -38,6 +36,7 @@ import torch
 from torch import nn
 
 from effdl.errors import EffdlError, unknown_name_error
+from effdl.fileio import atomic_write
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -136,20 +135,8 @@ def onnx_model(
 
 
 def save_onnx(proto: onnx.ModelProto, path: str | Path) -> Path:
-    """Write `proto` to `path` atomically (temporary file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        onnx.save_model(proto, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    """Write `proto` to `path` atomically."""
+    return atomic_write(path, lambda tmp: onnx.save_model(proto, tmp))
 
 
 def export_onnx(
