@@ -3,7 +3,7 @@
 Both train the same resnet20 on the same CIFAR-10 images for the same number of images, in this
 run. The baseline is what a user writes by hand: torchvision ImageFolder + RandomCrop/Flip/
 ToTensor/Normalize transforms, a DataLoader with worker processes, an fp32 eager loop. effdl is
-timed with its defaults (bf16 autocast where the CPU has AMX, channels_last) and also in plain fp32
+timed with its defaults (after the same few untimed warm-up steps as the baseline) (bf16 autocast where the CPU has AMX, channels_last) and also in plain fp32
 so the gain of the pipeline alone is visible.
 
     EFFDL_DATA=../shared/data python benchmarks/train_throughput.py --images 10240
@@ -27,6 +27,8 @@ from effdl.data.datasets import CIFAR10_MEAN, CIFAR10_STD
 from effdl.models import create_model
 from effdl.train import Trainer, make_config
 
+WARMUP_STEPS = 5  # untimed steps before each measurement, for both pipelines
+
 
 def baseline_images_per_s(folder: Path, n_images: int, batch_size: int, workers: int) -> float:
     transform = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
@@ -38,23 +40,32 @@ def baseline_images_per_s(folder: Path, n_images: int, batch_size: int, workers:
     model = create_model("resnet20")
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
     model.train()
-    start, seen = time.perf_counter(), 0
-    for images, labels in loader:
+
+    def step(images, labels):
         loss = torch.nn.functional.cross_entropy(model(images), labels)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+
+    for i, (images, labels) in enumerate(loader):  # warm-up: kernel selection, worker start-up
+        step(images, labels)
+        if i + 1 == WARMUP_STEPS:
+            break
+    start, seen = time.perf_counter(), 0
+    for images, labels in loader:
+        step(images, labels)
         seen += len(labels)
     return seen / (time.perf_counter() - start)
 
 
 def effdl_images_per_s(data, n_images: int, batch_size: int, **overrides) -> float:
-    small = subset(data, n=n_images, seed=0)
     config = make_config({"dataset": "cifar10", "epochs": 1, "batch_size": batch_size, "lr": 0.05,
                           "progress": False, **overrides})
-    trainer = Trainer(create_model("resnet20"), small, config)
-    metrics = trainer.train_one_epoch(_NoProgress())
-    return metrics["images_per_s"]
+    # Warm-up on a few batches first (oneDNN picks kernels per shape: the first bf16 steps take seconds).
+    warmup = Trainer(create_model("resnet20"), subset(data, n=WARMUP_STEPS * batch_size, seed=1), config)
+    warmup.train_one_epoch(_NoProgress())
+    trainer = Trainer(create_model("resnet20"), subset(data, n=n_images, seed=0), config)
+    return trainer.train_one_epoch(_NoProgress())["images_per_s"]
 
 
 class _NoProgress:
