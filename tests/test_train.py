@@ -152,3 +152,9 @@ def test_config_errors_name_the_problem(tmp_path):
         make_config({"augment": {"cutoutt": 8}})
     with pytest.raises(EffdlError, match="epochs"):
         make_config({"epochs": 0})
+
+
+def test_tensorboard_logging_writes_events(synthetic, tmp_path):
+    pytest.importorskip("tensorboard")
+    Trainer(small_model(), synthetic, quick_config(epochs=1, tensorboard=True), run_dir=tmp_path / "r").fit()
+    assert list((tmp_path / "r" / "tensorboard").glob("events.out.tfevents.*"))
