@@ -6,9 +6,10 @@ channels in two, transforms one half (1x1, depthwise 3x3, 1x1) and concatenates 
 a downsampling unit transforms both halves with stride 2. Each unit ends with a channel shuffle,
 an `nn.ChannelShuffle` module so that counting and export see it.
 `width` picks the paper's configurations 0.5, 1, 1.5 and 2; other values scale the 1x channels.
-Structured pruning may only remove the channels inside a unit's branches: the channels around a
-shuffle are coupled by the permutation (torch-pruning needs a customized pruner for ChannelShuffle,
-without one its dependency grouping ran for minutes without finishing on this model).
+Structured pruning may only remove the channels inside a unit's branches (and the stem's and
+head's): the channels around a shuffle are coupled by the permutation, so `prune_channels` keeps
+them (it gives torch-pruning a pruner for ChannelShuffle; without one, its dependency grouping ran
+for minutes without finishing on this model).
 """
 
 from __future__ import annotations

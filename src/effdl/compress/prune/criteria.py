@@ -11,7 +11,9 @@ channel; the lowest-scored channels are removed.
 - `ThiNetImportance`: Luo et al. (2017). On calibration batches, sample outputs of every layer that
   consumes the channels and record each input channel's contribution to them; then greedily remove
   the channel whose removal changes the sampled outputs least (the smallest reconstruction error
-  of the next layer's input), and score channels by that removal order.
+  of the next layer's input), and score channels by that removal order. After pruning, each
+  consumer's weights for the kept channels are rescaled by the least-squares factors that best
+  rebuild the sampled outputs from the kept channels alone (the paper's last step).
 """
 
 from __future__ import annotations
@@ -99,18 +101,29 @@ def greedy_removal_order(contributions: torch.Tensor) -> torch.Tensor:
     return torch.tensor(order, device=a.device)
 
 
+def least_squares_scales(contributions: torch.Tensor, keep: list[int]) -> torch.Tensor:
+    """Scales w (one per kept channel) minimising |sum of all channels - kept channels @ w|^2
+    over the sampled outputs of a [samples, channels] contribution matrix."""
+    a = contributions.double()
+    solution = torch.linalg.lstsq(a[:, keep], a.sum(1, keepdim=True)).solution
+    return solution[:, 0].float()
+
+
 class ThiNetImportance(tp.importance.Importance):
     """ThiNet-style channel scores from sampled contributions to the next layers' outputs.
 
     Build with `ThiNetImportance(model, batches)` (a few calibration batches of inputs) before the
     model changes; channels are then scored in [1/n, 1] by greedy removal order (later = more
     important). Groups with no ungrouped consumer layer fall back to the L2 filter norm.
+    With `rescale`, `prune_channels` then calls `reconstruct` to rescale the consumers' kept inputs.
     """
 
-    def __init__(self, model: nn.Module, batches: Iterable[torch.Tensor], samples_per_layer: int = 512, seed: int = 0):
+    def __init__(self, model: nn.Module, batches: Iterable[torch.Tensor], samples_per_layer: int = 512, seed: int = 0,
+                 rescale: bool = True):
         batches = list(batches)
         if not batches:
             raise EffdlError("ThiNet needs at least one calibration batch")
+        self.rescale = rescale
         self.fallback = FilterNormImportance(p=2)
         self.contributions: dict[str, torch.Tensor] = {}
         self.names: dict[nn.Module, str] = {}
@@ -150,6 +163,25 @@ class ThiNetImportance(tp.importance.Importance):
     def bind(self, model: nn.Module) -> None:
         """Look layers up by name in `model` (e.g. a deep copy of the calibrated model)."""
         self.names = {m: name for name, m in model.named_modules()}
+
+    @torch.no_grad()
+    def reconstruct(self, model: nn.Module, removed_inputs: dict[str, set[int]]) -> None:
+        """Rescale each sampled consumer's weights for its kept input channels by least squares.
+
+        `removed_inputs`: consumer layer name -> input indices removed, numbered as when calibrated.
+        """
+        if not self.rescale:
+            return
+        for name, removed in removed_inputs.items():
+            if name not in self.contributions:
+                continue
+            contrib = self.contributions[name]
+            keep = [i for i in range(contrib.shape[1]) if i not in removed]
+            layer = model.get_submodule(name)
+            if layer.weight.shape[1] != len(keep):
+                raise EffdlError(f"ThiNet calibration of layer '{name}' does not match the pruned model")
+            scales = least_squares_scales(contrib, keep).to(layer.weight)
+            layer.weight.mul_(scales.view(1, -1, *[1] * (layer.weight.dim() - 2)))
 
     @torch.no_grad()
     def __call__(self, group) -> torch.Tensor | None:

@@ -7,9 +7,19 @@ latency really drop. `scope="layer"` removes `ratio` of every group's channels; 
 ranks all groups together and removes `ratio` of all channels. The layers producing the model's
 output (the classifier) never lose outputs. `round_to=8` keeps channel counts multiples of 8.
 
+Channels that pass through a channel shuffle (`nn.ChannelShuffle` and subclasses, as in
+ShuffleNetV2) are kept: the shuffle permutes them, which torch-pruning's index mapping does not
+model (traced as reshape/transpose, its grouping ran for minutes without finishing). Each shuffle
+gets a pruner that cuts the graph there, and every group that reaches one is skipped; in
+ShuffleNetV2 that leaves the channels inside each unit's branches, the stem and the head.
+
+The whole plan (which channels of which group) is made and checked on the unchanged model, then
+applied group by group, each group's indices mapped afresh: a concatenation's offsets move when an
+earlier group shrinks one of its inputs (DenseNet). Nothing changes unless the whole plan is valid.
+
 The new shapes are recorded as the `prune_channels` transform, and its replay resizes the same
 modules of a freshly built model, so checkpoints of pruned models reload (weights then come from
-the state dict). Everything is checked before the first module changes.
+the state dict).
 """
 
 from __future__ import annotations
@@ -22,7 +32,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from effdl.compress.prune.criteria import make_importance
+from effdl.compress.prune.criteria import ThiNetImportance, make_importance
 from effdl.compress.prune.selection import PRUNABLE_TYPES, check_fraction, matching
 from effdl.errors import EffdlError
 from effdl.measure.counting import profile
@@ -91,13 +101,43 @@ def resize_modules(model: nn.Module, modules: dict[str, dict[str, Any]]) -> nn.M
     return model
 
 
+class _ShuffleBarrier(tp.pruner.BasePruningFunc):
+    """torch-pruning pruner for a channel shuffle: its input and output channels are not coupled
+    in the graph (distinct in/out functions), and groups reaching it are never pruned."""
+
+    TARGET_MODULES = nn.ChannelShuffle
+
+    def prune_out_channels(self, layer: nn.Module, idxs) -> nn.Module:
+        raise EffdlError("internal error: channels around a channel shuffle cannot be pruned")
+
+    def prune_in_channels(self, layer: nn.Module, idxs) -> nn.Module:
+        raise EffdlError("internal error: channels around a channel shuffle cannot be pruned")
+
+    def get_out_channels(self, layer: nn.Module) -> None:
+        return None
+
+    def get_in_channels(self, layer: nn.Module) -> None:
+        return None
+
+
+def _shuffle_barriers(model: nn.Module) -> dict[type, _ShuffleBarrier]:
+    """A barrier for every channel-shuffle class in `model` (torch-pruning matches exact classes)."""
+    return {type(m): _ShuffleBarrier() for m in model.modules() if isinstance(m, nn.ChannelShuffle)}
+
+
 class _Pruner(tp.pruner.BasePruner):
-    """torch-pruning's pruner, rounding kept channels to the nearest multiple (at least one)."""
+    """torch-pruning's pruner, rounding kept channels to the nearest multiple (at least one) and
+    leaving every group that reaches a channel shuffle whole."""
 
     def _round_to(self, n_pruned: int, current_channels: int, round_to: int) -> int:
         kept = current_channels - n_pruned
         kept = min(current_channels, max(round_to, round_to * round(kept / round_to)))
         return current_channels - kept
+
+    def estimate_importance(self, group) -> torch.Tensor | None:
+        if any(isinstance(item.dep.target.module, nn.ChannelShuffle) for item in group):
+            return None  # torch-pruning skips groups without scores
+        return super().estimate_importance(group)
 
 
 def _refuse_emptying_layers(pruner: tp.pruner.BasePruner, names: dict[nn.Module, str]) -> None:
@@ -130,8 +170,9 @@ def prune_channels(
     for the Conv/Linear layers that lost outputs.
 
     `criterion`: "l1" / "l2" filter norm, "bn-scale" (network slimming), "thinet" (needs a few
-    `calibration` input batches), or any torch-pruning Importance. `ignore`: layer-name globs
-    whose outputs are kept whole (the classifier always is).
+    `calibration` input batches; the consumers of pruned channels are then rescaled by least
+    squares), or any torch-pruning Importance. `ignore`: layer-name globs whose outputs are kept
+    whole (the classifier always is).
     """
     ratio = check_fraction(ratio, "channel pruning ratio")
     if scope not in SCOPES:
@@ -153,12 +194,21 @@ def prune_channels(
         return {}
     pruner = _Pruner(
         model, example_inputs, importance, global_pruning=scope == "global", pruning_ratio=ratio,
-        ignored_layers=ignored, round_to=round_to,
+        ignored_layers=ignored, round_to=round_to, customized_pruners=_shuffle_barriers(model),
     )
     _refuse_emptying_layers(pruner, names)
-    groups = list(pruner.step(interactive=True))  # all planned (and checked) before any change
-    for group in groups:
-        group.prune()
+    # Plan and check every group first; each planned group's indices are right for the unchanged model.
+    plan, removed_inputs = [], {}
+    for group in pruner.step(interactive=True):
+        plan.append((group[0].dep.target.module, group[0].dep.handler, list(group[0].idxs)))
+        for item in group:
+            layer = item.dep.target.module
+            if isinstance(layer, PRUNABLE_TYPES) and pruner.DG.is_in_channel_pruning_fn(item.dep.handler):
+                removed_inputs.setdefault(names[layer], set()).update(item.idxs)
+    for root, handler, idxs in plan:
+        pruner.DG.get_pruning_group(root, handler, idxs).prune()
+    if isinstance(importance, ThiNetImportance):
+        importance.reconstruct(model, removed_inputs)
     after = module_widths(model)
     changed = {name: spec for name, spec in after.items() if spec != before.get(name)}
     if changed:
