@@ -29,6 +29,7 @@ from effdl.compress.quantize import (
     quantized_layers,
     verify_model_bits,
 )
+from effdl.compress.quantize.quantizers import fake_quantize_float
 from effdl.data import load_dataset
 from effdl.errors import EffdlError
 from effdl.measure.bits import act_bits, verify_weight_bits, weight_bits
@@ -383,3 +384,52 @@ def test_unsupported_layers_are_skipped_with_a_listed_warning():
     messages = [str(w.message) for w in caught]
     assert any("0 (Conv1d)" in m and "unsupported" in m for m in messages)
     assert type(model[0]) is nn.Conv1d and set(quantized_layers(model)) == {"2"}
+
+
+def test_float_fake_quantize_is_bit_exact_with_pytorchs_ops():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(4096, generator=g) * 2
+    x[:64] = (torch.arange(64) - 32 + 0.5) * 0.1  # exact ties: round half to even on both sides
+    got = fake_quantize_float(x, torch.tensor(0.1), torch.tensor(3.0), 0, 15)
+    assert torch.equal(got, torch.fake_quantize_per_tensor_affine(x, 0.1, 3, 0, 15))
+    w = torch.randn(8, 4, 3, 3, generator=g)
+    scale = torch.rand(8, generator=g) + 0.05
+    got = fake_quantize_float(w, scale.view(-1, 1, 1, 1), torch.zeros(8, 1, 1, 1), -4, 3)
+    assert torch.equal(got, torch.fake_quantize_per_channel_affine(w, scale, torch.zeros(8, dtype=torch.int32), 0, -4, 3))
+
+
+def test_int8_static_quantizes_the_outputs_that_feed_residual_adds(tmp_path):
+    model = tiny_resnet()
+    randomize_batchnorm(model)
+    fold_batchnorm(model)
+    quantize_(model, Int8StaticConfig(calibration="percentile"))
+    with_output = {name for name, layer in quantized_layers(model).items() if layer.output_quantizer is not None}
+    blocks = [f"layers.{s}.{b}" for s in range(3) for b in range(3)]
+    # The stem and each block's second conv / projection feed an Add; conv1 feeds conv2 through a
+    # ReLU (its rounding is conv2's input quantizer's); the logits stay float.
+    expected = {"conv1"} | {f"{b}.conv2" for b in blocks} | {f"layers.{s}.0.shortcut.0" for s in (1, 2)}
+    assert with_output == expected
+    assert all(model.get_submodule(n).output_quantizer.method == "percentile" for n in with_output)
+    calibrate(model, torch.randn(64, 3, 16, 16))
+    with torch.no_grad():
+        expected_out = model(X)
+        pre_add = model.layers[0][0].conv2(model.layers[0][0].relu1(model.layers[0][0].conv1(torch.rand(2, 4, 8, 8))))
+    scale, zero_point = model.layers[0][0].conv2.output_quantizer.qparams()
+    assert torch.allclose(torch.round(pre_add / scale), pre_add / scale, atol=1e-3)  # on the uint8 grid
+    save_model(tmp_path / "q.safetensors", model)
+    loaded, _ = load_model(tmp_path / "q.safetensors")
+    with torch.no_grad():
+        assert torch.equal(loaded(X), expected_out)
+    unquantized_outputs = quantize_(tiny_resnet(), Int8StaticConfig(quantize_outputs=False))
+    assert all(layer.output_quantizer is None for layer in quantized_layers(unquantized_outputs).values())
+
+
+def test_output_analysis_looks_through_relu_pool_and_flatten_only():
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.ReLU(), nn.MaxPool2d(2),  # -> conv: no output quantizer
+        nn.Conv2d(4, 4, 3), nn.Sigmoid(),                # -> a float op: output quantizer
+        nn.Conv2d(4, 4, 3), nn.Flatten(), nn.Linear(4 * 8 * 8, 5),
+    ).eval()
+    quantize_(model, Int8StaticConfig())
+    layers = quantized_layers(model)
+    assert {name for name, layer in layers.items() if layer.output_quantizer is not None} == {"3"}

@@ -1,19 +1,33 @@
-"""`effdl bench CKPT|MODEL`: latency and throughput in PyTorch and ONNX Runtime, and sizes on disk."""
+"""`effdl bench CKPT|MODEL [--int8]`: latency and throughput in PyTorch and ONNX Runtime, and sizes on disk.
+
+`--int8` also exports the int8 QDQ ONNX model (calibrating a float checkpoint on training images,
+as `effdl export --int8` does), checks it against the PyTorch fake-quant model and times it next
+to the fp32 ONNX model, as backend "onnxruntime-int8".
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
+import tempfile
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
 from effdl.cli.common import add_device_arg, int_list, model_from_ref
+from effdl.cli.export import QUANTIZED_TOLERANCE, add_int8_args, int8_from_args
 from effdl.deploy.bench import BenchResult, benchmark_model
+from effdl.deploy.int8 import export_int8_onnx
+from effdl.deploy.onnx import check_onnx, ort_session
 from effdl.device import resolve_device
 from effdl.measure.counting import profile
+from effdl.measure.latency import onnx_latency
+
+INT8_BACKEND = "onnxruntime-int8"
 
 
 def register(subparsers) -> None:
@@ -31,6 +45,7 @@ def register(subparsers) -> None:
     p.add_argument("--warmup", type=int, default=5, help="untimed runs first (default 5)")
     p.add_argument("--max-seconds", type=float, default=20.0, help="cap on each timed loop (default 20)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_int8_args(p)
     add_device_arg(p)
     p.set_defaults(func=run)
 
@@ -42,7 +57,9 @@ def run(args: argparse.Namespace) -> int:
     devices = [resolve_device(args.device)]
     if args.device == "auto" and devices[0].type != "cpu":
         devices.insert(0, resolve_device("cpu"))
-    model, _ = model_from_ref(args.model, num_classes=args.num_classes)
+    model, meta = model_from_ref(args.model, num_classes=args.num_classes)
+    # Calibrate before timing anything: a missing dataset should fail fast.
+    int8 = int8_from_args(model, meta, args) if args.int8 else None
     counted_bytes = profile(model, (1, *shape)).size_bytes
     result = benchmark_model(
         model, shape, batch_sizes, onnx=args.onnx, onnx_dir=args.out, devices=devices, threads=args.threads,
@@ -53,14 +70,42 @@ def run(args: argparse.Namespace) -> int:
     result.sizes["counted_bytes"] = counted_bytes
     if result.onnx_bytes is not None:
         result.sizes["onnx_bytes"] = result.onnx_bytes
+    int8_report = time_int8(int8, result, shape, batch_sizes, args) if int8 is not None else None
     if args.json:
-        print(json.dumps({"model": args.model, **result.to_dict()}, indent=2))
+        print(json.dumps({"model": args.model, **result.to_dict(), "int8": int8_report}, indent=2))
     else:
-        print_bench(args.model, result)
+        print_bench(args.model, result, int8_report)
     return 0
 
 
-def print_bench(name: str, result: BenchResult) -> None:
+def time_int8(model, result: BenchResult, shape: tuple[int, ...], batch_sizes: tuple[int, ...],
+              args: argparse.Namespace) -> dict[str, Any]:
+    """Export `model` (int8 fake-quant) to int8 ONNX, check it, and add its latencies to `result`."""
+    with tempfile.TemporaryDirectory(prefix="effdl-bench-") as tmp:
+        model = model.cpu()  # the PyTorch timings may have moved it to a GPU
+        path = export_int8_onnx(model, Path(args.out or tmp) / "model-int8.onnx", input_size=(1, *shape))
+        max_diff = check_onnx(model, path, **QUANTIZED_TOLERANCE)
+        session = ort_session(path, threads=args.threads)
+        for b in batch_sizes:
+            timed = onnx_latency(path, b, session=session, warmup=args.warmup, repeats=args.repeats,
+                                 max_seconds=args.max_seconds)
+            result.latencies.append(dataclasses.replace(timed, backend=INT8_BACKEND))
+        result.sizes["int8_onnx_bytes"] = path.stat().st_size
+    return {"max_abs_diff": max_diff, "bytes": result.sizes["int8_onnx_bytes"],
+            "speedup_vs_fp32_onnx": {str(b): r for b, r in int8_speedups(result).items()}}
+
+
+def int8_speedups(result: BenchResult) -> dict[int, float]:
+    """Per batch size: fp32 ONNX Runtime median latency / int8 ONNX Runtime median latency."""
+    ratios = {}
+    for r in result.latencies:
+        fp32 = result.latency("onnxruntime", r.batch_size) if r.backend == INT8_BACKEND else None
+        if fp32 is not None:
+            ratios[r.batch_size] = fp32.median_ms / r.median_ms
+    return ratios
+
+
+def print_bench(name: str, result: BenchResult, int8_report: dict[str, Any] | None = None) -> None:
     console = Console()
     if not console.is_terminal:  # piped or captured: rich would fall back to 80 columns
         console.width = max(console.width, 140)
@@ -73,9 +118,14 @@ def print_bench(name: str, result: BenchResult) -> None:
     console.print(table)
     if result.onnx_max_abs_diff is not None:
         console.print(f"ONNX Runtime output matches PyTorch (max abs diff {result.onnx_max_abs_diff:.2e})")
+    if int8_report is not None:
+        console.print(f"int8 ONNX Runtime output matches the PyTorch fake-quant model "
+                      f"(max abs diff {int8_report['max_abs_diff']:.2e})")
     for batch, ratio in result.onnx_speedups().items():
         console.print(f"batch {batch}: ONNX Runtime is {ratio:.2f}x the speed of PyTorch eager")
-    labels = {"checkpoint_bytes": "checkpoint file", "onnx_bytes": "ONNX file",
+    for batch, ratio in int8_speedups(result).items():
+        console.print(f"batch {batch}: int8 ONNX Runtime is {ratio:.2f}x the speed of fp32 ONNX Runtime")
+    labels = {"checkpoint_bytes": "checkpoint file", "onnx_bytes": "ONNX file", "int8_onnx_bytes": "int8 ONNX file",
               "counted_bytes": "parameters at their bit-width (counted)"}
     for key, value in result.sizes.items():
         console.print(f"{labels.get(key, key)}: {value / 1e6:.3f} MB ({value:,} bytes)")

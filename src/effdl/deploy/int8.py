@@ -1,4 +1,4 @@
-"""int8 ONNX export: QuantizeLinear / DequantizeLinear (QDQ) around every quantized layer.
+"""int8 ONNX export: QuantizeLinear / DequantizeLinear (QDQ) placed so ONNX Runtime runs integer kernels.
 
 Approach: the int8 PyTorch model (Int8StaticConfig: symmetric per-channel int8 weights,
 calibrated per-tensor uint8 activations, BatchNorm folded) is copied into a float model whose
@@ -6,15 +6,22 @@ layers hold the dequantized weights; that model goes through the project's fp32 
 (`effdl.deploy.onnx`), and a post-processing step rewrites the graph:
 - each quantized weight becomes an int8 initializer with a per-channel DequantizeLinear (axis 0),
 - each quantized layer's input goes through QuantizeLinear -> DequantizeLinear with the
-  calibrated scale and zero point of its PyTorch activation quantizer.
+  calibrated scale and zero point of its PyTorch activation quantizer,
+- each quantized layer's output goes through QuantizeLinear -> DequantizeLinear too: with its
+  own output quantizer's grid when it has one (layers feeding a residual Add), otherwise with the
+  grid of the layers it feeds, where that is exact (see `output_quantization_points`).
+ONNX Runtime only turns DQ -> Conv -> Q into an integer convolution (QLinearConv) when the
+output is quantized; with the three rules every convolution of a ResNet becomes one.
 The scales are exactly the fake-quant model's, so ONNX Runtime computes the same function as the
-PyTorch fake-quant model (up to float accumulation order and ties in rounding), and ONNX Runtime
-may fuse the QDQ patterns into integer kernels. Only 8-bit uniform layers can be exported.
+PyTorch fake-quant model up to rounding ties: its integer kernels requantize with their own
+arithmetic, and float accumulation order differs. Only 8-bit uniform layers can be exported.
 """
 
 from __future__ import annotations
 
 import copy
+import tempfile
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,11 +43,12 @@ WEIGHT_OPS = {"Conv", "Gemm"}
 
 @dataclass(frozen=True)
 class LayerQParams:
-    """What a layer's QDQ nodes need: per-channel weight scales and the input's scale / zero point."""
+    """What a layer's QDQ nodes need: per-channel weight scales, the input's (and output's) grid."""
 
     weight_scale: np.ndarray
     input_scale: float
     input_zero_point: int
+    output_grid: tuple[float, int] | None = None  # (scale, zero point) when the layer quantizes its output
 
 
 def int8_model(model: nn.Module, calibration_images: torch.Tensor | None, calibration: str = "minmax") -> nn.Module:
@@ -60,7 +68,10 @@ def int8_model(model: nn.Module, calibration_images: torch.Tensor | None, calibr
                 f"layer {name} is not int8 static (weights {layer.weight_bits} bits, activations {layer.act_bits}); "
                 "export the float model with calibration images, or one quantized with Int8StaticConfig"
             )
-        if not bool(layer.act_quantizer.ready):
+        output = layer.output_quantizer
+        if output is not None and not (isinstance(output, RangeAct) and output.bits == 8):
+            raise EffdlError(f"layer {name} quantizes its output to {output.bits} bits; int8 export needs 8")
+        if not all(bool(q.ready) for q in (layer.act_quantizer, output) if q is not None):
             raise EffdlError(f"layer {name} is not calibrated: run calibrate(model, images) first")
     return model
 
@@ -74,7 +85,8 @@ def dequantized_float_model(model: nn.Module) -> tuple[nn.Module, dict[str, Laye
             weight = layer.quantized_weight().detach().clone()
             weight_scale = layer.weight_quantizer.scale(layer.weight).numpy().astype(np.float32)
         scale, zero_point = layer.act_quantizer.qparams()
-        qparams[name] = LayerQParams(weight_scale, float(scale), int(zero_point))
+        output_grid = layer.output_quantizer.qparams() if layer.output_quantizer is not None else None
+        qparams[name] = LayerQParams(weight_scale, float(scale), int(zero_point), output_grid)
         if isinstance(layer, nn.Conv2d):
             plain = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
                               layer.dilation, layer.groups, layer.bias is not None, layer.padding_mode)
@@ -88,51 +100,139 @@ def dequantized_float_model(model: nn.Module) -> tuple[nn.Module, dict[str, Laye
     return float_model, qparams
 
 
+# Monotone ops and reshapes: rounding before them, then again after them, gives what rounding
+# after them alone gives (the PyTorch side's list is in compress/quantize/outputs.py).
+GRID_PRESERVING_OPS = {"Relu", "Clip", "MaxPool", "Identity", "Flatten", "Reshape"}
+
+
+def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for tensor in node.input:
+            readers.setdefault(tensor, []).append(node)
+    return readers
+
+
+def _layer_of(node: onnx.NodeProto, qparams: dict[str, LayerQParams], initializers: set[str]) -> str | None:
+    """The quantized layer `node` computes (its weight initializer is `<layer>.weight`), if any."""
+    if node.op_type not in WEIGHT_OPS or len(node.input) < 2 or node.input[1] not in initializers:
+        return None
+    name = node.input[1].removesuffix(".weight")
+    return name if name in qparams else None
+
+
+def output_quantization_points(
+    graph: onnx.GraphProto, qparams: dict[str, LayerQParams]
+) -> dict[str, tuple[float, int]]:
+    """Where each quantized layer's output is quantized: tensor -> (scale, zero point).
+
+    A layer with its own output quantizer (`Int8StaticConfig(quantize_outputs=True)`) is
+    quantized at its output with that quantizer's grid, as in PyTorch. Any other layer's output
+    is quantized only where that leaves the function unchanged: at its output, or at the output
+    of the Relu that is its only reader, when every path from there runs through grid-preserving
+    ops only and ends at the data input of quantized layers that all share one input grid. Those
+    layers' input quantizers round these values anyway, and relu / max / clip are monotone, so
+    rounding first gives exactly the same numbers. Other outputs (reaching a residual Add, an
+    average pool or the graph output) stay float.
+    """
+    initializers = {init.name for init in graph.initializer}
+    readers = _consumers(graph)
+    graph_outputs = {o.name for o in graph.output}
+
+    def reached_layers(tensor: str) -> list[str] | None:
+        if tensor in graph_outputs or not readers.get(tensor):
+            return None
+        layers = []
+        for node in readers[tensor]:
+            layer = _layer_of(node, qparams, initializers)
+            if layer is not None and node.input[0] == tensor and tensor not in node.input[1:]:
+                layers.append(layer)
+            elif node.op_type in GRID_PRESERVING_OPS and node.input[0] == tensor:
+                below = reached_layers(node.output[0])
+                if below is None:
+                    return None
+                layers.extend(below)
+            else:
+                return None
+        return layers
+
+    points = {}
+    for node in graph.node:
+        layer = _layer_of(node, qparams, initializers)
+        if layer is None:
+            continue
+        if qparams[layer].output_grid is not None:
+            points[node.output[0]] = qparams[layer].output_grid  # the PyTorch layer rounds it there
+            continue
+        point = node.output[0]
+        only_reader = readers.get(point, [])
+        if len(only_reader) == 1 and only_reader[0].op_type == "Relu" and point not in graph_outputs:
+            point = only_reader[0].output[0]
+        layers = reached_layers(point)
+        grids = {(qparams[name].input_scale, qparams[name].input_zero_point) for name in layers or []}
+        if len(grids) == 1:
+            points[point] = grids.pop()
+    return points
+
+
 def insert_qdq(proto: onnx.ModelProto, qparams: dict[str, LayerQParams]) -> onnx.ModelProto:
-    """Rewrite a float graph: int8 weights with DequantizeLinear, QDQ on each quantized layer's input."""
+    """Rewrite a float graph into QDQ form with the fake-quant model's scales.
+
+    Each quantized layer gets int8 weights with a per-channel DequantizeLinear and a
+    QuantizeLinear -> DequantizeLinear pair on its input; each point `output_quantization_points`
+    finds gets a QuantizeLinear -> DequantizeLinear pair as well, so ONNX Runtime sees
+    DQ -> Conv -> Q and can run the convolution on integers (QLinearConv).
+    """
     graph = proto.graph
     initializers = {init.name: init for init in graph.initializer}
+    output_points = output_quantization_points(graph, qparams)
     done: set[str] = set()
     replaced: set[str] = set()  # float weights now stored as int8
     nodes = []
+
+    def add_qdq(source: str, target: str, prefix: str, scale: float, zero_point: int) -> None:
+        graph.initializer.extend([
+            numpy_helper.from_array(np.array(scale, np.float32), f"{prefix}_scale"),
+            numpy_helper.from_array(np.array(zero_point, np.uint8), f"{prefix}_zero_point"),
+        ])
+        nodes.append(helper.make_node("QuantizeLinear", [source, f"{prefix}_scale", f"{prefix}_zero_point"],
+                                      [f"{prefix}_q"], name=f"{prefix}_q"))
+        nodes.append(helper.make_node("DequantizeLinear", [f"{prefix}_q", f"{prefix}_scale", f"{prefix}_zero_point"],
+                                      [target], name=f"{prefix}_dq"))
+
     for original in graph.node:
         node = onnx.NodeProto()
         node.CopyFrom(original)  # the graph's node list is rebuilt below
-        name = node.input[1].removesuffix(".weight") if node.op_type in WEIGHT_OPS and len(node.input) > 1 else None
-        if name not in qparams or node.input[1] not in initializers:
-            nodes.append(node)
-            continue
-        q = qparams[name]
-        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
-        axis = 1 if node.op_type == "Gemm" and not trans_b else 0
-        weight = numpy_helper.to_array(initializers[node.input[1]])
-        replaced.add(node.input[1])
-        scale_shape = [-1 if d == axis else 1 for d in range(weight.ndim)]
-        int8 = np.clip(np.round(weight / q.weight_scale.reshape(scale_shape)), -127, 127).astype(np.int8)
-        prefix = f"{name}.quant"
-        graph.initializer.extend([
-            numpy_helper.from_array(int8, f"{prefix}.weight_int8"),
-            numpy_helper.from_array(q.weight_scale, f"{prefix}.weight_scale"),
-            numpy_helper.from_array(np.zeros(len(q.weight_scale), np.int8), f"{prefix}.weight_zero_point"),
-            numpy_helper.from_array(np.array(q.input_scale, np.float32), f"{prefix}.input_scale"),
-            numpy_helper.from_array(np.array(q.input_zero_point, np.uint8), f"{prefix}.input_zero_point"),
-        ])
-        nodes.append(helper.make_node(
-            "DequantizeLinear", [f"{prefix}.weight_int8", f"{prefix}.weight_scale", f"{prefix}.weight_zero_point"],
-            [node.input[1]], name=f"{prefix}.weight_dq", axis=axis,
-        ))
-        source = node.input[0]
-        nodes.append(helper.make_node(
-            "QuantizeLinear", [source, f"{prefix}.input_scale", f"{prefix}.input_zero_point"],
-            [f"{prefix}.input_q"], name=f"{prefix}.input_q",
-        ))
-        nodes.append(helper.make_node(
-            "DequantizeLinear", [f"{prefix}.input_q", f"{prefix}.input_scale", f"{prefix}.input_zero_point"],
-            [f"{prefix}.input_dq"], name=f"{prefix}.input_dq",
-        ))
-        node.input[0] = f"{prefix}.input_dq"
+        name = _layer_of(node, qparams, set(initializers))
+        if name is not None:
+            q = qparams[name]
+            trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+            axis = 1 if node.op_type == "Gemm" and not trans_b else 0
+            weight = numpy_helper.to_array(initializers[node.input[1]])
+            replaced.add(node.input[1])
+            scale_shape = [-1 if d == axis else 1 for d in range(weight.ndim)]
+            int8 = np.clip(np.round(weight / q.weight_scale.reshape(scale_shape)), -127, 127).astype(np.int8)
+            prefix = f"{name}.quant"
+            graph.initializer.extend([
+                numpy_helper.from_array(int8, f"{prefix}.weight_int8"),
+                numpy_helper.from_array(q.weight_scale, f"{prefix}.weight_scale"),
+                numpy_helper.from_array(np.zeros(len(q.weight_scale), np.int8), f"{prefix}.weight_zero_point"),
+            ])
+            nodes.append(helper.make_node(
+                "DequantizeLinear", [f"{prefix}.weight_int8", f"{prefix}.weight_scale", f"{prefix}.weight_zero_point"],
+                [node.input[1]], name=f"{prefix}.weight_dq", axis=axis,
+            ))
+            # An input already on this layer's grid (a quantized output point) needs no second rounding.
+            if output_points.get(node.input[0]) != (q.input_scale, q.input_zero_point):
+                add_qdq(node.input[0], f"{prefix}.input_dq", f"{prefix}.input", q.input_scale, q.input_zero_point)
+                node.input[0] = f"{prefix}.input_dq"
+            done.add(name)
+        point = node.output[0] if node.output and node.output[0] in output_points else None
+        if point is not None:
+            node.output[0] = f"{point}.float"
         nodes.append(node)
-        done.add(name)
+        if point is not None:
+            add_qdq(f"{point}.float", point, f"{point}.quant", *output_points[point])
     missing = sorted(set(qparams) - done)
     if missing:
         raise EffdlError(f"int8 export could not find the ONNX node of layer(s) {', '.join(missing)}")
@@ -152,13 +252,34 @@ def export_int8_onnx(
     *,
     calibration: str = "minmax",
     input_size: Sequence[int] = DEFAULT_INPUT_SIZE,
+    dynamic_batch: bool = True,
+    opset: int | None = None,
+    exporter: str = "auto",
 ) -> Path:
     """Write an int8 QDQ ONNX model of `model` to `path` and return the path.
 
     `model` is either a float model (BatchNorm is folded, then it is quantized with
     Int8StaticConfig and calibrated on `calibration_images`, normalised NCHW training images,
     with `calibration` = minmax / percentile / mse) or a model already quantized that way.
+    `dynamic_batch`, `opset` and `exporter` are those of `effdl.deploy.onnx.export_onnx`.
     """
     q = int8_model(model, calibration_images, calibration)
     float_model, qparams = dequantized_float_model(q)
-    return export_onnx(float_model, path, input_size, postprocess=lambda proto: insert_qdq(proto, qparams))
+    return export_onnx(float_model, path, input_size, dynamic_batch=dynamic_batch, opset=opset, exporter=exporter,
+                       postprocess=lambda proto: insert_qdq(proto, qparams))
+
+
+def optimized_op_counts(path: str | Path) -> dict[str, int]:
+    """Op type -> count in the graph ONNX Runtime actually runs (CPU provider, all optimizations).
+
+    Shows which QDQ patterns were fused into integer kernels (QLinearConv, QGemm...).
+    """
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="effdl-ort-") as tmp:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.log_severity_level = 3  # it warns that the saved graph is specific to this CPU
+        options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        return dict(Counter(node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node))

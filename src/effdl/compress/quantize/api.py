@@ -19,6 +19,7 @@ from torch import nn
 
 from effdl.compress.quantize.config import Float16Config
 from effdl.compress.quantize.layers import QUANTIZABLE, is_quantized_layer, quantize_layer
+from effdl.compress.quantize.outputs import layers_with_float_readers
 from effdl.compress.quantize.quantizers import RangeAct, LazyAct
 from effdl.data import ImageDataset
 from effdl.data.loader import BatchLoader
@@ -78,6 +79,10 @@ def quantize_(model: nn.Module, config: Any, filter_fn: FilterFn | None = None) 
             specs[name] = spec
     if not specs:
         raise EffdlError("no Conv2d or Linear layer to quantize (check filter_fn and the model)")
+    if getattr(config, "quantize_outputs", False):
+        for name in layers_with_float_readers(model, list(specs)):
+            if specs[name].get("act"):
+                specs[name] = {**specs[name], "output": dict(specs[name]["act"])}
     _apply_specs(model, specs, fit=True)
     record_transform(model, "quantize", {"layers": specs})
     return model

@@ -56,10 +56,14 @@ class Int8StaticConfig:
 
     Activation ranges are calibrated afterwards with `calibrate(model, images)` using
     `calibration` = minmax, percentile (keep `percentile` % of values) or mse.
+    `quantize_outputs`: also quantize (8-bit, calibrated the same way) the output of each layer
+    whose output reaches a float operation such as a residual Add (see quantize/outputs.py), so
+    that an int8 runtime can run every convolution on integers.
     """
 
     calibration: str = "minmax"
     percentile: float = 99.99
+    quantize_outputs: bool = True
 
     def __post_init__(self):
         check_choice("calibration method", self.calibration, ("minmax", "percentile", "mse"))

@@ -1,5 +1,7 @@
 """QuantConv2d / QuantLinear: convolutions and linear layers that quantize their weight and input.
 
+A layer may also quantize its output (spec key "output"), for integer inference where the output
+feeds a float operation (see outputs.py).
 They subclass nn.Conv2d / nn.Linear, so counting, pruning and export still see a convolution, and
 they implement the bit-width interface of `effdl.measure.bits` (weight_bits, act_bits,
 weight_per_channel, quantized_weight()). `spec` is the JSON description the layer was built from.
@@ -21,12 +23,14 @@ class QuantMixin:
 
     weight_quantizer: nn.Module
     act_quantizer: nn.Module | None
+    output_quantizer: nn.Module | None
     spec: dict[str, Any]
 
     def _attach(self, spec: dict[str, Any], fit: bool) -> None:
         self.spec = spec
         self.weight_quantizer = build_weight_quantizer(spec["weight"], self.weight, fit=fit)
         self.act_quantizer = build_act_quantizer(spec["act"]) if spec.get("act") else None
+        self.output_quantizer = build_act_quantizer(spec["output"]) if spec.get("output") else None
         if spec["weight"]["kind"] == "kmeans":
             # The codebook replaces the float weight: it no longer trains.
             self.weight.requires_grad_(False)
@@ -50,6 +54,9 @@ class QuantMixin:
     def quantized_input(self, x: torch.Tensor) -> torch.Tensor:
         return self.act_quantizer(x) if self.act_quantizer is not None else x
 
+    def quantized_output(self, y: torch.Tensor) -> torch.Tensor:
+        return self.output_quantizer(y) if self.output_quantizer is not None else y
+
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, weight_bits={self.weight_bits}, act_bits={self.act_bits}"
 
@@ -68,7 +75,7 @@ class QuantConv2d(QuantMixin, nn.Conv2d):
         return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(self.quantized_input(x), self.quantized_weight(), self.bias)
+        return self.quantized_output(self._conv_forward(self.quantized_input(x), self.quantized_weight(), self.bias))
 
 
 class QuantLinear(QuantMixin, nn.Linear):
@@ -84,7 +91,7 @@ class QuantLinear(QuantMixin, nn.Linear):
         return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(self.quantized_input(x), self.quantized_weight(), self.bias)
+        return self.quantized_output(F.linear(self.quantized_input(x), self.quantized_weight(), self.bias))
 
 
 QUANTIZABLE = {nn.Conv2d: QuantConv2d, nn.Linear: QuantLinear}

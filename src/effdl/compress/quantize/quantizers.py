@@ -36,6 +36,21 @@ def _per_channel_abs_mean(w: torch.Tensor) -> torch.Tensor:
     return w.abs().mean(dim=tuple(range(1, w.dim())), keepdim=True)
 
 
+def fake_quantize_float(
+    x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, quant_min: int, quant_max: int
+) -> torch.Tensor:
+    """`torch.fake_quantize_per_{tensor,channel}_affine` written with plain float ops, bit for bit.
+
+    Same arithmetic as PyTorch's kernel (multiply by the float32 reciprocal of the scale, round
+    half to even, add the zero point, clamp, subtract, multiply by the scale), so an exported
+    graph computes exactly the fake-quant values. ONNX export uses it because ONNX's
+    QuantizeLinear only expresses 8-bit grids, and the fake-quant model is a float model anyway.
+    `scale` and `zero_point` are float32 tensors broadcastable to `x`.
+    """
+    inverse = 1.0 / scale
+    return (torch.clamp(torch.round(x * inverse) + zero_point, quant_min, quant_max) - zero_point) * scale
+
+
 def _constant(t: torch.Tensor) -> torch.Tensor:
     # During ONNX export the scales must appear as constants, not as ops on the weight.
     return torch.tensor(t.tolist(), dtype=t.dtype) if torch.onnx.is_in_onnx_export() else t
@@ -62,6 +77,9 @@ class MinMaxWeight(nn.Module):
         scale = _constant(self.scale(w))
         zero = torch.zeros_like(scale, dtype=torch.int32)
         w32 = w.float()  # the fake-quantize ops take float32 only (e.g. not under bf16 autocast)
+        if torch.onnx.is_in_onnx_export():
+            scale_view = _channel_view(scale, w32) if self.per_channel else scale
+            return fake_quantize_float(w32, scale_view, torch.zeros_like(scale_view), -qmax - 1, qmax).to(w.dtype)
         if self.per_channel:
             return torch.fake_quantize_per_channel_affine(w32, scale, zero, 0, -qmax - 1, qmax).to(w.dtype)
         return torch.fake_quantize_per_tensor_affine(w32, scale, zero, -qmax - 1, qmax).to(w.dtype)
@@ -304,8 +322,8 @@ class RangeAct(nn.Module):
     """Affine unsigned grid over a range [lo, hi] (which always contains 0), per tensor.
 
     The range comes from calibration (`calibrate` with method minmax / percentile / mse) or, with
-    method "ema", from a running average of batch min / max during training. Uses the
-    fake-quantize op that ONNX export turns into QuantizeLinear / DequantizeLinear.
+    method "ema", from a running average of batch min / max during training. Uses PyTorch's
+    fake-quantize op; ONNX export writes the same arithmetic in float ops (`fake_quantize_float`).
     """
 
     per_channel = False
@@ -353,6 +371,9 @@ class RangeAct(nn.Module):
                 "(or train with method 'ema') before using the model"
             )
         scale, zero_point = self.qparams()
+        if torch.onnx.is_in_onnx_export():
+            as_float32 = torch.tensor(scale, dtype=torch.float32), torch.tensor(float(zero_point))
+            return fake_quantize_float(x.float(), *as_float32, 0, 2**self.bits - 1).to(x.dtype)
         return torch.fake_quantize_per_tensor_affine(x.float(), scale, zero_point, 0, 2**self.bits - 1).to(x.dtype)
 
     @torch.no_grad()

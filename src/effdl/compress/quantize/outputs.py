@@ -1,0 +1,76 @@
+"""Which layers need their output quantized so that integer inference can run every layer on integers.
+
+An integer runtime (ONNX Runtime's QLinearConv) runs a convolution on integers only when its output
+is quantized as well. A layer whose output only reaches the inputs of other quantized layers
+(directly or through ReLU / max-pooling / reshapes, which keep values on a quantization grid) already gets
+that for free: the next layer's input quantizer rounds it, and the exporter moves that rounding
+up to the layer's output (see `effdl.deploy.int8`). A layer whose output also reaches a float
+operation, such as a residual Add or a concatenation, needs its own output quantizer in the
+PyTorch model too, or the exported graph would not compute what the PyTorch model computes.
+`layers_with_float_readers` finds those layers in the torch.fx graph of the float model. The
+model's output is not counted as a float reader: quantizing the logits gains nothing.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import fx, nn
+from torch.nn import functional as F
+
+# Monotone ops and reshapes: rounding before them, then again after them, gives what rounding
+# after them alone gives (the ONNX side's list is in effdl/deploy/int8.py).
+GRID_PRESERVING_MODULES = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.MaxPool2d, nn.Identity, nn.Dropout, nn.Flatten)
+GRID_PRESERVING_FUNCTIONS = {F.relu, torch.relu, F.relu6, F.hardtanh, F.max_pool2d, F.dropout, torch.flatten}
+GRID_PRESERVING_METHODS = {"relu", "relu_", "flatten", "view", "reshape"}
+
+
+class _LayerLeafTracer(fx.Tracer):
+    """Keeps each candidate layer (and every torch.nn module) as one call in the graph."""
+
+    def __init__(self, layers: set[str]):
+        super().__init__()
+        self.layers = layers
+
+    def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
+        return qualified_name in self.layers or super().is_leaf_module(module, qualified_name)
+
+
+def _grid_preserving(node: fx.Node, model: nn.Module) -> bool:
+    if node.op == "call_module":
+        return isinstance(model.get_submodule(node.target), GRID_PRESERVING_MODULES)
+    if node.op == "call_function":
+        return node.target in GRID_PRESERVING_FUNCTIONS
+    return node.op == "call_method" and node.target in GRID_PRESERVING_METHODS
+
+
+def _reaches_float_op(node: fx.Node, model: nn.Module, layers: set[str]) -> bool:
+    for user in node.users:
+        reads_as_input = bool(user.args) and user.args[0] is node
+        if user.op == "output" or (user.op == "call_module" and user.target in layers and reads_as_input):
+            continue
+        if not (reads_as_input and _grid_preserving(user, model)) or _reaches_float_op(user, model, layers):
+            return True
+    return False
+
+
+def layers_with_float_readers(model: nn.Module, layers: list[str]) -> list[str]:
+    """The names among `layers` whose output reaches an operation other than a layer in `layers`.
+
+    Only ReLU-like activations, max-pooling, reshapes and identities are looked through. If torch.fx cannot
+    trace the model, a warning says so and no layer is returned (the int8 export then quantizes
+    fewer outputs and runs those convolutions in float).
+    """
+    candidates = set(layers)
+    try:
+        graph = _LayerLeafTracer(candidates).trace(model)
+    except Exception as exc:  # noqa: BLE001  any tracing failure means: no graph to analyse
+        warnings.warn(
+            f"torch.fx could not trace {type(model).__name__} ({type(exc).__name__}); "
+            "layer outputs are left unquantized",
+            stacklevel=3,
+        )
+        return []
+    calls = [n for n in graph.nodes if n.op == "call_module" and n.target in candidates]
+    return sorted({n.target for n in calls if _reaches_float_op(n, model, candidates)}, key=layers.index)
