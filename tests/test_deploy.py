@@ -220,3 +220,45 @@ def test_cli_bad_input_exits_2(tmp_path, tiny_checkpoint, capsys):
     assert main(["export", str(tiny_checkpoint), "--out", str(tmp_path / "x.onnx"), "--input-size", "3,32"]) == 2
     err = capsys.readouterr().err
     assert err.count("effdl: error:") == 4 and "Traceback" not in err
+
+
+def test_cli_export_int8_calibrates_a_float_checkpoint_and_runs_every_conv_on_integers(tiny_checkpoint, tmp_path,
+                                                                                       capsys):
+    out = tmp_path / "tiny-int8.onnx"
+    assert main(["export", str(tiny_checkpoint), "--out", str(out), "--int8", "--data", "synthetic",
+                 "--calibration", "percentile", "--calibration-images", "64", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["int8"] and report["bytes"] == out.stat().st_size
+    assert (report["integer_convs"], report["float_convs"]) == (3, 0)  # tiny_cnn has three convs
+    assert report["max_abs_diff"] < 1e-2
+    weights = [t for t in onnx.load(str(out)).graph.initializer if t.name.endswith("weight_int8")]
+    assert len(weights) == 4 and all(t.data_type == onnx.TensorProto.INT8 for t in weights)
+
+
+def test_cli_export_of_a_fake_quant_checkpoint_and_int8_without_data(tiny_checkpoint, tmp_path, capsys):
+    from effdl.compress.quantize import FakeQuantConfig, quantize_
+
+    torch.manual_seed(0)
+    model = quantize_(create_model("tiny_cnn"), FakeQuantConfig(weight_bits=3, act_bits=3, method="pact"))
+    model(torch.randn(8, 3, 32, 32))  # PACT initialises its clipping levels on a first batch
+    fake_quant = save_model(tmp_path / "pact3.safetensors", model.eval())
+    assert main(["export", str(fake_quant), "--out", str(tmp_path / "pact3.onnx"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["max_abs_diff"] < 1e-4
+    assert main(["export", str(tiny_checkpoint), "--out", str(tmp_path / "x.onnx"), "--int8"]) == 2
+    assert "pass --data" in capsys.readouterr().err
+    assert main(["export", str(fake_quant), "--out", str(tmp_path / "y.onnx"), "--int8"]) == 2
+    assert "not int8 static" in capsys.readouterr().err
+
+
+def test_cli_bench_int8_times_int8_next_to_fp32_onnx(tiny_checkpoint, capsys):
+    argv = ["bench", str(tiny_checkpoint), "--int8", "--data", "synthetic", "--calibration-images", "64",
+            "--batch-sizes", "1", "--repeats", "3", "--warmup", "1", "--threads", "1", "--device", "cpu"]
+    assert main([*argv, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert {r["backend"] for r in report["latency"]} == {"pytorch", "onnxruntime", "onnxruntime-int8"}
+    assert report["int8"]["max_abs_diff"] < 1e-2 and report["sizes"]["int8_onnx_bytes"] == report["int8"]["bytes"]
+    int8_ms = next(r["median_ms"] for r in report["latency"] if r["backend"] == "onnxruntime-int8")
+    fp32_ms = next(r["median_ms"] for r in report["latency"] if r["backend"] == "onnxruntime")
+    assert report["int8"]["speedup_vs_fp32_onnx"]["1"] == pytest.approx(fp32_ms / int8_ms)
+    assert main(argv) == 0
+    assert "int8 ONNX Runtime is" in capsys.readouterr().out
