@@ -6,8 +6,9 @@
    exported as QDQ int8 ONNX and evaluated in ONNX Runtime (target: within 0.3 point of PyTorch).
 2. QAT (LSQ) at 4 and 2 bits for weights and activations, first/last layer at 8 bits, fine-tuned
    for --epochs: accuracy drop (targets <= 1 and <= 3 points, given enough epochs).
-3. Batch-1 ONNX Runtime latency, fp32 against int8 QDQ, for the checkpoint's model and for an
-   (untrained) resnet18 (target: int8 at least 1.5x faster for a resnet18-size model).
+3. Batch-1, single-thread ONNX Runtime latency, fp32 against int8 QDQ, for the checkpoint's model
+   and for an (untrained) resnet18 (target: int8 at least 1.5x faster for a resnet18-size model),
+   with the number of convolutions ONNX Runtime runs on integers (QLinearConv) and in float.
 
 Smoke test on a few hundred images (numbers meaningless, the pipeline exercised):
     python benchmarks/quantize_cifar10.py --checkpoint runs/r20/best.safetensors --epochs 1 \
@@ -39,7 +40,7 @@ from effdl.compress.quantize import (
     verify_model_bits,
 )
 from effdl.data import BatchLoader, load_dataset
-from effdl.deploy.int8 import export_int8_onnx
+from effdl.deploy.int8 import export_int8_onnx, optimized_op_counts
 from effdl.deploy.onnx import export_onnx, ort_session
 from effdl.measure import evaluate
 from effdl.measure.latency import onnx_latency
@@ -101,12 +102,15 @@ def qat(model, data, loader, images, bits: int, args) -> dict:
 
 
 def latency_pair(model, images, repeats: int, workdir: Path, name: str) -> dict:
+    """Batch-1, single-thread ONNX Runtime latency of the fp32 and the int8 QDQ export of `model`."""
     fp32 = export_onnx(model, workdir / f"{name}-fp32.onnx")
     int8 = export_int8_onnx(model, workdir / f"{name}-int8.onnx", images)
-    t32 = onnx_latency(fp32, 1, repeats=repeats, warmup=5).median_ms
-    t8 = onnx_latency(int8, 1, repeats=repeats, warmup=5).median_ms
-    return {"model": name, "fp32_ms": t32, "int8_ms": t8, "speedup": t32 / t8,
-            "fp32_bytes": fp32.stat().st_size, "int8_bytes": int8.stat().st_size}
+    t32 = onnx_latency(fp32, 1, threads=1, repeats=repeats, warmup=5).median_ms
+    t8 = onnx_latency(int8, 1, threads=1, repeats=repeats, warmup=5).median_ms
+    ops = optimized_op_counts(int8)
+    return {"model": name, "threads": 1, "fp32_ms": t32, "int8_ms": t8, "speedup": t32 / t8,
+            "fp32_bytes": fp32.stat().st_size, "int8_bytes": int8.stat().st_size,
+            "integer_convs": ops.get("QLinearConv", 0), "float_convs": ops.get("Conv", 0) + ops.get("FusedConv", 0)}
 
 
 def main() -> None:

@@ -124,6 +124,7 @@ def test_cli_ptq_int8_writes_a_reloadable_run(checkpoint, tmp_path, capsys):
     assert summary["score"]["scorer"] == "imt2024" and summary["score"]["score"] > 0
     model, meta = load_model(out / "best.safetensors")
     assert weight_bits(model.conv1) == 8 and meta["quantize"]["method"] == "ptq-int8"
+    assert model.conv1.output_quantizer is not None  # the stem feeds a residual Add (--quantize-outputs)
     from effdl.data import BatchLoader, load_dataset
     from effdl.measure import evaluate
 

@@ -80,6 +80,9 @@ def register(subparsers) -> None:
                    help="per-layer bits in qat, e.g. layers.0.*=6 or fc=8,8 (weight,act); repeatable")
     p.add_argument("--calibration", default="minmax", choices=("minmax", "percentile", "mse"))
     p.add_argument("--calibration-images", type=int, default=512, help="training images used to calibrate")
+    p.add_argument("--quantize-outputs", action=argparse.BooleanOptionalAction, default=True,
+                   help="ptq-int8: also quantize the outputs feeding float ops (residual Adds), so an int8 "
+                        "runtime runs every conv on integers (default on)")
     p.add_argument("--stochastic", action="store_true", help="stochastic BinaryConnect")
     p.add_argument("--binary-acts", action=argparse.BooleanOptionalAction, default=None,
                    help="binary activations (default: on for xnor, off for binaryconnect)")
@@ -113,7 +116,7 @@ def make_config(args: argparse.Namespace):
     if method in FIXED_BITS and args.bits not in (None, FIXED_BITS[method]):
         raise EffdlError(f"--method {method} quantizes to {FIXED_BITS[method]} bits; got --bits {args.bits}")
     if method == "ptq-int8":
-        return Int8StaticConfig(calibration=args.calibration)
+        return Int8StaticConfig(calibration=args.calibration, quantize_outputs=args.quantize_outputs)
     if method in ("ptq-fp16", "ptq-bf16"):
         return Float16Config("float16" if method == "ptq-fp16" else "bfloat16")
     if method == "int8-weight":
