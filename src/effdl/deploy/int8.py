@@ -185,6 +185,7 @@ def insert_qdq(proto: onnx.ModelProto, qparams: dict[str, LayerQParams]) -> onnx
     """
     graph = proto.graph
     initializers = {init.name: init for init in graph.initializer}
+    initializer_names = set(initializers)
     output_points = output_quantization_points(graph, qparams)
     done: set[str] = set()
     replaced: set[str] = set()  # float weights now stored as int8
@@ -203,7 +204,7 @@ def insert_qdq(proto: onnx.ModelProto, qparams: dict[str, LayerQParams]) -> onnx
     for original in graph.node:
         node = onnx.NodeProto()
         node.CopyFrom(original)  # the graph's node list is rebuilt below
-        name = _layer_of(node, qparams, set(initializers))
+        name = _layer_of(node, qparams, initializer_names)
         if name is not None:
             q = qparams[name]
             trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)

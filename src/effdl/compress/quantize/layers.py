@@ -1,10 +1,10 @@
 """QuantConv2d / QuantLinear: convolutions and linear layers that quantize their weight and input.
 
-A layer may also quantize its output (spec key "output"), for integer inference where the output
-feeds a float operation (see outputs.py).
 They subclass nn.Conv2d / nn.Linear, so counting, pruning and export still see a convolution, and
 they implement the bit-width interface of `effdl.measure.bits` (weight_bits, act_bits,
 weight_per_channel, quantized_weight()). `spec` is the JSON description the layer was built from.
+A layer may also quantize its output (spec key "output"), for integer inference where the output
+feeds a float operation such as a residual Add (see outputs.py).
 """
 
 from __future__ import annotations
