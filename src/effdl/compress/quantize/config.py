@@ -58,7 +58,8 @@ class Int8StaticConfig:
     `calibration` = minmax, percentile (keep `percentile` % of values) or mse.
     `quantize_outputs`: also quantize (8-bit, calibrated the same way) the output of each layer
     whose output reaches a float operation such as a residual Add (see quantize/outputs.py), so
-    that an int8 runtime can run every convolution on integers.
+    that an int8 runtime can run every convolution on integers. Fold BatchNorm first
+    (`fold_batchnorm`): a BatchNorm after a conv is a float operation too.
     """
 
     calibration: str = "minmax"

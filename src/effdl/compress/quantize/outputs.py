@@ -4,9 +4,9 @@ An integer runtime (ONNX Runtime's QLinearConv) runs a convolution on integers o
 output is quantized as well. A layer whose output only reaches the inputs of other quantized
 layers (directly or through ReLU / max-pooling / reshapes, which keep values on a quantization
 grid) gets that for free: the next layer's input quantizer rounds it, and the exporter moves that
-rounding up to the layer's output (see `effdl.deploy.int8`). A layer whose output also reaches a float
-operation, such as a residual Add or a concatenation, needs its own output quantizer in the
-PyTorch model too, or the exported graph would not compute what the PyTorch model computes.
+rounding up to the layer's output (see `effdl.deploy.int8`). A layer whose output also reaches a
+float operation, such as a residual Add or a concatenation, needs its own output quantizer in
+the PyTorch model too, or the exported graph would not compute what the PyTorch model computes.
 `layers_with_float_readers` finds those layers in the torch.fx graph of the float model. The
 model's output is not counted as a float reader: quantizing the logits gains nothing.
 """
