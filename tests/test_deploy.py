@@ -262,3 +262,15 @@ def test_cli_bench_int8_times_int8_next_to_fp32_onnx(tiny_checkpoint, capsys):
     assert report["int8"]["speedup_vs_fp32_onnx"]["1"] == pytest.approx(fp32_ms / int8_ms)
     assert main(argv) == 0
     assert "int8 ONNX Runtime is" in capsys.readouterr().out
+
+
+def test_evaluate_onnx_counts_the_same_as_pytorch(tmp_path, synthetic):
+    from effdl.data import BatchLoader
+    from effdl.measure import evaluate, evaluate_onnx
+
+    model = create_model("tiny_cnn").eval()
+    path = export_onnx(model, tmp_path / "m.onnx")
+    loader = BatchLoader.for_split(synthetic, "test", batch_size=100)
+    torch_acc, onnx_acc = evaluate(model, loader), evaluate_onnx(path, loader)
+    assert (onnx_acc.correct, onnx_acc.total) == (torch_acc.correct, torch_acc.total) and onnx_acc.total == 256
+    assert abs(onnx_acc.loss - torch_acc.loss) < 1e-4

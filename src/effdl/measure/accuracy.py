@@ -1,8 +1,9 @@
-"""Accuracy measured on a whole split, with exact correct/total counts (and optional flip TTA)."""
+"""Accuracy measured on a whole split, with exact correct/total counts: PyTorch (optional flip TTA) or ONNX."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -42,4 +43,24 @@ def evaluate(model: nn.Module, loader: BatchLoader, *, tta: bool = False, autoca
         correct += int((logits.argmax(1) == labels).sum())
         total += labels.numel()
     model.train(was_training)
+    return Accuracy(correct, total, loss_sum / max(total, 1))
+
+
+def evaluate_onnx(path: str | Path, loader: BatchLoader, *, threads: int | None = None) -> Accuracy:
+    """Top-1 accuracy and mean loss of an exported ONNX model, run in ONNX Runtime on the CPU.
+
+    The same loader as for `evaluate`, so an export's accuracy is compared on identical inputs.
+    """
+    from effdl.deploy.onnx import ort_session
+
+    session = ort_session(path, threads=threads)
+    input_name = session.get_inputs()[0].name
+    correct, total, loss_sum = 0, 0, 0.0
+    for images, labels in loader:
+        batch = images.float().contiguous().cpu().numpy()
+        logits = torch.from_numpy(session.run(None, {input_name: batch})[0]).float()
+        labels = labels.cpu()
+        loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum").item()
+        correct += int((logits.argmax(1) == labels).sum())
+        total += labels.numel()
     return Accuracy(correct, total, loss_sum / max(total, 1))
