@@ -1,13 +1,14 @@
 """The end-to-end demo behind `effdl demo`: every stage is a plain effdl call, chained.
 
 train a small CIFAR-10 model -> accuracy on the full test split -> counts and scores under the
-course and MicroNet rules -> ONNX export checked against PyTorch -> latency of both -> a summary
-table and `demo.json` in the run directory. Later stages (quantization, pruning) reuse the
-trained checkpoint the same way.
+course rules -> ONNX export checked against PyTorch -> latency of both -> int8 post-training
+quantization -> its accuracy and score -> int8 ONNX export and its accuracy in ONNX Runtime ->
+a summary table and `demo.json` in the run directory.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,12 @@ from rich.console import Console
 from rich.table import Table
 
 from effdl.checkpoint import load_model
+from effdl.compress.quantize import Int8StaticConfig, calibrate, calibration_images, fold_batchnorm, quantize_
+from effdl.data import BatchLoader, load_dataset
 from effdl.deploy.bench import benchmark_model
-from effdl.measure import profile, score
+from effdl.deploy.int8 import export_int8_onnx
+from effdl.measure import evaluate, evaluate_onnx, profile, score
+from effdl.measure.latency import onnx_latency
 from effdl.train import TrainConfig, train
 
 
@@ -50,8 +55,23 @@ def run_demo(
         console.print(f"{name_}: score {s.score:.4f} (params {s.param_score:.4f} + ops {s.op_score:.4f}); "
                       f"qualifies at the 90% threshold: {s.qualifies(result.correct, result.total)}")
 
-    console.rule("3. export to ONNX, check against PyTorch, time both at batch 1 and 64 (CPU)")
-    bench = benchmark_model(net, (3, 32, 32), batch_sizes=(1, 64), onnx_dir=run_dir, repeats=20)
+    console.rule("3. export to ONNX, check against PyTorch, time both at batch 1 and 64 (CPU, 1 thread)")
+    bench = benchmark_model(net, (3, 32, 32), batch_sizes=(1, 64), onnx_dir=run_dir, repeats=20, threads=1)
+
+    console.rule("4. int8 post-training quantization (BN folded, 512 calibration images), then export")
+    data = load_dataset("cifar10", root=data_root)
+    test_loader = BatchLoader.for_split(data, "test", batch_size=500)
+    int8 = fold_batchnorm(copy.deepcopy(net))
+    quantize_(int8, Int8StaticConfig())
+    calibrate(int8, calibration_images(data, 512))
+    int8_acc = evaluate(int8, test_loader)
+    int8_score = score(int8, "imt2024", "cifar10")
+    int8_path = export_int8_onnx(int8, run_dir / "model_int8.onnx")
+    int8_onnx_acc = evaluate_onnx(int8_path, test_loader)
+    console.print(f"int8: accuracy {int8_acc.top1:.2%} in PyTorch, {int8_onnx_acc.top1:.2%} in ONNX Runtime; "
+                  f"imt2024 score {int8_score.score:.4f}")
+    int8_latency = onnx_latency(int8_path, 1, threads=1, repeats=50)
+    fp32_latency = onnx_latency(run_dir / "model.onnx", 1, threads=1, repeats=50)
 
     table = Table(title=f"effdl demo: {model}, {epochs} epochs")
     table.add_column("measure")
@@ -68,6 +88,13 @@ def run_demo(
     ]
     for lat in bench.latencies:
         rows.append((f"latency {lat.backend} batch {lat.batch_size}", f"{lat.median_ms:.2f} ms"))
+    rows += [
+        ("int8 accuracy, PyTorch / ONNX Runtime", f"{int8_acc.top1:.2%} / {int8_onnx_acc.top1:.2%}"),
+        ("int8 score imt2024", f"{int8_score.score:.4f}"),
+        ("int8 ONNX file", f"{int8_path.stat().st_size / 1024:,.1f} KiB"),
+        ("ONNX Runtime batch 1, 1 thread: fp32 / int8",
+         f"{fp32_latency.median_ms:.2f} / {int8_latency.median_ms:.2f} ms"),
+    ]
     for row in rows:
         table.add_row(*row)
     console.print(table)
@@ -78,6 +105,9 @@ def run_demo(
                     "peak_activation_bytes": counts.peak_activation_bytes},
         "scores": {k: v.score for k, v in scores.items()},
         "bench": bench.to_dict(),
+        "int8": {"accuracy": int8_acc.top1, "onnx_accuracy": int8_onnx_acc.top1, "imt2024": int8_score.score,
+                 "onnx_bytes": int8_path.stat().st_size, "ort_batch1_ms": int8_latency.median_ms,
+                 "fp32_ort_batch1_ms": fp32_latency.median_ms},
     }
     (run_dir / "demo.json").write_text(json.dumps(summary, indent=2))
     console.print(f"written: {run_dir}/ (checkpoints, metrics, model.onnx, demo.json)")
