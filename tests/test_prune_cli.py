@@ -1,8 +1,6 @@
 """`effdl prune`: run directories with measured facts, fine-tuning through the trainer, bad input."""
 
 import json
-import sys
-import types
 
 import pytest
 import torch
@@ -13,11 +11,13 @@ from effdl.compress.prune import measure_sparsity
 from effdl.models import create_model
 
 
-@pytest.fixture(autouse=True)
-def in_process_cli(monkeypatch):
-    # effdl.cli.build_parser imports every module of effdl.cli, __main__ included, which runs the CLI
-    # on import; an empty stand-in keeps main([...]) callable in-process until it skips __main__.
-    monkeypatch.setitem(sys.modules, "effdl.cli.__main__", types.ModuleType("effdl.cli.__main__"))
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Small tensors on a shared 2-core CPU: extra intra-op threads cost more than they gain.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,9 @@ iterative prune-retrain; --sensitivity-drop for per-layer targets from a sensiti
 (gradual sparsity during --epochs), lottery (rewind survivors to --rewind-to, then retrain).
 Structured (channels physically removed, --sparsity is the channel fraction or --target-macs the
 MAC fraction to keep): l1-filter, l2-filter, slimming (--penalty-epochs of BN-scale L1 training
-first), thinet. The run directory gets best.safetensors and summary.json.
+first), thinet (greedy reconstruction on --calibration-batches, then least-squares rescaling of the
+next layers' kept inputs). Channels around a channel shuffle (ShuffleNetV2) are kept. The run
+directory gets best.safetensors and summary.json.
 """
 
 from __future__ import annotations
