@@ -1,0 +1,21 @@
+"""The README's main job, `effdl demo`, on the real CIFAR-10 copy (1 epoch on a small subset)."""
+
+import json
+
+from effdl.cli import main
+
+
+def test_demo_trains_scores_exports_and_checks_int8(cifar10_root, tmp_path, capsys):
+    code = main(["demo", "--epochs", "1", "--subset", "512", "--data-root", str(cifar10_root),
+                 "--out-dir", str(tmp_path), "--name", "d"])
+    assert code == 0
+    run = tmp_path / "d"
+    summary = json.loads((run / "demo.json").read_text())
+    assert summary["total"] == 10_000  # accuracy is measured on the full test split
+    assert summary["profile"]["params"] == 272_474 and summary["profile"]["macs"] > 40_000_000
+    assert 0 < summary["scores"]["imt2024"] < 1
+    assert summary["bench"]["onnx"]["max_abs_diff"] < 1e-4
+    int8 = summary["int8"]
+    assert abs(int8["onnx_accuracy"] - int8["accuracy"]) <= 0.003  # int8 export keeps the accuracy
+    assert int8["imt2024"] < summary["scores"]["imt2024"] / 3  # 8-bit weights and activations
+    assert (run / "model.onnx").is_file() and (run / "model_int8.onnx").is_file()
