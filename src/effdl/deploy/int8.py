@@ -15,6 +15,11 @@ output is quantized; with the three rules every convolution of a ResNet becomes 
 The scales are exactly the fake-quant model's, so ONNX Runtime computes the same function as the
 PyTorch fake-quant model up to rounding ties: its integer kernels requantize with their own
 arithmetic, and float accumulation order differs. Only 8-bit uniform layers can be exported.
+
+Measured with `effdl bench MODEL --int8 --batch-sizes 1 --threads 1` (2026-11-22, 2-core CPU with
+AVX512-VNNI, other jobs running): resnet18 at 32x32, fp32 ONNX 22.7 ms -> int8 8.5 ms (2.7x),
+file 44.7 -> 11.3 MB; resnet20 0.89 -> 0.55 ms (1.6x). On very small models (resnet20 at width
+0.25: 0.34 -> 0.68 ms) the Q/DQ and layout changes cost more than the integer convolutions save.
 """
 
 from __future__ import annotations
