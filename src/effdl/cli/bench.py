@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from effdl.cli.common import add_device_arg, int_list, model_from_ref
-from effdl.cli.export import QUANTIZED_TOLERANCE, add_int8_args, int8_from_args
+from effdl.cli.export import add_int8_args, int8_from_args
 from effdl.deploy.bench import BenchResult, benchmark_model
 from effdl.deploy.int8 import export_int8_onnx
 from effdl.deploy.onnx import check_onnx, ort_session
@@ -84,7 +84,7 @@ def time_int8(model, result: BenchResult, shape: tuple[int, ...], batch_sizes: t
     with tempfile.TemporaryDirectory(prefix="effdl-bench-") as tmp:
         model = model.cpu()  # the PyTorch timings may have moved it to a GPU
         path = export_int8_onnx(model, Path(args.out or tmp) / "model-int8.onnx", input_size=(1, *shape))
-        max_diff = check_onnx(model, path, **QUANTIZED_TOLERANCE)
+        max_diff = check_onnx(model, path)
         session = ort_session(path, threads=args.threads)
         for b in batch_sizes:
             timed = onnx_latency(path, b, session=session, warmup=args.warmup, repeats=args.repeats,
