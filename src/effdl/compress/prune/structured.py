@@ -9,9 +9,10 @@ output (the classifier) never lose outputs. `round_to=8` keeps channel counts mu
 
 Channels that pass through a channel shuffle (`nn.ChannelShuffle` and subclasses, as in
 ShuffleNetV2) are kept: the shuffle permutes them, which torch-pruning's index mapping does not
-model (traced as reshape/transpose, its grouping ran for minutes without finishing). Each shuffle
-gets a pruner that cuts the graph there, and every group that reaches one is skipped; in
-ShuffleNetV2 that leaves the channels inside each unit's branches, the stem and the head.
+model (traced as reshape/transpose, its grouping of shufflenet_v2 had not finished after 2 minutes;
+with the barrier below it takes about a second). Each shuffle gets a pruner that cuts the graph
+there, and every group that reaches one is skipped; in ShuffleNetV2 that leaves the channels
+inside each unit's branches, the stem and the head.
 
 The whole plan (which channels of which group) is made and checked on the unchanged model, then
 applied group by group, each group's indices mapped afresh: a concatenation's offsets move when an
