@@ -20,7 +20,7 @@ def shared_data_root() -> Path | None:
 
 
 @pytest.fixture(autouse=True)
-def _small_threads_and_seed():
+def _seeded():
     torch.manual_seed(0)
     yield
 
