@@ -25,6 +25,15 @@ def _seeded():
     yield
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small tensors on a shared 2-core CPU: extra intra-op threads cost more than they gain."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def synthetic():
     from effdl.data import load_dataset

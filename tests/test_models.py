@@ -20,13 +20,7 @@ from effdl.models.squeezenet import Fire
 SMALL_KWARGS = {"wrn": {"depth": 16, "widen": 2}, "densenet_bc": {"depth": 40, "growth": 12}}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The test machine is shared and small: extra threads only add contention.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def meta_params(name: str, num_classes: int = 10, **kwargs) -> int:

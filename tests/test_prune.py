@@ -24,13 +24,7 @@ from effdl.compress.prune import (
 from effdl.errors import EffdlError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Small tensors on a shared 2-core CPU: extra intra-op threads cost more than they gain.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_net(seed: int = 0) -> nn.Module:

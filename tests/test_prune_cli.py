@@ -11,13 +11,7 @@ from effdl.compress.prune import measure_sparsity
 from effdl.models import create_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Small tensors on a shared 2-core CPU: extra intra-op threads cost more than they gain.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -15,13 +15,7 @@ from effdl.models import create_model
 X = torch.randn(2, 3, 32, 32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Small tensors on a shared 2-core CPU: extra intra-op threads cost more than they gain (3x here).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def conv_net(width: int = 16, seed: int = 0) -> nn.Module:
