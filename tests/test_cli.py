@@ -87,3 +87,15 @@ def test_models_lists_the_zoo(capsys):
     code, out, _ = run_cli(capsys, "models", "--json")
     rows = {row["name"]: row["params"] for row in json.loads(out)}
     assert code == 0 and rows["resnet18"] == 11_173_962 and "wrn_28_10" in rows
+
+
+def test_same_seed_gives_the_same_run(tmp_path, capsys):
+    results = []
+    for name in ("a", "b"):
+        code, out, _ = run_cli(capsys, "train", "--data", "synthetic", "--model", "tiny_cnn", "--epochs", "1",
+                               "--batch-size", "64", "--seed", "3", "--out-dir", str(tmp_path), "--name", name,
+                               "--progress", "false")
+        results.append(json.loads(out)["correct"])
+    metrics = [(tmp_path / n / "metrics.jsonl").read_text() for n in ("a", "b")]
+    assert code == 0 and results[0] == results[1]
+    assert json.loads(metrics[0])["train_loss"] == json.loads(metrics[1])["train_loss"]

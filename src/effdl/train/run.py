@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import torch
+
 from effdl.data import ImageDataset, load_dataset, subset, train_val_split
 from effdl.errors import EffdlError
 from effdl.models import create_model
@@ -41,6 +43,7 @@ def train(
         data, val = prepare_data(config)
     else:
         val = None
+    torch.manual_seed(config.seed)  # the seed governs weight initialisation too
     model = create_model(config.model, num_classes=data.num_classes, **config.model_kwargs)
     name = config.name or default_run_name(config)
     config = config.model_copy(update={"name": name})
