@@ -84,6 +84,7 @@ def main() -> None:
     parser.add_argument("--limit-test", type=int, default=None, help="evaluate on this many images (smoke tests)")
     parser.add_argument("--repeats", type=int, default=30, help="timed batch-1 calls per latency")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--skip-unstructured", action="store_true", help="skip part 2")
     parser.add_argument("--skip-architectures", action="store_true", help="skip part 3")
     args = parser.parse_args()
 
@@ -100,11 +101,13 @@ def main() -> None:
             s["latency_ratio"] = s["latency_before_ms"] / s["latency_after_ms"]
             s["meets_targets"] = s["accuracy_drop_points"] <= 1.0 and s["latency_ratio"] >= 1.4
             result["structured_2x_macs"] = s
-        if args.unstructured_checkpoint or args.checkpoint:
+            write_result("prune_cifar10", result)  # each part is saved as soon as it is measured
+        if (args.unstructured_checkpoint or args.checkpoint) and not args.skip_unstructured:
             source = args.unstructured_checkpoint or args.checkpoint
             s = run_method(args, data, source, workdir, "unstructured", method="magnitude", sparsity=0.9, scope="global")
             s["meets_target"] = s["accuracy_drop_points"] <= 1.0
             result["unstructured_90"] = s
+            write_result("prune_cifar10", result)
         if not args.skip_architectures:
             result["architectures"] = {name: architecture_check(name, workdir) for name in ARCHITECTURES}
     result["load_after"] = os.getloadavg()[0]
