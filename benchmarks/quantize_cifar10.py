@@ -149,11 +149,13 @@ def main() -> None:
                 entry["onnx_accuracy"] = onnx_accuracy(path, loader)
                 entry["onnx_vs_torch_points"] = 100 * abs(entry["onnx_accuracy"] - accuracy)
             result["ptq_int8"][method] = entry
+            write_result("quantize_cifar10", result)  # each part is saved as soon as it is measured
         if not args.skip_qat:
             for bits in (4, 2):
                 entry = qat(model, data, loader, images, bits, args)
                 entry["drop_points"] = 100 * (baseline - entry["accuracy"])
                 result["qat"].append(entry)
+                write_result("quantize_cifar10", result)
         torch.manual_seed(0)
         result["latency"].append(latency_pair(model, images, args.repeats, workdir, "checkpoint"))
         result["latency"].append(latency_pair(create_model("resnet18").eval(), images, args.repeats, workdir,
