@@ -24,7 +24,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from common import write_result
@@ -41,8 +40,8 @@ from effdl.compress.quantize import (
 )
 from effdl.data import BatchLoader, load_dataset
 from effdl.deploy.int8 import export_int8_onnx, optimized_op_counts
-from effdl.deploy.onnx import export_onnx, ort_session
-from effdl.measure import evaluate
+from effdl.deploy.onnx import export_onnx
+from effdl.measure import evaluate, evaluate_onnx
 from effdl.measure.latency import onnx_latency
 from effdl.models import create_model, model_spec
 from effdl.train import Trainer, make_config
@@ -57,17 +56,6 @@ def limited(data, limit_train: int | None, limit_test: int | None):
         data, train_images=data.train_images[train], train_labels=data.train_labels[train],
         test_images=data.test_images[test], test_labels=data.test_labels[test],
     )
-
-
-def onnx_accuracy(path: Path, loader: BatchLoader) -> float:
-    session = ort_session(path)
-    name = session.get_inputs()[0].name
-    correct = total = 0
-    for images, labels in loader:
-        logits = session.run(None, {name: images.cpu().numpy()})[0]
-        correct += int((np.argmax(logits, 1) == labels.cpu().numpy()).sum())
-        total += len(labels)
-    return correct / total
 
 
 def ptq(model, data, loader, images, method: str):
@@ -146,7 +134,7 @@ def main() -> None:
             entry = {"accuracy": accuracy, "drop_points": 100 * (baseline - accuracy)}
             if method == "minmax":
                 path = export_int8_onnx(q, workdir / "ptq.onnx")
-                entry["onnx_accuracy"] = onnx_accuracy(path, loader)
+                entry["onnx_accuracy"] = evaluate_onnx(path, loader).top1
                 entry["onnx_vs_torch_points"] = 100 * abs(entry["onnx_accuracy"] - accuracy)
             result["ptq_int8"][method] = entry
             write_result("quantize_cifar10", result)  # each part is saved as soon as it is measured
