@@ -52,6 +52,15 @@ def test_structured_pruning_to_a_mac_budget_reloads(checkpoint, tmp_path, capsys
     assert "physically removed" in capsys.readouterr().out
 
 
+def test_layer_ratios_keep_chosen_layers_whole(checkpoint, tmp_path):
+    s = run_prune(checkpoint, tmp_path / "lr", "--method", "l1-filter", "--sparsity", "0.5",
+                  "--layer-ratio", "conv1=0", "layers.0.*=0")
+    model, _ = load_model(tmp_path / "lr" / "best.safetensors")
+    widths = {name: m.out_channels for name, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    assert widths["conv1"] == widths["layers.0.0.conv1"] == 4 and widths["layers.2.0.conv2"] == 8
+    assert s["options"]["layer_ratios"] == {"conv1": 0.0, "layers.0.*": 0.0}
+
+
 def test_thinet_and_slimming_methods_run(checkpoint, tmp_path):
     s = run_prune(checkpoint, tmp_path / "thinet", "--method", "thinet", "--sparsity", "0.5",
                   "--calibration-batches", "1")
@@ -75,6 +84,8 @@ def test_agp_needs_and_uses_training(checkpoint, tmp_path, capsys):
     (["--method", "snip", "--sparsity", "0.5"], "unknown pruning method"),
     (["--method", "magnitude", "--sparsity", "0.5", "--include", "nothing.*"], "matches no"),
     (["--method", "lottery", "--sparsity", "0.5"], "--rewind-to"),
+    (["--method", "magnitude", "--sparsity", "0.5", "--layer-ratio", "fc=0.5"], "structured methods"),
+    (["--method", "l1-filter", "--sparsity", "0.5", "--layer-ratio", "fc=1.5"], "ratio"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(checkpoint, tmp_path, capsys, args, message):
     out = tmp_path / "bad"

@@ -180,6 +180,24 @@ def test_global_scope_prunes_layers_unevenly():
     assert model(X).shape == (2, 10)
 
 
+def test_layer_ratios_override_the_default_ratio_for_their_coupled_groups(tmp_path):
+    model = create_model("resnet20").eval()  # 16, 32 and 64 channels
+    changed = prune_channels(model, 0.5, round_to=16,
+                             layer_ratios={"conv1": 0, "layers.0.*": 0, "layers.2.*.conv1": 0.75})
+    widths = {name: m.out_channels for name, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    assert not any(name.startswith("layers.0.") or name == "conv1" for name in changed)
+    assert widths["layers.1.0.conv1"] == widths["layers.1.2.conv2"] == 16  # default ratio 0.5
+    assert widths["layers.2.0.conv2"] == widths["layers.2.0.shortcut.0"] == 32  # residual group: 0.5
+    assert all(widths[f"layers.2.{i}.conv1"] == 16 for i in range(3))  # inner convs: 0.75
+    assert roundtrip(model, tmp_path)(X).shape == (2, 10)
+
+
+def test_different_ratios_inside_one_coupled_group_are_refused():
+    model = create_model("resnet20", width=0.25).eval()
+    with pytest.raises(EffdlError, match="coupled"):  # both conv2 outputs are the stage's residual stream
+        prune_channels(model, 0.5, layer_ratios={"layers.0.0.conv2": 0.25, "layers.0.1.conv2": 0.5})
+
+
 def test_removing_every_channel_of_a_layer_is_refused_before_any_change():
     model = conv_net(width=8)
     with torch.no_grad():
@@ -194,7 +212,9 @@ def test_removing_every_channel_of_a_layer_is_refused_before_any_change():
 @pytest.mark.parametrize("kwargs,match", [
     ({"ratio": 1.0}, "ratio"), ({"ratio": -0.2}, "ratio"), ({"ratio": 0.5, "criterion": "l3"}, "criterion"),
     ({"ratio": 0.5, "scope": "all"}, "scope"), ({"ratio": 0.5, "ignore": ["nothing*"]}, "matches no"),
-    ({"ratio": 0.5, "criterion": "thinet"}, "calibration"),
+    ({"ratio": 0.5, "criterion": "thinet"}, "calibration"), ({"ratio": 0.5, "layer_ratios": {"fc*": 1.5}}, "ratio"),
+    ({"ratio": 0.5, "layer_ratios": {"nothing*": 0.5}}, "matches no"),
+    ({"ratio": 0.5, "scope": "global", "layer_ratios": {"conv1": 0.5}}, "scope 'layer'"),
 ])
 def test_bad_structured_inputs_are_clear_errors(kwargs, match):
     with pytest.raises(EffdlError, match=match):

@@ -41,6 +41,9 @@ def register(subparsers) -> None:
     p.add_argument("--scan-images", type=int, default=1000, help="training images used by the sensitivity scan")
     p.add_argument("--include", nargs="*", default=[], help="layer-name globs to prune (unstructured)")
     p.add_argument("--exclude", nargs="*", default=[], help="layer-name globs never to prune")
+    p.add_argument("--layer-ratio", nargs="*", default=[], type=layer_ratio, metavar="GLOB=RATIO",
+                   help="structured, layer scope: channel ratio for matching layers (later wins), "
+                        "e.g. 'layers.0.*=0' 'layers.2.*.conv1=0.75'")
     p.add_argument("--train-limit", type=int, default=None, help="fine-tune on a balanced subset of this many images")
     p.add_argument("--test-limit", type=int, default=None, help="evaluate on a balanced subset of N test images (smoke tests)")
     p.add_argument("--seed", type=int, default=0)
@@ -50,13 +53,26 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def layer_ratio(text: str) -> tuple[str, float]:
+    """'GLOB=RATIO' as (glob, ratio)."""
+    pattern, _, value = text.rpartition("=")
+    try:
+        ratio = float(value)
+    except ValueError:
+        ratio = None
+    if not pattern or ratio is None:
+        raise argparse.ArgumentTypeError(f"expected GLOB=RATIO (e.g. 'layers.2.*.conv1=0.75'), got '{text}'")
+    return pattern, ratio
+
+
 def run(args: argparse.Namespace) -> int:
     options = PruneOptions(
         method=args.method, sparsity=args.sparsity, target_macs=args.target_macs, scope=args.scope,
         round_to=args.round_to, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, rounds=args.rounds,
         rewind_to=args.rewind_to, penalty=args.penalty, penalty_epochs=args.penalty_epochs,
         calibration_batches=args.calibration_batches, sensitivity_drop=args.sensitivity_drop,
-        scan_images=args.scan_images, include=args.include, exclude=args.exclude, train_limit=args.train_limit,
+        scan_images=args.scan_images, include=args.include, exclude=args.exclude,
+        layer_ratios=dict(args.layer_ratio), train_limit=args.train_limit,
         test_limit=args.test_limit, device=args.device, seed=args.seed,
     )
     options.validate()

@@ -64,6 +64,7 @@ class PruneOptions:
     scan_images: int = 1000
     include: list[str] = field(default_factory=list)
     exclude: list[str] = field(default_factory=list)
+    layer_ratios: dict[str, float] = field(default_factory=dict)  # structured: {layer glob: channel ratio}
     train_limit: int | None = None
     test_limit: int | None = None
     device: str = "auto"
@@ -89,6 +90,8 @@ class PruneOptions:
             raise EffdlError("lottery rewinds to early weights: pass --rewind-to an early checkpoint of the same run")
         if self.sensitivity_drop is not None and self.method != "magnitude":
             raise EffdlError("--sensitivity-drop sets per-layer targets for the magnitude method only")
+        if self.layer_ratios and not structured:
+            raise EffdlError("--layer-ratio applies to structured methods (l1-filter, l2-filter, slimming, thinet)")
         if structured and self.include:
             raise EffdlError("structured pruning takes --exclude (layers whose outputs are kept), not --include")
 
@@ -211,6 +214,7 @@ def prune_checkpoint(
         if options.method == "slimming" and options.penalty_epochs:
             model = finetune(model, options.penalty_epochs, [SlimmingPenalty(options.penalty)])
         kwargs = {"criterion": criterion, "scope": scope, "round_to": options.round_to, "ignore": options.exclude,
+                  "layer_ratios": options.layer_ratios,
                   "calibration": _calibration(data, options.calibration_batches, device) if criterion == "thinet" else None}
         model.eval()
         if options.target_macs is not None:
