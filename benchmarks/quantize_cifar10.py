@@ -6,7 +6,10 @@
    exported as QDQ int8 ONNX and evaluated in ONNX Runtime (target: within 0.3 point of PyTorch).
 2. QAT (LSQ) at 4 and 2 bits for weights and activations, first/last layer at 8 bits, fine-tuned
    for --epochs: accuracy drop (targets <= 1 and <= 3 points, given enough epochs).
-3. Batch-1, single-thread ONNX Runtime latency, fp32 against int8 QDQ, for the checkpoint's model
+3. Binary weights (--binary-method xnor: BWN, sign x per-channel mean|w|; or binaryconnect), first and
+   last layer kept in float, activations in float, fine-tuned from --checkpoint for --binary-epochs
+   (target: at least 85%, given enough epochs). Skipped when --binary-epochs is 0.
+4. Batch-1, single-thread ONNX Runtime latency, fp32 against int8 QDQ, for the checkpoint's model
    and for an (untrained) resnet18 (target: int8 at least 1.5x faster for a resnet18-size model),
    with the number of convolutions ONNX Runtime runs on integers (QLinearConv) and in float.
 
@@ -29,6 +32,7 @@ import torch
 from common import write_result
 from effdl.checkpoint import load_model
 from effdl.compress.quantize import (
+    BinaryConnectConfig,
     FakeQuantConfig,
     Int8StaticConfig,
     QuantizationCallback,
@@ -37,6 +41,7 @@ from effdl.compress.quantize import (
     fold_batchnorm,
     quantize_,
     verify_model_bits,
+    XnorConfig,
 )
 from effdl.data import BatchLoader, load_dataset
 from effdl.deploy.int8 import export_int8_onnx, optimized_op_counts
@@ -74,18 +79,33 @@ def load_fresh(model):
 
 
 def qat(model, data, loader, images, bits: int, epochs: int, args) -> dict:
+    config = FakeQuantConfig(weight_bits=bits, act_bits=bits, method="lsq", first_last_bits=8)
+    return {"bits": bits, **fine_tune_quantized(model, data, loader, images, config, epochs, args)}
+
+
+def binary(model, data, loader, args) -> dict:
+    if args.binary_method == "xnor":
+        config = XnorConfig(binary_acts=False, skip_first_last=True)
+    else:
+        config = BinaryConnectConfig(skip_first_last=True)
+    return {"method": args.binary_method, "weights": "binary (first and last layer float)", "activations": "float",
+            **fine_tune_quantized(model, data, loader, None, config, args.binary_epochs, args)}
+
+
+def fine_tune_quantized(model, data, loader, images, config, epochs: int, args) -> dict:
     q = load_fresh(model)
-    quantize_(q, FakeQuantConfig(weight_bits=bits, act_bits=bits, method="lsq", first_last_bits=8))
-    calibrate(q, images)
+    quantize_(q, config)
+    if images is not None:  # activation quantizers start from calibrated ranges
+        calibrate(q, images)
     before = evaluate(q, loader).top1
-    config = make_config({"epochs": epochs, "lr": args.lr, "batch_size": args.batch_size, "schedule": "cosine",
-                          "device": args.device, "bf16": args.bf16, "progress": False,
-                          "model": (model_spec(model) or {}).get("name", "resnet20")})
+    train_config = make_config({"epochs": epochs, "lr": args.lr, "batch_size": args.batch_size, "schedule": "cosine",
+                                "device": args.device, "bf16": args.bf16, "progress": False,
+                                "model": (model_spec(model) or {}).get("name", "resnet20")})
     start = time.perf_counter()
-    Trainer(q, data, config, callbacks=[QuantizationCallback()]).fit()
+    Trainer(q, data, train_config, callbacks=[QuantizationCallback()]).fit()
     q = q.cpu().eval()
     verify_model_bits(q)
-    return {"bits": bits, "accuracy_before_training": before, "accuracy": evaluate(q, loader).top1,
+    return {"accuracy_before_training": before, "accuracy": evaluate(q, loader).top1,
             "epochs": epochs, "bf16_training": args.bf16, "train_time_s": round(time.perf_counter() - start, 1)}
 
 
@@ -119,6 +139,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--skip-qat", action="store_true")
+    parser.add_argument("--binary-epochs", type=int, default=0, help="fine-tuning epochs of the binary part (0: skip)")
+    parser.add_argument("--binary-method", default="xnor", choices=("xnor", "binaryconnect"))
+    parser.add_argument("--skip-latency", action="store_true")
     args = parser.parse_args()
 
     model, _ = load_model(args.checkpoint)
@@ -151,6 +174,12 @@ def main() -> None:
                 entry["drop_points"] = 100 * (baseline - entry["accuracy"])
                 result["qat"].append(entry)
                 write_result("quantize_cifar10", result)
+        if args.binary_epochs:
+            result["binary"] = binary(model, data, loader, args)
+            result["binary"]["meets_target"] = result["binary"]["accuracy"] >= 0.85
+            write_result("quantize_cifar10", result)
+        if args.skip_latency:
+            return
         torch.manual_seed(0)
         result["latency"].append(latency_pair(model, images, args.repeats, workdir, "checkpoint"))
         result["latency"].append(latency_pair(create_model("resnet18").eval(), images, args.repeats, workdir,

@@ -161,3 +161,15 @@ def test_cli_refuses_an_already_quantized_checkpoint(checkpoint, tmp_path, capsy
     assert main(["quantize", str(tmp_path / "t" / "best.safetensors"), "--method", "ptq-int8", "--device", "cpu",
                  "--out", str(tmp_path / "again")]) == 2
     assert "already quantized" in capsys.readouterr().err
+
+
+def test_cli_binary_methods_can_keep_the_first_and_last_layer_in_float(checkpoint, tmp_path):
+    from effdl.cli import main
+
+    out = tmp_path / "bwn"
+    assert main(["quantize", str(checkpoint), "--method", "xnor", "--no-binary-acts", "--float-first-last",
+                 "--device", "cpu", "--out", str(out)]) == 0
+    model, _ = load_model(out / "best.safetensors")
+    assert weight_bits(model.conv1) == 32 and weight_bits(model.fc) == 32
+    assert weight_bits(model.layers[1][0].conv1) == 1
+    assert model.layers[1][0].conv1.weight_quantizer is not None

@@ -86,6 +86,8 @@ def register(subparsers) -> None:
     p.add_argument("--stochastic", action="store_true", help="stochastic BinaryConnect")
     p.add_argument("--binary-acts", action=argparse.BooleanOptionalAction, default=None,
                    help="binary activations (default: on for xnor, off for binaryconnect)")
+    p.add_argument("--float-first-last", action="store_true",
+                   help="binaryconnect, xnor, ternary: keep the first and last layer in float (as BWN/XNOR-Net do)")
     p.add_argument("--epochs", type=int, default=0, help="fine-tuning epochs for training methods (default 0)")
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--batch-size", type=int, default=128)
@@ -128,11 +130,12 @@ def make_config(args: argparse.Namespace):
                                first_last_bits=_optional_bits(args.first_last_bits),
                                overrides=_overrides(args.override))
     if method == "binaryconnect":
-        return BinaryConnectConfig(stochastic=args.stochastic, binary_acts=bool(args.binary_acts))
+        return BinaryConnectConfig(stochastic=args.stochastic, binary_acts=bool(args.binary_acts),
+                                   skip_first_last=args.float_first_last)
     if method == "xnor":
-        return XnorConfig(binary_acts=args.binary_acts is not False)
+        return XnorConfig(binary_acts=args.binary_acts is not False, skip_first_last=args.float_first_last)
     if method == "ternary":
-        return TernaryConfig()
+        return TernaryConfig(skip_first_last=args.float_first_last)
     return KMeansConfig(4 if args.bits is None else args.bits)
 
 
