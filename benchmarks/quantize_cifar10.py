@@ -49,7 +49,7 @@ from effdl.deploy.onnx import export_onnx
 from effdl.measure import evaluate, evaluate_onnx
 from effdl.measure.latency import onnx_latency
 from effdl.models import create_model, model_spec
-from effdl.train import Trainer, make_config
+from effdl.train import Trainer, make_config, reestimate_batchnorm
 
 
 def limited(data, limit_train: int | None, limit_test: int | None):
@@ -83,20 +83,22 @@ def qat(model, data, loader, images, bits: int, epochs: int, args) -> dict:
     return {"bits": bits, **fine_tune_quantized(model, data, loader, images, config, epochs, args)}
 
 
-def binary(model, data, loader, args) -> dict:
+def binary(model, data, loader, images, args) -> dict:
     if args.binary_method == "xnor":
         config = XnorConfig(binary_acts=False, skip_first_last=True)
     else:
         config = BinaryConnectConfig(skip_first_last=True)
     return {"method": args.binary_method, "weights": "binary (first and last layer float)", "activations": "float",
-            **fine_tune_quantized(model, data, loader, None, config, args.binary_epochs, args)}
+            **fine_tune_quantized(model, data, loader, images, config, args.binary_epochs, args, calibrate_acts=False)}
 
 
-def fine_tune_quantized(model, data, loader, images, config, epochs: int, args) -> dict:
+def fine_tune_quantized(model, data, loader, images, config, epochs: int, args, calibrate_acts: bool = True) -> dict:
     q = load_fresh(model)
     quantize_(q, config)
-    if images is not None:  # activation quantizers start from calibrated ranges
+    if calibrate_acts:  # activation quantizers start from calibrated ranges
         calibrate(q, images)
+    else:  # binarised weights: the stored BatchNorm statistics no longer fit
+        reestimate_batchnorm(q, images.split(64))
     before = evaluate(q, loader).top1
     train_config = make_config({"epochs": epochs, "lr": args.lr, "batch_size": args.batch_size, "schedule": "cosine",
                                 "device": args.device, "bf16": args.bf16, "progress": False,
@@ -175,7 +177,7 @@ def main() -> None:
                 result["qat"].append(entry)
                 write_result("quantize_cifar10", result)
         if args.binary_epochs:
-            result["binary"] = binary(model, data, loader, args)
+            result["binary"] = binary(model, data, loader, images, args)
             result["binary"]["meets_target"] = result["binary"]["accuracy"] >= 0.85
             write_result("quantize_cifar10", result)
         if args.skip_latency:

@@ -50,6 +50,10 @@ def test_structured_pruning_to_a_mac_budget_reloads(checkpoint, tmp_path, capsys
     model, _ = load_model(tmp_path / "l1" / "best.safetensors")
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 10)
     assert "physically removed" in capsys.readouterr().out
+    # BatchNorm statistics were re-estimated after the cut (the fresh checkpoint's are all ones)
+    bn = model.layers[2][0].bn1
+    assert not torch.allclose(bn.running_var, torch.ones_like(bn.running_var))
+    assert 0 <= s["accuracy_before_finetune"] <= 1
 
 
 def test_layer_ratios_keep_chosen_layers_whole(checkpoint, tmp_path):

@@ -173,3 +173,5 @@ def test_cli_binary_methods_can_keep_the_first_and_last_layer_in_float(checkpoin
     assert weight_bits(model.conv1) == 32 and weight_bits(model.fc) == 32
     assert weight_bits(model.layers[1][0].conv1) == 1
     assert model.layers[1][0].conv1.weight_quantizer is not None
+    bn = model.layers[1][0].bn1  # statistics re-estimated for the binary weights (the fresh model's are ones)
+    assert not torch.allclose(bn.running_var, torch.ones_like(bn.running_var))

@@ -158,3 +158,17 @@ def test_tensorboard_logging_writes_events(synthetic, tmp_path):
     pytest.importorskip("tensorboard")
     Trainer(small_model(), synthetic, quick_config(epochs=1, tensorboard=True), run_dir=tmp_path / "r").fit()
     assert list((tmp_path / "r" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_reestimate_batchnorm_sets_running_stats_to_the_batches_average():
+    from effdl.train import reestimate_batchnorm
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)).eval()
+    batches = [torch.randn(8, 3, 8, 8) + 2 for _ in range(3)]
+    with torch.no_grad():
+        conv_out = torch.cat([model[0](b) for b in batches])
+    reestimate_batchnorm(model, batches)
+    assert not model.training and model[1].momentum == 0.1  # momentum restored
+    torch.testing.assert_close(model[1].running_mean, conv_out.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
+    assert model[0].weight.grad is None

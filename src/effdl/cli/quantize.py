@@ -47,9 +47,12 @@ from effdl.data import BatchLoader
 from effdl.device import resolve_device
 from effdl.errors import EffdlError
 from effdl.measure import evaluate
+from effdl.train.batchnorm import reestimate_batchnorm
 
 METHODS = ("ptq-int8", "ptq-fp16", "ptq-bf16", "int8-weight", "qat", "binaryconnect", "xnor", "ternary", "kmeans",
            "sensitivity")
+# Methods that replace the weights wholesale: the BatchNorm statistics are re-estimated after them.
+WEIGHT_REPLACING = ("binaryconnect", "xnor", "ternary", "kmeans")
 TRAINABLE = ("qat", "binaryconnect", "xnor", "ternary", "kmeans")
 FIXED_BITS = {"ptq-int8": 8, "int8-weight": 8, "ptq-fp16": 16, "ptq-bf16": 16, "binaryconnect": 1, "xnor": 1, "ternary": 2}
 
@@ -180,8 +183,13 @@ def run(args: argparse.Namespace) -> int:
     if args.method == "ptq-int8":
         fold_batchnorm(model)
     quantize_(model, config)
-    if any(layer.act_quantizer is not None for layer in quantized_layers(model).values()):
-        calibrate(model, calibration_images(data, args.calibration_images).to(device))
+    needs_calibration = any(layer.act_quantizer is not None for layer in quantized_layers(model).values())
+    if args.method in WEIGHT_REPLACING or needs_calibration:
+        images = calibration_images(data, args.calibration_images).to(device)
+    if args.method in WEIGHT_REPLACING:
+        reestimate_batchnorm(model, images.split(64))
+    if needs_calibration:
+        calibrate(model, images)
     training = _fine_tune(model, data, args, out, device) if args.epochs else None
     model = model.to(device).eval()
     accuracy = evaluate(model, loader)

@@ -152,6 +152,16 @@ def _calibration(data: ImageDataset, batches: int, device: torch.device) -> list
     return [images for _, (images, _) in zip(range(max(1, batches)), loader)]
 
 
+def _reestimate_batchnorm(model: nn.Module, data: ImageDataset, device: torch.device, batches: int = 8) -> float:
+    """Re-estimate BatchNorm statistics on training batches (removing channels or weights leaves
+    them stale); returns the test accuracy after it, the accuracy before fine-tuning."""
+    from effdl.train import reestimate_batchnorm
+
+    reestimate_batchnorm(model, _calibration(data, batches, device))
+    loader = BatchLoader.for_split(data, "test", batch_size=500, device=device)
+    return evaluate(model, loader).top1
+
+
 def prune_checkpoint(
     checkpoint: str | Path, options: PruneOptions, out_dir: str | Path, data: ImageDataset | None = None
 ) -> dict[str, Any]:
@@ -198,6 +208,7 @@ def prune_checkpoint(
                                       scope=scope, **selection)
         else:
             masks = prune_magnitude(model, target, scope=scope, **selection)
+            details["accuracy_before_finetune"] = _reestimate_batchnorm(model, data, device)
             model = finetune(model, options.epochs, [MaskCallback(masks)])
         make_permanent(model, masks)
     elif options.method == "agp":
@@ -224,6 +235,7 @@ def prune_checkpoint(
             example = torch.randn(1, *data.image_shape, device=device)
             prune_channels(model, options.sparsity, example_inputs=example, **kwargs)
             details["channel_ratio"] = options.sparsity
+        details["accuracy_before_finetune"] = _reestimate_batchnorm(model, data, device)
         model = finetune(model, options.epochs, [])
 
     model.eval()
