@@ -101,14 +101,16 @@ def fine_tune_quantized(model, data, loader, images, config, epochs: int, args, 
         reestimate_batchnorm(q, images.split(64))
     before = evaluate(q, loader).top1
     train_config = make_config({"epochs": epochs, "lr": args.lr, "batch_size": args.batch_size, "schedule": "cosine",
-                                "device": args.device, "bf16": args.bf16, "progress": False,
+                                "device": args.device, "bf16": args.bf16, "compile": args.compile,
+                                "progress": False,
                                 "model": (model_spec(model) or {}).get("name", "resnet20")})
     start = time.perf_counter()
     Trainer(q, data, train_config, callbacks=[QuantizationCallback()]).fit()
     q = q.cpu().eval()
     verify_model_bits(q)
     return {"accuracy_before_training": before, "accuracy": evaluate(q, loader).top1,
-            "epochs": epochs, "bf16_training": args.bf16, "train_time_s": round(time.perf_counter() - start, 1)}
+            "epochs": epochs, "bf16_training": args.bf16, "compiled": args.compile,
+            "train_time_s": round(time.perf_counter() - start, 1)}
 
 
 def latency_pair(model, images, repeats: int, workdir: Path, name: str) -> dict:
@@ -140,7 +142,10 @@ def main() -> None:
     parser.add_argument("--limit-test", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the training step (fuses the fake-quant element-wise ops: 2.5x on CPU)")
     parser.add_argument("--skip-qat", action="store_true")
+    parser.add_argument("--skip-ptq", action="store_true")
     parser.add_argument("--binary-epochs", type=int, default=0, help="fine-tuning epochs of the binary part (0: skip)")
     parser.add_argument("--binary-method", default="xnor", choices=("xnor", "binaryconnect"))
     parser.add_argument("--skip-latency", action="store_true")
@@ -158,7 +163,7 @@ def main() -> None:
                           "onnx_vs_torch_points": 0.3, "int8_speedup": 1.5}}
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        for method in ("minmax", "percentile", "mse"):
+        for method in () if args.skip_ptq else ("minmax", "percentile", "mse"):
             q, accuracy = ptq(model, data, loader, images, method)
             entry = {"accuracy": accuracy, "drop_points": 100 * (baseline - accuracy)}
             if method == "minmax":

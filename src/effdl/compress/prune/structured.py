@@ -9,9 +9,9 @@ output (the classifier) never lose outputs. `round_to=8` keeps channel counts mu
 `layer_ratios={"layers.2.*.conv1": 0.75}` gives chosen layers their own ratio (scope "layer"): the
 ratio applies to the whole group of channels coupled with the layer.
 
-Channel counts matter for real speed: on an AVX-512 CPU a resnet20 pruned to 11/22/45 channels
-ran *slower* in ONNX Runtime than the dense model, while multiples of 16 ran about 2x faster
-(BENCHMARKS.md); round to the vector width of the target.
+Channel counts matter for real speed: on an AVX-512 CPU a resnet20 pruned to half its MACs with
+11/22/45 channels ran *slower* in ONNX Runtime than the dense model, while the same MACs in
+multiples of 8 or 16 ran 1.5-1.8x faster (BENCHMARKS.md): round to the target's vector width.
 
 Channels that pass through a channel shuffle (`nn.ChannelShuffle` and subclasses, as in
 ShuffleNetV2) are kept: the shuffle permutes them, which torch-pruning's index mapping does not
