@@ -63,6 +63,12 @@ def test_layer_ratios_keep_chosen_layers_whole(checkpoint, tmp_path):
     widths = {name: m.out_channels for name, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)}
     assert widths["conv1"] == widths["layers.0.0.conv1"] == 4 and widths["layers.2.0.conv2"] == 8
     assert s["options"]["layer_ratios"] == {"conv1": 0.0, "layers.0.*": 0.0}
+    run_prune(checkpoint, tmp_path / "inner", "--method", "l1-filter", "--sparsity", "0",
+              "--layer-ratio", "layers.*.conv1=0.5")  # only the blocks' inner convolutions shrink
+    model, _ = load_model(tmp_path / "inner" / "best.safetensors")
+    widths = {name: m.out_channels for name, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    assert widths["layers.0.0.conv1"] == 2 and widths["layers.2.2.conv1"] == 8
+    assert widths["conv1"] == 4 and widths["layers.2.2.conv2"] == 16
 
 
 def test_thinet_and_slimming_methods_run(checkpoint, tmp_path):
