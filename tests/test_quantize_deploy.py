@@ -175,3 +175,17 @@ def test_cli_binary_methods_can_keep_the_first_and_last_layer_in_float(checkpoin
     assert model.layers[1][0].conv1.weight_quantizer is not None
     bn = model.layers[1][0].bn1  # statistics re-estimated for the binary weights (the fresh model's are ones)
     assert not torch.allclose(bn.running_var, torch.ones_like(bn.running_var))
+
+
+def test_cli_qat_fine_tunes_through_the_trainer_with_bf16_and_a_compiled_step(checkpoint, tmp_path, monkeypatch):
+    from effdl.cli import main
+
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: compiled.append(fn) or fn)  # compiling takes minutes
+    out = tmp_path / "w4a4"
+    assert main(["quantize", str(checkpoint), "--method", "qat", "--bits", "4", "--epochs", "1", "--batch-size", "64",
+                 "--bf16", "--compile", "--calibration-images", "64", "--device", "cpu", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(compiled) == 1 and summary["training"]["compiled"] and summary["training"]["bf16"]
+    assert summary["training"]["epochs"] == 1 and (out / "metrics.jsonl").exists()
+    assert set(summary["layer_bits"].values()) == {4, 8}  # first and last layer at 8 bits

@@ -93,6 +93,11 @@ def register(subparsers) -> None:
                    help="binaryconnect, xnor, ternary: keep the first and last layer in float (as BWN/XNOR-Net do)")
     p.add_argument("--epochs", type=int, default=0, help="fine-tuning epochs for training methods (default 0)")
     p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--bf16", action="store_true",
+                   help="fine-tune under bf16 autocast (about 2x faster on AMX CPUs and GPUs; evaluation stays fp32)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the training step: fuses the fake-quant ops (1.5-2.5x on CPU, after a "
+                        "compile of a few minutes)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--limit-test", type=int, default=None, help="evaluate on the first N test images only (smoke tests)")
     p.add_argument("--out", required=True, help="run directory to write, e.g. runs/r20-int8")
@@ -151,11 +156,13 @@ def _fine_tune(model, data, args: argparse.Namespace, out: Path, device: torch.d
         "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "schedule": "cosine",
         "dataset": data.name, "data_root": args.data_root, "model": spec.get("name", "resnet20"),
         "device": str(device), "out_dir": str(out.parent), "name": out.name,
-        # bf16 autocast would round the quantized weights and activations off their grids
-        "bf16": False, "progress": False,
+        # Off unless asked: bf16 rounds values between the quantizer's grid points during training
+        # (the final evaluation is fp32 either way); 4-bit QAT under bf16 met its target (BENCHMARKS.md).
+        "bf16": args.bf16, "compile": args.compile, "progress": False,
     })
     result = Trainer(model, data, train_config, callbacks=[QuantizationCallback()], run_dir=out).fit()
-    return {"epochs": args.epochs, "lr": args.lr, "time_s": round(result.time_s, 1),
+    return {"epochs": args.epochs, "lr": args.lr, "bf16": args.bf16, "compiled": args.compile,
+            "time_s": round(result.time_s, 1),
             "train_best_accuracy": result.best_eval_accuracy}
 
 
