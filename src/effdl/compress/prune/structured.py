@@ -10,8 +10,8 @@ output (the classifier) never lose outputs. `round_to=8` keeps channel counts mu
 ratio applies to the whole group of channels coupled with the layer.
 
 Channel counts matter for real speed: on an AVX-512 CPU a resnet20 pruned to half its MACs with
-11/22/45 channels ran *slower* in ONNX Runtime than the dense model, while the same MACs in
-multiples of 8 or 16 ran 1.6-2x faster (BENCHMARKS.md): round to the target's vector width.
+11/22/45 channels was no faster in ONNX Runtime than the dense model (0.96x), while the same MACs
+in multiples of 8 or 16 ran about 1.6x faster (BENCHMARKS.md): round to the target's vector width.
 
 Channels that pass through a channel shuffle (`nn.ChannelShuffle` and subclasses, as in
 ShuffleNetV2) are kept: the shuffle permutes them, which torch-pruning's index mapping does not
