@@ -190,13 +190,14 @@ def run(args: argparse.Namespace) -> int:
     if args.method == "ptq-int8":
         fold_batchnorm(model)
     quantize_(model, config)
+    replaced_weights = args.method in WEIGHT_REPLACING
     needs_calibration = any(layer.act_quantizer is not None for layer in quantized_layers(model).values())
-    if args.method in WEIGHT_REPLACING or needs_calibration:
+    if replaced_weights or needs_calibration:
         images = calibration_images(data, args.calibration_images).to(device)
-    if args.method in WEIGHT_REPLACING:
-        reestimate_batchnorm(model, images.split(64))
-    if needs_calibration:
-        calibrate(model, images)
+        if replaced_weights:
+            reestimate_batchnorm(model, images.split(64))
+        if needs_calibration:
+            calibrate(model, images)
     training = _fine_tune(model, data, args, out, device) if args.epochs else None
     model = model.to(device).eval()
     accuracy = evaluate(model, loader)

@@ -6,5 +6,5 @@ from effdl.train.config import TrainConfig, make_config
 from effdl.train.run import resume, train
 from effdl.train.trainer import NonFiniteLoss, Trainer, TrainResult
 
-__all__ = ["Callback", "NonFiniteLoss", "TrainConfig", "TrainResult", "Trainer", "make_config", "reestimate_batchnorm", "resume",
-           "train"]
+__all__ = ["Callback", "NonFiniteLoss", "TrainConfig", "TrainResult", "Trainer", "make_config",
+           "reestimate_batchnorm", "resume", "train"]
