@@ -99,3 +99,16 @@ def test_same_seed_gives_the_same_run(tmp_path, capsys):
     metrics = [(tmp_path / n / "metrics.jsonl").read_text() for n in ("a", "b")]
     assert code == 0 and results[0] == results[1]
     assert json.loads(metrics[0])["train_loss"] == json.loads(metrics[1])["train_loss"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["prune", "x.safetensors", "--method", "l1-filter", "--layer-ratio", "conv1", "--out", "o"], "GLOB=RATIO"),
+    (["quantize", "x.safetensors", "--method", "qat", "--bits", "four", "--out", "o"], "invalid int value"),
+    ([], "required: COMMAND"),
+])
+def test_malformed_arguments_are_one_line_and_exit_2(capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert message in err and err.count("\n") == 1 and "usage:" not in err

@@ -2,7 +2,8 @@
 
 Every module in this package that defines `register(subparsers)` adds one subcommand; that
 function creates its parser and sets `func=run` (a callable taking the parsed args and returning an
-exit code). User errors (EffdlError) become one line on stderr and exit code 2.
+exit code). User errors (EffdlError) and malformed arguments become one line on stderr and exit
+code 2.
 """
 
 from __future__ import annotations
@@ -15,8 +16,16 @@ import sys
 from effdl.errors import EffdlError
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with argument errors on one line (the subcommand's usage is one `--help` away);
+    subcommand parsers inherit the class."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="effdl", description="Train, compress and measure efficient CNNs.")
+    parser = _Parser(prog="effdl", description="Train, compress and measure efficient CNNs.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         if info.name.startswith("_"):  # __main__ runs the CLI when imported
