@@ -132,6 +132,33 @@ def test_lsq_step_sizes_receive_gradients_and_learn():
     assert torch.allclose(q, q.round(), atol=1e-4) and q.min() >= 0 and q.max() <= 7
 
 
+@pytest.mark.parametrize("method", ["lsq", "pact", "dorefa"])
+def test_learned_activation_quantizers_trace_as_one_graph_for_torch_compile(method):
+    # Reading a flag buffer as a bool splits the compiled graph once per layer (several times slower QAT).
+    model = tiny_resnet()
+    quantize_(model, FakeQuantConfig(weight_bits=2, act_bits=2, method=method, first_last_bits=8))
+    x = torch.randn(64, 3, 16, 16)
+    calibrate(model, x)
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(model.train())(x)
+    assert explanation.graph_break_count == 0, [b.reason for b in explanation.break_reasons]
+
+
+def test_activation_grid_follows_a_loaded_state_and_recalibration():
+    source, target = nn.Sequential(nn.Linear(8, 4)), nn.Sequential(nn.Linear(8, 4))
+    for model in (source, target):
+        quantize_(model, FakeQuantConfig(weight_bits=4, act_bits=4, method="lsq", first_last_bits=None))
+    source(torch.randn(64, 8))  # signed input: grid -8..7
+    target(torch.rand(64, 8))  # unsigned input: grid 0..15
+    assert target[0].act_quantizer.levels() == (0, 15)
+    target.load_state_dict(source.state_dict())
+    assert target[0].act_quantizer.levels() == (8, 7)
+    target(torch.rand(64, 8))
+    assert target[0].act_quantizer.levels() == (8, 7)  # loaded as initialised: not re-initialised
+    calibrate(target, torch.rand(64, 8))  # calibration initialises again from its images
+    assert target[0].act_quantizer.levels() == (0, 15)
+
+
 def test_pact_clipping_level_learns_from_clipped_activations():
     model = nn.Sequential(nn.ReLU(), nn.Linear(16, 2))
     quantize_(model, FakeQuantConfig(weight_bits=4, act_bits=4, method="pact", first_last_bits=None))

@@ -187,7 +187,7 @@ def calibrate(model: nn.Module, images: torch.Tensor, batch_size: int = 64) -> n
     model.eval()
     device = next(model.parameters()).device
     for quantizer in lazy:
-        quantizer.ready.fill_(False)
+        quantizer.reset()
     passes = ["range"] + (["histogram"] if any(o.method in ("percentile", "mse") for o in observers) else [])
     try:
         for phase in passes:

@@ -229,7 +229,12 @@ def build_weight_quantizer(spec: dict[str, Any], weight: torch.Tensor, fit: bool
 
 
 class LazyAct(nn.Module):
-    """An activation quantizer that learns from the first batch whether its input is signed."""
+    """An activation quantizer that learns from the first batch whether its input is signed.
+
+    The two flags live in buffers (so checkpoints keep them) and are mirrored in a Python tuple
+    that the forward pass reads: reading a tensor as a bool inside torch.compile splits the graph,
+    one break per quantized layer, which made compiled QAT several times slower.
+    """
 
     per_channel = False
 
@@ -238,9 +243,12 @@ class LazyAct(nn.Module):
         self.bits = bits
         self.register_buffer("signed", torch.tensor(False))
         self.register_buffer("ready", torch.tensor(False))
+        self._grid: tuple[int, int] | None = None  # levels() once ready; None: read the buffers
 
     def levels(self) -> tuple[int, int]:
         """(-lowest, highest) integer of the grid."""
+        if self._grid is not None:
+            return self._grid
         if bool(self.signed):
             return 2 ** (self.bits - 1), 2 ** (self.bits - 1) - 1
         return 0, 2**self.bits - 1
@@ -249,10 +257,24 @@ class LazyAct(nn.Module):
     def initialize(self, x: torch.Tensor) -> None:
         self.signed.fill_(bool(x.min() < 0))
         self.ready.fill_(True)
+        self._grid = None
+        self._grid = self.levels()
+
+    def reset(self) -> None:
+        """Forget the initialisation: the next batch initialises again (calibration)."""
+        self.ready.fill_(False)
+        self._grid = None
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._grid = None  # the buffers may have changed: read them again on the next forward
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not bool(self.ready):
-            self.initialize(x)
+        if self._grid is None:
+            if bool(self.ready):
+                self._grid = self.levels()
+            else:
+                self.initialize(x)
         return self.quantize(x)
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
