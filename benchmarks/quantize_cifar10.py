@@ -22,7 +22,6 @@ Accuracies use the full test split unless --limit-test is given. Writes bench_re
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import tempfile
 import time
 from pathlib import Path
@@ -43,24 +42,13 @@ from effdl.compress.quantize import (
     verify_model_bits,
     XnorConfig,
 )
-from effdl.data import BatchLoader, load_dataset
+from effdl.data import BatchLoader, limited, load_dataset
 from effdl.deploy.int8 import export_int8_onnx, optimized_op_counts
 from effdl.deploy.onnx import export_onnx
 from effdl.measure import evaluate, evaluate_onnx
 from effdl.measure.latency import onnx_latency
 from effdl.models import create_model, model_spec
 from effdl.train import Trainer, make_config, reestimate_batchnorm
-
-
-def limited(data, limit_train: int | None, limit_test: int | None):
-    """A seeded random subset (the splits are ordered by class, so a prefix would be one class)."""
-    g = torch.Generator().manual_seed(0)
-    train = torch.randperm(len(data.train_labels), generator=g)[:limit_train]
-    test = torch.randperm(len(data.test_labels), generator=g)[:limit_test]
-    return dataclasses.replace(
-        data, train_images=data.train_images[train], train_labels=data.train_labels[train],
-        test_images=data.test_images[test], test_labels=data.test_labels[test],
-    )
 
 
 def ptq(model, data, loader, images, method: str):

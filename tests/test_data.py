@@ -17,6 +17,7 @@ from effdl.data import (
     AugmentConfig,
     BatchLoader,
     ImageDataset,
+    limited,
     load_dataset,
     save_augmentation_grid,
     subset,
@@ -228,6 +229,17 @@ def test_subset_is_seeded_balanced_and_keeps_pairs(uneven):
     assert torch.bincount(per.train_labels).tolist() == [7, 7, 7]
     # beyond the smallest class, n keeps drawing from the classes that have images left
     assert sorted(torch.bincount(subset(uneven, n=45).train_labels).tolist()) == [10, 17, 18]
+
+
+def test_limited_cuts_both_splits_to_balanced_seeded_subsets(uneven):
+    swapped = dataclasses.replace(uneven, test_images=uneven.train_images, test_labels=uneven.train_labels)
+    small = limited(swapped, 12, 9, seed=4)
+    assert sorted(torch.bincount(small.train_labels).tolist()) == [4, 4, 4]
+    assert torch.bincount(small.test_labels).tolist() == [3, 3, 3]
+    assert all(swapped.test_labels[i] == label for i, label in zip(image_ids(small.test_images), small.test_labels))
+    assert image_ids(limited(swapped, 12, 9, seed=4).test_images) == image_ids(small.test_images)
+    whole = limited(swapped, None, 1000)
+    assert len(whole.train_labels) == 60 and len(whole.test_labels) == 60
 
 
 def test_subset_bad_arguments(uneven):

@@ -7,6 +7,7 @@ import torch
 
 from effdl.checkpoint import load_model, save_model
 from effdl.cli import main
+from effdl.measure import evaluate
 from effdl.compress.prune import measure_sparsity
 from effdl.models import create_model
 
@@ -54,6 +55,25 @@ def test_structured_pruning_to_a_mac_budget_reloads(checkpoint, tmp_path, capsys
     bn = model.layers[2][0].bn1
     assert not torch.allclose(bn.running_var, torch.ones_like(bn.running_var))
     assert 0 <= s["accuracy_before_finetune"] <= 1
+
+
+def test_without_fine_tuning_the_test_split_is_evaluated_once_per_model(checkpoint, tmp_path, monkeypatch):
+    from effdl.compress.prune import pipeline
+
+    calls = []
+    monkeypatch.setattr(pipeline, "evaluate", lambda *a, **kw: calls.append(1) or evaluate(*a, **kw))
+    s = run_prune(checkpoint, tmp_path / "once", "--method", "l1-filter", "--target-macs", "0.5", "--test-limit", "64")
+    assert len(calls) == 2  # the source model, and the pruned model after BatchNorm re-estimation
+    assert s["accuracy"] == s["accuracy_before_finetune"]
+
+
+def test_fine_tuning_can_be_compiled_and_keeps_the_masks(checkpoint, tmp_path, monkeypatch):
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: compiled.append(fn) or fn)  # a real compile takes minutes
+    s = run_prune(checkpoint, tmp_path / "compiled", "--method", "magnitude", "--sparsity", "0.5", "--epochs", "1",
+                  "--batch-size", "64", "--train-limit", "64", "--test-limit", "64", "--compile")
+    assert len(compiled) == 1 and s["options"]["compile"]
+    assert s["sparsity"] == pytest.approx(0.5, abs=1e-3)
 
 
 def test_layer_ratios_keep_chosen_layers_whole(checkpoint, tmp_path):

@@ -31,6 +31,8 @@ def register(subparsers) -> None:
     p.add_argument("--epochs", type=int, default=0, help="fine-tuning epochs after pruning (per round)")
     p.add_argument("--lr", type=float, default=0.01, help="fine-tuning peak learning rate (cosine schedule)")
     p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the fine-tuning step (faster epochs after a compile of a minute or more)")
     p.add_argument("--rounds", type=int, default=1, help="magnitude/lottery: iterative prune-retrain rounds")
     p.add_argument("--rewind-to", default=None, help="lottery: early checkpoint of the same run to rewind to")
     p.add_argument("--penalty", type=float, default=1e-4, help="slimming: L1 strength on BN scales")
@@ -73,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         calibration_batches=args.calibration_batches, sensitivity_drop=args.sensitivity_drop,
         scan_images=args.scan_images, include=args.include, exclude=args.exclude,
         layer_ratios=dict(args.layer_ratio), train_limit=args.train_limit,
-        test_limit=args.test_limit, device=args.device, seed=args.seed,
+        test_limit=args.test_limit, device=args.device, compile=args.compile, seed=args.seed,
     )
     options.validate()
     data = dataset_from_args(args) if args.data else None

@@ -1,4 +1,4 @@
-"""Seeded, class-balanced subsets of a training split, and validation splits held out from it.
+"""Seeded, class-balanced subsets of a dataset's splits, and validation splits held out from training.
 
 Both draw from one `balanced_order` of the training images: a seeded shuffle in which every class
 takes its turn before any class appears again, so any prefix of it is as balanced as the class
@@ -46,6 +46,19 @@ def subset(data: ImageDataset, n: int | None = None, per_class: int | None = Non
     keep = balanced_order(labels, seed)[:n].sort().values.to(labels.device)
     info = {**data.info, "subset": {"n": n, "per_class": per_class, "seed": seed}}
     return dataclasses.replace(data, train_images=data.train_images[keep], train_labels=labels[keep], info=info)
+
+
+def limited(data: ImageDataset, train_limit: int | None, test_limit: int | None, seed: int = 0) -> ImageDataset:
+    """`data` cut to class-balanced seeded subsets of its training and/or test images (smoke runs).
+
+    A limit of None (or 0) keeps that split whole; a limit above the split's size keeps it whole.
+    """
+    if train_limit:
+        data = subset(data, n=min(train_limit, len(data.train_labels)), seed=seed)
+    if test_limit:
+        keep = balanced_order(data.test_labels, seed)[:test_limit].sort().values.to(data.test_labels.device)
+        data = dataclasses.replace(data, test_images=data.test_images[keep], test_labels=data.test_labels[keep])
+    return data
 
 
 def train_val_split(data: ImageDataset, val_size: int | float, seed: int = 0) -> ImageDataset:

@@ -25,11 +25,10 @@ from effdl.compress.prune.sensitivity import sensitivity_scan
 from effdl.compress.prune.structured import prune_channels, prune_channels_to_macs
 from effdl.compress.prune.slimming import SlimmingPenalty
 from effdl.compress.prune.unstructured import MaskCallback, make_permanent, measure_sparsity, prune_magnitude
-from effdl.data import BatchLoader, ImageDataset, subset
-from effdl.data.splits import balanced_order
+from effdl.data import BatchLoader, ImageDataset, limited
 from effdl.device import resolve_device
 from effdl.errors import EffdlError, unknown_name_error
-from effdl.measure.accuracy import evaluate
+from effdl.measure.accuracy import Accuracy, evaluate
 from effdl.measure.counting import profile
 
 UNSTRUCTURED = ("magnitude", "agp", "lottery")
@@ -68,6 +67,7 @@ class PruneOptions:
     train_limit: int | None = None
     test_limit: int | None = None
     device: str = "auto"
+    compile: bool = False  # torch.compile the fine-tuning step
     seed: int = 0
 
     def validate(self) -> None:
@@ -96,21 +96,12 @@ class PruneOptions:
             raise EffdlError("structured pruning takes --exclude (layers whose outputs are kept), not --include")
 
 
-def limited(data: ImageDataset, train_limit: int | None, test_limit: int | None, seed: int = 0) -> ImageDataset:
-    """`data` with class-balanced seeded subsets of its training and/or test images (smoke tests)."""
-    if train_limit:
-        data = subset(data, n=min(train_limit, len(data.train_labels)), seed=seed)
-    if test_limit:
-        keep = balanced_order(data.test_labels, seed)[:test_limit].sort().values
-        data = dataclasses.replace(data, test_images=data.test_images[keep], test_labels=data.test_labels[keep])
-    return data
-
-
-def _measure(model: nn.Module, data: ImageDataset, device: torch.device) -> dict[str, Any]:
+def _measure(model: nn.Module, data: ImageDataset, device: torch.device, acc: Accuracy | None = None) -> dict[str, Any]:
+    """Accuracy, counts, size, score and sparsity of `model`; `acc` is its accuracy when already measured."""
     from effdl.measure.scoring import score
 
     prof = profile(model, (1, *data.image_shape))
-    acc = evaluate(model.to(device), BatchLoader.for_split(data, "test", batch_size=500, device=device))
+    acc = acc or _accuracy(model.to(device), data, device)
     try:
         imt2024 = score(prof, "imt2024").score
     except EffdlError:
@@ -132,7 +123,7 @@ class _FineTuner:
         self.config = lambda epochs: make_config({
             **base, "dataset": data.name, "model": base.get("model", model_name), "epochs": epochs,
             "lr": options.lr, "batch_size": options.batch_size, "schedule": "cosine", "warmup_epochs": 0,
-            "device": options.device, "seed": options.seed, "compile": False,
+            "device": options.device, "seed": options.seed, "compile": options.compile,
         }, source="fine-tuning options")
         self.results: list[dict[str, Any]] = []
 
@@ -152,14 +143,17 @@ def _calibration(data: ImageDataset, batches: int, device: torch.device) -> list
     return [images for _, (images, _) in zip(range(max(1, batches)), loader)]
 
 
-def _reestimate_batchnorm(model: nn.Module, data: ImageDataset, device: torch.device, batches: int = 8) -> float:
+def _accuracy(model: nn.Module, data: ImageDataset, device: torch.device) -> Accuracy:
+    return evaluate(model, BatchLoader.for_split(data, "test", batch_size=500, device=device))
+
+
+def _reestimate_batchnorm(model: nn.Module, data: ImageDataset, device: torch.device, batches: int = 8) -> Accuracy:
     """Re-estimate BatchNorm statistics on training batches (removing channels or weights leaves
     them stale); returns the test accuracy after it, the accuracy before fine-tuning."""
     from effdl.train import reestimate_batchnorm
 
     reestimate_batchnorm(model, _calibration(data, batches, device))
-    loader = BatchLoader.for_split(data, "test", batch_size=500, device=device)
-    return evaluate(model, loader).top1
+    return _accuracy(model, data, device)
 
 
 def prune_checkpoint(
@@ -189,6 +183,7 @@ def prune_checkpoint(
     scope = options.scope or ("layer" if options.method in STRUCTURED else "global")
     selection = {"include": options.include or None, "exclude": options.exclude or None}
     details: dict[str, Any] = {}
+    before_finetune: Accuracy | None = None
 
     if options.method == "magnitude":
         target: Any = options.sparsity
@@ -208,7 +203,7 @@ def prune_checkpoint(
                                       scope=scope, **selection)
         else:
             masks = prune_magnitude(model, target, scope=scope, **selection)
-            details["accuracy_before_finetune"] = _reestimate_batchnorm(model, data, device)
+            before_finetune = _reestimate_batchnorm(model, data, device)
             model = finetune(model, options.epochs, [MaskCallback(masks)])
         make_permanent(model, masks)
     elif options.method == "agp":
@@ -235,11 +230,14 @@ def prune_checkpoint(
             example = torch.randn(1, *data.image_shape, device=device)
             prune_channels(model, options.sparsity, example_inputs=example, **kwargs)
             details["channel_ratio"] = options.sparsity
-        details["accuracy_before_finetune"] = _reestimate_batchnorm(model, data, device)
+        before_finetune = _reestimate_batchnorm(model, data, device)
         model = finetune(model, options.epochs, [])
 
+    if before_finetune is not None:
+        details["accuracy_before_finetune"] = before_finetune.top1
     model.eval()
-    after = _measure(model, data, device)
+    # Without fine-tuning the model has not changed since that evaluation.
+    after = _measure(model, data, device, acc=before_finetune if options.epochs == 0 else None)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = {
         "name": out_dir.name, "source": str(checkpoint), "method": options.method,
