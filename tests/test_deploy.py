@@ -113,6 +113,23 @@ def test_check_detects_a_different_model(resnet20_onnx):
         check_onnx(other, resnet20_onnx)
 
 
+def test_an_invalid_graph_from_the_dynamo_exporter_falls_back_to_tracing(tmp_path, monkeypatch):
+    from effdl.deploy import onnx as onnx_module
+
+    def dangling(model, example, dynamic_batch, opset):  # a node reading a value nothing produces
+        proto = onnx_module._export_dynamo(model, example, dynamic_batch, opset)
+        proto.graph.node[0].input[0] = "nowhere"
+        return proto
+
+    monkeypatch.setitem(onnx_module.EXPORTERS, "dynamo", dangling)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten())
+    path = export_onnx(model, tmp_path / "fallback.onnx")
+    assert {p.key: p.value for p in onnx.load(str(path)).metadata_props}["effdl.exporter"] == "torchscript"
+    assert check_onnx(model, path) < 1e-5
+    with pytest.raises(EffdlError, match="dynamo: .*nowhere"):
+        export_onnx(model, tmp_path / "only-dynamo.onnx", exporter="dynamo")
+
+
 def test_unexportable_model_and_bad_files_give_effdl_errors(tmp_path):
     class Broken(nn.Module):
         def forward(self, x):

@@ -8,8 +8,9 @@ Exporter choice (torch 2.14), measured on our models:
   not divide the input). It is slow, though: 5-30 s per model on a 2-core CPU.
 - `torchscript` (the legacy tracer, deprecated: it warns that it will be removed) is the fallback
   when torch.export cannot capture the model, which happens with data-dependent Python control
-  flow such as a quantizer's `if not bool(self.ready)`: tracing simply records the branch taken
-  on the example input. It is 10-30x faster.
+  flow (e.g. a quantizer reading a buffer as a bool), or when the dynamo exporter's graph fails
+  `onnx.checker` (it has dropped nodes of sign activations after a ReLU): tracing simply records
+  the branch taken on the example input. It is 10-30x faster.
 `exporter="auto"` does exactly that and records which exporter produced the file in the model's
 metadata (`effdl.exporter`); `check_onnx` then verifies the result against PyTorch either way.
 Weights are embedded in one self-contained .onnx file (no external data), which bounds a model to
@@ -124,6 +125,9 @@ def onnx_model(
             try:
                 with _quietly():
                     proto = EXPORTERS[name](model, example, dynamic_batch, opset)
+                # The dynamo exporter can return a graph that reads values no node produces (seen on
+                # sign activations after a ReLU): an invalid graph is a failed export.
+                onnx.checker.check_model(proto)
             except Exception as exc:  # the exporters raise many unrelated types; keep each reason
                 failures.append(f"{name}: {_failure_reason(exc)}")
                 continue
