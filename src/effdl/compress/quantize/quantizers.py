@@ -257,7 +257,7 @@ class LazyAct(nn.Module):
     def initialize(self, x: torch.Tensor) -> None:
         self.signed.fill_(bool(x.min() < 0))
         self.ready.fill_(True)
-        self._grid = None
+        self._grid = None  # levels() reads the new flag
         self._grid = self.levels()
 
     def reset(self) -> None:
