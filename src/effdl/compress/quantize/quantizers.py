@@ -247,8 +247,9 @@ class LazyAct(nn.Module):
 
     def levels(self) -> tuple[int, int]:
         """(-lowest, highest) integer of the grid."""
-        if self._grid is not None:
-            return self._grid
+        return self._grid if self._grid is not None else self._levels_from_buffers()
+
+    def _levels_from_buffers(self) -> tuple[int, int]:
         if bool(self.signed):
             return 2 ** (self.bits - 1), 2 ** (self.bits - 1) - 1
         return 0, 2**self.bits - 1
@@ -257,8 +258,7 @@ class LazyAct(nn.Module):
     def initialize(self, x: torch.Tensor) -> None:
         self.signed.fill_(bool(x.min() < 0))
         self.ready.fill_(True)
-        self._grid = None  # levels() reads the new flag
-        self._grid = self.levels()
+        self._grid = self._levels_from_buffers()
 
     def reset(self) -> None:
         """Forget the initialisation: the next batch initialises again (calibration)."""
@@ -272,7 +272,7 @@ class LazyAct(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._grid is None:
             if bool(self.ready):
-                self._grid = self.levels()
+                self._grid = self._levels_from_buffers()
             else:
                 self.initialize(x)
         return self.quantize(x)
