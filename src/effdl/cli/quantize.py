@@ -43,7 +43,7 @@ from effdl.compress.quantize import (
     verify_model_bits,
 )
 from effdl.compress.quantize.sensitivity import sensitivity_records
-from effdl.data import BatchLoader
+from effdl.data import BatchLoader, limited
 from effdl.device import resolve_device
 from effdl.errors import EffdlError
 from effdl.measure import evaluate
@@ -99,7 +99,7 @@ def register(subparsers) -> None:
                    help="torch.compile the training step: fuses the fake-quant ops (1.5-2.5x on CPU, after a "
                         "compile of a few minutes)")
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--limit-test", type=int, default=None, help="evaluate on the first N test images only (smoke tests)")
+    p.add_argument("--limit-test", type=int, default=None, help="evaluate on a balanced subset of N test images (smoke tests)")
     p.add_argument("--out", required=True, help="run directory to write, e.g. runs/r20-int8")
     add_data_args(p)
     add_device_arg(p)
@@ -178,9 +178,7 @@ def run(args: argparse.Namespace) -> int:
     model = model.to(device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    test_images, test_labels = data.test_images[: args.limit_test], data.test_labels[: args.limit_test]
-    loader = BatchLoader(test_images, test_labels, mean=data.mean, std=data.std, batch_size=256,
-                         num_classes=data.num_classes, device=device)
+    loader = BatchLoader.for_split(limited(data, None, args.limit_test), "test", batch_size=256, device=device)
     if args.method == "sensitivity":
         return _sensitivity(model, loader, args, out)
 
