@@ -240,6 +240,8 @@ def test_limited_cuts_both_splits_to_balanced_seeded_subsets(uneven):
     assert image_ids(limited(swapped, 12, 9, seed=4).test_images) == image_ids(small.test_images)
     whole = limited(swapped, None, 1000)
     assert len(whole.train_labels) == 60 and len(whole.test_labels) == 60
+    assert "positive number of images" in one_line_error(lambda: limited(swapped, None, -5))
+    assert "positive number of images" in one_line_error(lambda: limited(swapped, -5, None))
 
 
 def test_subset_bad_arguments(uneven):

@@ -53,6 +53,9 @@ def limited(data: ImageDataset, train_limit: int | None, test_limit: int | None,
 
     A limit of None (or 0) keeps that split whole; a limit above the split's size keeps it whole.
     """
+    for name, limit in (("training", train_limit), ("test", test_limit)):
+        if limit is not None and limit < 0:
+            raise EffdlError(f"the {name} image limit must be a positive number of images, not {limit}")
     if train_limit:
         data = subset(data, n=min(train_limit, len(data.train_labels)), seed=seed)
     if test_limit:
