@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from effdl.train import Callback
+
 RESULTS = Path(__file__).resolve().parents[1] / "bench_results"
 
 
@@ -43,3 +45,15 @@ def write_result(name: str, result: dict) -> Path:
     path.write_text(json.dumps(payload, indent=2))
     print(json.dumps(payload, indent=2))
     return path
+
+
+class EpochLog(Callback):
+    """Prints one line per training epoch (benchmarks run without a progress bar) and keeps the accuracies."""
+
+    def __init__(self) -> None:
+        self.accuracies: list[float] = []
+
+    def on_epoch_end(self, trainer, epoch, metrics) -> None:
+        self.accuracies.append(round(metrics["eval_acc"], 4))
+        print(f"epoch {epoch + 1}: test accuracy {metrics['eval_acc']:.4f}, {metrics['images_per_s']:.0f} images/s, "
+              f"{metrics['train_time_s']:.1f} s", flush=True)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from common import write_result
+from common import EpochLog, write_result
 from effdl.checkpoint import load_model
 from effdl.compress.quantize import (
     BinaryConnectConfig,
@@ -43,6 +43,7 @@ from effdl.compress.quantize import (
     XnorConfig,
 )
 from effdl.data import BatchLoader, limited, load_dataset
+from effdl.device import resolve_device
 from effdl.deploy.int8 import export_int8_onnx, optimized_op_counts
 from effdl.deploy.onnx import export_onnx
 from effdl.measure import evaluate, evaluate_onnx
@@ -87,17 +88,22 @@ def fine_tune_quantized(model, data, loader, images, config, epochs: int, args, 
         calibrate(q, images)
     else:  # binarised weights: the stored BatchNorm statistics no longer fit
         reestimate_batchnorm(q, images.split(64))
+    device = resolve_device(args.device)
+    if device.type != "cpu":  # evaluate where it trains: a CPU pass over the test split is slow for resnet18
+        loader = BatchLoader.for_split(data, "test", batch_size=1000, device=device)
+        q = q.to(device)
     before = evaluate(q, loader).top1
+    epochs_log = EpochLog()
     train_config = make_config({"epochs": epochs, "lr": args.lr, "batch_size": args.batch_size, "schedule": "cosine",
                                 "device": args.device, "bf16": args.bf16, "compile": args.compile,
                                 "progress": False,
                                 "model": (model_spec(model) or {}).get("name", "resnet20")})
     start = time.perf_counter()
-    Trainer(q, data, train_config, callbacks=[QuantizationCallback()]).fit()
-    q = q.cpu().eval()
-    verify_model_bits(q)
-    return {"accuracy_before_training": before, "accuracy": evaluate(q, loader).top1,
-            "epochs": epochs, "bf16_training": args.bf16, "compiled": args.compile,
+    Trainer(q, data, train_config, callbacks=[QuantizationCallback(), epochs_log]).fit()
+    q = q.eval()
+    verify_model_bits(q.cpu())
+    return {"accuracy_before_training": before, "accuracy": evaluate(q.to(device), loader).top1,
+            "accuracy_per_epoch": epochs_log.accuracies, "epochs": epochs, "bf16_training": args.bf16, "compiled": args.compile,
             "train_time_s": round(time.perf_counter() - start, 1)}
 
 
