@@ -80,7 +80,8 @@ def batch1_latency(before: Path, after: Path, workdir: Path, repeats: int, round
 
 def run_method(args, data, checkpoint: str, workdir: Path, name: str, **options) -> dict:
     opts = PruneOptions(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, train_limit=args.limit_train,
-                        test_limit=args.limit_test, device=args.device, compile=args.compile, **options)
+                        test_limit=args.limit_test, device=args.device, compile=args.compile, distill=args.distill,
+                        **options)
     start = time.perf_counter()
     summary = prune_checkpoint(checkpoint, opts, workdir / name, data=data)
     keys = ("accuracy_before", "accuracy_before_finetune", "accuracy", "total", "sparsity", "macs_before",
@@ -152,12 +153,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="alternating latency rounds (best median kept)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--compile", action="store_true", help="torch.compile the fine-tuning step")
+    parser.add_argument("--distill", type=float, default=0.0, metavar="ALPHA",
+                        help="fine-tune with distillation from the unpruned model (weight ALPHA; 0: off)")
     parser.add_argument("--skip-unstructured", action="store_true", help="skip part 2")
     parser.add_argument("--skip-architectures", action="store_true", help="skip part 4")
     parser.add_argument("--skip-alignment", action="store_true", help="skip part 3")
     args = parser.parse_args()
 
-    result: dict = {"epochs": args.epochs, "limit_train": args.limit_train, "limit_test": args.limit_test,
+    result: dict = {"epochs": args.epochs, "distill": args.distill, "limit_train": args.limit_train, "limit_test": args.limit_test,
                     "load_before": os.getloadavg()[0]}
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)

@@ -33,6 +33,10 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the fine-tuning step (faster epochs after a compile of a minute or more)")
+    p.add_argument("--distill", type=float, default=0.0, metavar="ALPHA",
+                   help="fine-tune with knowledge distillation from the unpruned model, weight ALPHA in (0, 1] "
+                        "(e.g. 0.9); 0: labels only")
+    p.add_argument("--distill-temperature", type=float, default=4.0, metavar="T")
     p.add_argument("--rounds", type=int, default=1, help="magnitude/lottery: iterative prune-retrain rounds")
     p.add_argument("--rewind-to", default=None, help="lottery: early checkpoint of the same run to rewind to")
     p.add_argument("--penalty", type=float, default=1e-4, help="slimming: L1 strength on BN scales")
@@ -76,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         scan_images=args.scan_images, include=args.include, exclude=args.exclude,
         layer_ratios=dict(args.layer_ratio), train_limit=args.train_limit,
         test_limit=args.test_limit, device=args.device, compile=args.compile, seed=args.seed,
+        distill=args.distill, distill_temperature=args.distill_temperature,
     )
     options.validate()
     data = dataset_from_args(args) if args.data else None

@@ -9,6 +9,7 @@ parameters come from the counting engine, accuracy from the full test split.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ import torch
 from torch import nn
 
 from effdl.checkpoint import load_model, read_checkpoint, save_model, split_namespace
+from effdl.compress.distill import Distillation
 from effdl.compress.prune.schedules import AGPCallback, iterative_pruning, lottery_ticket
 from effdl.compress.prune.selection import check_fraction
 from effdl.compress.prune.sensitivity import sensitivity_scan
@@ -68,6 +70,8 @@ class PruneOptions:
     test_limit: int | None = None
     device: str = "auto"
     compile: bool = False  # torch.compile the fine-tuning step
+    distill: float = 0.0  # weight of distillation from the unpruned model during fine-tuning (0: off)
+    distill_temperature: float = 4.0
     seed: int = 0
 
     def validate(self) -> None:
@@ -82,6 +86,8 @@ class PruneOptions:
             raise EffdlError("--target-macs applies to structured methods (l1-filter, l2-filter, slimming, thinet)")
         if self.scope not in (None, "global", "layer"):
             raise EffdlError(f"unknown scope '{self.scope}'; use global or layer")
+        if not 0 <= self.distill <= 1 or self.distill_temperature <= 0:
+            raise EffdlError("--distill must be in [0, 1] and --distill-temperature > 0")
         if self.epochs < 0 or self.rounds < 1 or self.penalty_epochs < 0:
             raise EffdlError("--epochs and --penalty-epochs must be >= 0 and --rounds >= 1")
         if self.method == "agp" and self.epochs < 1:
@@ -114,7 +120,8 @@ def _measure(model: nn.Module, data: ImageDataset, device: torch.device, acc: Ac
 class _FineTuner:
     """Fine-tunes with the trainer, from the checkpoint's own training config where it has one."""
 
-    def __init__(self, data: ImageDataset, options: PruneOptions, train_config: dict[str, Any], model_name: str):
+    def __init__(self, data: ImageDataset, options: PruneOptions, train_config: dict[str, Any], model_name: str,
+                 teacher: nn.Module | None = None):
         from effdl.train import make_config
 
         base = {k: v for k, v in train_config.items() if k not in ("name", "out_dir", "subset", "subset_per_class",
@@ -126,12 +133,16 @@ class _FineTuner:
             "device": options.device, "seed": options.seed, "compile": options.compile,
         }, source="fine-tuning options")
         self.results: list[dict[str, Any]] = []
+        self.teacher = teacher if options.distill > 0 else None
+        self.distill = (options.distill, options.distill_temperature)
 
     def __call__(self, model: nn.Module, epochs: int, callbacks: list) -> nn.Module:
         from effdl.train import Trainer
 
         if epochs < 1:
             return model
+        if self.teacher is not None:
+            callbacks = [*callbacks, Distillation(self.teacher, *self.distill)]
         trainer = Trainer(model, self.data, self.config(epochs), callbacks=callbacks)
         result = trainer.fit()
         self.results.append({"epochs": epochs, "accuracy": result.accuracy, "time_s": result.time_s})
@@ -179,7 +190,8 @@ def prune_checkpoint(
     torch.manual_seed(options.seed)
 
     before = _measure(model, data, device)
-    finetune = _FineTuner(data, options, train_config, meta["spec"]["name"])
+    teacher = copy.deepcopy(model).eval() if options.distill > 0 else None  # the unpruned model
+    finetune = _FineTuner(data, options, train_config, meta["spec"]["name"], teacher)
     scope = options.scope or ("layer" if options.method in STRUCTURED else "global")
     selection = {"include": options.include or None, "exclude": options.exclude or None}
     details: dict[str, Any] = {}
