@@ -30,6 +30,7 @@ import torch
 
 from common import EpochLog, write_result
 from effdl.checkpoint import load_model
+from effdl.compress.distill import Distillation
 from effdl.compress.quantize import (
     BinaryConnectConfig,
     FakeQuantConfig,
@@ -99,11 +100,14 @@ def fine_tune_quantized(model, data, loader, images, config, epochs: int, args, 
                                 "progress": False,
                                 "model": (model_spec(model) or {}).get("name", "resnet20")})
     start = time.perf_counter()
-    Trainer(q, data, train_config, callbacks=[QuantizationCallback(), epochs_log]).fit()
+    callbacks = [QuantizationCallback(), epochs_log]
+    if args.distill:  # the float checkpoint teaches its quantized copy
+        callbacks.append(Distillation(model, args.distill))
+    Trainer(q, data, train_config, callbacks=callbacks).fit()
     q = q.eval()
     verify_model_bits(q.cpu())
     return {"accuracy_before_training": before, "accuracy": evaluate(q.to(device), loader).top1,
-            "accuracy_per_epoch": epochs_log.accuracies, "epochs": epochs, "bf16_training": args.bf16, "compiled": args.compile,
+            "accuracy_per_epoch": epochs_log.accuracies, "epochs": epochs, "distill": args.distill, "bf16_training": args.bf16, "compiled": args.compile,
             "train_time_s": round(time.perf_counter() - start, 1)}
 
 
@@ -138,6 +142,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the training step (fuses the fake-quant element-wise ops: 2.5x on CPU)")
+    parser.add_argument("--distill", type=float, default=0.0, metavar="ALPHA",
+                        help="QAT and binary fine-tunes: distillation from the float checkpoint (weight ALPHA; 0: off)")
     parser.add_argument("--skip-qat", action="store_true")
     parser.add_argument("--skip-ptq", action="store_true")
     parser.add_argument("--binary-epochs", type=int, default=0, help="fine-tuning epochs of the binary part (0: skip)")

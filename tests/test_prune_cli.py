@@ -108,6 +108,30 @@ def test_agp_needs_and_uses_training(checkpoint, tmp_path, capsys):
     assert s["sparsity"] == pytest.approx(0.5, abs=1e-4)
 
 
+def test_distillation_fine_tunes_against_the_unpruned_model(checkpoint, tmp_path, monkeypatch):
+    from effdl.compress.distill import kd
+    from effdl.train import Trainer
+
+    seen = []
+    real_fit = Trainer.fit
+
+    def fit(trainer):
+        seen.append([cb for cb in trainer.callbacks if isinstance(cb, kd.Distillation)])
+        return real_fit(trainer)
+
+    monkeypatch.setattr(Trainer, "fit", fit)
+    s = run_prune(checkpoint, tmp_path / "kd", "--method", "l1-filter", "--target-macs", "0.5", "--epochs", "1",
+                  "--batch-size", "64", "--train-limit", "128", "--distill", "0.7", "--distill-temperature", "2")
+    (teachers,) = seen
+    (teacher_cb,) = teachers
+    assert (teacher_cb.alpha, teacher_cb.temperature) == (0.7, 2.0)
+    # the teacher is the model before the cut, unchanged by the fine-tune
+    original, _ = load_model(checkpoint)
+    for name, tensor in original.state_dict().items():
+        assert torch.equal(teacher_cb.teacher.state_dict()[name].cpu(), tensor), name
+    assert s["macs_after"] <= 0.5 * s["macs_before"] and s["options"]["distill"] == 0.7
+
+
 @pytest.mark.parametrize("args,message", [
     (["--method", "magnitude", "--sparsity", "1.0"], "sparsity"),
     (["--method", "magnitude", "--sparsity", "-0.5"], "sparsity"),
@@ -116,6 +140,7 @@ def test_agp_needs_and_uses_training(checkpoint, tmp_path, capsys):
     (["--method", "lottery", "--sparsity", "0.5"], "--rewind-to"),
     (["--method", "magnitude", "--sparsity", "0.5", "--layer-ratio", "fc=0.5"], "structured methods"),
     (["--method", "l1-filter", "--sparsity", "0.5", "--layer-ratio", "fc=1.5"], "ratio"),
+    (["--method", "l1-filter", "--sparsity", "0.5", "--distill", "1.5"], "--distill"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(checkpoint, tmp_path, capsys, args, message):
     out = tmp_path / "bad"

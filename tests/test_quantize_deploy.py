@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from effdl.checkpoint import load_model, save_model
-from effdl.compress.quantize import FakeQuantConfig, Int8StaticConfig, calibrate, fold_batchnorm, quantize_
+from effdl.compress.quantize import FakeQuantConfig, Int8StaticConfig, calibrate, fold_batchnorm, is_quantized, quantize_
 from effdl.deploy.int8 import (
     dequantized_float_model,
     export_int8_onnx,
@@ -148,6 +148,26 @@ def test_cli_limit_test_evaluates_a_class_balanced_subset(checkpoint, tmp_path, 
     assert seen and all(torch.bincount(labels, minlength=10).tolist() == [4] * 10 for labels in seen)  # not a prefix
 
 
+def test_cli_qat_can_distill_from_the_float_model(checkpoint, tmp_path, monkeypatch):
+    from effdl.cli import main
+    from effdl.compress.distill import Distillation
+    from effdl.train import Trainer
+
+    teachers = []
+    real_fit = Trainer.fit
+    monkeypatch.setattr(Trainer, "fit", lambda trainer: teachers.extend(
+        cb.teacher for cb in trainer.callbacks if isinstance(cb, Distillation)) or real_fit(trainer))
+    out = tmp_path / "qat-kd"
+    assert main(["quantize", str(checkpoint), "--method", "qat", "--bits", "4", "--epochs", "1", "--batch-size", "64",
+                 "--calibration-images", "64", "--distill", "0.8", "--device", "cpu", "--out", str(out)]) == 0
+    (teacher,) = teachers
+    assert not is_quantized(teacher)  # the float model teaches the quantized one
+    original, _ = load_model(checkpoint)
+    assert all(torch.equal(teacher.state_dict()[k].cpu(), v) for k, v in original.state_dict().items())
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["training"]["distill"] == {"alpha": 0.8, "temperature": 4.0}
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -157,6 +177,8 @@ def test_cli_limit_test_evaluates_a_class_balanced_subset(checkpoint, tmp_path, 
         (["--method", "ptq-int8", "--epochs", "2"], "--epochs fine-tunes"),
         (["--method", "ptq-int8", "--calibration-images", "10"], "at least 64 images"),
         (["--method", "qat", "--override", "fc"], "LAYER=BITS"),
+        (["--method", "qat", "--distill", "0.9"], "give --epochs"),
+        (["--method", "qat", "--epochs", "1", "--distill", "-1"], "--distill must be"),
     ],
 )
 def test_cli_bad_input_is_one_line_and_exit_2(checkpoint, tmp_path, capsys, args, message):

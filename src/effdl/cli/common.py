@@ -50,3 +50,12 @@ def int_list(text: str, what: str, length: int | None = None) -> tuple[int, ...]
         count = f"{length} " if length else ""
         raise EffdlError(f"{what} must be {count}comma-separated positive integers, got '{text}'")
     return values
+
+
+def add_distill_args(p: argparse.ArgumentParser, teacher: str) -> None:
+    """--distill ALPHA and --distill-temperature T, for commands that fine-tune a compressed model."""
+    p.add_argument("--distill", type=float, default=0.0, metavar="ALPHA",
+                   help=f"fine-tune with knowledge distillation from {teacher}, weight ALPHA in (0, 1] "
+                        "(e.g. 0.9); 0: labels only")
+    p.add_argument("--distill-temperature", type=float, default=4.0, metavar="T",
+                   help="softening temperature of the distillation (default 4)")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 
-from effdl.cli.common import add_data_args, add_device_arg, dataset_from_args
+from effdl.cli.common import add_data_args, add_device_arg, add_distill_args, dataset_from_args
 from effdl.compress.prune.pipeline import METHODS, PruneOptions, prune_checkpoint
 
 
@@ -33,10 +33,7 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the fine-tuning step (faster epochs after a compile of a minute or more)")
-    p.add_argument("--distill", type=float, default=0.0, metavar="ALPHA",
-                   help="fine-tune with knowledge distillation from the unpruned model, weight ALPHA in (0, 1] "
-                        "(e.g. 0.9); 0: labels only")
-    p.add_argument("--distill-temperature", type=float, default=4.0, metavar="T")
+    add_distill_args(p, "the unpruned model")
     p.add_argument("--rounds", type=int, default=1, help="magnitude/lottery: iterative prune-retrain rounds")
     p.add_argument("--rewind-to", default=None, help="lottery: early checkpoint of the same run to rewind to")
     p.add_argument("--penalty", type=float, default=1e-4, help="slimming: L1 strength on BN scales")

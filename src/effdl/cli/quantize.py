@@ -13,6 +13,7 @@ the full test split, bit-widths verified against the weights, and the imt2024 sc
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,8 @@ from typing import Any
 import torch
 
 from effdl.checkpoint import load_model, save_model
-from effdl.cli.common import add_data_args, add_device_arg, dataset_from_args
+from effdl.cli.common import add_data_args, add_device_arg, add_distill_args, dataset_from_args
+from effdl.compress.distill import Distillation
 from effdl.compress.quantize import (
     BinaryConnectConfig,
     FakeQuantConfig,
@@ -99,6 +101,7 @@ def register(subparsers) -> None:
                    help="torch.compile the training step: fuses the fake-quant ops (1.5-2.5x on CPU, after a "
                         "compile of a few minutes)")
     p.add_argument("--batch-size", type=int, default=128)
+    add_distill_args(p, "the float model")
     p.add_argument("--limit-test", type=int, default=None, help="evaluate on a balanced subset of N test images (smoke tests)")
     p.add_argument("--out", required=True, help="run directory to write, e.g. runs/r20-int8")
     add_data_args(p)
@@ -147,7 +150,8 @@ def make_config(args: argparse.Namespace):
     return KMeansConfig(4 if args.bits is None else args.bits)
 
 
-def _fine_tune(model, data, args: argparse.Namespace, out: Path, device: torch.device) -> dict[str, Any]:
+def _fine_tune(model, data, args: argparse.Namespace, out: Path, device: torch.device,
+               teacher: torch.nn.Module | None) -> dict[str, Any]:
     from effdl.models import model_spec
     from effdl.train import Trainer, make_config as make_train_config
 
@@ -160,8 +164,12 @@ def _fine_tune(model, data, args: argparse.Namespace, out: Path, device: torch.d
         # (the final evaluation is fp32 either way); 4-bit QAT under bf16 met its target (BENCHMARKS.md).
         "bf16": args.bf16, "compile": args.compile, "progress": False,
     })
-    result = Trainer(model, data, train_config, callbacks=[QuantizationCallback()], run_dir=out).fit()
+    callbacks = [QuantizationCallback()]
+    if teacher is not None:
+        callbacks.append(Distillation(teacher, args.distill, args.distill_temperature))
+    result = Trainer(model, data, train_config, callbacks=callbacks, run_dir=out).fit()
     return {"epochs": args.epochs, "lr": args.lr, "bf16": args.bf16, "compiled": args.compile,
+            "distill": {"alpha": args.distill, "temperature": args.distill_temperature} if teacher is not None else None,
             "time_s": round(result.time_s, 1),
             "train_best_accuracy": result.best_eval_accuracy}
 
@@ -171,6 +179,10 @@ def run(args: argparse.Namespace) -> int:
         raise EffdlError(f"--epochs must be >= 0, got {args.epochs}")
     if args.epochs and args.method not in TRAINABLE:
         raise EffdlError(f"--epochs fine-tunes training methods ({', '.join(TRAINABLE)}), not {args.method}")
+    if not 0 <= args.distill <= 1 or args.distill_temperature <= 0:
+        raise EffdlError("--distill must be in [0, 1] and --distill-temperature > 0")
+    if args.distill and not args.epochs:
+        raise EffdlError("--distill acts during fine-tuning: give --epochs too")
     config = None if args.method == "sensitivity" else make_config(args)
     model, meta = load_model(args.checkpoint)
     data = dataset_from_args(args, meta.get("config"))
@@ -185,6 +197,7 @@ def run(args: argparse.Namespace) -> int:
     if is_quantized(model):
         raise EffdlError(f"{args.checkpoint} is already quantized; quantize the float checkpoint instead")
     source_accuracy = evaluate(model, loader).top1
+    teacher = copy.deepcopy(model).eval() if args.distill else None  # the float model
     if args.method == "ptq-int8":
         fold_batchnorm(model)
     quantize_(model, config)
@@ -196,7 +209,7 @@ def run(args: argparse.Namespace) -> int:
             reestimate_batchnorm(model, images.split(64))
         if needs_calibration:
             calibrate(model, images)
-    training = _fine_tune(model, data, args, out, device) if args.epochs else None
+    training = _fine_tune(model, data, args, out, device, teacher) if args.epochs else None
     model = model.to(device).eval()
     accuracy = evaluate(model, loader)
     summary = {
