@@ -132,6 +132,32 @@ def test_lsq_step_sizes_receive_gradients_and_learn():
     assert torch.allclose(q, q.round(), atol=1e-4) and q.min() >= 0 and q.max() <= 7
 
 
+@pytest.mark.parametrize("bits", [2, 4])
+def test_lsq_steps_start_where_the_quantization_error_is_least(bits):
+    from effdl.compress.quantize.quantizers import LSQAct, LSQWeight
+
+    def error(x, step, qn, qp):  # per row
+        return (torch.round((x / step).clamp(-qn, qp)) * step - x).pow(2).mean(dim=-1)
+
+    torch.manual_seed(0)
+    w = torch.randn(8, 3, 3, 3) * torch.linspace(0.1, 2.0, 8).view(-1, 1, 1, 1)
+    wq = LSQWeight(bits, w)
+    rows, step = w.flatten(1), wq.step.detach().unsqueeze(1)
+    paper_rule = 2 * rows.abs().mean(1, keepdim=True) / max(wq.qp, 1) ** 0.5  # LSQ's initialisation
+    best = error(rows, step, wq.qn, wq.qp)
+    for other in (paper_rule, rows.abs().amax(1, keepdim=True) / max(wq.qp, 1), 0.9 * step, 1.1 * step):
+        assert (best <= error(rows, other, wq.qn, wq.qp) + 1e-9).all()
+
+    x = torch.relu(torch.randn(4, 16, 8, 8))
+    act = LSQAct(bits)
+    act(x)  # the first batch initialises the step
+    qn, qp = act.levels()
+    s = act.step.detach()
+    best = error(x.flatten(), s, qn, qp)
+    for other in (2 * x.abs().mean() / qp**0.5, x.max() / qp, 0.9 * s, 1.1 * s):
+        assert best <= error(x.flatten(), other, qn, qp) + 1e-9
+
+
 @pytest.mark.parametrize("method", ["lsq", "pact", "dorefa"])
 def test_learned_activation_quantizers_trace_as_one_graph_for_torch_compile(method):
     # Reading a flag buffer as a bool splits the compiled graph once per layer (several times slower QAT).
