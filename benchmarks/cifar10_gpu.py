@@ -4,7 +4,9 @@ Recipe: fastnet (ResNet-9-style conv groups, ~2M parameters), the whole dataset 
 uint8, batch 512, SGD Nesterov with a triangular one-cycle schedule, label smoothing 0.2, bf16
 autocast, channels_last, torch.compile, flip TTA at evaluation. Time counts training steps only
 (evaluation after each epoch is excluded, as in the public airbench record of ~2.6-3.1 s on an
-A100); the run stops at the first epoch whose test accuracy reaches the target.
+A100); the run stops at the first epoch whose test accuracy reaches the target. The first epoch
+includes the compile, so the JSON also gives each epoch's time. 94% is a figure for the lossless
+CIFAR-10; the JPEG copy of ../shared/data tops out lower (BENCHMARKS.md): pass --target to match.
 
     EFFDL_DATA=.devdata python benchmarks/cifar10_gpu.py --epochs 16 --target 0.94
 """
@@ -26,10 +28,12 @@ class StopAtTarget(Callback):
     def __init__(self, target: float):
         self.target = target
         self.train_seconds = 0.0
+        self.epoch_seconds: list[float] = []
         self.reached_at: tuple[int, float] | None = None
 
     def on_epoch_end(self, trainer, epoch, metrics):
         self.train_seconds += metrics["train_time_s"]
+        self.epoch_seconds.append(round(metrics["train_time_s"], 2))
         if self.reached_at is None and metrics["eval_acc"] >= self.target:
             self.reached_at = (epoch + 1, self.train_seconds)
             trainer.config = trainer.config.model_copy(update={"epochs": epoch + 1})  # stop here
@@ -68,6 +72,9 @@ def main() -> None:
         "epochs_to_target": stop.reached_at[0] if stop.reached_at else None,
         "train_seconds_to_target": round(stop.reached_at[1], 2) if stop.reached_at else None,
         "final_test_accuracy": result.accuracy, "train_seconds_total": round(stop.train_seconds, 2),
+        # the first epoch includes torch.compile's compilation; records like airbench's exclude it
+        "epoch_seconds": stop.epoch_seconds,
+        "train_seconds_after_first_epoch": round(sum(stop.epoch_seconds[1:]), 2),
         "public_record_a100_s": "2.6-3.1 (airbench)",
     })
 
