@@ -134,14 +134,14 @@ def test_cli_ptq_int8_writes_a_reloadable_run(checkpoint, tmp_path, capsys):
     assert '"method": "ptq-int8"' in capsys.readouterr().out
 
 
-def test_cli_limit_test_evaluates_a_class_balanced_subset(checkpoint, tmp_path, monkeypatch):
+def test_cli_test_limit_evaluates_a_class_balanced_subset(checkpoint, tmp_path, monkeypatch):
     from effdl.cli import main
     from effdl.cli import quantize as quantize_cli
     from effdl.measure import evaluate
 
     seen = []
     monkeypatch.setattr(quantize_cli, "evaluate", lambda m, loader, **kw: seen.append(loader.labels) or evaluate(m, loader))
-    assert main(["quantize", str(checkpoint), "--method", "ptq-fp16", "--limit-test", "40", "--device", "cpu",
+    assert main(["quantize", str(checkpoint), "--method", "ptq-fp16", "--test-limit", "40", "--device", "cpu",
                  "--out", str(tmp_path / "fp16")]) == 0
     summary = json.loads((tmp_path / "fp16" / "summary.json").read_text())
     assert summary["total"] == 40

@@ -102,7 +102,7 @@ def register(subparsers) -> None:
                         "compile of a few minutes)")
     p.add_argument("--batch-size", type=int, default=128)
     add_distill_args(p, "the float model")
-    p.add_argument("--limit-test", type=int, default=None, help="evaluate on a balanced subset of N test images (smoke tests)")
+    p.add_argument("--test-limit", type=int, default=None, help="evaluate on a balanced subset of N test images (smoke tests)")
     p.add_argument("--out", required=True, help="run directory to write, e.g. runs/r20-int8")
     add_data_args(p)
     add_device_arg(p)
@@ -190,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
     model = model.to(device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    loader = BatchLoader.for_split(limited(data, None, args.limit_test), "test", batch_size=256, device=device)
+    loader = BatchLoader.for_split(limited(data, None, args.test_limit), "test", batch_size=256, device=device)
     if args.method == "sensitivity":
         return _sensitivity(model, loader, args, out)
 
