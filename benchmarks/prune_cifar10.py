@@ -163,8 +163,8 @@ def main() -> None:
     parser.add_argument("--skip-alignment", action="store_true", help="skip part 3")
     args = parser.parse_args()
 
-    result: dict = {"epochs": args.epochs, "distill": args.distill, "limit_train": args.limit_train, "limit_test": args.limit_test,
-                    "load_before": os.getloadavg()[0]}
+    result: dict = {"epochs": args.epochs, "distill": args.distill, "limit_train": args.limit_train,
+                    "limit_test": args.limit_test, "load_before": os.getloadavg()[0]}
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         if args.checkpoint or args.unstructured_checkpoint:

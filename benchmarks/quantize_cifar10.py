@@ -105,9 +105,10 @@ def fine_tune_quantized(model, data, loader, images, config, epochs: int, args, 
         callbacks.append(Distillation(model, args.distill))
     Trainer(q, data, train_config, callbacks=callbacks).fit()
     q = q.eval()
-    verify_model_bits(q.cpu())
-    return {"accuracy_before_training": before, "accuracy": evaluate(q.to(device), loader).top1,
-            "accuracy_per_epoch": epochs_log.accuracies, "epochs": epochs, "distill": args.distill, "bf16_training": args.bf16, "compiled": args.compile,
+    verify_model_bits(q)
+    return {"accuracy_before_training": before, "accuracy": evaluate(q, loader).top1,
+            "accuracy_per_epoch": epochs_log.accuracies, "epochs": epochs, "distill": args.distill,
+            "bf16_training": args.bf16, "compiled": args.compile,
             "train_time_s": round(time.perf_counter() - start, 1)}
 
 

@@ -13,7 +13,6 @@ the full test split, bit-widths verified against the weights, and the imt2024 sc
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ import torch
 
 from effdl.checkpoint import load_model, save_model
 from effdl.cli.common import add_data_args, add_device_arg, add_distill_args, dataset_from_args
-from effdl.compress.distill import Distillation
+from effdl.compress.distill import Distillation, check_distill_options
 from effdl.compress.quantize import (
     BinaryConnectConfig,
     FakeQuantConfig,
@@ -151,7 +150,7 @@ def make_config(args: argparse.Namespace):
 
 
 def _fine_tune(model, data, args: argparse.Namespace, out: Path, device: torch.device,
-               teacher: torch.nn.Module | None) -> dict[str, Any]:
+               distillation: Distillation | None) -> dict[str, Any]:
     from effdl.models import model_spec
     from effdl.train import Trainer, make_config as make_train_config
 
@@ -164,12 +163,10 @@ def _fine_tune(model, data, args: argparse.Namespace, out: Path, device: torch.d
         # (the final evaluation is fp32 either way); 4-bit QAT under bf16 met its target (BENCHMARKS.md).
         "bf16": args.bf16, "compile": args.compile, "progress": False,
     })
-    callbacks = [QuantizationCallback()]
-    if teacher is not None:
-        callbacks.append(Distillation(teacher, args.distill, args.distill_temperature))
+    callbacks = [QuantizationCallback()] + ([distillation] if distillation is not None else [])
     result = Trainer(model, data, train_config, callbacks=callbacks, run_dir=out).fit()
     return {"epochs": args.epochs, "lr": args.lr, "bf16": args.bf16, "compiled": args.compile,
-            "distill": {"alpha": args.distill, "temperature": args.distill_temperature} if teacher is not None else None,
+            "distill": {"alpha": args.distill, "temperature": args.distill_temperature} if distillation is not None else None,
             "time_s": round(result.time_s, 1),
             "train_best_accuracy": result.best_eval_accuracy}
 
@@ -179,8 +176,7 @@ def run(args: argparse.Namespace) -> int:
         raise EffdlError(f"--epochs must be >= 0, got {args.epochs}")
     if args.epochs and args.method not in TRAINABLE:
         raise EffdlError(f"--epochs fine-tunes training methods ({', '.join(TRAINABLE)}), not {args.method}")
-    if not 0 <= args.distill <= 1 or args.distill_temperature <= 0:
-        raise EffdlError("--distill must be in [0, 1] and --distill-temperature > 0")
+    check_distill_options(args.distill, args.distill_temperature)
     if args.distill and not args.epochs:
         raise EffdlError("--distill acts during fine-tuning: give --epochs too")
     config = None if args.method == "sensitivity" else make_config(args)
@@ -197,7 +193,8 @@ def run(args: argparse.Namespace) -> int:
     if is_quantized(model):
         raise EffdlError(f"{args.checkpoint} is already quantized; quantize the float checkpoint instead")
     source_accuracy = evaluate(model, loader).top1
-    teacher = copy.deepcopy(model).eval() if args.distill else None  # the float model
+    # Made before quantize_ changes the model in place: the callback copies the float model as teacher.
+    distillation = Distillation(model, args.distill, args.distill_temperature) if args.distill else None
     if args.method == "ptq-int8":
         fold_batchnorm(model)
     quantize_(model, config)
@@ -209,7 +206,7 @@ def run(args: argparse.Namespace) -> int:
             reestimate_batchnorm(model, images.split(64))
         if needs_calibration:
             calibrate(model, images)
-    training = _fine_tune(model, data, args, out, device, teacher) if args.epochs else None
+    training = _fine_tune(model, data, args, out, device, distillation) if args.epochs else None
     model = model.to(device).eval()
     accuracy = evaluate(model, loader)
     summary = {

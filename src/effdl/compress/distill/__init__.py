@@ -4,6 +4,6 @@
 can learn from the uncompressed model as well as from the labels.
 """
 
-from effdl.compress.distill.kd import Distillation, kd_loss
+from effdl.compress.distill.kd import Distillation, check_distill_options, kd_loss
 
-__all__ = ["Distillation", "kd_loss"]
+__all__ = ["Distillation", "check_distill_options", "kd_loss"]

@@ -20,6 +20,12 @@ if TYPE_CHECKING:
     from effdl.train.trainer import Trainer
 
 
+def check_distill_options(alpha: float, temperature: float) -> None:
+    """The command-line check: a distillation weight in [0, 1] (0: off) and a positive temperature."""
+    if not 0 <= alpha <= 1 or temperature <= 0:
+        raise EffdlError("--distill must be in [0, 1] and --distill-temperature > 0")
+
+
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 4.0) -> torch.Tensor:
     """T^2 * KL(teacher || student) between temperature-softened distributions, averaged over the batch."""
     if temperature <= 0:
@@ -33,9 +39,10 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
 class Distillation(Callback):
     """Trainer callback: mixes the label loss with `kd_loss` against a frozen teacher on the same images.
 
-    The teacher is copied (the caller's model is never moved or changed), put in eval mode, and
-    run without gradients on each augmented training batch, under the trainer's autocast and, when
-    the trainer compiles its step, compiled too.
+    The teacher is copied when the callback is made (the caller's model is never moved, and may be
+    compressed in place afterwards), put in eval mode, and run without gradients on each augmented
+    training batch, under the trainer's autocast and, when the trainer compiles its step, compiled
+    too. One callback can serve several fine-tunes (iterative pruning rounds).
     """
 
     def __init__(self, teacher: nn.Module, alpha: float = 0.9, temperature: float = 4.0):

@@ -9,7 +9,6 @@ parameters come from the counting engine, accuracy from the full test split.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ import torch
 from torch import nn
 
 from effdl.checkpoint import load_model, read_checkpoint, save_model, split_namespace
-from effdl.compress.distill import Distillation
+from effdl.compress.distill import Distillation, check_distill_options
 from effdl.compress.prune.schedules import AGPCallback, iterative_pruning, lottery_ticket
 from effdl.compress.prune.selection import check_fraction
 from effdl.compress.prune.sensitivity import sensitivity_scan
@@ -86,8 +85,7 @@ class PruneOptions:
             raise EffdlError("--target-macs applies to structured methods (l1-filter, l2-filter, slimming, thinet)")
         if self.scope not in (None, "global", "layer"):
             raise EffdlError(f"unknown scope '{self.scope}'; use global or layer")
-        if not 0 <= self.distill <= 1 or self.distill_temperature <= 0:
-            raise EffdlError("--distill must be in [0, 1] and --distill-temperature > 0")
+        check_distill_options(self.distill, self.distill_temperature)
         if self.epochs < 0 or self.rounds < 1 or self.penalty_epochs < 0:
             raise EffdlError("--epochs and --penalty-epochs must be >= 0 and --rounds >= 1")
         if self.method == "agp" and self.epochs < 1:
@@ -121,7 +119,7 @@ class _FineTuner:
     """Fine-tunes with the trainer, from the checkpoint's own training config where it has one."""
 
     def __init__(self, data: ImageDataset, options: PruneOptions, train_config: dict[str, Any], model_name: str,
-                 teacher: nn.Module | None = None):
+                 distillation: Distillation | None = None):
         from effdl.train import make_config
 
         base = {k: v for k, v in train_config.items() if k not in ("name", "out_dir", "subset", "subset_per_class",
@@ -133,16 +131,15 @@ class _FineTuner:
             "device": options.device, "seed": options.seed, "compile": options.compile,
         }, source="fine-tuning options")
         self.results: list[dict[str, Any]] = []
-        self.teacher = teacher if options.distill > 0 else None
-        self.distill = (options.distill, options.distill_temperature)
+        self.distillation = distillation
 
     def __call__(self, model: nn.Module, epochs: int, callbacks: list) -> nn.Module:
         from effdl.train import Trainer
 
         if epochs < 1:
             return model
-        if self.teacher is not None:
-            callbacks = [*callbacks, Distillation(self.teacher, *self.distill)]
+        if self.distillation is not None:
+            callbacks = [*callbacks, self.distillation]
         trainer = Trainer(model, self.data, self.config(epochs), callbacks=callbacks)
         result = trainer.fit()
         self.results.append({"epochs": epochs, "accuracy": result.accuracy, "time_s": result.time_s})
@@ -190,8 +187,9 @@ def prune_checkpoint(
     torch.manual_seed(options.seed)
 
     before = _measure(model, data, device)
-    teacher = copy.deepcopy(model).eval() if options.distill > 0 else None  # the unpruned model
-    finetune = _FineTuner(data, options, train_config, meta["spec"]["name"], teacher)
+    # Made before any pruning: the callback keeps its own copy of the unpruned model as the teacher.
+    distillation = Distillation(model, options.distill, options.distill_temperature) if options.distill else None
+    finetune = _FineTuner(data, options, train_config, meta["spec"]["name"], distillation)
     scope = options.scope or ("layer" if options.method in STRUCTURED else "global")
     selection = {"include": options.include or None, "exclude": options.exclude or None}
     details: dict[str, Any] = {}
