@@ -40,6 +40,8 @@ def test_magnitude_with_fine_tuning_writes_a_sparse_run(checkpoint, tmp_path, ca
     assert s["macs_after"] == s["macs_before"] and s["params_after"] == s["params_before"]
     assert s["size_bytes_after"] < s["size_bytes_before"]
     assert s["total"] == 256 and len(s["finetune"]) == 1
+    per_epoch = s["finetune"][0]["accuracy_per_epoch"]  # one test accuracy per fine-tuning epoch
+    assert len(per_epoch) == 1 and 0 <= per_epoch[0] <= 1
     assert meta["prune"]["method"] == "magnitude"
     out = capsys.readouterr().out
     assert "not dense latency" in out and "sparsity" in out
