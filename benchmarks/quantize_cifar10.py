@@ -5,7 +5,8 @@
    percentile and mse calibration: accuracy drop (target <= 0.5 point). The minmax model is also
    exported as QDQ int8 ONNX and evaluated in ONNX Runtime (target: within 0.3 point of PyTorch).
 2. QAT (LSQ) at 4 and 2 bits for weights and activations, first/last layer at 8 bits, fine-tuned
-   for --epochs: accuracy drop (targets <= 1 and <= 3 points, given enough epochs).
+   for --epochs: accuracy drop (targets <= 1 and <= 3 points, given enough epochs). Measured on a
+   resnet20 (BENCHMARKS.md): 4 bits meet theirs in 4 epochs; 2 bits need --distill 0.9 and 24.
 3. Binary weights (--binary-method xnor: BWN, sign x per-channel mean|w|; or binaryconnect), first and
    last layer kept in float, activations in float, fine-tuned from --checkpoint for --binary-epochs
    (target: at least 85%, given enough epochs). Skipped when --binary-epochs is 0.
