@@ -48,12 +48,8 @@ def write_result(name: str, result: dict) -> Path:
 
 
 class EpochLog(Callback):
-    """Prints one line per training epoch (benchmarks run without a progress bar) and keeps the accuracies."""
-
-    def __init__(self) -> None:
-        self.accuracies: list[float] = []
+    """Prints one line per training epoch (benchmarks run without a progress bar)."""
 
     def on_epoch_end(self, trainer, epoch, metrics) -> None:
-        self.accuracies.append(round(metrics["eval_acc"], 4))
         print(f"epoch {epoch + 1}: test accuracy {metrics['eval_acc']:.4f}, {metrics['images_per_s']:.0f} images/s, "
               f"{metrics['train_time_s']:.1f} s", flush=True)

@@ -95,20 +95,20 @@ def fine_tune_quantized(model, data, loader, images, config, epochs: int, args, 
         loader = BatchLoader.for_split(data, "test", batch_size=1000, device=device)
         q = q.to(device)
     before = evaluate(q, loader).top1
-    epochs_log = EpochLog()
     train_config = make_config({"epochs": epochs, "lr": args.lr, "batch_size": args.batch_size, "schedule": "cosine",
                                 "device": args.device, "bf16": args.bf16, "compile": args.compile,
                                 "progress": False,
                                 "model": (model_spec(model) or {}).get("name", "resnet20")})
     start = time.perf_counter()
-    callbacks = [QuantizationCallback(), epochs_log]
+    callbacks = [QuantizationCallback(), EpochLog()]
     if args.distill:  # the float checkpoint teaches its quantized copy
         callbacks.append(Distillation(model, args.distill))
-    Trainer(q, data, train_config, callbacks=callbacks).fit()
+    trainer = Trainer(q, data, train_config, callbacks=callbacks)
+    trainer.fit()
     q = q.eval()
     verify_model_bits(q)
     return {"accuracy_before_training": before, "accuracy": evaluate(q, loader).top1,
-            "accuracy_per_epoch": epochs_log.accuracies, "epochs": epochs, "distill": args.distill,
+            "accuracy_per_epoch": [round(m["eval_acc"], 4) for m in trainer.history], "epochs": epochs, "distill": args.distill,
             "bf16_training": args.bf16, "compiled": args.compile,
             "train_time_s": round(time.perf_counter() - start, 1)}
 

@@ -23,12 +23,14 @@ def small_model():
 
 def test_training_learns_and_writes_a_complete_run_dir(synthetic, tmp_path):
     config = quick_config(epochs=4, lr=0.1)
-    result = Trainer(small_model(), synthetic, config, run_dir=tmp_path / "run").fit()
+    trainer = Trainer(small_model(), synthetic, config, run_dir=tmp_path / "run")
+    result = trainer.fit()
     run = tmp_path / "run"
     assert {p.name for p in run.iterdir()} >= {"config.yaml", "metrics.jsonl", "best.safetensors",
                                                "last.safetensors", "summary.json"}
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == [1, 2, 3, 4]
+    assert trainer.history == metrics  # the same per-epoch record, in memory
     assert metrics[-1]["train_loss"] < metrics[0]["train_loss"]
     assert result.accuracy > 0.3  # chance is 0.1 on the 10-class synthetic set
     summary = json.loads((run / "summary.json").read_text())

@@ -142,6 +142,7 @@ class Trainer:
         self.epoch = 0  # the epoch in progress (0-based)
         self.step = 0  # optimizer steps taken so far
         self.best_accuracy = -1.0
+        self.history: list[dict[str, Any]] = []  # each epoch's logged metrics, for the epochs this object ran
         self._epoch_start_rng: torch.Tensor | None = None
         self._skip_batches = 0
         self._tensorboard = None
@@ -310,6 +311,7 @@ class Trainer:
             self._tensorboard = SummaryWriter(str(self.run_dir / "tensorboard"))
 
     def _log(self, metrics: dict[str, Any]) -> None:
+        self.history.append(metrics)
         if self.run_dir is None:
             return
         with open(self.run_dir / "metrics.jsonl", "a") as f:

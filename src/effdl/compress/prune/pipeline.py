@@ -31,7 +31,6 @@ from effdl.device import resolve_device
 from effdl.errors import EffdlError, unknown_name_error
 from effdl.measure.accuracy import Accuracy, evaluate
 from effdl.measure.counting import profile
-from effdl.train.callbacks import Callback
 
 UNSTRUCTURED = ("magnitude", "agp", "lottery")
 STRUCTURED = {"l1-filter": "l1", "l2-filter": "l2", "slimming": "bn-scale", "thinet": "thinet"}
@@ -141,23 +140,12 @@ class _FineTuner:
             return model
         if self.distillation is not None:
             callbacks = [*callbacks, self.distillation]
-        per_epoch = _EpochAccuracies()
-        trainer = Trainer(model, self.data, self.config(epochs), callbacks=[*callbacks, per_epoch])
+        trainer = Trainer(model, self.data, self.config(epochs), callbacks=callbacks)
         result = trainer.fit()
+        # Each epoch's test accuracy shows whether the fine-tune stopped while still improving.
         self.results.append({"epochs": epochs, "accuracy": result.accuracy, "time_s": result.time_s,
-                             "accuracy_per_epoch": per_epoch.accuracies})
+                             "accuracy_per_epoch": [round(m["eval_acc"], 4) for m in trainer.history]})
         return trainer.model
-
-
-class _EpochAccuracies(Callback):
-    """Keeps each fine-tuning epoch's test accuracy (the trainer's per-epoch evaluation), so the
-    summary shows whether accuracy was still rising when the fine-tune stopped."""
-
-    def __init__(self) -> None:
-        self.accuracies: list[float] = []
-
-    def on_epoch_end(self, trainer, epoch: int, metrics: dict[str, Any]) -> None:
-        self.accuracies.append(round(metrics["eval_acc"], 4))
 
 
 def _calibration(data: ImageDataset, batches: int, device: torch.device) -> list[torch.Tensor]:
