@@ -22,7 +22,7 @@ from torch import nn
 
 from effdl.errors import EffdlError
 from effdl.fileio import atomic_write
-from effdl.models.registry import create_model, model_spec
+from effdl.models.registry import DEFAULT_INPUT_SIZE, create_model, data_meta, model_spec
 from effdl.models.transforms import model_transforms, replay_transforms
 
 FORMAT_VERSION = 1
@@ -71,14 +71,18 @@ def with_namespace(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, t
 
 
 def model_meta(model: nn.Module) -> dict[str, Any]:
-    """The architecture part of a checkpoint's metadata: spec and structural transforms."""
+    """The architecture part of a checkpoint's metadata: spec, structural transforms and, when the
+    model records it, the data it was trained for (`effdl.models.registry.data_meta`)."""
     spec = model_spec(model)
     if spec is None:
         raise EffdlError(
             "this model was not built by effdl.create_model, so a checkpoint could not rebuild it; "
             "build it with create_model (or register its factory with register_model)"
         )
-    return {"spec": spec, "transforms": model_transforms(model)}
+    meta = {"spec": spec, "transforms": model_transforms(model)}
+    if data_meta(model) is not None:
+        meta["data"] = data_meta(model)
+    return meta
 
 
 def save_model(
@@ -103,7 +107,32 @@ def build_model(meta: dict[str, Any]) -> nn.Module:
     if not spec:
         raise EffdlError("checkpoint has no architecture spec")
     model = create_model(spec["name"], **spec.get("kwargs", {}))
-    return replay_transforms(model, meta.get("transforms", []))
+    model = replay_transforms(model, meta.get("transforms", []))
+    data = checkpoint_data_meta(meta)
+    if data is not None:
+        model.effdl_data = data
+    return model
+
+
+_LEGACY_DATASETS = {"cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+                    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))}
+
+
+def checkpoint_data_meta(meta: dict[str, Any]) -> dict[str, Any] | None:
+    """The data a checkpoint's model was trained for (see `effdl.models.registry.data_meta`).
+
+    Checkpoints written before the data record existed get it from their run config when the
+    dataset's shape is known without reading it (CIFAR-10/100: 3x32x32 and the published
+    normalisation); otherwise None.
+    """
+    if meta.get("data"):
+        return dict(meta["data"])
+    dataset = (meta.get("config") or {}).get("dataset")
+    if dataset not in _LEGACY_DATASETS:
+        return None
+    mean, std = _LEGACY_DATASETS[dataset]
+    return {"dataset": dataset, "input_size": list(DEFAULT_INPUT_SIZE), "mean": list(mean), "std": list(std),
+            "classes": None, "resize": None}
 
 
 def load_model(path: str | Path, *, namespace: str = "model") -> tuple[nn.Module, dict[str, Any]]:

@@ -61,6 +61,13 @@ class ImageDataset:
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.train_images.shape[1:])
 
+    def data_meta(self) -> dict:
+        """What a model trained on this dataset records about it (`effdl.models.registry.data_meta`)."""
+        return {
+            "dataset": self.name, "input_size": list(self.image_shape), "mean": [float(v) for v in self.mean],
+            "std": [float(v) for v in self.std], "classes": list(self.classes), "resize": self.info.get("resize"),
+        }
+
 
 @dataclass(frozen=True)
 class CifarSpec:

@@ -3,6 +3,10 @@
 Factories are registered with `@register_model`. A model built here remembers how it was built
 (`model.effdl_spec = {"name": ..., "kwargs": {...}}`) so that checkpoints can rebuild it.
 Names with a `tv:` prefix build torchvision classification models (see `torchvision_models.py`).
+
+A trained model also remembers the data it was trained for (`model.effdl_data`, see `data_meta`):
+input shape, normalisation and class names, so every command measures, exports and evaluates it
+at its own size and deployed copies can be fed correctly.
 """
 
 from __future__ import annotations
@@ -66,3 +70,25 @@ def create_model(name: str, num_classes: int = 10, **kwargs: Any) -> nn.Module:
 def model_spec(model: nn.Module) -> dict[str, Any] | None:
     """How `model` was built ({"name", "kwargs"}), or None if not built by `create_model`."""
     return getattr(model, "effdl_spec", None)
+
+
+DEFAULT_INPUT_SIZE = (3, 32, 32)  # C, H, W of CIFAR images: the size of a model that records none
+
+
+def data_meta(model: nn.Module) -> dict[str, Any] | None:
+    """The data `model` was trained for, or None if it records none.
+
+    A dict with keys "dataset" (name as passed to load_dataset), "input_size" ([C, H, W] of one
+    normalised input), "mean" and "std" (per channel, of pixel values scaled to [0, 1]),
+    "classes" (names, in label order) and "resize" (how images of other sizes were brought to
+    input_size: "crop" = shorter side resized then centre-cropped, "stretch", or None when the
+    dataset's images all had that size). Set by the trainer, saved in and restored from checkpoints.
+    """
+    return getattr(model, "effdl_data", None)
+
+
+def model_input_size(model: nn.Module, default: tuple[int, ...] = DEFAULT_INPUT_SIZE) -> tuple[int, ...]:
+    """(C, H, W) of one input of `model`: the recorded training input size, else `default`."""
+    meta = data_meta(model)
+    size = meta.get("input_size") if meta else None
+    return tuple(int(v) for v in size) if size else tuple(default)

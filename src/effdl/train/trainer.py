@@ -112,6 +112,7 @@ class Trainer:
             torch.set_num_threads(config.threads)
         torch.manual_seed(config.seed)
 
+        model.effdl_data = data.data_meta()  # saved with every checkpoint: input size, normalisation, classes
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         self.model = model.to(self.device, memory_format=memory_format)
         self.train_loader = BatchLoader.for_split(
@@ -394,7 +395,7 @@ class Trainer:
 
 def _bare(model: nn.Module, original: nn.Module) -> nn.Module:
     """The model to save: carries the original's spec/transforms (EMA copies and compiles may not)."""
-    for attr in ("effdl_spec", "effdl_transforms"):
+    for attr in ("effdl_spec", "effdl_transforms", "effdl_data"):
         if hasattr(original, attr):
             setattr(model, attr, getattr(original, attr))
     return model
