@@ -1,4 +1,4 @@
-"""The model zoo: every model builds and runs on CIFAR-sized input, with the published sizes."""
+"""The model zoo: every model builds and runs on CIFAR-sized and larger or non-square input, with the published sizes."""
 
 from __future__ import annotations
 
@@ -51,6 +51,40 @@ def test_every_model_runs_on_cifar_input_and_uses_each_layer_once(name):
     wrong = [n for n, m in leaf_modules(model) if calls[id(m)] != 1]
     assert not wrong, f"modules not called exactly once: {wrong[:5]}"
     assert model_spec(model)["name"] == name
+
+
+# Width multipliers for the models too slow at full width on a 2-core CPU (about 1 s each there);
+# widths change channel counts only, not how a model handles the input's height and width.
+NARROW_FOR_SIZES = {n: 0.25 for n in ("wrn_28_10", "wrn_40_4", "resnet34", "resnet50", "preact_resnet34",
+                                      "densenet121", "resnext29", "resnext29_2x64d", "resnext29_32x4d")}
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_model_runs_at_any_input_size_from_32(name):
+    kwargs = {**SMALL_KWARGS.get(name, {}), "width": NARROW_FOR_SIZES.get(name, 1.0)}
+    for num_classes in (10, 200):
+        model = create_model(name, num_classes=num_classes, **kwargs).eval()
+        with torch.no_grad():
+            for height, width in ((32, 32), (64, 64), (48, 80)):
+                out = model(torch.randn(2, 3, height, width))
+                assert out.shape == (2, num_classes), (height, width)
+                assert torch.isfinite(out).all()
+
+
+def test_vgg_global_pool_keeps_the_cifar_counts_and_scales_with_the_input():
+    from effdl.measure import profile
+
+    model = create_model("vgg16").eval()
+    at32 = profile(model, (1, 3, 32, 32))
+    assert at32.params == pytest.approx(14.72e6, rel=1e-3)  # the CIFAR VGG16 (no conv bias), 10 classes
+    assert at32.macs == pytest.approx(313.2e6, rel=1e-3)  # the 0.31 GMACs usually quoted for it
+    without_pool = create_model("vgg16").eval()
+    without_pool.pool = nn.Identity()  # the model before any input size but 32x32 was supported
+    before = profile(without_pool, (1, 3, 32, 32))
+    assert (at32.params, at32.macs, at32.mults, at32.adds) == (before.params, before.macs, before.mults, before.adds)
+    # At 64x64 every convolution does 4x the work; the 512 -> 10 classifier stays the same.
+    classifier_macs = 512 * 10
+    assert profile(model, (1, 3, 64, 64)).macs == 4 * (at32.macs - classifier_macs) + classifier_macs
 
 
 @pytest.mark.parametrize("name", list_models())

@@ -1,9 +1,12 @@
-"""VGG with BatchNorm for 32x32 inputs (Simonyan & Zisserman, CIFAR variant).
+"""VGG with BatchNorm, CIFAR variant (Simonyan & Zisserman), for any input from 32x32 up.
 
-Conv3x3-BN-ReLU stacks separated by 2x2 max-pools; after five pools the 32x32 input is 1x1x512,
+Conv3x3-BN-ReLU stacks separated by 2x2 max-pools; after five pools a 32x32 input is 1x1x512,
 so the classifier is a single 512 -> num_classes linear layer (the common CIFAR adaptation; vgg16
-has about 14.7M parameters for 10 classes). Convolutions have no bias: the BatchNorm after each
-one makes it redundant. `width` multiplies every channel count.
+has about 14.7M parameters for 10 classes). Larger or non-square inputs leave a bigger map, which a
+global max-pool reduces to 1x1 first: one more max-pool, in VGG's own style, and a no-op that
+counts zero operations at 32x32 (so parameters, MACs and scores there are those of the CIFAR
+model). Convolutions have no bias: the BatchNorm after each one makes it redundant. `width`
+multiplies every channel count.
 """
 
 from __future__ import annotations
@@ -42,11 +45,12 @@ class VGG(nn.Module):
             ]
             in_channels = out_channels
         self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveMaxPool2d(1)
         self.flatten = nn.Flatten()
         self.classifier = nn.Linear(in_channels, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.flatten(self.features(x)))
+        return self.classifier(self.flatten(self.pool(self.features(x))))
 
 
 def _register_vgg(name: str) -> None:
