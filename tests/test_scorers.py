@@ -39,7 +39,7 @@ class TinyNet(nn.Module):
         return self.fc(torch.flatten(self.pool(self.relu(self.bn(self.conv(x)))), 1))
 
 
-TINY_INPUT = (3, 8, 8)
+TINY_INPUT = (1, 3, 8, 8)
 
 
 class Quant4Conv(nn.Conv2d):

@@ -136,7 +136,8 @@ def foldable_batchnorms(layers: list[LayerRecord]) -> dict[int, int]:
     for i, record in enumerate(layers):
         if record.kind == "bn" and len(record.sources) == 1:
             source = record.sources[0]
-            if source >= 0 and layers[source].kind in WEIGHTED_KINDS and consumers[source] == 1:
+            if (source >= 0 and layers[source].kind in WEIGHTED_KINDS and layers[source].weight_numel
+                    and consumers[source] == 1):
                 folds[i] = source
     return folds
 
@@ -147,6 +148,12 @@ def _micronet(prof: ModelProfile, freebie: bool) -> tuple[list[Contribution], li
     Additions always cost 32/32: every add in these graphs reads a 32-bit accumulator or a
     dequantized output. Multiplies cost (largest input bits)/32, and a binary weight times a value
     with a stand-alone sign bit (a float, or a 1-bit sign activation) costs 1/32.
+
+    A product with a weight operand (conv of any dimension or transposed, linear, a matmul-family
+    call with a parameter on either side) multiplies only its non-zero weights:
+    MACs x non-zeros / weight elements multiplies, one add fewer than multiplies per output
+    element, plus one per output element for a bias. Products of two activations (attention) and
+    every other operation use the dense counts of the profile.
     """
     layers = prof.layers
     low = [r.name for r in layers
@@ -189,9 +196,8 @@ def _micronet(prof: ModelProfile, freebie: bool) -> tuple[list[Contribution], li
                 params[i] += 2 * channels * bn_bits / 32
                 ops[i] = r.mults * act / 32 + r.adds
             continue
-        if r.kind in WEIGHTED_KINDS:
-            positions = r.out_elems // r.weight_shape[0]
-            mults = r.weight_nonzero * positions  # = out_elems * L * (1 - sparsity)
+        if r.kind in WEIGHTED_KINDS and r.weight_numel:
+            mults = r.sparse_mults  # = out_elems * L * (1 - sparsity) for a convolution
             has_bias = r.has_bias or i in folded_bias
             adds = max(mults - r.out_elems, 0) + (r.out_elems if has_bias else 0)
             w_bits = bits(r.weight_bits)
@@ -216,6 +222,9 @@ def _imt2021(prof: ModelProfile, freebie: bool) -> tuple[list[Contribution], lis
     Ops per output element: conv (k*k*Cin*q + k*k*Cin - 1)/groups (+1 with bias); linear
     in*q + in - 1 (+1 with bias); BN 3; any activation 1; avg-pool (k*k - 1) + 1; max-pool k*k - 1;
     element-wise add/mul 1; concatenation, flatten and permutations are data movement (0).
+    Other products (transposed convolutions, matmul-family calls, attention): MACs x q plus every
+    other multiply and add of the profile at full cost (for a matmul: K*q + K - 1 per output).
+    q = max(weight bits, activation bits)/32, the activation bits alone for a product of activations.
     """
     layers = prof.layers
     params = [0.0] * len(layers)
@@ -229,15 +238,13 @@ def _imt2021(prof: ModelProfile, freebie: bool) -> tuple[list[Contribution], lis
     ops = [0.0] * len(layers)
     for i, r in enumerate(layers):
         n = r.out_elems
-        if r.kind in WEIGHTED_KINDS or r.kind == "matmul":
+        if r.macs:
             q = max(r.weight_bits or r.act_bits, r.act_bits) / 32
-            if r.kind == "conv":
+            if r.kind == "conv" and not r.transposed and r.weight_shape:
                 dot = r.weight_shape[1] * r.groups * math.prod(r.weight_shape[2:])  # k*k*Cin
-                per_output = (dot * q + dot - 1) / r.groups
+                ops[i] = n * ((dot * q + dot - 1) / r.groups + (1 if r.has_bias else 0))
             else:
-                dot = r.macs // max(n, 1)
-                per_output = dot * q + dot - 1
-            ops[i] = n * (per_output + (1 if r.has_bias else 0))
+                ops[i] = r.macs * q + (r.mults - r.macs) + r.adds
         elif r.kind == "bn":
             ops[i] = 3 * n
         elif r.kind in ("avgpool", "global_avgpool"):
@@ -289,11 +296,14 @@ def score(
     model_or_profile: nn.Module | ModelProfile,
     scorer: str,
     track: str | None = None,
-    input_size: tuple[int, ...] = (1, 3, 32, 32),
+    input_size: tuple[int, ...] | None = None,
     *,
     freebie: bool = True,
 ) -> ScoreResult:
     """Score a model (profiled on `input_size`) or an existing profile under `scorer`'s `track`.
+
+    `input_size` is `profile`'s: the full input shape with batch 1 first; None (default): the size
+    the model was trained at, (1, *model_input_size(model)). Ignored for a profile.
 
     `freebie` (micronet only) lets an entry without quantization below 16 bits count parameters
     and multiplies at 16 bits; pass False to count at the model's own bit-widths.
