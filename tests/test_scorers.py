@@ -279,3 +279,83 @@ def test_cli_table_and_errors(capsys):
         effdl_score("resnet20", "--track", "mnist")
     with pytest.raises(EffdlError, match="--input-size"):
         effdl_score("resnet20", "--input-size", "3,x,32")
+
+
+# ------------------------------------------------------------- the model's own input size
+def test_a_model_is_measured_at_the_size_it_was_trained_at():
+    model = create_model("resnet20", width=0.25)
+    at_32 = profile(model)
+    model.effdl_data = {"dataset": "synthetic", "input_size": [3, 64, 64], "mean": [0.5] * 3, "std": [0.25] * 3,
+                        "classes": None, "resize": None}
+    prof = profile(model)
+    assert prof.input_shape == (1, 3, 64, 64)
+    assert prof.macs == profile(model, (1, 3, 64, 64)).macs > 3.9 * at_32.macs
+    assert score(model, "imt2024").score == pytest.approx(score(prof, "imt2024").score)
+
+
+def test_cli_scores_and_evaluates_a_checkpoint_at_its_own_size(capsys, tmp_path, monkeypatch):
+    import numpy as np
+    from PIL import Image
+
+    import effdl.measure
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 2), ("test", 3)):
+        for label in ("a", "b"):
+            folder = tmp_path / "images" / split / label
+            folder.mkdir(parents=True)
+            for i in range(count):
+                Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    model = create_model("resnet20", width=0.25, num_classes=2)
+    model.effdl_data = {"dataset": f"imagefolder:{tmp_path / 'images'}", "input_size": [3, 64, 64],
+                        "mean": [0.5] * 3, "std": [0.25] * 3, "classes": ["a", "b"], "resize": None}
+    path = save_model(tmp_path / "m.safetensors", model, config={"dataset": model.effdl_data["dataset"]})
+    seen = []
+    evaluate = effdl.measure.evaluate
+
+    def spy(evaluated, loader, **kwargs):
+        seen.append(tuple(loader.images.shape[1:]))
+        return evaluate(evaluated, loader, **kwargs)
+
+    monkeypatch.setattr(effdl.measure, "evaluate", spy)
+    out = run_json(capsys, str(path), "--scorer", "imt2024", "--eval")
+    assert out["profile"]["input_shape"] == [1, 3, 64, 64]
+    assert out["profile"]["macs"] == profile(model, (1, 3, 64, 64)).macs
+    assert seen == [(3, 64, 64)] and out["accuracy"]["total"] == 6 and out["notes"] == []
+    out = run_json(capsys, str(path), "--scorer", "imt2024", "--input-size", "3,32,32")
+    assert out["profile"]["input_shape"] == [1, 3, 32, 32]
+    assert out["notes"] == ["note: measured at --input-size 3x32x32; the model was trained at 3x64x64"]
+
+
+def test_one_parameter_count_everywhere(capsys, tmp_path):
+    from effdl.cli import info as info_cli
+    from effdl.models import count_parameters
+
+    model = create_model("resnet20")
+    assert count_parameters(model) == profile(model).params == 272_474  # BN running statistics excluded
+    path = save_model(tmp_path / "r20.safetensors", model)
+    parser = argparse.ArgumentParser(prog="effdl")
+    info_cli.register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["info", str(path)])
+    assert args.func(args) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["parameters"] == 272_474 and "buffers" in info["parameters_counted"]
+    assert run_json(capsys, "resnet20", "--scorer", "imt2024")["profile"]["params"] == 272_474
+
+
+def test_cli_lists_parameters_no_operation_uses(capsys, monkeypatch):
+    from effdl.cli import common
+
+    class Unused(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.aux = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.conv(x)
+
+    monkeypatch.setattr(common, "model_from_ref", lambda ref, num_classes=10: (Unused(), {}))
+    monkeypatch.setattr(score_cli, "model_from_ref", common.model_from_ref)
+    assert effdl_score("resnet20", "--scorer", "imt2024") == 0
+    assert "warning: parameter aux.weight (8 values) is used by no counted operation" in capsys.readouterr().out

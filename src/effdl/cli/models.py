@@ -17,12 +17,14 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from effdl.models import describe_models
+    from effdl.models.catalog import PARAMETERS_COUNTED
 
     rows = describe_models()
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    table = Table(title="effdl models (10 classes, 32x32); any torchvision model as tv:NAME")
+    table = Table(title="effdl models (10 classes, 32x32); any torchvision model as tv:NAME",
+                  caption=f"parameters: {PARAMETERS_COUNTED}")
     table.add_column("name")
     table.add_column("parameters", justify="right")
     table.add_column("what it is")

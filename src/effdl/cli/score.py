@@ -28,7 +28,9 @@ def register(subparsers) -> None:
     p.add_argument("--track", default=None,
                    help="track (micronet: cifar100, imagenet; imt2021: cifar10, cifar100; imt2024: cifar10); "
                         "default: the dataset's track, else the scorer's first")
-    p.add_argument("--input-size", default="3,32,32", help="C,H,W of one input (default 3,32,32)")
+    p.add_argument("--input-size", default=None,
+                   help="shape of one input without the batch: C,H,W (or C,L for 1-D, C,D,H,W for 3-D models); "
+                        "default: the size the model was trained at (recorded in its checkpoint), else 3,32,32")
     p.add_argument("--num-classes", type=int, default=10, help="classes, for a model name (default 10)")
     p.add_argument("--half", action="store_true", help="cast the model to float16 before measuring")
     p.add_argument("--freebie", action=argparse.BooleanOptionalAction, default=True,
@@ -71,11 +73,22 @@ def chosen_tracks(scorer: str, track: str | None, dataset: str | None) -> list[t
 
 
 def run(args: argparse.Namespace) -> int:
-    shape = int_list(args.input_size, "--input-size")
+    from effdl.models.registry import data_meta, model_input_size
+
     model, meta = model_from_ref(args.model, num_classes=args.num_classes)
     config = meta.get("config") or {}
-    dataset_name = args.data or config.get("dataset")
+    record = data_meta(model) or {}
+    dataset_name = args.data or record.get("dataset") or config.get("dataset")
     pairs = chosen_tracks(args.scorer, args.track, dataset_name)
+    notes = []
+    shape = model_input_size(model)  # the size the model was trained at
+    if args.input_size is not None:
+        override = int_list(args.input_size, "--input-size")
+        if record.get("input_size") and override != shape:
+            notes.append(f"note: measured at --input-size {'x'.join(map(str, override))}; the model was trained "
+                         f"at {'x'.join(map(str, shape))}" + (" (its accuracy is measured at that size)"
+                                                              if args.eval else ""))
+        shape = override
     if args.half:
         model = model.half()
     prof = profile(model, (1, *shape))
@@ -84,21 +97,27 @@ def run(args: argparse.Namespace) -> int:
     if args.eval:
         data = dataset_from_args(args, config)
         data_name = data.name
+        if tuple(data.image_shape) != tuple(model_input_size(model)):
+            notes.append(f"note: accuracy measured on {'x'.join(map(str, data.image_shape))} images; the model "
+                         f"was trained at {'x'.join(map(str, model_input_size(model)))}")
         device = resolve_device(args.device)
         dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
         evaluated = _CastInputs(model, dtype).to(device)
         accuracy = evaluate(evaluated, BatchLoader.for_split(data, "test", batch_size=512, device=device),
                             tta=args.tta)
     if args.json:
-        print(json.dumps(report_dict(args.model, prof, results, accuracy, data_name), indent=2))
+        print(json.dumps(report_dict(args.model, prof, results, accuracy, data_name, notes), indent=2))
     else:
-        print_report(args.model, prof, results, accuracy, data_name)
+        print_report(args.model, prof, results, accuracy, data_name, notes)
     return 0
 
 
 def report_dict(name: str, prof: ModelProfile, results: list[ScoreResult], accuracy: Accuracy | None,
-                dataset: str | None) -> dict[str, Any]:
-    out: dict[str, Any] = {"model": name, "profile": prof.to_dict(), "scores": []}
+                dataset: str | None, notes: list[str] | None = None) -> dict[str, Any]:
+    from effdl.models.catalog import PARAMETERS_COUNTED
+
+    out: dict[str, Any] = {"model": name, "profile": prof.to_dict(), "parameters_counted": PARAMETERS_COUNTED,
+                           "notes": list(notes or []), "scores": []}
     for result in results:
         entry = result.to_dict()
         if accuracy is not None:
@@ -116,7 +135,9 @@ def _bits(record) -> str:
 
 
 def print_report(name: str, prof: ModelProfile, results: list[ScoreResult], accuracy: Accuracy | None,
-                 dataset: str | None) -> None:
+                 dataset: str | None, notes: list[str] | None = None) -> None:
+    from effdl.models.catalog import PARAMETERS_COUNTED
+
     console = Console(width=None if sys.stdout.isatty() else 160)
     table = Table(title=f"{name} on input {tuple(prof.input_shape)}")
     for column in ("layer", "kind", "output", "params", "MACs", "bits w/a", "sparsity"):
@@ -134,8 +155,13 @@ def print_report(name: str, prof: ModelProfile, results: list[ScoreResult], accu
     table.add_row("total", "", "", f"{prof.params:,}", f"{prof.macs:,}", "", "",
                   *[f"{r.score:.5f}" for r in results])
     console.print(table)
-    console.print(f"parameters {prof.params:,} (conv+linear {prof.weights:,}), MACs {prof.macs:,}, "
-                  f"size {prof.size_bytes / 1e6:.3f} MB, peak activations {prof.peak_activation_bytes / 1e6:.3f} MB")
+    console.print(f"parameters {prof.params:,} ({PARAMETERS_COUNTED}); conv+linear+matmul weights "
+                  f"{prof.weights:,}; MACs {prof.macs:,}; size {prof.size_bytes / 1e6:.3f} MB; "
+                  f"peak activations {prof.peak_activation_bytes / 1e6:.3f} MB")
+    for warning in prof.warnings:
+        console.print(f"warning: {warning}")
+    for note in notes or []:
+        console.print(note)
 
     summary = Table(title="scores")
     for column in ("scorer", "track", "params", "ops", "param score", "op score", "score", "threshold"):

@@ -10,8 +10,13 @@ import torch
 from effdl.models.registry import create_model, list_models, model_factory
 
 
+PARAMETERS_COUNTED = ("every nn.Parameter element once: conv/linear weights and biases and BatchNorm affine; "
+                      "buffers (BatchNorm running statistics) not counted")
+
+
 def count_parameters(model: torch.nn.Module) -> int:
-    """Number of parameters (every tensor element, BatchNorm affine included)."""
+    """The one parameter count of effdl (`effdl models`, `effdl info`, `effdl score`, and
+    `ModelProfile.params`): see PARAMETERS_COUNTED. A parameter shared by several layers counts once."""
     return sum(p.numel() for p in model.parameters())
 
 
