@@ -17,7 +17,9 @@ Sparsity is always the measured fraction of exact zeros in the weight used at in
 How the scorers use it (effdl.measure.scoring): parameter storage is counted at `weight_bits`
 (biases and BN at their storage dtype); a conv/linear multiply costs max(weight_bits, act_bits)/32,
 or 1/32 for 1-bit weights times float or 1-bit activations; any layer declaring fewer than 16 bits
-cancels the MicroNet 16-bit freebie. Pruning needs no declaration: unstructured pruning shows as
+cancels the MicroNet 16-bit freebie. A parameter used directly by a functional product (F.linear,
+F.conv_transpose2d, addmm, einsum, x @ W or W @ x...) counts at its storage dtype, with its measured
+sparsity, whichever operand it is. Pruning needs no declaration: unstructured pruning shows as
 zeros in `quantized_weight()` (or `weight`), structured pruning as smaller tensors. A new quantizer
 only has to implement the four members above; the scorers need no change.
 """

@@ -59,7 +59,6 @@ from torch.overrides import TorchFunctionMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from effdl.errors import EffdlError
-from effdl.models.registry import model_input_size
 from effdl.measure.bits import (
     FLOAT_BITS,
     act_bits,
@@ -67,6 +66,7 @@ from effdl.measure.bits import (
     verify_weight_bits,
     weight_bits,
 )
+from effdl.models.registry import model_input_size
 
 # Module types recorded as one operation each; the first matching entry wins (subclasses such as
 # quantized convolutions match their base class).
