@@ -1,5 +1,7 @@
 """Structured pruning: channels physically removed, criteria, rounding, reload and ONNX export."""
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -224,7 +226,7 @@ def test_bad_structured_inputs_are_clear_errors(kwargs, match):
 def test_prune_to_a_mac_budget():
     model = create_model("resnet20", width=0.25).eval()
     macs = profile(model).macs
-    ratio = prune_channels_to_macs(model, 0.5, criterion="l1", steps=6)
+    ratio = prune_channels_to_macs(model, 0.5, criterion="l1", steps=6).ratio
     after = profile(model).macs
     assert 0 < ratio < 1 and 0.35 * macs < after <= 0.5 * macs
 
@@ -240,6 +242,7 @@ def test_zoo_models_prune_and_reload(name, kwargs, tmp_path):
     macs = profile(model).macs
     changed = prune_channels(model, 0.5, criterion="l1")
     assert changed and "fc" not in changed
+    assert not any("grouped" in why for why in changed.skipped.values())  # depthwise convs are pruned
     assert profile(model).macs < 0.7 * macs
     expected = model(X)
     assert expected.shape == (2, 10)
@@ -287,7 +290,7 @@ def test_densenet_concatenations_keep_the_channels_of_each_producer():
         positions, offset = [], 0
         for conv in sources:
             n = conv.out_channels
-            positions += [offset + i for i in range(n - n // 2, n)]
+            positions += [offset + i for i in range(n // 2, n)]  # half of n, rounded down, go
             offset += n
         expected[bn] = positions
     prune_channels(model, 0.5, criterion="l1")
@@ -306,7 +309,7 @@ def torchvision_pruned(tmp_path_factory) -> dict[str, tuple[nn.Module, nn.Module
     for name in TORCHVISION:
         model = create_model(name, num_classes=10).eval()
         params = sum(p.numel() for p in model.parameters())
-        prune_channels(model, 0.3, criterion="l1", round_to=8)
+        assert not prune_channels(model, 0.3, criterion="l1", round_to=8).skipped
         assert sum(p.numel() for p in model.parameters()) < 0.75 * params
         models[name] = model, roundtrip(model, tmp_path_factory.mktemp(name.replace(":", "_")))
     return models
@@ -332,3 +335,159 @@ def test_reloaded_pruned_models_export_to_onnx_and_agree_with_onnxruntime(torchv
     for name, model in models.items():
         path = export_onnx(model, tmp_path / f"{name.replace(':', '_')}.onnx", exporter="torchscript")
         check_onnx(model, path, n=2)  # raises if ONNX Runtime disagrees with PyTorch
+
+
+# --- Every pruning is checked: ratios never exceeded, wrong couplings left whole and listed. ---
+
+
+def flatten_unflatten_net(seed: int) -> nn.Module:
+    """conv0 -> flatten -> Linear(128, 256) -> view(-1, 16, 4, 4) -> conv1 -> mean -> fc: the view
+    couples each of conv1's input channels with a block of 16 of the Linear's outputs."""
+    torch.manual_seed(seed)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv0 = nn.Conv2d(3, 8, 3, stride=8, padding=1)
+            self.lin = nn.Linear(128, 256)
+            self.conv1 = nn.Conv2d(16, 16, 3, padding=1)
+            self.fc = nn.Linear(16, 10)
+
+        def forward(self, x):
+            x = self.lin(torch.relu(self.conv0(x)).flatten(1)).view(-1, 16, 4, 4)
+            return self.fc(torch.relu(self.conv1(x)).mean((2, 3)))
+
+    return Net().eval()
+
+
+def removed_filters(original: torch.Tensor, pruned: torch.Tensor) -> list[int]:
+    return sorted(set(range(len(original))) - kept_filters(original, pruned))
+
+
+@pytest.mark.parametrize("seed,ratio", [(0, 0.1), (1, 0.1), (0, 0.5)])
+def test_a_view_coupling_channels_in_blocks_is_left_whole_listed_and_never_over_pruned(seed, ratio):
+    model = flatten_unflatten_net(seed)
+    original = flatten_unflatten_net(seed)
+    x = torch.randn(2, 3, 32, 32)
+    with pytest.warns(UserWarning, match="lin"):
+        pruned = prune_channels(model, ratio)
+    assert "view/reshape" in pruned.skipped["lin"] and "conv1" in pruned.skipped["lin"]
+    assert model.lin.out_features == 256 and model.conv1.in_channels == 16  # the coupling is whole
+    layers = {name: m for name, m in original.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    for name, (before, after) in pruned.items():
+        assert before - after <= int(ratio * before + 1e-9), name  # never more than asked
+    assert model.conv1.out_channels == 16 - int(ratio * 16)  # and exactly that where nothing stops it
+    # The pruned model is the original with the removed channels zeroed where they are read.
+    with torch.no_grad():
+        conv0_gone = removed_filters(layers["conv0"].weight, model.conv0.weight)
+        original.lin.weight.view(256, 8, 16)[:, conv0_gone] = 0  # flatten: conv0 channel c = features 16c..16c+15
+        original.fc.weight[:, removed_filters(layers["conv1"].weight, model.conv1.weight)] = 0
+        assert torch.allclose(model(x), original(x), atol=1e-5)
+
+
+def test_grouped_convolutions_are_left_whole_and_listed_depthwise_ones_pruned():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 32, 3, padding=1, groups=4), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.Conv2d(32, 32, 1), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.Conv2d(32, 32, 3, padding=1, groups=32), nn.BatchNorm2d(32), nn.ReLU(),  # depthwise
+        nn.Conv2d(32, 16, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10),
+    ).eval()
+    x = torch.randn(2, 3, 16, 16)
+    with pytest.warns(UserWarning, match="grouped convolution '3'"):
+        pruned = prune_channels(model, 0.5, example_inputs=x[:1])
+    # the channels into and out of the grouped conv stay; the depthwise conv shrinks with its producer
+    assert set(pruned.skipped) == {"0", "3"} and "groups=4" in pruned.skipped["3"]
+    assert dict(pruned) == {"6": (32, 16), "9": (32, 16), "12": (16, 8)}
+    assert model[3].weight.shape == (32, 4, 3, 3) and model[9].groups == 16
+    assert model(x).shape == (2, 10)
+
+
+def test_a_convolution_used_twice_prunes_as_one_layer():
+    torch.manual_seed(0)
+
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv0, self.shared, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1), nn.Linear(8, 10)
+
+        def forward(self, x):
+            x = torch.relu(self.shared(torch.relu(self.shared(torch.relu(self.conv0(x))))))
+            return self.fc(x.mean((2, 3)))
+
+    model, original = Twice().eval(), Twice().eval()
+    original.load_state_dict(model.state_dict())
+    x = torch.randn(2, 3, 16, 16)
+    pruned = prune_channels(model, 0.5, example_inputs=x[:1])
+    assert dict(pruned) == {"conv0": (8, 4), "shared": (8, 4)} and not pruned.skipped
+    gone = removed_filters(original.conv0.weight, model.conv0.weight)
+    with torch.no_grad():  # the shared conv reads its own outputs: the same channels go on both sides
+        original.shared.weight[:, gone] = 0
+        original.fc.weight[:, gone] = 0
+        assert torch.allclose(model(x), original(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("ratio,round_to,kept", [(0.25, None, 8), (0.29, None, 8), (0.5, None, 5), (0.5, 4, 8)])
+def test_ratios_round_down_and_round_to_keeps_more(ratio, round_to, kept):
+    model = conv_net(width=10)
+    prune_channels(model, ratio, round_to=round_to, ignore=["conv2"])
+    assert model.conv1.out_channels == kept
+
+
+def test_a_pruning_that_fails_the_check_is_undone_with_a_clear_error(monkeypatch):
+    from effdl.compress.prune import structured
+
+    real_plan = structured._plan
+
+    def wrong_channels(*args, **kwargs):  # remove other channels than the plan says (a broken index mapping)
+        plan = real_plan(*args, **kwargs)
+        plan.steps = [(root, handler, [i for i in range(root.out_channels) if i not in idxs][:len(idxs)])
+                      for root, handler, idxs in plan.steps]
+        return plan
+
+    monkeypatch.setattr(structured, "_plan", wrong_channels)
+    model = conv_net(width=8)
+    x = torch.randn(2, 3, 32, 32)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    expected = model(x)
+    with pytest.raises(EffdlError, match="undone.*differs from the original"):
+        prune_channels(model, 0.5, ignore=["conv2"])
+    state = model.state_dict()
+    assert state.keys() == before.keys() and all(torch.equal(before[k], state[k]) for k in before)
+    assert model.conv1.out_channels == 8 and model.bn1.num_features == 8 and model.conv2.in_channels == 8
+    assert not getattr(model, "effdl_transforms", [])
+    assert torch.equal(model(x), expected)
+
+
+def test_a_hard_coded_view_is_retried_with_its_layers_whole():
+    torch.manual_seed(0)
+
+    class HardCoded(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.conv2 = nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.Conv2d(8, 16, 3, stride=2, padding=1)
+            self.fc1, self.fc = nn.Linear(16 * 4 * 4, 32), nn.Linear(32, 10)
+
+        def forward(self, x):
+            x = torch.relu(self.conv2(torch.relu(self.conv1(x))))
+            return self.fc(torch.relu(self.fc1(x.view(-1, 16 * 4 * 4))))  # breaks if conv2 shrinks
+
+    model = HardCoded().eval()
+    with pytest.warns(UserWarning, match="conv2"):
+        pruned = prune_channels(model, 0.5, example_inputs=torch.randn(1, 3, 16, 16))
+    assert "conv2" in pruned.skipped and model.conv2.out_channels == 16
+    assert dict(pruned) == {"conv1": (8, 4), "fc1": (32, 16)}
+    assert model(torch.randn(3, 3, 16, 16)).shape == (3, 10)
+
+
+def test_sample_inputs_default_to_the_models_own_input_size():
+    model = conv_net(width=8)
+    with torch.no_grad():  # a 1-channel 20x20 model: a 3x32x32 sample would not run
+        model.conv1.weight = nn.Parameter(model.conv1.weight[:, :1].clone())
+        model.conv1.in_channels = 1
+    model.effdl_data = {"input_size": [1, 20, 20]}
+    macs = profile(model, (1, 1, 20, 20)).macs
+    assert prune_channels(copy.deepcopy(model), 0.5) == {"conv1": (8, 4), "conv2": (16, 8)}
+    prune_channels_to_macs(model, 0.6, steps=4)
+    assert profile(model, (1, 1, 20, 20)).macs <= 0.6 * macs
