@@ -150,3 +150,17 @@ def test_bad_input_is_one_line_and_writes_nothing(checkpoint, tmp_path, capsys, 
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert not (out / "best.safetensors").exists()
+
+
+def test_layers_left_whole_are_listed_in_the_summary_and_output(tmp_path, capsys):
+    torch.manual_seed(0)
+    path = tmp_path / "shuffle.safetensors"
+    save_model(path, create_model("shufflenet_v2", width=0.5), config={"dataset": "synthetic", "model": "shufflenet_v2",
+                                                                       "model_kwargs": {"width": 0.5}})
+    s = run_prune(path, tmp_path / "pruned", "--method", "l1-filter", "--sparsity", "0.5", "--test-limit", "32")
+    left = s["channels_left_whole"]
+    assert left and all("channel shuffle" in why for why in left.values())
+    assert "layers.0.1.branch.2.0" in left  # the branch's last conv feeds the shuffle
+    out = capsys.readouterr().out
+    assert "left whole" in out and "layers.0.1.branch.2.0" in out
+    assert s["params_after"] < s["params_before"]

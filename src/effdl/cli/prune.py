@@ -6,8 +6,11 @@ iterative prune-retrain; --sensitivity-drop for per-layer targets from a sensiti
 Structured (channels physically removed, --sparsity is the channel fraction or --target-macs the
 MAC fraction to keep): l1-filter, l2-filter, slimming (--penalty-epochs of BN-scale L1 training
 first), thinet (greedy reconstruction on --calibration-batches, then least-squares rescaling of the
-next layers' kept inputs). Channels around a channel shuffle (ShuffleNetV2) are kept. The run
-directory gets best.safetensors and summary.json.
+next layers' kept inputs). No layer loses more than the ratio (--round-to rounds toward keeping
+more), and the pruned model is checked against the original with the removed channels zeroed.
+Layers whose channels cannot be removed correctly (around a channel shuffle, into a grouped
+convolution, coupled in blocks by a view/reshape) are kept whole and listed ("left whole", and
+`channels_left_whole` in summary.json). The run directory gets best.safetensors and summary.json.
 """
 
 from __future__ import annotations
@@ -88,6 +91,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"MACs         {s['macs_before']:,} -> {s['macs_after']:,} ({s['macs_after'] / s['macs_before']:.2f}x)")
     print(f"params       {s['params_before']:,} -> {s['params_after']:,}")
     print(f"size         {s['size_bytes_before']:,} -> {s['size_bytes_after']:,} bytes")
+    left_whole: dict[str, list[str]] = {}
+    for layer, why in (s.get("channels_left_whole") or {}).items():
+        left_whole.setdefault(why, []).append(layer)
+    for why, layers in left_whole.items():  # asked to shrink, but their channels could not be removed correctly
+        print(f"left whole   {', '.join(layers)}: {why}")
     if s["score_imt2024_after"] is not None:
         print(f"imt2024      {s['score_imt2024_before']:.4f} -> {s['score_imt2024_after']:.4f}")
     print(f"note: {s['note']}")

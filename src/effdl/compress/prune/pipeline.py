@@ -4,7 +4,9 @@
 fine-tunes with the trainer (masks kept applied for unstructured methods), measures again and
 writes `<out>/best.safetensors` (the final pruned weights) and `<out>/summary.json`. Every number
 in the summary is measured on the model itself: sparsity is the fraction of exact zeros, MACs and
-parameters come from the counting engine, accuracy from the full test split.
+parameters come from the counting engine, accuracy from the full test split. Structured methods
+also record `channels_left_whole` ({layer: why}): layers whose channels could not be removed
+correctly (a channel shuffle, a grouped convolution, a view/reshape coupling them in blocks).
 """
 
 from __future__ import annotations
@@ -236,12 +238,13 @@ def prune_checkpoint(
                   "calibration": _calibration(data, options.calibration_batches, device) if criterion == "thinet" else None}
         model.eval()
         if options.target_macs is not None:
-            details["channel_ratio"] = prune_channels_to_macs(model, options.target_macs,
-                                                              input_size=(1, *data.image_shape), **kwargs)
+            pruned = prune_channels_to_macs(model, options.target_macs, input_size=(1, *data.image_shape), **kwargs)
         else:
             example = torch.randn(1, *data.image_shape, device=device)
-            prune_channels(model, options.sparsity, example_inputs=example, **kwargs)
-            details["channel_ratio"] = options.sparsity
+            pruned = prune_channels(model, options.sparsity, example_inputs=example, **kwargs)
+        details["channel_ratio"] = pruned.ratio
+        # Layers the ratio asked to shrink but whose channels could not be removed correctly.
+        details["channels_left_whole"] = pruned.skipped
         before_finetune = _reestimate_batchnorm(model, data, device)
         model = finetune(model, options.epochs, [])
 
