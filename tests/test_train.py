@@ -6,7 +6,9 @@ import torch
 import yaml
 
 from effdl import EffdlError, create_model
-from effdl.checkpoint import load_model
+from effdl.checkpoint import load_model, read_checkpoint, split_namespace
+from effdl.data.datasets import synthetic_dataset
+from effdl.errors import Interrupted
 from effdl.train import Callback, NonFiniteLoss, Trainer, make_config
 from effdl.train.schedule import lr_factor
 
@@ -21,9 +23,14 @@ def small_model():
     return create_model("resnet20", width=0.25)
 
 
-def test_training_learns_and_writes_a_complete_run_dir(synthetic, tmp_path):
-    config = quick_config(epochs=4, lr=0.1)
-    trainer = Trainer(small_model(), synthetic, config, run_dir=tmp_path / "run")
+def test_training_learns_and_writes_a_complete_run_dir(tmp_path):
+    # 4 well-separated classes and 64 steps (batch 32): enough steps for BatchNorm's running
+    # statistics to settle, so the test accuracy does not hinge on a CPU's rounding. Measured on an
+    # AMD EPYC (AVX-512), seeds 0-4 x bf16 on/off: minimum 0.996 (chance 0.25). The 10-class,
+    # 32-step version of this test ranged 0.19-0.55 over the same seeds.
+    data = synthetic_dataset(num_classes=4)
+    config = quick_config(epochs=4, lr=0.05, batch_size=32)
+    trainer = Trainer(create_model("resnet20", num_classes=4, width=0.25), data, config, run_dir=tmp_path / "run")
     result = trainer.fit()
     run = tmp_path / "run"
     assert {p.name for p in run.iterdir()} >= {"config.yaml", "metrics.jsonl", "best.safetensors",
@@ -32,9 +39,10 @@ def test_training_learns_and_writes_a_complete_run_dir(synthetic, tmp_path):
     assert [m["epoch"] for m in metrics] == [1, 2, 3, 4]
     assert trainer.history == metrics  # the same per-epoch record, in memory
     assert metrics[-1]["train_loss"] < metrics[0]["train_loss"]
-    assert result.accuracy > 0.3  # chance is 0.1 on the 10-class synthetic set
+    assert result.accuracy > 0.6  # chance is 0.25; measured minimum 0.996 (see above)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["correct"] == result.correct and summary["total"] == 256
+    assert summary["kind"] == "train" and summary["selected_on"] == "last_epoch"
     assert yaml.safe_load((run / "config.yaml").read_text())["epochs"] == 4
     best, meta = load_model(run / "best.safetensors")
     assert meta["config"]["model"] == "resnet20"
@@ -64,7 +72,7 @@ def test_interrupted_run_resumes_to_the_same_weights(synthetic, tmp_path):
     model = small_model()
     model.load_state_dict(init)
     trainer = Trainer(model, synthetic, quick_config(epochs=2), callbacks=[InterruptAt()], run_dir=tmp_path / "r")
-    with pytest.raises(EffdlError, match="resum"):
+    with pytest.raises(Interrupted):  # a KeyboardInterrupt, not an EffdlError: the CLI exits 130
         trainer.fit()
 
     resumed_model = small_model()
@@ -74,6 +82,96 @@ def test_interrupted_run_resumes_to_the_same_weights(synthetic, tmp_path):
     resumed.fit()
     for key, value in reference.state_dict().items():
         assert torch.allclose(value.float(), resumed_model.state_dict()[key].float(), atol=1e-5), key
+    # Each epoch logged once; the resumed epoch's line covers the whole epoch, not zeros.
+    metrics = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [1, 2]
+    assert all(m["train_loss"] > 0 and m["images_per_s"] > 0 for m in metrics)
+
+
+def test_interrupt_during_evaluation_logs_the_epoch_once_with_its_real_values(synthetic, tmp_path):
+    torch.manual_seed(1)
+    init = small_model().state_dict()
+    reference = Trainer(small_model(), synthetic, quick_config(epochs=2))
+    reference.model.load_state_dict(init)
+    reference.fit()
+
+    class InterruptFirstEvaluation(Callback):
+        def on_epoch_end(self, trainer, epoch, metrics):
+            if epoch == 0:
+                raise KeyboardInterrupt  # after the epoch's last batch, before its line is written
+
+    model = small_model()
+    model.load_state_dict(init)
+    run = tmp_path / "r"
+    with pytest.raises(Interrupted):
+        Trainer(model, synthetic, quick_config(epochs=2), callbacks=[InterruptFirstEvaluation()], run_dir=run).fit()
+    assert not (run / "metrics.jsonl").exists() or not (run / "metrics.jsonl").read_text().strip()
+    resumed = Trainer(small_model(), synthetic, quick_config(epochs=2), run_dir=run)
+    resumed.resume(run / "last.safetensors")
+    resumed.fit()
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [1, 2]
+    assert metrics[0]["train_loss"] == pytest.approx(reference.history[0]["train_loss"], rel=1e-5)
+    assert metrics[0]["images_per_s"] > 0
+
+
+def test_cli_interrupt_exits_130_with_the_resume_command(tmp_path, capsys, monkeypatch):
+    from effdl.cli import main
+
+    def interrupt(self, loader=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "evaluate", interrupt)
+    code = main(["train", "--data", "synthetic", "--model", "resnet20", "--model-kwargs", "{width: 0.25}",
+                 "--epochs", "1", "--batch-size", "256", "--progress", "false", "--out-dir", str(tmp_path),
+                 "--name", "r"])
+    err = capsys.readouterr().err
+    assert code == 130 and "effdl: error" not in err
+    assert f"resume with `effdl train --resume {tmp_path / 'r'}`" in err
+
+
+def test_best_is_the_last_epoch_without_validation_and_chosen_on_validation_with_it(synthetic, tmp_path):
+    Trainer(small_model(), synthetic, quick_config(epochs=2), run_dir=tmp_path / "a").fit()
+    best, _ = read_checkpoint(tmp_path / "a" / "best.safetensors")
+    last, _ = read_checkpoint(tmp_path / "a" / "last.safetensors")
+    best, last = split_namespace(best, "model"), split_namespace(last, "model")
+    assert all(torch.equal(best[k], last[k]) for k in last)  # never chosen on the test split
+    from effdl.train import train
+
+    result = train(quick_config(epochs=2, val_size=64, out_dir=str(tmp_path), name="v"))
+    summary = json.loads((tmp_path / "v" / "summary.json").read_text())
+    assert summary["selected_on"] == "val" and summary["total"] == 256
+    metrics = [json.loads(line) for line in (tmp_path / "v" / "metrics.jsonl").read_text().splitlines()]
+    assert result.best_eval_accuracy == max(m["eval_acc"] for m in metrics)  # validation accuracy
+
+
+def test_existing_run_is_refused_unless_overwrite(tmp_path):
+    from effdl.train import train
+
+    config = quick_config(epochs=1, batch_size=256, out_dir=str(tmp_path), name="r")
+    train(config)
+    before = (tmp_path / "r" / "summary.json").read_text()
+    with pytest.raises(EffdlError, match="already holds a run.*--overwrite"):
+        train(config)
+    assert (tmp_path / "r" / "summary.json").read_text() == before
+    train(config, overwrite=True)
+    assert len((tmp_path / "r" / "metrics.jsonl").read_text().splitlines()) == 1  # nothing of the old run left
+
+
+def test_fine_tuning_on_other_classes_is_refused(synthetic):
+    model = small_model()  # 10 classes
+    with pytest.raises(EffdlError, match="predicts 10 classes.* has 4"):
+        Trainer(model, synthetic_dataset(num_classes=4), quick_config())
+    model.effdl_data = {**synthetic.data_meta(), "classes": [f"c{i}" for i in range(10)]}
+    with pytest.raises(EffdlError, match="classes .*label by label"):
+        Trainer(model, synthetic, quick_config())
+
+
+def test_default_run_name_says_the_dataset():
+    from effdl.train.trainer import default_run_name
+
+    assert default_run_name(quick_config(dataset="cifar100")).startswith("resnet20-cifar100-")
+    assert default_run_name(quick_config(dataset="imagefolder:/data/flowers/")).startswith("resnet20-flowers-")
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(synthetic, tmp_path):

@@ -60,6 +60,20 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     return tensors, meta
 
 
+def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
+    """A checkpoint's metadata alone (its JSON header), without reading the tensors."""
+    path = Path(path)
+    if not path.is_file():
+        raise EffdlError(f"checkpoint not found: {path}")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            return json.loads((f.metadata() or {})[_META_KEY])
+    except (SafetensorError, OSError, KeyError, ValueError, RuntimeError) as exc:
+        raise EffdlError(f"{path} is not a readable effdl checkpoint (corrupt or truncated?): {exc}") from None
+
+
 def split_namespace(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     """The tensors under `prefix/`, with the prefix removed."""
     p = prefix + "/"
@@ -68,6 +82,41 @@ def split_namespace(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, 
 
 def with_namespace(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {f"{prefix}/{k}": v for k, v in tensors.items()}
+
+
+_EFFDL_ATTRS = ("effdl_spec", "effdl_transforms", "effdl_data")
+
+
+def _wrapped(model: nn.Module) -> nn.Module | None:
+    """The module `model` wraps, if it is a wrapper whose state_dict prefixes the wrapped one's keys:
+    torch.compile (`_orig_mod.`), DataParallel / DistributedDataParallel and AveragedModel (`module.`)."""
+    from torch.optim.swa_utils import AveragedModel
+
+    compiled = getattr(model, "_orig_mod", None)  # torch.compile's OptimizedModule, without importing dynamo
+    if isinstance(compiled, nn.Module):
+        return compiled
+    if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel, AveragedModel)):
+        return model.module
+    return None
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The bare model inside any nesting of compile / DataParallel / DDP / AveragedModel wrappers.
+
+    Checkpoints always hold the bare model's keys (no `_orig_mod.` or `module.` prefixes), so they
+    load into a freshly built architecture. The effdl attributes (spec, transforms, data) are taken
+    from the innermost module that has them, else from the outermost wrapper that does, and set on
+    the returned model.
+    """
+    chain = [model]
+    while (inner := _wrapped(chain[-1])) is not None:
+        chain.append(inner)
+    bare = chain[-1]
+    for attr in _EFFDL_ATTRS:
+        holder = next((m for m in reversed(chain) if getattr(m, attr, None) is not None), None)
+        if holder is not None and holder is not bare:
+            setattr(bare, attr, getattr(holder, attr))
+    return bare
 
 
 def model_meta(model: nn.Module) -> dict[str, Any]:
@@ -94,7 +143,12 @@ def save_model(
     extra_tensors: dict[str, torch.Tensor] | None = None,
     extra_meta: dict[str, Any] | None = None,
 ) -> Path:
-    """Save `model` (built by create_model, possibly transformed) with its config and metrics."""
+    """Save `model` (built by create_model, possibly transformed) with its config and metrics.
+
+    A wrapped model (torch.compile, DataParallel, DistributedDataParallel, AveragedModel) is saved
+    as the bare model it wraps (`unwrap_model`), so `load_model` rebuilds it without the wrapper.
+    """
+    model = unwrap_model(model)
     tensors = with_namespace(model.state_dict(), "model")
     tensors.update(extra_tensors or {})
     meta = {**model_meta(model), "config": config or {}, "metrics": metrics or {}, **(extra_meta or {})}

@@ -16,3 +16,11 @@ def unknown_name_error(kind: str, name: str, known: Iterable[str]) -> EffdlError
     close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(known[:40])}"
     return EffdlError(f"unknown {kind} '{name}'{hint}")
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, after the work so far was saved; the message says how to continue.
+
+    A KeyboardInterrupt (not an EffdlError), so the CLI reports it as an interruption (exit 130)
+    and code that catches KeyboardInterrupt still sees it as one.
+    """

@@ -26,3 +26,37 @@ def atomic_write(path: str | Path, write: Callable[[str], object]) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+# What marks a folder as a run directory: any file that train, prune or quantize writes there.
+RUN_FILES = ("summary.json", "best.safetensors", "last.safetensors", "metrics.jsonl", "config.yaml",
+             "sensitivity.json")
+
+
+def claim_run_dir(
+    path: str | Path, *, overwrite: bool = False, hint: str = "pick another --out", sources: tuple = ()
+) -> Path:
+    """Make sure a new run may be written to `path`; the one rule of train, prune and quantize.
+
+    A folder that holds a run (any of RUN_FILES) is refused with an EffdlError naming `hint`, unless
+    `overwrite`, in which case the whole old run folder is deleted first (so no stale metrics or
+    checkpoints mix with the new run). A missing or run-free folder is fine and left as it is (a
+    folder without run files is never deleted). A folder holding one of `sources` (the input
+    checkpoint) is never replaced. Returns `path` as a Path; creates nothing.
+    """
+    import shutil
+
+    from effdl.errors import EffdlError
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise EffdlError(f"{path} is a file, not a run directory")
+    found = [name for name in RUN_FILES if (path / name).exists()] if path.is_dir() else []
+    if found:
+        inside = [str(s) for s in sources if path.resolve() in Path(s).resolve().parents]
+        if inside:
+            raise EffdlError(f"{path} holds the input {inside[0]}; write the new run to another --out")
+        if not overwrite:
+            raise EffdlError(f"{path} already holds a run ({', '.join(found)}); {hint}, or pass --overwrite to replace it")
+        shutil.rmtree(path)
+    return path

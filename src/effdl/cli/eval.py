@@ -1,4 +1,8 @@
-"""`effdl eval CKPT`: top-1 accuracy of a checkpoint on the full test split."""
+"""`effdl eval CKPT`: top-1 accuracy of a checkpoint on the full test split.
+
+A dataset with other classes than the checkpoint's (count, or names when both record them) is
+refused with one line naming both.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from effdl.cli.common import add_data_args, add_device_arg, dataset_from_args
 from effdl.data import BatchLoader
 from effdl.device import resolve_device
 from effdl.measure import evaluate
+from effdl.measure.accuracy import check_model_fits_data
 
 
 def register(subparsers) -> None:
@@ -28,6 +33,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     model, meta = load_model(args.checkpoint, namespace="ema" if args.ema else "model")
     data = dataset_from_args(args, meta.get("config"))
+    check_model_fits_data(model, data)
     device = resolve_device(args.device)
     model = model.to(device, memory_format=torch.channels_last)
     loader = BatchLoader.for_split(data, "test", batch_size=args.batch_size, device=device, channels_last=True)

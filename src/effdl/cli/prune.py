@@ -54,6 +54,7 @@ def register(subparsers) -> None:
     p.add_argument("--test-limit", type=int, default=None, help="evaluate on a balanced subset of N test images (smoke tests)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="run directory to create, e.g. runs/resnet20-pruned")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run at --out (default: refuse)")
     add_data_args(p)
     add_device_arg(p)
     p.set_defaults(func=run)
@@ -84,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     )
     options.validate()
     data = dataset_from_args(args) if args.data else None
-    s = prune_checkpoint(args.checkpoint, options, args.out, data=data)
+    s = prune_checkpoint(args.checkpoint, options, args.out, data=data, overwrite=args.overwrite)
     print(f"pruned with {s['method']} ({s['scope']} scope) -> {args.out}/best.safetensors")
     print(f"accuracy     {s['accuracy_before']:.2%} -> {s['accuracy']:.2%} ({s['correct']}/{s['total']} test images)")
     print(f"sparsity     {s['sparsity_before']:.2%} -> {s['sparsity']:.2%} (measured fraction of exact zeros)")

@@ -6,8 +6,9 @@ ptq-fp16 / ptq-bf16 (half precision), int8-weight (weights only), qat (fake quan
 xnor (BWN with --no-binary-acts), ternary, kmeans (--bits codebook), and sensitivity (a per-layer
 scan at --bits, written as a table, plot and JSON; no checkpoint). Training methods fine-tune for
 --epochs with the trainer. The run directory gets best.safetensors (the final
-quantized model) and summary.json (accuracy on
-the full test split, bit-widths verified against the weights, and the imt2024 score).
+quantized model) and summary.json (accuracy on the full test split, bit-widths verified against
+the weights, and the imt2024 score; the core fields every run kind writes, so `effdl report` reads
+it). An existing run at --out is refused unless --overwrite.
 """
 
 from __future__ import annotations
@@ -47,7 +48,9 @@ from effdl.compress.quantize.sensitivity import sensitivity_records
 from effdl.data import BatchLoader, limited
 from effdl.device import resolve_device
 from effdl.errors import EffdlError
+from effdl.fileio import claim_run_dir
 from effdl.measure import evaluate
+from effdl.measure.accuracy import check_model_fits_data
 from effdl.train.batchnorm import reestimate_batchnorm
 
 METHODS = ("ptq-int8", "ptq-fp16", "ptq-bf16", "int8-weight", "qat", "binaryconnect", "xnor", "ternary", "kmeans",
@@ -103,6 +106,8 @@ def register(subparsers) -> None:
     add_distill_args(p, "the float model")
     p.add_argument("--test-limit", type=int, default=None, help="evaluate on a balanced subset of N test images (smoke tests)")
     p.add_argument("--out", required=True, help="run directory to write, e.g. runs/r20-int8")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing run at --out (default: refuse, nothing is deleted)")
     add_data_args(p)
     add_device_arg(p)
     p.set_defaults(func=run)
@@ -164,7 +169,9 @@ def _fine_tune(model, data, args: argparse.Namespace, out: Path, device: torch.d
         "bf16": args.bf16, "compile": args.compile, "progress": False,
     })
     callbacks = [QuantizationCallback()] + ([distillation] if distillation is not None else [])
-    result = Trainer(model, data, train_config, callbacks=callbacks, run_dir=out).fit()
+    trainer = Trainer(model, data, train_config, callbacks=callbacks, run_dir=out,
+                      resume_hint=f"the fine-tune stopped; start it again with --overwrite --out {out}")
+    result = trainer.fit()
     return {"epochs": args.epochs, "lr": args.lr, "bf16": args.bf16, "compiled": args.compile,
             "distill": {"alpha": args.distill, "temperature": args.distill_temperature} if distillation is not None else None,
             "time_s": round(result.time_s, 1),
@@ -182,9 +189,10 @@ def run(args: argparse.Namespace) -> int:
     config = None if args.method == "sensitivity" else make_config(args)
     model, meta = load_model(args.checkpoint)
     data = dataset_from_args(args, meta.get("config"))
+    check_model_fits_data(model, data)
+    out = claim_run_dir(args.out, overwrite=args.overwrite, sources=(args.checkpoint,))
     device = resolve_device(args.device)
     model = model.to(device)
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     loader = BatchLoader.for_split(limited(data, None, args.test_limit), "test", batch_size=256, device=device)
     if args.method == "sensitivity":
@@ -209,9 +217,15 @@ def run(args: argparse.Namespace) -> int:
     training = _fine_tune(model, data, args, out, device, distillation) if args.epochs else None
     model = model.to(device).eval()
     accuracy = evaluate(model, loader)
+    from effdl.models import model_spec
+
     summary = {
-        "method": args.method, "config": repr(config), "source": str(args.checkpoint), "dataset": data.name,
+        # The fields every run kind writes (effdl.report.runs.RunSummary), then the quantization's own.
+        "name": out.name, "kind": "quantize", "dataset": data.name, "model": model_spec(model),
         "accuracy": accuracy.top1, "correct": accuracy.correct, "total": accuracy.total,
+        "checkpoint": "best.safetensors",
+        "evaluated_on": "test" if args.test_limit is None else f"test (balanced subset of {accuracy.total})",
+        "method": args.method, "config": repr(config), "source": str(args.checkpoint),
         "source_accuracy": source_accuracy, "drop_points": round(100 * (source_accuracy - accuracy.top1), 3),
         "layer_bits": verify_model_bits(model), "training": training, "score": _score(model),
     }

@@ -35,6 +35,8 @@ def register(subparsers) -> None:
     p.add_argument("--config", help="YAML file of TrainConfig keys (flags override it)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run (other flags: only --epochs)")
     p.add_argument("--data", dest="cfg:dataset", default=None, help="alias of --dataset")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing run of the same name (default: refuse, nothing is deleted)")
     add_config_flags(p, TrainConfig)
     p.set_defaults(func=run)
 
@@ -58,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         epochs = getattr(args, "cfg:epochs")
         result = resume(args.resume, epochs=int(epochs) if epochs is not None else None)
     else:
-        result = train(config_from_args(args))
+        result = train(config_from_args(args), overwrite=args.overwrite)
     print(json.dumps({"accuracy": result.accuracy, "correct": result.correct, "total": result.total,
                       "epochs": result.epochs, "time_s": round(result.time_s, 1),
                       "images_per_s": round(result.images_per_s, 1), "run_dir": result.run_dir}))

@@ -1,4 +1,8 @@
-"""A report over training runs: measure every run, mark the Pareto front, write table, CSV, JSON, PNG."""
+"""A report over runs: measure every run, mark each dataset's Pareto front, write table, CSV, JSON, PNG.
+
+Runs on different datasets are never compared: each dataset gets its own Pareto front, its own
+threshold (its track's) and its own panel of the plot.
+"""
 
 from __future__ import annotations
 
@@ -9,18 +13,19 @@ from typing import Any
 
 from effdl.measure.scoring import get_track
 from effdl.report.pareto import pareto_front
-from effdl.report.plot import plot_accuracy_vs_score
+from effdl.report.plot import Panel, plot_panels
 from effdl.report.runs import find_runs
 from effdl.report.table import check_track, choose_scorers, choose_track, measure_run, write_csv, write_json
 
 
 @dataclass
 class Report:
-    rows: list[dict[str, Any]]
+    rows: list[dict[str, Any]]  # grouped by dataset, then by increasing plotted score
     scorers: list[str]
     plotted_scorer: str
-    threshold: float
+    threshold: float  # the first dataset's (see thresholds)
     files: dict[str, Path] = field(default_factory=dict)
+    thresholds: dict[str, float] = field(default_factory=dict)  # dataset -> plotted accuracy threshold
 
 
 def make_report(
@@ -32,36 +37,47 @@ def make_report(
     threshold: float | None = None,
     latency: bool = False,
     latency_threads: int | None = 1,
-    input_size: Sequence[int] = (3, 32, 32),
+    input_size: Sequence[int] | None = None,
 ) -> Report:
     """Measure the runs in `run_paths` and write runs.csv, runs.json and accuracy_vs_score.png.
 
     Scores use each scorer's track named `track`, else the one named after the run's dataset.
-    The plot uses the first scorer; its threshold line is `threshold` (a fraction), by default
-    the accuracy threshold of that scorer's track for the first run.
+    The plot uses the first scorer, one panel per dataset; each panel's threshold line is
+    `threshold` (a fraction), by default the accuracy threshold of that scorer's track for the
+    dataset. A row's "pareto" is True when no run of the same dataset dominates it. Counts use
+    `input_size` (C, H, W) when given, else each run's model's own input size.
     """
     runs = find_runs(list(run_paths))
     chosen = choose_scorers(runs, scorers)
     check_track(chosen, track)
     plotted = chosen[0]
-    rows = sorted((measure_run(run, chosen, track, input_size, latency, latency_threads) for run in runs),
-                  key=lambda row: row[f"{plotted}_score"])
-    if threshold is None:
-        threshold = float(get_track(plotted, choose_track(plotted, track, runs[0].summary.dataset)).threshold)
-    scores = [row[f"{plotted}_score"] for row in rows]
-    accuracies = [row["accuracy"] for row in rows]
-    for i in pareto_front(list(zip(scores, accuracies))):
-        rows[i]["pareto"] = True
-    for row in rows:
-        row.setdefault("pareto", False)
+    measured = [measure_run(run, chosen, track, input_size, latency, latency_threads) for run in runs]
+    datasets = list(dict.fromkeys(row["dataset"] for row in measured))  # in the order the runs were given
+    rows: list[dict[str, Any]] = []
+    panels: list[Panel] = []
+    thresholds: dict[str, float] = {}
+    for dataset in datasets:
+        group = sorted((row for row in measured if row["dataset"] == dataset), key=lambda row: row[f"{plotted}_score"])
+        scores = [row[f"{plotted}_score"] for row in group]
+        accuracies = [row["accuracy"] for row in group]
+        front = set(pareto_front(list(zip(scores, accuracies))))
+        for i, row in enumerate(group):
+            row["pareto"] = i in front
+        thresholds[dataset] = (
+            threshold if threshold is not None
+            else float(get_track(plotted, choose_track(plotted, track, dataset)).threshold)
+        )
+        panels.append(Panel(scores, accuracies, [row["name"] for row in group], thresholds[dataset],
+                            score_label=f"{plotted} score ({group[0][f'{plotted}_track']})",
+                            title=f"{dataset}: accuracy against {plotted} score"))
+        rows.extend(group)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    first = thresholds[datasets[0]]
     files = {
         "csv": write_csv(rows, out_dir / "runs.csv"),
-        "json": write_json(rows, out_dir / "runs.json", scorers=chosen, plotted_scorer=plotted, threshold=threshold),
-        "png": plot_accuracy_vs_score(
-            scores, accuracies, out_dir / "accuracy_vs_score.png", labels=[row["name"] for row in rows],
-            threshold=threshold, score_label=f"{plotted} score ({rows[0][f'{plotted}_track']})",
-        ),
+        "json": write_json(rows, out_dir / "runs.json", scorers=chosen, plotted_scorer=plotted, threshold=first,
+                           thresholds=thresholds),
+        "png": plot_panels(panels, out_dir / "accuracy_vs_score.png"),
     }
-    return Report(rows, chosen, plotted, threshold, files)
+    return Report(rows, chosen, plotted, first, files, thresholds)

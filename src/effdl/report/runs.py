@@ -1,11 +1,18 @@
-"""Run directories written by the trainer: find them, validate their summary, locate their weights."""
+"""Run directories written by train, prune and quantize: find them, validate their summary, locate weights.
+
+Every kind of run writes a summary.json with the same core fields (`RunSummary`): name, kind
+(train / prune / quantize), dataset, model, accuracy with its correct/total counts, checkpoint and
+evaluated_on (where the accuracy was measured). Summaries written before the core fields were
+agreed are read too: a missing name is the directory's, a missing model is read from the
+checkpoint's architecture spec, a missing kind is guessed from the keys that kind writes.
+"""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -20,11 +27,15 @@ class ModelRef(BaseModel):
     kwargs: dict[str, Any] = Field(default_factory=dict)
 
 
+RUN_KINDS = ("train", "prune", "quantize")
+
+
 class RunSummary(BaseModel):
-    """The part of a trainer's summary.json a report relies on (other keys are kept, unused)."""
+    """The part of a run's summary.json a report relies on (other keys are kept, unused)."""
 
     model_config = ConfigDict(extra="allow")
     name: str
+    kind: Literal["train", "prune", "quantize"] = "train"
     accuracy: float = Field(ge=0, le=1)
     correct: int = Field(ge=0)
     total: int = Field(gt=0)
@@ -33,6 +44,8 @@ class RunSummary(BaseModel):
     time_s: float | None = None
     images_per_s: float | None = None
     checkpoint: str = "best.safetensors"
+    evaluated_on: str = "test"  # the split the accuracy was measured on ("test", or a subset of it)
+    selected_on: str | None = None  # train: "val" (best epoch on validation) or "last_epoch"
 
     @model_validator(mode="after")
     def _counts_match_accuracy(self) -> RunSummary:
@@ -65,13 +78,33 @@ def load_run(path: str | Path) -> Run:
     if not summary_path.is_file():
         raise EffdlError(f"{path} is not a finished run: no {SUMMARY_FILE}")
     try:
-        summary = RunSummary.model_validate(json.loads(summary_path.read_text()))
+        values = json.loads(summary_path.read_text())
+        if isinstance(values, dict):
+            values = _fill_older_summary(path, values)
+        summary = RunSummary.model_validate(values)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise EffdlError(f"{summary_path} is not valid JSON: {exc}") from None
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'summary'}: {e['msg']}" for e in exc.errors())
         raise EffdlError(f"{summary_path} is not a run summary: {problems}") from None
     return Run(path, summary)
+
+
+def _fill_older_summary(path: Path, values: dict[str, Any]) -> dict[str, Any]:
+    """Core fields that summaries written before they were agreed lack, from what the run holds."""
+    values = dict(values)
+    values.setdefault("name", path.name)
+    if "kind" not in values:
+        values["kind"] = "quantize" if "layer_bits" in values else "prune" if "sparsity_before" in values else "train"
+    if "model" not in values:
+        from effdl.checkpoint import read_checkpoint_meta
+
+        checkpoint = path / values.get("checkpoint", "best.safetensors")
+        if checkpoint.is_file():
+            spec = read_checkpoint_meta(checkpoint).get("spec")
+            if spec:
+                values["model"] = spec
+    return values
 
 
 def find_runs(paths: list[str | Path]) -> list[Run]:

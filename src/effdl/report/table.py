@@ -15,6 +15,7 @@ from effdl.errors import unknown_name_error
 from effdl.measure.counting import profile
 from effdl.measure.latency import torch_latency
 from effdl.measure.scoring import score, scorer_names, track_names
+from effdl.models.registry import model_input_size
 from effdl.report.runs import Run
 
 
@@ -50,21 +51,26 @@ def measure_run(
     run: Run,
     scorers: Sequence[str],
     track: str | None = None,
-    input_size: Sequence[int] = (3, 32, 32),
+    input_size: Sequence[int] | None = None,
     latency: bool = False,
     latency_threads: int | None = 1,
 ) -> dict[str, Any]:
     """One flat row: the run's summary, its counted complexity, each score and whether it qualifies.
+
+    Counts and latency are measured on one input of `input_size` (C, H, W), by default the size
+    the run's model was trained for (`model_input_size`).
 
     With `latency`, the median batch-1 PyTorch CPU latency with `latency_threads` threads (one by
     default: on a busy machine multi-threaded timings mostly measure the scheduler).
     """
     s = run.summary
     model, _ = load_model(run.checkpoint)
+    input_size = tuple(input_size) if input_size is not None else model_input_size(model)
     prof = profile(model, (1, *input_size))
     row: dict[str, Any] = {
-        "name": s.name, "model": s.model.name, "dataset": s.dataset, "accuracy": s.accuracy,
-        "correct": s.correct, "total": s.total, "params": prof.params, "macs": prof.macs,
+        "name": s.name, "kind": s.kind, "model": s.model.name, "dataset": s.dataset, "accuracy": s.accuracy,
+        "correct": s.correct, "total": s.total, "evaluated_on": s.evaluated_on, "selected_on": s.selected_on,
+        "input_size": list(input_size), "params": prof.params, "macs": prof.macs,
         "size_bytes": prof.size_bytes, "peak_activation_bytes": prof.peak_activation_bytes,
         "train_time_s": s.time_s, "path": str(run.path),
     }
@@ -99,16 +105,22 @@ def write_json(rows: Sequence[dict[str, Any]], path: str | Path, **extra: Any) -
 
 
 def runs_table(rows: Sequence[dict[str, Any]], scorers: Sequence[str], title: str = "runs") -> Table:
-    """A rich table of the rows; a check mark follows each score that meets its track's threshold."""
+    """A rich table of the rows; a check mark follows each score that meets its track's threshold.
+
+    The accuracy cell names where it was measured when that is not the full test split."""
     table = Table(title=title)
-    columns = ["run", "model", "accuracy", "params M", "MACs M", "size MB", *scorers]
+    columns = ["run", "kind", "dataset", "model", "accuracy", "params M", "MACs M", "size MB", *scorers]
     if any("latency_ms" in row for row in rows):
         columns.append("latency ms")
     columns.append("Pareto")
     for column in columns:
-        table.add_column(column, justify="left" if column in ("run", "model") else "right")
+        table.add_column(column, justify="left" if column in ("run", "kind", "dataset", "model") else "right")
     for row in rows:
-        cells = [row["name"], row["model"], f"{100 * row['accuracy']:.2f}%", f"{row['params'] / 1e6:.3f}",
+        accuracy = f"{100 * row['accuracy']:.2f}%"
+        if row.get("evaluated_on", "test") != "test":
+            accuracy += f" ({row['evaluated_on']})"
+        cells = [row["name"], row.get("kind", "train"), row["dataset"], row["model"], accuracy,
+                 f"{row['params'] / 1e6:.3f}",
                  f"{row['macs'] / 1e6:.1f}", f"{row['size_bytes'] / 1e6:.3f}"]
         cells += [f"{row[f'{s}_score']:.4g} {'✓' if row[f'{s}_qualifies'] else '✗'}" for s in scorers]
         if "latency ms" in columns:

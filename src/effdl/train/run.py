@@ -9,6 +9,7 @@ import torch
 
 from effdl.data import ImageDataset, load_dataset, subset, train_val_split
 from effdl.errors import EffdlError
+from effdl.fileio import claim_run_dir
 from effdl.models import create_model
 from effdl.train.callbacks import Callback
 from effdl.train.config import TrainConfig, make_config, read_config_file
@@ -21,7 +22,9 @@ def prepare_data(config: TrainConfig) -> tuple[ImageDataset, tuple | None]:
     With `val_size`, the validation images leave the training split and choose the best
     checkpoint; the test split stays the real one, used only for the final accuracy.
     """
-    data = load_dataset(config.dataset, root=config.data_root)
+    size_options = {"image_size": config.image_size, "resize": config.resize} if config.image_size is not None else {}
+    data = load_dataset(config.dataset, root=config.data_root, train_limit=config.train_limit,
+                        test_limit=config.test_limit, limit_seed=config.seed, **size_options)
     val = None
     if config.val_size:
         held_out = train_val_split(data, config.val_size, seed=config.seed)
@@ -33,12 +36,22 @@ def prepare_data(config: TrainConfig) -> tuple[ImageDataset, tuple | None]:
     return data, val
 
 
+def _resume_hint(run_dir: Path) -> str:
+    return f"resume with `effdl train --resume {run_dir}`"
+
+
 def train(
     config: TrainConfig,
     callbacks: list[Callback] | None = None,
     data: ImageDataset | None = None,
+    *,
+    overwrite: bool = False,
 ) -> TrainResult:
-    """Train `config.model` on `config.dataset` into `<out_dir>/<name>/` and return the result."""
+    """Train `config.model` on `config.dataset` into `<out_dir>/<name>/` and return the result.
+
+    An existing run directory of that name is refused (EffdlError) unless `overwrite`, which deletes
+    it first. Ctrl-C saves a resumable state and raises `effdl.errors.Interrupted`.
+    """
     if data is None:
         data, val = prepare_data(config)
     else:
@@ -48,9 +61,10 @@ def train(
     name = config.name or default_run_name(config)
     config = config.model_copy(update={"name": name})
     run_dir = Path(config.out_dir) / name
-    if (run_dir / "last.safetensors").exists():
-        raise EffdlError(f"run directory {run_dir} already holds a run; resume it with --resume {run_dir} or pick another --name")
-    trainer = Trainer(model, data, config, callbacks=callbacks, run_dir=run_dir, eval_data=val)
+    hint = f"resume it with --resume {run_dir} or pick another --name"
+    claim_run_dir(run_dir, overwrite=overwrite, hint=hint)
+    trainer = Trainer(model, data, config, callbacks=callbacks, run_dir=run_dir, eval_data=val,
+                      resume_hint=_resume_hint(run_dir))
     return trainer.fit()
 
 
@@ -65,6 +79,7 @@ def resume(run_dir: str | Path, callbacks: list[Callback] | None = None, epochs:
     config = make_config(values, source=str(run_dir / "config.yaml"))
     data, val = prepare_data(config)
     model = create_model(config.model, num_classes=data.num_classes, **config.model_kwargs)
-    trainer = Trainer(model, data, config, callbacks=callbacks, run_dir=run_dir, eval_data=val)
+    trainer = Trainer(model, data, config, callbacks=callbacks, run_dir=run_dir, eval_data=val,
+                      resume_hint=_resume_hint(run_dir))
     trainer.resume(run_dir / "last.safetensors")
     return trainer.fit()

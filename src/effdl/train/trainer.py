@@ -4,14 +4,19 @@ A run writes `<out_dir>/<name>/`:
     config.yaml        the resolved configuration
     metrics.jsonl      one JSON line per epoch (loss, accuracy, lr, images/s, time)
     last.safetensors   the latest state, enough to resume exactly (weights, EMA, optimizer, RNG)
-    best.safetensors   the best weights so far (EMA weights when EMA is on) as `model/`
-    summary.json       final accuracy of best.safetensors on the full test split, time, images/s
+    best.safetensors   the result's weights (EMA weights when EMA is on) as `model/`: with a
+                       validation split, those of the epoch with the best validation accuracy;
+                       without one, the last epoch's (the test split never chooses weights)
+    summary.json       final accuracy of best.safetensors on the full test split, time, images/s,
+                       and `selected_on`: "val" or "last_epoch"
 
 Per-epoch evaluations use bf16 autocast when training does (they only rank epochs); the final
 accuracy is always measured in fp32, on the weights exactly as saved.
 
-Ctrl-C saves a resumable checkpoint at the current step; a non-finite loss stops the run before
-anything is overwritten, so last.safetensors and best.safetensors stay the last good ones.
+Ctrl-C saves a resumable checkpoint at the current step (with the interrupted epoch's running
+loss and speed, so its metrics line is written once, complete, after the resume) and raises
+`effdl.errors.Interrupted`; a non-finite loss stops the run before anything is overwritten, so
+last.safetensors and best.safetensors stay the last good ones.
 """
 
 from __future__ import annotations
@@ -19,6 +24,9 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import signal
+import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -39,8 +47,8 @@ from effdl.checkpoint import (
 )
 from effdl.data import BatchLoader, ImageDataset
 from effdl.device import default_bf16, resolve_device
-from effdl.errors import EffdlError
-from effdl.measure.accuracy import Accuracy, evaluate
+from effdl.errors import EffdlError, Interrupted
+from effdl.measure.accuracy import Accuracy, check_model_fits_data, evaluate
 from effdl.measure.bits import declared_weight_bits
 from effdl.train.callbacks import Callback
 from effdl.train.config import TrainConfig, save_config
@@ -53,10 +61,10 @@ class NonFiniteLoss(EffdlError):
 
 @dataclass
 class TrainResult:
-    accuracy: float  # top-1 of the best weights on the full test split
+    accuracy: float  # top-1 of the result's weights (best.safetensors) on the full test split
     correct: int
     total: int
-    best_eval_accuracy: float  # the accuracy used to choose the best weights (val or test)
+    best_eval_accuracy: float  # validation accuracy of the chosen epoch; without validation, the last epoch's test accuracy
     epochs: int
     time_s: float
     images_per_s: float
@@ -82,9 +90,16 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
     return torch.optim.AdamW(groups, lr=config.lr)
 
 
+def dataset_label(dataset: str) -> str:
+    """A short name for a dataset, fit for a file name: `imagefolder:/data/flowers/` -> `flowers`."""
+    if dataset.startswith("imagefolder:"):
+        dataset = Path(dataset.split(":", 1)[1].rstrip("/\\")).name or "imagefolder"
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in dataset)
+
+
 def default_run_name(config: TrainConfig) -> str:
-    dataset = config.dataset.split(":")[0]
-    return f"{config.model.replace(':', '_')}-{dataset}-{datetime.now():%Y%m%d-%H%M%S}"
+    """`<model>-<dataset>-<time>`, e.g. resnet20-cifar10-20250101-120000 or resnet20-flowers-..."""
+    return f"{config.model.replace(':', '_')}-{dataset_label(config.dataset)}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
 class Trainer:
@@ -98,8 +113,13 @@ class Trainer:
         callbacks: list[Callback] | None = None,
         run_dir: str | Path | None = None,
         eval_data: tuple[torch.Tensor, torch.Tensor] | None = None,
+        resume_hint: str | None = None,
     ):
+        """`eval_data`: held-out validation (images uint8 [N,C,H,W], labels [N]) that chooses the best
+        epoch; without it, the result is the last epoch. `resume_hint`: the command that resumes this
+        run, shown when Ctrl-C stops it. Raises EffdlError if `model` records other classes than `data`."""
         self.config = config
+        self.resume_hint = resume_hint
         self.data = data
         self.callbacks = list(callbacks or [])
         self.run_dir = Path(run_dir) if run_dir is not None else None
@@ -112,6 +132,7 @@ class Trainer:
             torch.set_num_threads(config.threads)
         torch.manual_seed(config.seed)
 
+        check_model_fits_data(model, data)  # fine-tuning on other classes would fail or mislabel
         model.effdl_data = data.data_meta()  # saved with every checkpoint: input size, normalisation, classes
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         self.model = model.to(self.device, memory_format=memory_format)
@@ -119,7 +140,9 @@ class Trainer:
             data, "train", batch_size=config.batch_size, train=True, augment=config.augment,
             device=self.device, channels_last=self.channels_last, seed=config.seed,
         )
-        # Best weights are chosen on held-out validation images when given, else on the test split.
+        # The best epoch is chosen on held-out validation images when given; the test split only
+        # measures (choosing on it would report a maximum over epochs as if it were one result).
+        self.select_on_val = eval_data is not None
         if eval_data is not None:
             self.eval_loader = BatchLoader(
                 *eval_data, mean=data.mean, std=data.std, batch_size=config.eval_batch_size,
@@ -146,6 +169,10 @@ class Trainer:
         self.history: list[dict[str, Any]] = []  # each epoch's logged metrics, for the epochs this object ran
         self._epoch_start_rng: torch.Tensor | None = None
         self._skip_batches = 0
+        # The epoch in progress's running sums (loss_sum, correct, seen, train seconds): saved on
+        # Ctrl-C so the resumed epoch's metrics cover the whole epoch.
+        self._partial: dict[str, Any] = {}
+        self._resumed_partial: dict[str, float] = {}
         self._tensorboard = None
 
     # -- building blocks -------------------------------------------------------------------------
@@ -195,9 +222,13 @@ class Trainer:
         self.model.train()
         self.train_loader.set_epoch(self.epoch)
         self._epoch_start_rng = self.train_loader.generator.get_state()
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device)
-        seen, trained_time = 0, 0.0
+        carried = self._resumed_partial  # what the interrupted run had done of this epoch
+        self._resumed_partial = {}
+        loss_sum = torch.full((), float(carried.get("loss_sum", 0.0)), device=self.device)
+        correct = torch.full((), float(carried.get("correct", 0.0)), device=self.device)
+        seen, done_before = int(carried.get("seen", 0)), float(carried.get("train_time_s", 0.0))
+        trained_time = done_before
+        self._partial = {"loss_sum": loss_sum, "correct": correct, "seen": seen, "train_time_s": trained_time}
         check_every = 1 if self.device.type == "cpu" else 50
         task = progress.add_task(f"epoch {self.epoch + 1}/{self.config.epochs}", total=self.steps_per_epoch)
         start = time.perf_counter()
@@ -231,7 +262,8 @@ class Trainer:
             loss_sum += loss.detach() * len(hard)
             correct += (logits.detach().argmax(1) == hard).sum()
             seen += len(hard)
-            trained_time = time.perf_counter() - start
+            trained_time = done_before + time.perf_counter() - start
+            self._partial.update(seen=seen, train_time_s=trained_time)
             progress.update(
                 task, advance=1,
                 description=(
@@ -269,19 +301,22 @@ class Trainer:
                     for cb in self.callbacks:
                         cb.on_epoch_end(self, self.epoch, metrics)
                     images_per_s.append(metrics["images_per_s"])
-                    self.epoch += 1
-                    self._log(metrics)
-                    if acc.top1 > self.best_accuracy:
-                        self.best_accuracy = acc.top1
-                        self._save_best()
-                    self._save_last()
+                    # The epoch's line, result weights and resumable state are written together:
+                    # a Ctrl-C here waits until all three are on disk.
+                    with _interrupt_deferred():
+                        self.epoch += 1
+                        self._partial = {}
+                        self._log(metrics)
+                        if not self.select_on_val or acc.top1 > self.best_accuracy:
+                            self.best_accuracy = acc.top1
+                            self._save_best()
+                        self._save_last()
         except KeyboardInterrupt:
-            if self.run_dir is not None:
-                self._save_last(mid_epoch=True)
-                raise EffdlError(
-                    f"interrupted; resumable checkpoint saved: resume with `effdl train --resume {self.run_dir}`"
-                ) from None
-            raise
+            if self.run_dir is None:
+                raise
+            self._save_last(mid_epoch=True)
+            hint = self.resume_hint or f"{self.run_dir / 'last.safetensors'} holds the interrupted state"
+            raise Interrupted(f"interrupted; {hint}") from None
         for cb in self.callbacks:
             cb.on_train_end(self)
         if self.run_dir is None:
@@ -345,9 +380,11 @@ class Trainer:
             extra["extra/loader_rng"] = self.train_loader.generator.get_state()
         if self.ema is not None:
             extra.update(with_namespace(self.ema.module.state_dict(), "ema"))
+        partial = {k: float(v) for k, v in self._partial.items()} if mid_epoch else {}
         state = {
             "epoch": self.epoch, "step": self.step, "best_accuracy": self.best_accuracy,
             "batches_done": self.step - self.epoch * self.steps_per_epoch if mid_epoch else 0,
+            "epoch_partial": partial,
             "ema_n_averaged": int(self.ema.n_averaged) if self.ema is not None else 0,
             "optimizer": optim_meta,
         }
@@ -372,6 +409,19 @@ class Trainer:
         self.epoch, self.step = state["epoch"], state["step"]
         self.best_accuracy = state["best_accuracy"]
         self._skip_batches = state["batches_done"]
+        self._resumed_partial = dict(state.get("epoch_partial") or {})
+        self._drop_unsaved_epochs()
+
+    def _drop_unsaved_epochs(self) -> None:
+        """Forget metrics lines of epochs the resumed state had not finished (a run killed between
+        writing an epoch's line and its checkpoint), so each epoch is logged once."""
+        path = self.run_dir / "metrics.jsonl" if self.run_dir is not None else None
+        if path is None or not path.is_file():
+            return
+        lines = path.read_text().splitlines()
+        kept = [line for line in lines if line.strip() and json.loads(line).get("epoch", 0) <= self.epoch]
+        if len(kept) != len(lines):
+            path.write_text("".join(line + "\n" for line in kept))
 
     def _final_evaluation(self) -> Accuracy:
         from effdl.checkpoint import load_model
@@ -384,9 +434,10 @@ class Trainer:
         if self.run_dir is None:
             return
         summary = {
-            "name": self.run_dir.name, **asdict(result), "dataset": self.config.dataset,
+            "name": self.run_dir.name, "kind": "train", **asdict(result), "dataset": self.config.dataset,
             "model": getattr(self.model, "effdl_spec", {"name": self.config.model}),
-            "device": str(self.device), "checkpoint": "best.safetensors",
+            "device": str(self.device), "checkpoint": "best.safetensors", "evaluated_on": "test",
+            "selected_on": "val" if self.select_on_val else "last_epoch",
         }
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         if self._tensorboard is not None:
@@ -401,11 +452,30 @@ def _bare(model: nn.Module, original: nn.Module) -> nn.Module:
     return model
 
 
+@contextlib.contextmanager
+def _interrupt_deferred():
+    """Hold back Ctrl-C (SIGINT) until the block is done, then raise it; only in the main thread,
+    where Python delivers signals (elsewhere the block runs as is)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+    if received:
+        raise KeyboardInterrupt
+
+
 def _progress(enabled: bool):
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     if not enabled:
         return _NullProgress()
+    if not (sys.stdout.isatty() and sys.stderr.isatty()):  # CI logs, nohup: rich's live bar shows nothing
+        return _EpochLines()
     return Progress(TextColumn("{task.description}"), BarColumn(), TimeRemainingColumn(), transient=True)
 
 
@@ -424,3 +494,21 @@ class _NullProgress(contextlib.AbstractContextManager):
 
     def remove_task(self, *args, **kwargs) -> None:
         pass
+
+
+class _EpochLines(_NullProgress):
+    """Progress for a non-interactive terminal: one plain stderr line per epoch (its last description:
+    epoch, loss, accuracy, images/s, learning rate) with the time since training started."""
+
+    def __init__(self) -> None:
+        self.description, self.start = "", time.perf_counter()
+
+    def add_task(self, description: str, *args, **kwargs) -> int:
+        self.description = description
+        return 0
+
+    def update(self, *args, description: str | None = None, **kwargs) -> None:
+        self.description = description or self.description
+
+    def remove_task(self, *args, **kwargs) -> None:
+        print(f"{self.description}, {time.perf_counter() - self.start:.0f} s elapsed", file=sys.stderr, flush=True)

@@ -31,7 +31,8 @@ from effdl.compress.prune.unstructured import MaskCallback, make_permanent, meas
 from effdl.data import BatchLoader, ImageDataset, limited
 from effdl.device import resolve_device
 from effdl.errors import EffdlError, unknown_name_error
-from effdl.measure.accuracy import Accuracy, evaluate
+from effdl.fileio import claim_run_dir
+from effdl.measure.accuracy import Accuracy, check_model_fits_data, evaluate
 from effdl.measure.counting import profile
 
 UNSTRUCTURED = ("magnitude", "agp", "lottery")
@@ -169,21 +170,25 @@ def _reestimate_batchnorm(model: nn.Module, data: ImageDataset, device: torch.de
 
 
 def prune_checkpoint(
-    checkpoint: str | Path, options: PruneOptions, out_dir: str | Path, data: ImageDataset | None = None
+    checkpoint: str | Path, options: PruneOptions, out_dir: str | Path, data: ImageDataset | None = None,
+    *, overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Prune `checkpoint` as `options` say into run directory `out_dir`; returns the summary."""
+    """Prune `checkpoint` as `options` say into run directory `out_dir`; returns the summary.
+
+    An existing run in `out_dir` is refused (EffdlError) unless `overwrite`, which deletes it first.
+    """
     from effdl.data import load_dataset
 
     options.validate()
     out_dir = Path(out_dir)
-    if (out_dir / "best.safetensors").exists():
-        raise EffdlError(f"{out_dir} already holds a pruned model; pick another --out")
+    claim_run_dir(out_dir, overwrite=overwrite, sources=tuple(s for s in (checkpoint, options.rewind_to) if s))
     model, meta = load_model(checkpoint)
     train_config = meta.get("config") or {}
     if data is None:
         if not train_config.get("dataset"):
             raise EffdlError("the checkpoint does not name its dataset: pass --data NAME")
         data = load_dataset(train_config["dataset"], root=train_config.get("data_root"))
+    check_model_fits_data(model, data)
     data = limited(data, options.train_limit, options.test_limit, options.seed)
     device = resolve_device(options.device)
     model = model.to(device)
@@ -255,7 +260,9 @@ def prune_checkpoint(
     after = _measure(model, data, device, acc=before_finetune if options.epochs == 0 else None)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = {
-        "name": out_dir.name, "source": str(checkpoint), "method": options.method,
+        "name": out_dir.name, "kind": "prune", "model": meta["spec"], "evaluated_on":
+            "test" if options.test_limit is None else f"test (balanced subset of {after['total']})",
+        "source": str(checkpoint), "method": options.method,
         "options": dataclasses.asdict(options), "scope": scope, "dataset": data.name,
         "accuracy": after["accuracy"], "correct": after["correct"], "total": after["total"],
         "accuracy_before": before["accuracy"],
