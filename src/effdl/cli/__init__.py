@@ -44,8 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     except EffdlError as exc:
         print(f"effdl: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("effdl: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # effdl.errors.Interrupted says what was saved and how to resume
+        print(f"effdl: {exc or 'interrupted'}", file=sys.stderr)
         return 130
 
 
