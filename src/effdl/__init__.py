@@ -1,7 +1,21 @@
 """effdl: train, compress and honestly measure efficient CNN image classifiers."""
 
+from typing import TYPE_CHECKING
+
 from effdl.errors import EffdlError
-from effdl.models import create_model, list_models
 
 __version__ = "0.1.0"
 __all__ = ["EffdlError", "create_model", "list_models", "__version__"]
+
+if TYPE_CHECKING:
+    from effdl.models import create_model, list_models
+
+
+def __getattr__(name: str):
+    """`effdl.create_model` and `effdl.list_models` import the model zoo (and torch) on first use,
+    so `import effdl` (and `effdl --help`) stays light."""
+    if name in ("create_model", "list_models"):
+        import effdl.models
+
+        return getattr(effdl.models, name)
+    raise AttributeError(f"module 'effdl' has no attribute '{name}'")

@@ -4,6 +4,12 @@ Every module in this package that defines `register(subparsers)` adds one subcom
 function creates its parser and sets `func=run` (a callable taking the parsed args and returning an
 exit code). User errors (EffdlError) and malformed arguments become one line on stderr and exit
 code 2.
+
+First contact is fast: `effdl --help`, `effdl CMD --help` and a bad argument answer in well under
+two seconds, because the modules here import torch, onnx & co. only inside the functions that use
+them, and `main` registers only the command it runs (the others appear in `effdl --help` with the
+first sentence of their module docstring). Every parser matches option names exactly (no
+abbreviations: `--epoch 2` is an error, not `--epochs 2`).
 """
 
 from __future__ import annotations
@@ -11,35 +17,73 @@ from __future__ import annotations
 import argparse
 import importlib
 import pkgutil
+import re
 import sys
+from types import ModuleType
 
+from effdl import __version__
 from effdl.errors import EffdlError
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with argument errors on one line (the subcommand's usage is one `--help` away);
-    subcommand parsers inherit the class."""
+    """argparse with exact option names and argument errors on one line (the subcommand's usage is
+    one `--help` away); subcommand parsers inherit the class."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)  # a prefix like --epoch must not silently mean --epochs
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="effdl", description="Train, compress and measure efficient CNNs.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def command_modules() -> dict[str, ModuleType]:
+    """The subcommand modules by command name (each module's import is light: no torch)."""
+    modules = {}
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         if info.name.startswith("_"):  # __main__ runs the CLI when imported
             continue
         module = importlib.import_module(f"{__name__}.{info.name}")
         if hasattr(module, "register"):
+            modules[info.name] = module
+    return modules
+
+
+def command_summary(module: ModuleType) -> str:
+    """The first sentence of a command module's docstring, without its "`effdl CMD ...`:" prefix."""
+    paragraph = (module.__doc__ or "").strip().split("\n\n")[0]
+    text = " ".join(re.sub(r"^`[^`]*`:\s*", "", paragraph).split())
+    return re.split(r"(?<=\.)\s", text)[0].rstrip(".")
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The `effdl` parser: every subcommand in full, or only `command` in full (the others by name
+    and summary, enough for `effdl --help` and for 'invalid choice')."""
+    parser = _Parser(prog="effdl", description="Train, compress and measure efficient CNNs.")
+    parser.add_argument("--version", action="version", version=f"effdl {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    modules = command_modules()
+    lazy = command is not None
+    for name, module in modules.items():
+        if not lazy or name == command:
             module.register(sub)
+        else:
+            sub.add_parser(name, help=command_summary(module), add_help=False)
     return parser
 
 
+def _command_in(argv: list[str]) -> str:
+    """The subcommand named in `argv` ('' when none): the root options take no values, so it is the
+    first word that is not an option."""
+    return next((word for word in argv if not word.startswith("-")), "")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(command=_command_in(argv))
     try:
+        # inside the try: argument types (e.g. a checkpoint that must exist) may raise EffdlError
+        args = parser.parse_args(argv)
         return int(args.func(args) or 0)
     except EffdlError as exc:
         print(f"effdl: error: {exc}", file=sys.stderr)

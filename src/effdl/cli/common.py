@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
-
-from effdl.checkpoint import load_model
-from effdl.data import ImageDataset, load_dataset
 from effdl.errors import EffdlError
-from effdl.models import create_model
+
+if TYPE_CHECKING:  # torch & co. are imported where used, so that `effdl --help` stays fast
+    from torch import nn
+
+    from effdl.data import ImageDataset
 
 
 def add_data_args(parser: argparse.ArgumentParser, default: str | None = None) -> None:
@@ -25,6 +25,8 @@ def add_device_arg(parser: argparse.ArgumentParser) -> None:
 
 def dataset_from_args(args: argparse.Namespace, config: dict[str, Any] | None = None) -> ImageDataset:
     """The dataset named on the command line, else the one a checkpoint's config names."""
+    from effdl.data import load_dataset
+
     config = config or {}
     name = args.data or config.get("dataset")
     root = args.data_root or config.get("data_root")
@@ -35,9 +37,26 @@ def dataset_from_args(args: argparse.Namespace, config: dict[str, Any] | None = 
 
 def model_from_ref(ref: str, num_classes: int = 10) -> tuple[nn.Module, dict[str, Any]]:
     """A model from a checkpoint path, or a fresh one from a registered name (meta is then {})."""
+    from effdl.checkpoint import load_model
+    from effdl.models import create_model
+
     if ref.endswith(".safetensors") or Path(ref).exists():
         return load_model(ref)
     return create_model(ref, num_classes=num_classes).eval(), {}
+
+
+def checkpoint_file(text: str) -> str:
+    """argparse type of a checkpoint argument: the path, or at once (before torch is even imported)
+    the EffdlError the loader would raise if there is no such file."""
+    if not Path(text).is_file():
+        raise EffdlError(f"checkpoint not found: {text}")
+    return text
+
+
+def checkpoint_or_model(text: str) -> str:
+    """argparse type of a 'checkpoint or registered model name' argument: a missing .safetensors
+    file is an EffdlError at once; names are checked by the command."""
+    return checkpoint_file(text) if text.endswith(".safetensors") else text
 
 
 def int_list(text: str, what: str, length: int | None = None) -> tuple[int, ...]:

@@ -8,21 +8,23 @@ import yaml
 
 from effdl.cli.common import add_data_args, dataset_from_args
 from effdl.cli.train import add_config_flags
-from effdl.data import AugmentConfig, save_augmentation_grid
+from effdl.data import AugmentConfig  # light: the config alone, no torch
 from effdl.errors import EffdlError
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("grid", help="save a grid of augmented training images (PNG)")
     add_data_args(p, default="cifar10")
-    p.add_argument("--out", default="augmented.png")
+    p.add_argument("--out", default="augmented.png", help="PNG file to write (default augmented.png)")
     p.add_argument("-n", type=int, default=64, help="number of images")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the images picked and their augmentations")
     add_config_flags(p, AugmentConfig, prefix="augment.")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from effdl.data import save_augmentation_grid
+
     values = {k[len("cfg:augment."):]: yaml.safe_load(v) for k, v in vars(args).items()
               if k.startswith("cfg:augment.") and v is not None}
     try:

@@ -11,7 +11,7 @@ from rich.table import Table
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("models", help="list the model zoo")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the list as JSON")
     p.set_defaults(func=run)
 
 

@@ -1,19 +1,27 @@
 """Data: datasets decoded once into in-memory uint8 tensors, batched and augmented on the device."""
 
-from effdl.data.augment import AugmentConfig
-from effdl.data.datasets import ImageDataset, default_data_root, load_dataset
-from effdl.data.loader import BatchLoader
-from effdl.data.preview import save_augmentation_grid
-from effdl.data.splits import limited, subset, train_val_split
+from typing import TYPE_CHECKING
 
-__all__ = [
-    "AugmentConfig",
-    "BatchLoader",
-    "ImageDataset",
-    "default_data_root",
-    "limited",
-    "load_dataset",
-    "save_augmentation_grid",
-    "subset",
-    "train_val_split",
-]
+from effdl.lazy import lazy_exports
+
+# Imported on first use (effdl.lazy): AugmentConfig alone needs no torch, for `effdl train --help`.
+_EXPORTS = {
+    "AugmentConfig": "effdl.data.augment_config",
+    "BatchLoader": "effdl.data.loader",
+    "ImageDataset": "effdl.data.datasets",
+    "default_data_root": "effdl.data.datasets",
+    "limited": "effdl.data.splits",
+    "load_dataset": "effdl.data.datasets",
+    "save_augmentation_grid": "effdl.data.preview",
+    "subset": "effdl.data.splits",
+    "train_val_split": "effdl.data.splits",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from effdl.data.augment_config import AugmentConfig
+    from effdl.data.datasets import ImageDataset, default_data_root, load_dataset
+    from effdl.data.loader import BatchLoader
+    from effdl.data.preview import save_augmentation_grid
+    from effdl.data.splits import limited, subset, train_val_split

@@ -61,7 +61,10 @@ def sensitivity_table(baseline: float, results: list[LayerSensitivity]):
 
 
 def plot_sensitivity(baseline: float, results: list[LayerSensitivity], path: str | Path) -> Path:
-    """Bar chart of the accuracy with each layer quantized, in network order, with the baseline."""
+    """Bar chart of the accuracy with each layer quantized, in network order, with the baseline.
+
+    Bars rise or fall from the baseline (a dashed line) and the axis fits the data, so a drop of a
+    tenth of a point is visible (from 0%, a 1-point difference was not)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -70,8 +73,13 @@ def plot_sensitivity(baseline: float, results: list[LayerSensitivity], path: str
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(results)), 4))
-    ax.bar(range(len(results)), [100 * r.accuracy for r in results], color="tab:blue")
+    accuracies = [100 * r.accuracy for r in results]
+    ax.bar(range(len(results)), [a - 100 * baseline for a in accuracies], bottom=100 * baseline,
+           color=["tab:orange" if a < 100 * baseline else "tab:blue" for a in accuracies])
     ax.axhline(100 * baseline, color="tab:red", linestyle="--", label=f"float {100 * baseline:.2f}%")
+    low, high = min([*accuracies, 100 * baseline]), max([*accuracies, 100 * baseline])
+    margin = max(0.1 * (high - low), 0.2)  # points
+    ax.set_ylim(max(low - margin, 0), min(high + margin, 100))
     ax.set_xticks(range(len(results)), [r.layer for r in results], rotation=90, fontsize=7)
     ax.set_ylabel("top-1 accuracy (%)")
     bits = sorted({r.bits for r in results})
