@@ -10,12 +10,11 @@ from rich.console import Console
 
 from effdl.cli.common import int_list
 from effdl.errors import EffdlError
-from effdl.measure.scoring import scorer_names
-from effdl.report import make_report
-from effdl.report.table import runs_table
 
 
 def register(subparsers) -> None:
+    from effdl.measure.scoring import scorer_names  # only when this command is built (see effdl.cli.build_parser)
+
     p = subparsers.add_parser("report", help="table and accuracy-vs-score plot over runs (train, prune, quantize)")
     p.add_argument("runs", nargs="+", help="run directories (runs/NAME), or folders holding them")
     p.add_argument("--out", default="reports", help="folder for runs.csv, runs.json, accuracy_vs_score.png")
@@ -33,6 +32,9 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from effdl.report import make_report
+    from effdl.report.table import runs_table
+
     if args.threshold is not None and not 0 <= args.threshold <= 1:
         raise EffdlError(f"--threshold is a fraction in [0, 1], got {args.threshold}")
     report = make_report(

@@ -9,15 +9,26 @@ from __future__ import annotations
 
 import argparse
 import json
+import typing
+from pathlib import Path
 
 import yaml
 from pydantic import BaseModel
 
-from effdl.train import TrainConfig, make_config, resume, train
-from effdl.train.config import merge, read_config_file
+# effdl.train.config is light (pydantic, no torch): `effdl train --help` needs no more.
+from effdl.errors import EffdlError
+from effdl.train.config import TrainConfig, make_config, merge, read_config_file
+
+
+def _is_bool(annotation: typing.Any) -> bool:
+    """bool, or bool | None."""
+    return annotation is bool or set(typing.get_args(annotation)) == {bool, type(None)}
 
 
 def add_config_flags(parser: argparse.ArgumentParser, model: type[BaseModel], prefix: str = "") -> None:
+    """One flag per field of `model` (nested models as --section.field), its help the field's
+    description. Values are YAML, read by the caller; a boolean flag alone means true, so
+    `--compile` and `--compile true` both work (`--compile false` turns it off)."""
     for name, field in model.model_fields.items():
         annotation = field.annotation
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
@@ -25,8 +36,14 @@ def add_config_flags(parser: argparse.ArgumentParser, model: type[BaseModel], pr
             continue
         flag = "--" + (prefix + name).replace("_", "-")
         default = field.default if field.default_factory is None else field.default_factory()
-        parser.add_argument(flag, dest=f"cfg:{prefix}{name}", default=None, metavar="VALUE",
-                            help=f"{field.description or ''} (default: {default})".strip())
+        choices = typing.get_args(annotation) if typing.get_origin(annotation) is typing.Literal else ()
+        if _is_bool(annotation):
+            extra = {"nargs": "?", "const": "true", "metavar": "true|false"}
+        else:
+            extra = {"metavar": "|".join(map(str, choices)) if choices else "VALUE"}
+        described = f"{field.description or ''} (default: {default})".strip()
+        parser.add_argument(flag, dest=f"cfg:{prefix}{name}", default=None,
+                            help=described.replace("%", "%%"), **extra)  # argparse %-formats help
 
 
 def register(subparsers) -> None:
@@ -34,7 +51,9 @@ def register(subparsers) -> None:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="YAML file of TrainConfig keys (flags override it)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run (other flags: only --epochs)")
-    p.add_argument("--data", dest="cfg:dataset", default=None, help="alias of --dataset")
+    p.add_argument("--data", dest="cfg:dataset", default=None, metavar="NAME", help="alias of --dataset")
+    p.add_argument("--out", metavar="RUN_DIR", default=None,
+                   help="the run directory, as in prune and quantize: same as --out-dir PARENT --name NAME")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing run of the same name (default: refuse, nothing is deleted)")
     add_config_flags(p, TrainConfig)
@@ -52,10 +71,16 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     for key in ("name", "out_dir", "dataset", "data_root", "model", "device"):
         if key in overrides:
             overrides[key] = str(getattr(args, f"cfg:{key}"))
+    if args.out:  # --out runs/x is --out-dir runs --name x
+        if "out_dir" in overrides or "name" in overrides:
+            raise EffdlError("--out RUN_DIR is --out-dir and --name in one: give either, not both")
+        overrides["out_dir"], overrides["name"] = str(Path(args.out).parent), Path(args.out).name
     return make_config(merge(values, overrides), source=args.config or "arguments")
 
 
 def run(args: argparse.Namespace) -> int:
+    from effdl.train import resume, train
+
     if args.resume:
         epochs = getattr(args, "cfg:epochs")
         result = resume(args.resume, epochs=int(epochs) if epochs is not None else None)

@@ -21,43 +21,55 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
-    name: str | None = None  # run directory name under out_dir (default: model-dataset-time)
-    out_dir: str = "runs"
-    dataset: str = "cifar10"
-    data_root: str | None = None  # default: $EFFDL_DATA
-    model: str = "resnet20"
-    model_kwargs: dict[str, Any] = Field(default_factory=dict)
-    subset: int | None = None  # train on a seeded subset of this many images
-    subset_per_class: int | None = None
-    val_size: int = 0  # hold out this many training images; best checkpoint is then chosen on them
+    name: str | None = Field(None, description="run directory name under out_dir; none: MODEL-DATASET-TIME")
+    out_dir: str = Field("runs", description="folder that holds the run directories")
+    dataset: str = Field("cifar10", description="cifar10, cifar100, imagefolder:PATH or synthetic")
+    data_root: str | None = Field(None, description="where datasets live; none: $EFFDL_DATA")
+    model: str = Field("resnet20",
+        description="architecture, one of `effdl models`, or tv:NAME for a torchvision model")
+    model_kwargs: dict[str, Any] = Field(default_factory=dict,
+        description="extra keyword arguments of the model, as a YAML mapping (e.g. '{width: 32}')")
+    subset: int | None = Field(None,
+        description="older spelling of train_limit (applied after val_size is held out); old configs use it")
+    subset_per_class: int | None = Field(None, description="train on this many seeded images of each class")
+    val_size: int = Field(0,
+        description="hold out this many training images; the best checkpoint is then chosen on them")
 
-    epochs: int = Field(30, ge=1)
-    batch_size: int = Field(128, ge=1)
-    eval_batch_size: int = Field(512, ge=1)
-    optimizer: Literal["sgd", "adamw"] = "sgd"
-    lr: float = Field(0.1, gt=0)  # peak learning rate
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = Field(5e-4, ge=0)
-    decay_bn_and_bias: bool = False  # weight decay on BatchNorm and bias parameters too
-    schedule: Literal["onecycle", "triangular", "cosine", "multistep", "constant"] = "onecycle"
-    warmup_epochs: float = Field(0.0, ge=0)  # onecycle/triangular default to 20% of training when 0
-    milestones: list[int] = Field(default_factory=list)  # multistep: epochs where lr *= gamma
-    gamma: float = 0.1
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
-    ema_decay: float | None = Field(None, gt=0, lt=1)  # exponential moving average of weights
-    grad_clip: float | None = Field(None, gt=0)  # max gradient norm
-    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    epochs: int = Field(30, ge=1, description="passes over the training images")
+    batch_size: int = Field(128, ge=1, description="training images per optimizer step")
+    eval_batch_size: int = Field(512, ge=1, description="images per evaluation batch")
+    optimizer: Literal["sgd", "adamw"] = Field("sgd", description="sgd or adamw")
+    lr: float = Field(0.1, gt=0, description="peak learning rate")
+    momentum: float = Field(0.9, description="SGD momentum")
+    nesterov: bool = Field(True, description="Nesterov momentum (sgd)")
+    weight_decay: float = Field(5e-4, ge=0, description="weight decay")
+    decay_bn_and_bias: bool = Field(False, description="weight decay on BatchNorm and bias parameters too")
+    schedule: Literal["onecycle", "triangular", "cosine", "multistep", "constant"] = Field("onecycle",
+        description="learning-rate schedule: onecycle, triangular, cosine, multistep or constant")
+    warmup_epochs: float = Field(0.0, ge=0,
+        description="epochs of learning-rate warm-up; onecycle/triangular default to 20% of training when 0")
+    milestones: list[int] = Field(default_factory=list,
+        description="multistep: epochs where lr *= gamma, as a YAML list such as '[30, 60]'")
+    gamma: float = Field(0.1, description="multistep: learning-rate factor at each milestone")
+    label_smoothing: float = Field(0.0, ge=0, lt=1,
+        description="label smoothing of the cross-entropy targets, in [0, 1)")
+    ema_decay: float | None = Field(None, gt=0, lt=1,
+        description="keep an exponential moving average of the weights with this decay (e.g. 0.999); none: off")
+    grad_clip: float | None = Field(None, gt=0, description="clip the gradient norm to this; none: off")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig,
+        description="training augmentations (the --augment.* flags)")
 
-    device: str = "auto"
-    bf16: bool | None = None  # bf16 autocast; default: on for CUDA and for CPUs with AMX
-    channels_last: bool = True  # NHWC activations: faster with cuDNN and oneDNN alike (2-5x on CPU)
-    compile: bool = False  # torch.compile the model for training
-    threads: int | None = None  # CPU threads for torch (default: torch's choice)
-    seed: int = 0
-    tta: bool = False  # evaluate with horizontal-flip test-time augmentation
-    progress: bool = True
-    tensorboard: bool = False
+    device: str = Field("auto", description="cpu, cuda, cuda:N or auto")
+    bf16: bool | None = Field(None, description="bf16 autocast; none: on for CUDA and for CPUs with AMX")
+    channels_last: bool = Field(True,
+        description="NHWC activations: faster with cuDNN and oneDNN alike (2-5x on CPU)")
+    compile: bool = Field(False,
+        description="torch.compile the model for training (faster epochs after a compile of a minute or more)")
+    threads: int | None = Field(None, description="CPU threads for torch; none: torch's choice")
+    seed: int = Field(0, description="seed of the initialisation, the data order and the augmentations")
+    tta: bool = Field(False, description="evaluate with horizontal-flip test-time augmentation")
+    progress: bool = Field(True, description="show progress: a live bar in a terminal, one line per epoch otherwise")
+    tensorboard: bool = Field(False, description="also write TensorBoard logs into the run directory")
 
 
 def _explain(exc: ValidationError, source: str) -> EffdlError:
