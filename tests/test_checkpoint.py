@@ -75,3 +75,84 @@ def test_recorded_transforms_are_replayed_on_load(tmp_path):
 def test_model_without_spec_cannot_be_saved(tmp_path):
     with pytest.raises(EffdlError, match="create_model"):
         save_model(tmp_path / "m.safetensors", torch.nn.Linear(2, 2))
+
+
+def _wrap_ddp(model):
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("no gloo backend")
+    dist.init_process_group("gloo", init_method="tcp://127.0.0.1:29517", rank=0, world_size=1)
+    return torch.nn.parallel.DistributedDataParallel(model)
+
+
+@pytest.mark.parametrize("wrap", ["compile", "dataparallel", "ddp", "averaged", "compiled-ema"])
+def test_wrapped_models_save_as_the_bare_model(tmp_path, wrap):
+    from torch.optim.swa_utils import AveragedModel
+
+    model = create_model("resnet20", num_classes=4, width=0.25)
+    model.effdl_data = {"dataset": "synthetic", "input_size": [3, 32, 32], "mean": [0.5] * 3, "std": [0.25] * 3,
+                        "classes": ["a", "b", "c", "d"], "resize": None}
+    if wrap == "compile":
+        wrapped = torch.compile(model)  # wrapping only: nothing is compiled until it runs
+    elif wrap == "dataparallel":
+        wrapped = torch.nn.DataParallel(model)
+    elif wrap == "ddp":
+        wrapped = _wrap_ddp(model)
+    elif wrap == "averaged":
+        wrapped = AveragedModel(model)
+    else:
+        wrapped = torch.compile(AveragedModel(model))
+    try:
+        assert any(k.startswith(("_orig_mod.", "module.")) for k in wrapped.state_dict())
+        path = save_model(tmp_path / "m.safetensors", wrapped)
+    finally:
+        if wrap == "ddp":
+            torch.distributed.destroy_process_group()
+    loaded, meta = load_model(path)  # was "Missing key(s)" with the wrapper's prefixes
+    assert meta["spec"]["name"] == "resnet20" and meta["data"]["classes"] == ["a", "b", "c", "d"]
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(model.eval()(x), loaded(x))
+
+
+def test_wrapper_attributes_reach_the_saved_model(tmp_path):
+    from effdl.checkpoint import unwrap_model
+
+    bare = create_model("resnet20", width=0.25)
+    spec = bare.effdl_spec
+    del bare.effdl_spec  # e.g. a copy that lost it; the wrapper still has it
+    wrapped = torch.nn.DataParallel(bare)
+    wrapped.effdl_spec = spec
+    assert unwrap_model(wrapped) is bare and bare.effdl_spec == spec
+    _, meta = load_model(save_model(tmp_path / "m.safetensors", wrapped))
+    assert meta["spec"] == spec
+
+
+def test_evaluating_on_data_with_other_classes_is_one_clear_error(tmp_path):
+    from effdl.data import BatchLoader
+    from effdl.data.datasets import synthetic_dataset
+    from effdl.measure.accuracy import check_model_fits_data, evaluate
+
+    model = create_model("resnet20", num_classes=10, width=0.25).eval()
+    for classes in (4, 20):  # fewer: was "Target out of bounds"; more: a silently near-zero accuracy
+        data = synthetic_dataset(n_train=64, n_test=40, num_classes=classes)
+        with pytest.raises(EffdlError, match=f"predicts 10 classes.* has {classes}") as err:
+            check_model_fits_data(model, data)
+        assert "\n" not in str(err.value)
+        with pytest.raises(EffdlError, match=f"predicts 10 classes.*has {classes}"):
+            evaluate(model, BatchLoader.for_split(data, "test", batch_size=16))
+    data = synthetic_dataset(n_train=64, n_test=40)
+    model.effdl_data = {**data.data_meta(), "dataset": "other", "classes": [f"c{i}" for i in range(10)]}
+    with pytest.raises(EffdlError, match=r"trained on other.*0: c0 vs class0"):
+        check_model_fits_data(model, data)
+    model.effdl_data = data.data_meta()
+    check_model_fits_data(model, data)  # the same classes pass
+
+
+def test_cli_eval_refuses_data_with_other_classes(tmp_path, capsys):
+    from effdl.cli import main
+
+    path = save_model(tmp_path / "m.safetensors", create_model("resnet20", num_classes=4, width=0.25))
+    assert main(["eval", str(path), "--data", "synthetic", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "predicts 4 classes" in err and "has 10" in err and "Traceback" not in err
