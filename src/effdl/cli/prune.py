@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import argparse
 
-from effdl.cli.common import add_data_args, add_device_arg, add_distill_args, dataset_from_args
-from effdl.compress.prune.pipeline import METHODS, PruneOptions, prune_checkpoint
+from effdl.cli.common import add_data_args, add_device_arg, add_distill_args, checkpoint_file, dataset_from_args
 
 
 def register(subparsers) -> None:
+    from effdl.compress.prune.pipeline import METHODS  # only when this command is built (see effdl.cli.build_parser)
+
     p = subparsers.add_parser("prune", help="prune a checkpoint (unstructured or structured) into a new run")
-    p.add_argument("checkpoint", help="a .safetensors checkpoint")
+    p.add_argument("checkpoint", type=checkpoint_file, help="a .safetensors checkpoint")
     p.add_argument("--method", required=True, help=f"one of {', '.join(METHODS)}")
     p.add_argument("--sparsity", type=float, default=None,
                    help="fraction in [0, 1): of weights (unstructured) or of channels (structured)")
@@ -33,7 +34,7 @@ def register(subparsers) -> None:
     p.add_argument("--round-to", type=int, default=None, help="structured: keep channel counts multiples of this")
     p.add_argument("--epochs", type=int, default=0, help="fine-tuning epochs after pruning (per round)")
     p.add_argument("--lr", type=float, default=0.01, help="fine-tuning peak learning rate (cosine schedule)")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=128, help="fine-tuning batch size (default 128)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the fine-tuning step (faster epochs after a compile of a minute or more)")
     add_distill_args(p, "the unpruned model")
@@ -52,7 +53,7 @@ def register(subparsers) -> None:
                         "e.g. 'layers.0.*=0' 'layers.2.*.conv1=0.75'")
     p.add_argument("--train-limit", type=int, default=None, help="fine-tune on a balanced subset of this many images")
     p.add_argument("--test-limit", type=int, default=None, help="evaluate on a balanced subset of N test images (smoke tests)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the fine-tuning and of sampled images (default 0)")
     p.add_argument("--out", required=True, help="run directory to create, e.g. runs/resnet20-pruned")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run at --out (default: refuse)")
     add_data_args(p)
@@ -73,6 +74,8 @@ def layer_ratio(text: str) -> tuple[str, float]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from effdl.compress.prune.pipeline import PruneOptions, prune_checkpoint
+
     options = PruneOptions(
         method=args.method, sparsity=args.sparsity, target_macs=args.target_macs, scope=args.scope,
         round_to=args.round_to, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, rounds=args.rounds,

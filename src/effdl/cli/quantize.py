@@ -15,43 +15,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from effdl.checkpoint import load_model, save_model
-from effdl.cli.common import add_data_args, add_device_arg, add_distill_args, dataset_from_args
-from effdl.compress.distill import Distillation, check_distill_options
-from effdl.compress.quantize import (
-    BinaryConnectConfig,
-    FakeQuantConfig,
-    Float16Config,
-    Int8StaticConfig,
-    Int8WeightOnlyConfig,
-    KMeansConfig,
-    QuantizationCallback,
-    TernaryConfig,
-    XnorConfig,
-    calibrate,
-    calibration_images,
-    fold_batchnorm,
-    is_quantized,
-    plot_sensitivity,
-    quantize_,
-    quantized_layers,
-    sensitivity_scan,
-    sensitivity_table,
-    verify_model_bits,
-)
-from effdl.compress.quantize.sensitivity import sensitivity_records
-from effdl.data import BatchLoader, limited
-from effdl.device import resolve_device
+from effdl.cli.common import add_data_args, add_device_arg, add_distill_args, checkpoint_file, dataset_from_args
 from effdl.errors import EffdlError
 from effdl.fileio import claim_run_dir
-from effdl.measure import evaluate
-from effdl.measure.accuracy import check_model_fits_data
-from effdl.train.batchnorm import reestimate_batchnorm
+
+if TYPE_CHECKING:  # torch & co. are imported where used, so that `effdl --help` stays fast
+    import torch
+
+    from effdl.compress.distill import Distillation
+    from effdl.data import BatchLoader
 
 METHODS = ("ptq-int8", "ptq-fp16", "ptq-bf16", "int8-weight", "qat", "binaryconnect", "xnor", "ternary", "kmeans",
            "sensitivity")
@@ -75,17 +51,19 @@ def _optional_bits(text: str | int | None) -> int | None:
 def register(subparsers) -> None:
     p = subparsers.add_parser("quantize", help="quantize a checkpoint (PTQ, QAT, binary, ternary, k-means)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint")
-    p.add_argument("--method", required=True, choices=METHODS)
+    p.add_argument("checkpoint", type=checkpoint_file, help="a float .safetensors checkpoint")
+    p.add_argument("--method", required=True, choices=METHODS, help=f"one of {', '.join(METHODS)} (see above)")
     p.add_argument("--bits", type=int, default=None, help="weight bits (qat, kmeans: default 4; sensitivity: 4)")
     p.add_argument("--act-bits", default="same",
                    help="activation bits for qat, or 'none' (default: same as --bits)")
-    p.add_argument("--qat-method", default="lsq", choices=("lsq", "pact", "dorefa", "minmax"))
+    p.add_argument("--qat-method", default="lsq", choices=("lsq", "pact", "dorefa", "minmax"),
+                   help="qat quantizer: lsq, pact, dorefa or minmax (default lsq)")
     p.add_argument("--first-last-bits", default=8,
                    help="bits of the first and last layer in qat, or 'none' (default 8)")
     p.add_argument("--override", action="append", default=[], metavar="LAYER=BITS",
                    help="per-layer bits in qat, e.g. layers.0.*=6 or fc=8,8 (weight,act); repeatable")
-    p.add_argument("--calibration", default="minmax", choices=("minmax", "percentile", "mse"))
+    p.add_argument("--calibration", default="minmax", choices=("minmax", "percentile", "mse"),
+                   help="activation range calibration: minmax, percentile or mse (default minmax)")
     p.add_argument("--calibration-images", type=int, default=512, help="training images used to calibrate")
     p.add_argument("--quantize-outputs", action=argparse.BooleanOptionalAction, default=True,
                    help="ptq-int8: also quantize the outputs feeding float ops (residual Adds), so an int8 "
@@ -96,13 +74,13 @@ def register(subparsers) -> None:
     p.add_argument("--float-first-last", action="store_true",
                    help="binaryconnect, xnor, ternary: keep the first and last layer in float (as BWN/XNOR-Net do)")
     p.add_argument("--epochs", type=int, default=0, help="fine-tuning epochs for training methods (default 0)")
-    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--lr", type=float, default=0.01, help="fine-tuning peak learning rate, cosine schedule (default 0.01)")
     p.add_argument("--bf16", action="store_true",
                    help="fine-tune under bf16 autocast (about 2x faster on AMX CPUs and GPUs; evaluation stays fp32)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the training step: fuses the fake-quant ops (1.5-2.5x on CPU, after a "
                         "compile of a few minutes)")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=128, help="fine-tuning batch size (default 128)")
     add_distill_args(p, "the float model")
     p.add_argument("--test-limit", type=int, default=None, help="evaluate on a balanced subset of N test images (smoke tests)")
     p.add_argument("--out", required=True, help="run directory to write, e.g. runs/r20-int8")
@@ -129,6 +107,11 @@ def _overrides(items: list[str]) -> dict[str, Any]:
 
 def make_config(args: argparse.Namespace):
     """The quantization config the command line describes."""
+    from effdl.compress.quantize import (
+        BinaryConnectConfig, FakeQuantConfig, Float16Config, Int8StaticConfig, Int8WeightOnlyConfig, KMeansConfig,
+        TernaryConfig, XnorConfig,
+    )
+
     method = args.method
     if method in FIXED_BITS and args.bits not in (None, FIXED_BITS[method]):
         raise EffdlError(f"--method {method} quantizes to {FIXED_BITS[method]} bits; got --bits {args.bits}")
@@ -156,6 +139,7 @@ def make_config(args: argparse.Namespace):
 
 def _fine_tune(model, data, args: argparse.Namespace, out: Path, device: torch.device,
                distillation: Distillation | None) -> dict[str, Any]:
+    from effdl.compress.quantize import QuantizationCallback
     from effdl.models import model_spec
     from effdl.train import Trainer, make_config as make_train_config
 
@@ -179,6 +163,17 @@ def _fine_tune(model, data, args: argparse.Namespace, out: Path, device: torch.d
 
 
 def run(args: argparse.Namespace) -> int:
+    from effdl.checkpoint import load_model, save_model
+    from effdl.compress.distill import Distillation, check_distill_options
+    from effdl.compress.quantize import (
+        calibrate, calibration_images, fold_batchnorm, is_quantized, quantize_, quantized_layers, verify_model_bits,
+    )
+    from effdl.data import BatchLoader, limited
+    from effdl.device import resolve_device
+    from effdl.measure import evaluate
+    from effdl.measure.accuracy import check_model_fits_data
+    from effdl.train.batchnorm import reestimate_batchnorm
+
     if args.epochs < 0:
         raise EffdlError(f"--epochs must be >= 0, got {args.epochs}")
     if args.epochs and args.method not in TRAINABLE:
@@ -200,6 +195,7 @@ def run(args: argparse.Namespace) -> int:
 
     if is_quantized(model):
         raise EffdlError(f"{args.checkpoint} is already quantized; quantize the float checkpoint instead")
+    print(f"evaluating the float model on {len(loader.labels):,} test images...", file=sys.stderr)
     source_accuracy = evaluate(model, loader).top1
     # Made before quantize_ changes the model in place: the callback copies the float model as teacher.
     distillation = Distillation(model, args.distill, args.distill_temperature) if args.distill else None
@@ -210,12 +206,14 @@ def run(args: argparse.Namespace) -> int:
     needs_calibration = any(layer.act_quantizer is not None for layer in quantized_layers(model).values())
     if replaced_weights or needs_calibration:
         images = calibration_images(data, args.calibration_images).to(device)
+        print(f"calibrating on {len(images):,} training images...", file=sys.stderr)
         if replaced_weights:
             reestimate_batchnorm(model, images.split(64))
         if needs_calibration:
             calibrate(model, images)
     training = _fine_tune(model, data, args, out, device, distillation) if args.epochs else None
     model = model.to(device).eval()
+    print(f"evaluating the {args.method} model on {len(loader.labels):,} test images...", file=sys.stderr)
     accuracy = evaluate(model, loader)
     from effdl.models import model_spec
 
@@ -248,6 +246,9 @@ def _score(model) -> dict[str, Any] | None:
 
 
 def _sensitivity(model, loader: BatchLoader, args: argparse.Namespace, out: Path) -> int:
+    from effdl.compress.quantize import FakeQuantConfig, plot_sensitivity, sensitivity_scan, sensitivity_table
+    from effdl.compress.quantize.sensitivity import sensitivity_records
+
     bits = 4 if args.bits is None else args.bits
     FakeQuantConfig(weight_bits=bits, act_bits=None)  # validates the bits
     baseline, results = sensitivity_scan(model, loader, bits)
