@@ -8,22 +8,28 @@ import json
 import sys
 from typing import Any
 
-import torch
+from typing import TYPE_CHECKING
+
 from rich.console import Console
 from rich.table import Table
-from torch import nn
 
-from effdl.cli.common import add_data_args, add_device_arg, dataset_from_args, int_list, model_from_ref
-from effdl.data import BatchLoader
-from effdl.device import resolve_device
+from effdl.cli.common import (
+    add_data_args, add_device_arg, checkpoint_or_model, dataset_from_args, int_list, model_from_ref,
+)
 from effdl.errors import unknown_name_error
-from effdl.measure import Accuracy, ModelProfile, ScoreResult, evaluate, profile, score
-from effdl.measure.scoring import TRACKS
+
+if TYPE_CHECKING:  # torch & co. are imported where used, so that `effdl --help` stays fast
+    import torch
+    from torch import nn
+
+    from effdl.measure import Accuracy, ModelProfile, ScoreResult
 
 
 def register(subparsers) -> None:
+    from effdl.measure.scoring import TRACKS  # only when this command is built (see effdl.cli.build_parser)
+
     p = subparsers.add_parser("score", help="per-layer counts and the micronet / imt2021 / imt2024 scores")
-    p.add_argument("model", help="checkpoint (.safetensors) or registered model name")
+    p.add_argument("model", type=checkpoint_or_model, help="checkpoint (.safetensors) or registered model name")
     p.add_argument("--scorer", default="all", help=f"{', '.join(TRACKS)} or all (default all)")
     p.add_argument("--track", default=None,
                    help="track (micronet: cifar100, imagenet; imt2021: cifar10, cifar100; imt2024: cifar10); "
@@ -43,19 +49,25 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-class _CastInputs(nn.Module):
-    """Feeds a half-precision model the float32 batches the loaders produce."""
+def _cast_inputs(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """`model` fed the float32 batches the loaders produce, cast to its (half-precision) `dtype`."""
+    from torch import nn
 
-    def __init__(self, model: nn.Module, dtype: torch.dtype):
-        super().__init__()
-        self.model, self.dtype = model, dtype
+    class _CastInputs(nn.Module):
+        def __init__(self, model: nn.Module, dtype: torch.dtype):
+            super().__init__()
+            self.model, self.dtype = model, dtype
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x.to(self.dtype))
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.model(x.to(self.dtype))
+
+    return _CastInputs(model, dtype)
 
 
 def chosen_tracks(scorer: str, track: str | None, dataset: str | None) -> list[tuple[str, str]]:
     """(scorer, track) pairs to compute: `scorer` or all of them, on `track` where it exists."""
+    from effdl.measure.scoring import TRACKS
+
     if scorer != "all" and scorer not in TRACKS:
         raise unknown_name_error("scorer", scorer, [*TRACKS, "all"])
     scorers = list(TRACKS) if scorer == "all" else [scorer]
@@ -73,6 +85,11 @@ def chosen_tracks(scorer: str, track: str | None, dataset: str | None) -> list[t
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from effdl.data import BatchLoader
+    from effdl.device import resolve_device
+    from effdl.measure import evaluate, profile, score
     from effdl.models.registry import data_meta, model_input_size
 
     model, meta = model_from_ref(args.model, num_classes=args.num_classes)
@@ -102,9 +119,10 @@ def run(args: argparse.Namespace) -> int:
                          f"was trained at {'x'.join(map(str, model_input_size(model)))}")
         device = resolve_device(args.device)
         dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-        evaluated = _CastInputs(model, dtype).to(device)
-        accuracy = evaluate(evaluated, BatchLoader.for_split(data, "test", batch_size=512, device=device),
-                            tta=args.tta)
+        evaluated = _cast_inputs(model, dtype).to(device)
+        loader = BatchLoader.for_split(data, "test", batch_size=512, device=device)
+        print(f"evaluating on {len(loader.labels):,} test images...", file=sys.stderr)
+        accuracy = evaluate(evaluated, loader, tta=args.tta)
     if args.json:
         print(json.dumps(report_dict(args.model, prof, results, accuracy, data_name, notes), indent=2))
     else:
