@@ -139,3 +139,93 @@ def test_cli_report_bad_input_exits_2(runs, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("effdl: error:") == 3 and "Traceback" not in err
     assert "corrupt" in err
+
+
+def test_report_reads_every_run_kind_as_its_writer_writes_it(tmp_path, capsys):
+    """A trained run, then a prune and a quantize run written by the real commands, in one report."""
+    from effdl.data.datasets import synthetic_dataset
+
+    root = tmp_path / "runs"
+    run = make_run(root, "base", 0.25, correct=200, total=256, dataset="synthetic")
+    model = create_model("resnet20", width=0.25)
+    model.effdl_data = synthetic_dataset().data_meta()
+    save_model(run / "best.safetensors", model, config={"dataset": "synthetic"})
+    ckpt = str(run / "best.safetensors")
+    assert main(["quantize", ckpt, "--method", "ptq-fp16", "--out", str(root / "q"), "--device", "cpu"]) == 0
+    assert main(["prune", ckpt, "--method", "magnitude", "--sparsity", "0.5", "--out", str(root / "p"),
+                 "--device", "cpu"]) == 0
+    legacy = json.loads((root / "q" / "summary.json").read_text())  # as quantize wrote it before the core fields
+    for key in ("name", "kind", "model", "checkpoint", "evaluated_on"):
+        legacy.pop(key)
+    (root / "old-q").mkdir()
+    (root / "old-q" / "best.safetensors").write_bytes((root / "q" / "best.safetensors").read_bytes())
+    (root / "old-q" / "summary.json").write_text(json.dumps(legacy))
+    capsys.readouterr()
+    assert main(["report", str(root), "--out", str(tmp_path / "rep"), "--scorer", "imt2024"]) == 0
+    rows = {row["name"]: row for row in json.loads((tmp_path / "rep" / "runs.json").read_text())["runs"]}
+    assert {name: row["kind"] for name, row in rows.items()} == {"base": "train", "q": "quantize", "p": "prune",
+                                                                 "old-q": "quantize"}
+    assert all(row["model"] == "resnet20" and row["evaluated_on"] == "test" for row in rows.values())
+
+
+def test_existing_runs_are_never_replaced_without_overwrite(tmp_path, capsys):
+    run = make_run(tmp_path, "base", 0.25, correct=9_000)
+    ckpt = str(run / "best.safetensors")
+    quantized = tmp_path / "q"
+    args = ["quantize", ckpt, "--method", "ptq-fp16", "--data", "synthetic", "--device", "cpu", "--out", str(quantized)]
+    assert main(args) == 0
+    before = (quantized / "summary.json").read_text()
+    assert main(args) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert (quantized / "summary.json").read_text() == before
+    prune = ["prune", ckpt, "--method", "magnitude", "--sparsity", "0.5", "--data", "synthetic", "--device", "cpu",
+             "--out", str(quantized)]
+    assert main(prune) == 2 and (quantized / "summary.json").read_text() == before
+    assert main([*prune, "--overwrite"]) == 0
+    assert json.loads((quantized / "summary.json").read_text())["kind"] == "prune"
+    # --overwrite never deletes the run it reads from
+    assert main(["quantize", ckpt, "--method", "ptq-fp16", "--data", "synthetic", "--device", "cpu",
+                 "--out", str(run), "--overwrite"]) == 2
+    assert (run / "best.safetensors").is_file()
+
+
+def test_runs_on_different_datasets_get_their_own_front(tmp_path):
+    make_run(tmp_path, "c10-small", 0.25, correct=8_000)
+    make_run(tmp_path, "c10-large", 0.5, correct=9_000)
+    make_run(tmp_path, "c100-small", 0.25, correct=6_000, dataset="cifar100")
+    make_run(tmp_path, "c100-large", 0.75, correct=5_000, dataset="cifar100")  # dominated within cifar100
+    report = make_report([tmp_path], tmp_path / "out", scorers=["micronet"])
+    pareto = {row["name"]: row["pareto"] for row in report.rows}
+    # One front over all four would drop every cifar100 run (lower accuracy); per dataset, each has a front.
+    assert pareto == {"c10-small": True, "c10-large": True, "c100-small": True, "c100-large": False}
+    assert [row["dataset"] for row in report.rows] == ["cifar10", "cifar10", "cifar100", "cifar100"]
+    assert report.thresholds == {"cifar10": pytest.approx(0.8), "cifar100": pytest.approx(0.8)}
+    assert report.files["png"].read_bytes()[:8] == PNG_MAGIC
+
+
+def test_counts_use_each_models_own_input_size(tmp_path):
+    run = make_run(tmp_path, "small-images", 0.25, correct=9_000)
+    model = create_model("resnet20", width=0.25)
+    model.effdl_data = {"dataset": "cifar10", "input_size": [3, 16, 16], "mean": [0.5] * 3, "std": [0.25] * 3,
+                        "classes": None, "resize": None}
+    save_model(run / "best.safetensors", model)
+    row = make_report([run], tmp_path / "out", scorers=["imt2024"]).rows[0]
+    assert row["input_size"] == [3, 16, 16] and row["macs"] == profile(model, (1, 3, 16, 16)).macs
+    assert make_report([run], tmp_path / "o2", scorers=["imt2024"], input_size=(3, 32, 32)).rows[0]["macs"] > row["macs"]
+
+
+def test_labels_of_nearby_runs_do_not_overlap(tmp_path):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from effdl.report.plot import place_labels, text_extent
+
+    fig = Figure(figsize=(7, 4.5), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    xs, ys = [1.0, 1.01, 1.02, 1.03, 2.0], [90.0, 90.05, 90.1, 89.95, 95.0]
+    ax.scatter(xs, ys)
+    annotations = place_labels(ax, xs, ys, [f"resnet20-cifar10-run{i}" for i in range(5)])
+    renderer = fig.canvas.get_renderer()
+    boxes = [text_extent(a, renderer) for a in annotations]
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])

@@ -15,6 +15,7 @@ from pathlib import Path
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.text import Text
 from matplotlib.transforms import Bbox
 
 from effdl.report.pareto import pareto_front
@@ -23,8 +24,11 @@ from effdl.report.pareto import pareto_front
 _OFFSETS = [(5, 4, "left", "bottom"), (5, -4, "left", "top"), (-5, 4, "right", "bottom"),
             (-5, -4, "right", "top"), (0, 8, "center", "bottom"), (0, -8, "center", "top"),
             (10, 0, "left", "center"), (-10, 0, "right", "center")]
-_OFFSETS += [(2 * dx, 2 * dy + (8 if dy > 0 else -8 if dy < 0 else 0), ha, va) for dx, dy, ha, va in _OFFSETS]
-_POINT_RADIUS_PX = 5
+# Then rows above and below, farther and farther (a label 8 pt high needs about 11 pt per row),
+# joined to their point by a leader line.
+_OFFSETS += [(sx * 6, sy * (4 + 11 * row), "left" if sx > 0 else "right", "bottom" if sy > 0 else "top")
+             for row in range(1, 9) for sy in (1, -1) for sx in (1, -1)]
+_POINT_RADIUS_PT = 3.5  # a default scatter marker (6 pt across), with a little room
 
 
 @dataclass
@@ -49,16 +53,23 @@ def _overlap(box: Bbox, others: list[Bbox]) -> float:
     return total
 
 
+def text_extent(annotation, renderer) -> Bbox:
+    """Where an annotation's text is drawn, in display pixels (without its leader line)."""
+    annotation.update_positions(renderer)
+    return Text.get_window_extent(annotation, renderer)
+
+
 def place_labels(ax: Axes, xs: Sequence[float], ys: Sequence[float], labels: Sequence[str], fontsize: int = 8) -> list:
     """Annotate each point (xs[i], ys[i]) with labels[i] at the first offset whose text overlaps no
-    point and no label placed before it (else the least overlapping one, with a leader line).
+    point and no label placed before it (else the least overlapping one); labels set farther than
+    beside their point get a leader line.
     Call after the axes' limits are final. Returns the annotations."""
     fig = ax.figure
     renderer = fig.canvas.get_renderer()
     ax.autoscale_view()
     to_px = ax.transData.transform
     axes_box = ax.get_window_extent(renderer)
-    r = _POINT_RADIUS_PX * fig.dpi / 72
+    r = _POINT_RADIUS_PT * fig.dpi / 72
     taken = [Bbox.from_extents(px - r, py - r, px + r, py + r) for px, py in (to_px((x, y)) for x, y in zip(xs, ys))]
     annotations = []
     for i in sorted(range(len(labels)), key=lambda i: (xs[i], -ys[i])):
@@ -66,7 +77,7 @@ def place_labels(ax: Axes, xs: Sequence[float], ys: Sequence[float], labels: Seq
         for dx, dy, ha, va in _OFFSETS:
             ann = ax.annotate(labels[i], (xs[i], ys[i]), textcoords="offset points", xytext=(dx, dy),
                               ha=ha, va=va, fontsize=fontsize)
-            box = ann.get_window_extent(renderer)
+            box = text_extent(ann, renderer)
             outside = box.width * box.height - _overlap(box, [axes_box])  # text leaving the axes
             cost = _overlap(box, taken) + outside
             if best is None or cost < best[0]:
