@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from effdl.cli import main
+from effdl.errors import EffdlError
 
 
 def run_cli(capsys, *argv):
@@ -106,9 +107,134 @@ def test_same_seed_gives_the_same_run(tmp_path, capsys):
     (["quantize", "x.safetensors", "--method", "qat", "--bits", "four", "--out", "o"], "invalid int value"),
     ([], "required: COMMAND"),
 ])
-def test_malformed_arguments_are_one_line_and_exit_2(capsys, argv, message):
+def test_malformed_arguments_are_one_line_and_exit_2(capsys, tmp_path, monkeypatch, argv, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "x.safetensors").write_bytes(b"")  # exists: the argument errors come first
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
     err = capsys.readouterr().err
     assert exit_info.value.code == 2
     assert message in err and err.count("\n") == 1 and "usage:" not in err
+
+
+HEAVY_MODULES = ("torch", "torchvision", "onnx", "onnxruntime", "torch_pruning", "matplotlib")
+
+
+@pytest.mark.parametrize("command", ["", "train", "eval"])
+def test_help_imports_no_heavy_modules(command):
+    """`effdl --help`, `effdl train --help` and the parsing of a command import no torch, onnx,
+    torch-pruning or matplotlib (they cost seconds): the CLI imports them inside `run()`."""
+    import subprocess
+    import sys
+
+    code = ("import sys, effdl.cli as c\n"
+            f"c.build_parser({command!r})\n"
+            f"print(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY_MODULES!r}))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_every_option_of_every_command_has_help():
+    import argparse
+
+    from effdl.cli import build_parser
+
+    parser = build_parser()
+    (subparsers,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    missing = [f"{name} {action.option_strings or action.dest}"
+               for name, sub in subparsers.choices.items() for action in sub._actions
+               if not (action.help or "").strip() or (action.help or "").lstrip().startswith("(default")]
+    assert len(subparsers.choices) >= 12 and missing == []
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--epoch", "2"], "unrecognized arguments: --epoch"),  # no abbreviations of --epochs
+    (["eval", "x.safetensors", "--ta"], "unrecognized arguments: --ta"),
+    (["train", "--no-such-flag"], "unrecognized arguments"),
+])
+def test_abbreviated_or_unknown_flags_are_errors(capsys, tmp_path, monkeypatch, argv, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "x.safetensors").write_bytes(b"")
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_version(capsys):
+    import effdl
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"effdl {effdl.__version__}"
+
+
+def test_boolean_config_flags_take_no_value_or_true_false():
+    from effdl.cli import build_parser
+    from effdl.cli.train import config_from_args
+
+    parser = build_parser("train")
+
+    def config(*flags):
+        return config_from_args(parser.parse_args(["train", *flags]))
+
+    assert config("--compile").compile is True and config("--compile", "true").compile is True
+    assert config("--compile", "false").compile is False and config().compile is False
+    assert config("--tta", "--epochs", "3").tta is True  # a bare flag does not swallow the next one
+    assert config("--augment.flip", "false").augment.flip is False
+
+
+def test_train_out_is_out_dir_and_name():
+    from effdl.cli import build_parser
+    from effdl.cli.train import config_from_args
+
+    parser = build_parser("train")
+    config = config_from_args(parser.parse_args(["train", "--out", "some/where/r1"]))
+    assert (config.out_dir, config.name) == ("some/where", "r1")
+    with pytest.raises(EffdlError, match="not both"):
+        config_from_args(parser.parse_args(["train", "--out", "a/b", "--name", "c"]))
+
+
+def test_lazy_package_exports_all_resolve():
+    """Every name the lazily importing packages export exists in the module they name."""
+    import effdl
+    import effdl.data
+    import effdl.train
+
+    for package in (effdl, effdl.data, effdl.train):
+        for name in package.__all__:
+            assert getattr(package, name) is not None, f"{package.__name__}.{name}"
+
+
+def test_quantize_sensitivity_plot_fits_the_axis_to_the_data(tmp_path, monkeypatch):
+    """A 1-point drop must be visible: the axis spans the data around the baseline, not 0-100%."""
+    import matplotlib.figure
+
+    from effdl.compress.quantize.sensitivity import LayerSensitivity, plot_sensitivity
+
+    results = [LayerSensitivity(f"l{i}", 4, a, 100 * (0.913 - a)) for i, a in enumerate((0.910, 0.903, 0.912))]
+    limits = []
+    save = matplotlib.figure.Figure.savefig
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig",
+                        lambda fig, *a, **k: (limits.append(fig.axes[0].get_ylim()), save(fig, *a, **k)))
+    assert plot_sensitivity(0.913, results, tmp_path / "s.png").is_file()
+    (low, high), = limits
+    assert 89 < low < 90.3 and 91.3 < high < 93  # the baseline line and every bar inside, 1 point spans >1/4
+
+
+def test_prune_help_names_every_method(capsys):
+    from effdl.compress.prune.pipeline import METHODS
+
+    with pytest.raises(SystemExit):
+        main(["prune", "--help"])
+    text = capsys.readouterr().out
+    assert all(method in text for method in METHODS)
+
+
+def test_score_help_names_every_scorer(capsys):
+    from effdl.measure.scoring import TRACKS
+
+    with pytest.raises(SystemExit):
+        main(["score", "--help"])
+    text = capsys.readouterr().out
+    assert all(scorer in text for scorer in TRACKS)
