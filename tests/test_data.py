@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 import shutil
@@ -143,6 +144,139 @@ def test_image_folder_bad_input_is_one_line(tmp_path):
     write_folder(tmp_path, {"train": {"a": random_images(1)}, "test": {"a": random_images(1)}})
     (tmp_path / "train" / "a" / "broken.jpg").write_bytes(b"not a jpeg")
     assert "broken.jpg" in one_line_error(lambda: load_dataset(f"imagefolder:{tmp_path}"))
+
+
+def column_ramp(height: int, width: int) -> np.ndarray:
+    """An RGB image whose pixel value is 10 x its column: where a crop was taken is readable."""
+    return np.broadcast_to((np.arange(width, dtype=np.uint8) * 10)[None, :, None], (height, width, 3)).copy()
+
+
+def test_image_size_and_resize_policy_crop_or_stretch(tmp_path):
+    write_folder(tmp_path, {"train": {"a": [column_ramp(8, 16), column_ramp(8, 8)]}, "test": {"a": [column_ramp(8, 8)]}})
+    assert "--image-size" in one_line_error(lambda: load_dataset(f"imagefolder:{tmp_path}"))
+    crop = load_dataset(f"imagefolder:{tmp_path}", image_size=8)  # crop is the default
+    # 8x16 -> the shorter side is already 8: the centre 8 columns (4..11), untouched
+    assert crop.train_images[0, 0, 0].tolist() == [10 * c for c in range(4, 12)]
+    assert torch.equal(crop.train_images[1], torch.from_numpy(column_ramp(8, 8)).permute(2, 0, 1))
+    stretch = load_dataset(f"imagefolder:{tmp_path}", image_size="8x8", resize="stretch")
+    row = stretch.train_images[0, 0, 0].tolist()  # all 16 columns squeezed into 8: the whole ramp
+    assert row == sorted(row) and row[0] < 20 and row[-1] > 130
+    assert (crop.info["resize"], stretch.info["resize"], crop.info["image_size"]) == ("crop", "stretch", [8, 8])
+    assert crop.data_meta()["resize"] == "crop" and crop.data_meta()["input_size"] == [3, 8, 8]
+    assert stretch.info["cache"] == "miss"  # the policy is part of the cache key
+    assert load_dataset(f"imagefolder:{tmp_path}", image_size=[8, 8], resize="stretch").info["cache"] == "hit"
+    tall = load_dataset(f"imagefolder:{tmp_path}", image_size="6x4")  # height x width
+    assert tall.train_images.shape == (2, 3, 6, 4)
+    for bad in ("8x", "axb", "0x8", "8x8x8", -3):
+        assert "64x80" in one_line_error(lambda bad=bad: load_dataset(f"imagefolder:{tmp_path}", image_size=bad))
+    assert "stretch" in one_line_error(lambda: load_dataset(f"imagefolder:{tmp_path}", image_size=8, resize="fit"))
+
+
+def test_hidden_and_non_image_entries_are_skipped_and_listed(tiny_folder):
+    root, _ = tiny_folder
+    clean = load_dataset(f"imagefolder:{root}")
+    assert clean.info["ignored"]["count"] == 0
+    extra_image = Image.fromarray(random_images(1, size=8, seed=5)[0])
+    (root / "train" / ".ipynb_checkpoints").mkdir()  # Jupyter's: must not become a class
+    extra_image.save(root / "train" / ".ipynb_checkpoints" / "x.png")
+    (root / "train" / "cat" / ".ipynb_checkpoints").mkdir()  # nor its images a cat
+    extra_image.save(root / "train" / "cat" / ".ipynb_checkpoints" / "y.png")
+    extra_image.save(root / "train" / "dog" / "._00.png")  # macOS metadata twin
+    (root / "train" / "dog" / "notes.txt").write_text("not an image")
+    (root / "test" / ".DS_Store").write_bytes(b"\0")
+    with pytest.warns(UserWarning, match="skipped 5 hidden or non-image entries") as caught:
+        data = load_dataset(f"imagefolder:{root}")
+    assert len(caught) == 1  # listed once, not once per entry
+    assert data.classes == ["cat", "dog"] and data.info["cache"] == "hit"  # same files: the cached arrays stand
+    assert torch.equal(data.train_images, clean.train_images)
+    ignored = data.info["ignored"]
+    assert ignored["count"] == 5 and os.path.join("train", ".ipynb_checkpoints") in ignored["examples"]
+    assert os.path.join("test", ".DS_Store") in ignored["examples"]
+
+
+def test_limits_while_loading_pick_what_limited_picks(tmp_path, monkeypatch):
+    from effdl.data import imagefolder
+
+    counts = {"a": 7, "b": 4, "c": 9}
+    write_folder(tmp_path, {
+        "train": {name: random_images(n, seed=i) for i, (name, n) in enumerate(counts.items())},
+        "test": {name: random_images(3, seed=10 + i) for i, name in enumerate(counts)},
+    })  # fmt: skip
+    decoded = []
+    original = imagefolder._decode_chunk
+    monkeypatch.setattr(imagefolder, "_decode_chunk", lambda files, *a: decoded.extend(files) or original(files, *a))
+    name = f"imagefolder:{tmp_path}"
+    partial = load_dataset(name, train_limit=6, test_limit=4, limit_seed=2)
+    assert len(decoded) == 10 and partial.info["cache"] == "partial"  # only the chosen files, nothing cached
+    assert partial.info["limits"] == {"train": 6, "test": 4, "seed": 2}
+    whole = load_dataset(name)
+    assert whole.info["cache"] == "miss" and len(decoded) == 10 + 29
+    expected = limited(whole, 6, 4, seed=2)
+    sliced = load_dataset(name, train_limit=6, test_limit=4, limit_seed=2)
+    assert sliced.info["cache"] == "hit" and len(decoded) == 39  # the cached arrays, sliced
+    for data in (partial, sliced):
+        assert torch.equal(data.train_images, expected.train_images)
+        assert torch.equal(data.test_labels, expected.test_labels)
+        assert torch.bincount(data.train_labels).tolist() == [2, 2, 2]
+        assert data.mean == pytest.approx(expected.train_images.double().mean((0, 2, 3)).div(255).tolist())
+    assert torch.equal(load_dataset(name, test_limit=100).test_images, whole.test_images)  # above the size: all
+    # formats that cannot pick while loading are cut right after, the same way
+    synthetic = load_dataset("synthetic", n_train=60, n_test=30, train_limit=20, limit_seed=1)
+    assert torch.equal(synthetic.train_images, limited(load_dataset("synthetic", n_train=60, n_test=30), 20, None, 1).train_images)
+    assert "positive number" in one_line_error(lambda: load_dataset(name, train_limit=-1))
+
+
+def test_load_dataset_for_reuses_the_recorded_size_policy_and_normalisation(tmp_path):
+    from effdl.data import load_dataset_for
+
+    write_folder(tmp_path, {"train": {"a": [column_ramp(8, 16)], "b": [column_ramp(12, 8)]},
+                            "test": {"a": [column_ramp(10, 10)]}})
+    trained_on = load_dataset(f"imagefolder:{tmp_path}", image_size="4x6", resize="stretch", train_limit=1)
+    record = trained_on.data_meta()
+    assert record["dataset"] == f"imagefolder:{tmp_path}" and record["resize"] == "stretch"
+    again = load_dataset_for(record)
+    assert again.image_shape == (3, 4, 6) and again.info["resize"] == "stretch"
+    assert (again.mean, again.std) == (trained_on.mean, trained_on.std)  # the model's, not the 2-image split's
+    assert torch.equal(again.test_images, trained_on.test_images)
+    assert load_dataset_for(record, image_size=5).image_shape == (3, 5, 5)  # flags win
+    cifar_like = {"dataset": "synthetic", "input_size": [3, 32, 32], "mean": [0.5] * 3, "std": [0.25] * 3,
+                  "resize": None}
+    assert load_dataset_for(cifar_like, n_train=20, n_test=10).image_shape == (3, 32, 32)
+    assert "image size" in one_line_error(lambda: load_dataset_for(cifar_like, resize="crop"))
+    assert "--data" in one_line_error(lambda: load_dataset_for({}))
+
+
+def test_every_command_takes_the_same_data_flags():
+    from effdl.cli import build_parser
+
+    flags = {"--data", "--data-root", "--image-size", "--resize", "--train-limit", "--test-limit"}
+    for command in ("train", "eval", "score", "prune", "quantize", "export", "bench", "grid"):
+        parser = build_parser(command)
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+        missing = flags - {option for action in sub._actions for option in action.option_strings}
+        assert not missing, f"effdl {command} lacks {sorted(missing)}"
+
+
+def test_cli_trains_on_mixed_sizes_and_eval_reuses_the_recorded_size(tmp_path, monkeypatch, capsys):
+    from effdl.checkpoint import load_model
+    from effdl.cli import main
+
+    sizes = {"a": (20, 30), "b": (28, 16)}
+    write_folder(tmp_path / "pets", {
+        split: {name: [np.full((*sizes[name], 3), 40 + 150 * (name == "b"), np.uint8) + random_images(1, 1, seed=i)[0]
+                       for i in range(count)] for name in sizes}
+        for split, count in (("train", 8), ("test", 4))
+    })  # fmt: skip
+    data = f"imagefolder:{tmp_path / 'pets'}"
+    assert main(["train", "--data", data, "--model", "tiny_cnn", "--epochs", "1", "--image-size", "12x16",
+                 "--resize", "stretch", "--train-limit", "12", "--batch-size", "4", "--out-dir", str(tmp_path / "runs"),
+                 "--name", "mixed", "--device", "cpu", "--progress", "false"]) == 0
+    checkpoint = tmp_path / "runs" / "mixed" / "best.safetensors"
+    model, _ = load_model(checkpoint)
+    assert model.effdl_data["input_size"] == [3, 12, 16] and model.effdl_data["resize"] == "stretch"
+    capsys.readouterr()
+    assert main(["eval", str(checkpoint), "--device", "cpu", "--test-limit", "6"]) == 0  # no size flags
+    assert '"total": 6' in capsys.readouterr().out
 
 
 # --- CIFAR --------------------------------------------------------------------------------------
@@ -380,11 +514,21 @@ def test_loader_train_is_seeded_and_eval_is_exact():
 # --- grids --------------------------------------------------------------------------------------
 
 
-def test_augmentation_grid_png_has_the_expected_size(tmp_path):
+def test_augmentation_grid_is_upscaled_labelled_and_titled(tmp_path):
+    from effdl.data.preview import DPI, TILE_INCHES, _label, describe_augment
+
     data = load_dataset("synthetic", n_train=64, n_test=8)
     path = save_augmentation_grid(data, tmp_path / "grid.png", n=16, nrow=4, augment=AugmentConfig(cutout=8))
     with Image.open(path) as image:
-        assert image.size == (4 * 34 + 2, 4 * 34 + 2)  # 32-pixel tiles with 2-pixel borders
+        assert image.size[0] == round(4 * TILE_INCHES * DPI)  # 4 tiles of 125 pixels: a 32-pixel image at ~3.5x
+        assert image.size[1] > image.size[0]  # 4 rows plus labels and the title
     loader = BatchLoader.for_split(data, "train", train=True, augment=AugmentConfig(mixup_alpha=1.0))
     with Image.open(save_augmentation_grid(loader, tmp_path / "sub" / "mixed.png", n=10, nrow=5)) as image:
-        assert image.size == (5 * 34 + 2, 2 * 34 + 2)
+        assert image.size[0] == round(5 * TILE_INCHES * DPI)
+    assert describe_augment(AugmentConfig(cutout=8, mixup_alpha=0.4)) == "random crop (pad 4), flip, cutout 8, mixup α=0.4"
+    assert describe_augment(AugmentConfig(mixup_alpha=0.4, mix_until_epoch=2), epoch=3) == "random crop (pad 4), flip"
+    assert describe_augment(AugmentConfig(crop_padding=0, flip=False)) == "no augmentation"
+    names = ["cat", "dog", "emu"]
+    assert _label(torch.tensor(2), names) == "emu"
+    assert _label(torch.tensor([0.3, 0.7, 0.0]), names) == "dog 0.70\ncat 0.30"
+    assert _label(torch.tensor([0.0, 1.0, 0.0]), names) == "dog"

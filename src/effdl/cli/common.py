@@ -15,24 +15,74 @@ if TYPE_CHECKING:  # torch & co. are imported where used, so that `effdl --help`
 
 
 def add_data_args(parser: argparse.ArgumentParser, default: str | None = None) -> None:
-    parser.add_argument("--data", default=default, help="dataset: cifar10, cifar100, imagefolder:PATH, synthetic")
+    """The data flags, the same in every command that reads a dataset (train has them as config keys).
+
+    --data, --data-root, --image-size, --resize, --train-limit, --test-limit; `dataset_from_args`
+    reads them. Commands that reload a checkpoint's dataset default to its recorded data.
+    """
+    parser.add_argument("--data", default=default,
+                        help="dataset: cifar10, cifar100, imagefolder:PATH, synthetic"
+                             + (f" (default: {default})" if default else " (default: the checkpoint's)"))
     parser.add_argument("--data-root", default=None, help="where datasets live (default: $EFFDL_DATA)")
+    parser.add_argument("--image-size", default=None, metavar="SIZE",
+                        help="bring every image to SIZE: 64 (square) or HxW such as 64x80; needed when a "
+                             "folder's images differ in size (default: the checkpoint's recorded size, "
+                             "else the images' own)")
+    parser.add_argument("--resize", default=None, choices=("crop", "stretch"),
+                        help="how images reach --image-size: crop (resize the shorter side, then "
+                             "centre-crop; keeps the aspect ratio; default) or stretch (exactly that size)")
+    parser.add_argument("--train-limit", type=int, default=None, metavar="N",
+                        help="use a class-balanced seeded subset of N training images (only those are "
+                             "decoded when no cache exists)")
+    parser.add_argument("--test-limit", type=int, default=None, metavar="N",
+                        help="evaluate on a class-balanced seeded subset of N test images (smoke tests)")
 
 
 def add_device_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
 
 
-def dataset_from_args(args: argparse.Namespace, config: dict[str, Any] | None = None) -> ImageDataset:
-    """The dataset named on the command line, else the one a checkpoint's config names."""
-    from effdl.data import load_dataset
+def dataset_from_args(
+    args: argparse.Namespace, meta: dict[str, Any] | None = None, model: nn.Module | None = None
+) -> ImageDataset:
+    """The dataset the data flags (`add_data_args`) describe, for the model or checkpoint at hand.
 
-    config = config or {}
+    `meta` is a checkpoint's metadata (as `load_model` returns it; a bare run config is accepted
+    too); `model`, a model whose data record (`model.effdl_data`) wins over the checkpoint's. With
+    a record: without --data its dataset is used, without --image-size its image size and resize
+    policy, and its normalisation always (`effdl.data.load_dataset_for`). The limits and their seed
+    (--seed where the command has one) are applied while loading.
+    """
+    from effdl.data import load_dataset, load_dataset_for
+
+    meta = meta or {}
+    is_checkpoint = any(key in meta for key in ("config", "data", "spec"))
+    config = (meta.get("config") if is_checkpoint else meta) or {}
+    record = None
+    if model is not None:
+        from effdl.models.registry import data_meta
+
+        record = data_meta(model)
+    if record is None and is_checkpoint:
+        from effdl.checkpoint import checkpoint_data_meta
+
+        record = checkpoint_data_meta(meta)
+    root = getattr(args, "data_root", None) or config.get("data_root")
+    image_size, resize = getattr(args, "image_size", None), getattr(args, "resize", None)
+    options: dict[str, Any] = {
+        "train_limit": getattr(args, "train_limit", None), "test_limit": getattr(args, "test_limit", None),
+        "limit_seed": getattr(args, "seed", None) or 0,
+    }
+    if record:
+        return load_dataset_for(record, root, name=args.data, image_size=image_size, resize=resize, **options)
     name = args.data or config.get("dataset")
-    root = args.data_root or config.get("data_root")
     if not name:
         raise EffdlError("no dataset given: pass --data NAME")
-    return load_dataset(name, root=root)
+    if resize is not None and image_size is None:
+        raise EffdlError(f"--resize {resize} needs an image size to resize to: pass --image-size too")
+    if image_size is not None:
+        options.update(image_size=image_size, resize=resize or "crop")
+    return load_dataset(name, root=root, **options)
 
 
 def model_from_ref(ref: str, num_classes: int = 10) -> tuple[nn.Module, dict[str, Any]]:

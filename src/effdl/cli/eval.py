@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     from effdl.measure.accuracy import check_model_fits_data
 
     model, meta = load_model(args.checkpoint, namespace="ema" if args.ema else "model")
-    data = dataset_from_args(args, meta.get("config"))
+    data = dataset_from_args(args, meta, model)  # the data it was trained for, unless flags say otherwise
     check_model_fits_data(model, data)
     device = resolve_device(args.device)
     model = model.to(device, memory_format=torch.channels_last)

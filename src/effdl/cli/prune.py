@@ -21,12 +21,11 @@ from effdl.cli.common import add_data_args, add_device_arg, add_distill_args, ch
 
 
 def register(subparsers) -> None:
-    # The methods are named in the description (the module docstring), not imported from the
-    # pipeline: that import (torch, torch-pruning) would cost seconds before any argument error.
-    p = subparsers.add_parser("prune", help="prune a checkpoint (unstructured or structured) into a new run",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from effdl.compress.prune.pipeline import METHODS  # only when this command is built (see effdl.cli.build_parser)
+
+    p = subparsers.add_parser("prune", help="prune a checkpoint (unstructured or structured) into a new run")
     p.add_argument("checkpoint", type=checkpoint_file, help="a .safetensors checkpoint")
-    p.add_argument("--method", required=True, help="one of the methods above (e.g. magnitude, l1-filter)")
+    p.add_argument("--method", required=True, help=f"one of {', '.join(METHODS)}")
     p.add_argument("--sparsity", type=float, default=None,
                    help="fraction in [0, 1): of weights (unstructured) or of channels (structured)")
     p.add_argument("--target-macs", type=float, default=None,
@@ -52,8 +51,6 @@ def register(subparsers) -> None:
     p.add_argument("--layer-ratio", nargs="*", default=[], type=layer_ratio, metavar="GLOB=RATIO",
                    help="structured, layer scope: channel ratio for matching layers (later wins), "
                         "e.g. 'layers.0.*=0' 'layers.2.*.conv1=0.75'")
-    p.add_argument("--train-limit", type=int, default=None, help="fine-tune on a balanced subset of this many images")
-    p.add_argument("--test-limit", type=int, default=None, help="evaluate on a balanced subset of N test images (smoke tests)")
     p.add_argument("--seed", type=int, default=0, help="seed of the fine-tuning and of sampled images (default 0)")
     p.add_argument("--out", required=True, help="run directory to create, e.g. runs/resnet20-pruned")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run at --out (default: refuse)")
@@ -88,7 +85,10 @@ def run(args: argparse.Namespace) -> int:
         distill=args.distill, distill_temperature=args.distill_temperature,
     )
     options.validate()
-    data = dataset_from_args(args) if args.data else None
+    from effdl.checkpoint import read_checkpoint_meta
+
+    # the data flags (limits included, applied while loading), else the checkpoint's recorded data
+    data = dataset_from_args(args, read_checkpoint_meta(args.checkpoint))
     s = prune_checkpoint(args.checkpoint, options, args.out, data=data, overwrite=args.overwrite)
     print(f"pruned with {s['method']} ({s['scope']} scope) -> {args.out}/best.safetensors")
     print(f"accuracy     {s['accuracy_before']:.2%} -> {s['accuracy']:.2%} ({s['correct']}/{s['total']} test images)")

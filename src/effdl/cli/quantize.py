@@ -82,7 +82,6 @@ def register(subparsers) -> None:
                         "compile of a few minutes)")
     p.add_argument("--batch-size", type=int, default=128, help="fine-tuning batch size (default 128)")
     add_distill_args(p, "the float model")
-    p.add_argument("--test-limit", type=int, default=None, help="evaluate on a balanced subset of N test images (smoke tests)")
     p.add_argument("--out", required=True, help="run directory to write, e.g. runs/r20-int8")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing run at --out (default: refuse, nothing is deleted)")
@@ -168,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
     from effdl.compress.quantize import (
         calibrate, calibration_images, fold_batchnorm, is_quantized, quantize_, quantized_layers, verify_model_bits,
     )
-    from effdl.data import BatchLoader, limited
+    from effdl.data import BatchLoader
     from effdl.device import resolve_device
     from effdl.measure import evaluate
     from effdl.measure.accuracy import check_model_fits_data
@@ -183,13 +182,13 @@ def run(args: argparse.Namespace) -> int:
         raise EffdlError("--distill acts during fine-tuning: give --epochs too")
     config = None if args.method == "sensitivity" else make_config(args)
     model, meta = load_model(args.checkpoint)
-    data = dataset_from_args(args, meta.get("config"))
+    data = dataset_from_args(args, meta)  # --train-limit / --test-limit applied while loading
     check_model_fits_data(model, data)
     out = claim_run_dir(args.out, overwrite=args.overwrite, sources=(args.checkpoint,))
     device = resolve_device(args.device)
     model = model.to(device)
     out.mkdir(parents=True, exist_ok=True)
-    loader = BatchLoader.for_split(limited(data, None, args.test_limit), "test", batch_size=256, device=device)
+    loader = BatchLoader.for_split(data, "test", batch_size=256, device=device)
     if args.method == "sensitivity":
         return _sensitivity(model, loader, args, out)
 

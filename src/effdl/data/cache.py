@@ -26,13 +26,19 @@ def cache_root() -> Path:
     return Path(os.environ.get("EFFDL_CACHE") or Path.home() / ".cache" / "effdl").expanduser()
 
 
-def load_arrays(entry: Path, fingerprint: str) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
-    """The arrays and metadata cached in `entry`, or None if absent, stale or unreadable."""
+def load_arrays(
+    entry: Path, fingerprint: str, *, mmap: bool = False
+) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
+    """The arrays and metadata cached in `entry`, or None if absent, stale or unreadable.
+
+    With `mmap`, arrays are read-only memory maps: indexing some rows reads only those from disk.
+    """
     try:
         manifest = json.loads((entry / MANIFEST).read_text())
         if manifest.get("fingerprint") != fingerprint:
             return None
-        arrays = {name: np.load(entry / f"{name}.npy", allow_pickle=False) for name in manifest["arrays"]}
+        mode = "r" if mmap else None
+        arrays = {name: np.load(entry / f"{name}.npy", allow_pickle=False, mmap_mode=mode) for name in manifest["arrays"]}
     except (OSError, ValueError, KeyError):
         return None
     if any(list(arrays[name].shape) != shape for name, shape in manifest["arrays"].items()):

@@ -9,10 +9,21 @@ uint8 NCHW tensors, integer labels, class names and the normalisation constants.
   (`train/<class>/*`, `test/<class>/*`) is read. If neither is there, torchvision downloads the
   dataset into `<root>/cifar10` (option `download=False` turns that off). Normalisation uses the
   usual published constants (for CIFAR-10, the course's).
-- `imagefolder:PATH`: any `PATH/train/<class>/*` + `PATH/test/<class>/*` (or `PATH/val/`) tree;
-  option `image_size` resizes every image. Mean and std are measured on the train split.
+- `imagefolder:PATH`: any `PATH/train/<class>/*` + `PATH/test/<class>/*` (or `PATH/val/`) tree
+  (hidden and non-image entries skipped). Mean and std are measured on the (loaded) train split.
 - `synthetic`: a small learnable random dataset for tests; options n_train, n_test, num_classes,
   size, seed.
+
+Options of CIFAR and image folders: `image_size` (64, "64x80" or (64, 80): height x width) with `resize`
+("crop": shorter side resized then centre-cropped, the default; "stretch": resized to exactly the
+size; see `effdl.data.imagefolder.resize_image`), recorded in `info["image_size"]` and
+`info["resize"]` and from there in a trained model's data record (`ImageDataset.data_meta`); and
+`load_dataset`'s `train_limit` / `test_limit` (with `limit_seed`), for every format: a class-balanced seeded subset of each split, made
+while loading where the format allows (image folders decode only the chosen files) and otherwise
+right after, always the selection `effdl.data.limited` makes.
+
+`load_dataset_for(record, ...)` reloads the data a model was trained for from its record
+(`model.effdl_data`): same dataset, image size, resize policy and normalisation.
 
 Image folders are decoded once and cached (see `effdl.data.imagefolder`).
 """
@@ -29,7 +40,17 @@ from pathlib import Path
 import torch
 import torchvision
 
-from effdl.data.imagefolder import read_image_folder
+import numpy as np
+from PIL import Image
+
+from effdl.data.imagefolder import (
+    ResizePolicy,
+    checked_image_size,
+    checked_resize,
+    read_image_folder,
+    resize_image,
+)
+from effdl.data.splits import check_limit, limited
 from effdl.errors import EffdlError, unknown_name_error
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -111,29 +132,45 @@ def synthetic_dataset(
     return ImageDataset("synthetic", train_x, train_y, test_x, test_y, classes, (0.5,) * 3, (0.25,) * 3)
 
 
-def image_folder_dataset(path: str | Path, image_size: int | tuple[int, int] | None = None) -> ImageDataset:
-    """The image folder at `path` (see `effdl.data.imagefolder`), normalised by its own train statistics."""
-    folder = read_image_folder(path, image_size)
+def image_folder_dataset(
+    path: str | Path,
+    image_size: int | str | tuple[int, int] | list[int] | None = None,
+    resize: ResizePolicy = "crop",
+    **limits,
+) -> ImageDataset:
+    """The image folder at `path` (see `effdl.data.imagefolder`), normalised by its own train statistics.
+
+    Named `imagefolder:<absolute path>`, so a model's data record finds it from any directory.
+    `limits` are train_limit, test_limit and seed, applied while decoding.
+    """
+    folder = read_image_folder(path, image_size, resize, **limits)
     return ImageDataset(
-        f"{IMAGEFOLDER_PREFIX}{path}", folder.train_images, folder.train_labels, folder.test_images,
-        folder.test_labels, folder.classes, folder.mean, folder.std, folder.info,
+        f"{IMAGEFOLDER_PREFIX}{Path(path).expanduser().absolute()}", folder.train_images, folder.train_labels,
+        folder.test_images, folder.test_labels, folder.classes, folder.mean, folder.std, folder.info,
     )  # fmt: skip
 
 
-def cifar_dataset(name: str, root: str | Path | None = None, download: bool = True) -> ImageDataset:
+def cifar_dataset(
+    name: str,
+    root: str | Path | None = None,
+    download: bool = True,
+    image_size: int | str | tuple[int, int] | list[int] | None = None,
+    resize: ResizePolicy = "crop",
+    **limits,
+) -> ImageDataset:
     """CIFAR-10/100 from the data root, in torchvision's format or as an image folder (module docstring)."""
     spec = CIFAR[name]
     base = Path(root).expanduser() if root else default_data_root()
     places = [base / name, base]
     for place in places:
         if (place / spec.torchvision_folder).is_dir():
-            return _cifar_from_torchvision(name, spec, place, download=False)
+            return _cifar_from_torchvision(name, spec, place, False, image_size, resize, limits)
         if (place / "train").is_dir():
-            return _cifar_from_image_folder(name, spec, place)
+            return _cifar_from_image_folder(name, spec, place, image_size, resize, limits)
     reason = "not found"
     if download:
         try:
-            return _cifar_from_torchvision(name, spec, places[0], download=True)
+            return _cifar_from_torchvision(name, spec, places[0], True, image_size, resize, limits)
         except (OSError, RuntimeError) as exc:  # no network, or a broken archive
             reason = f"download failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
     where = " or ".join(str(place) for place in places)
@@ -144,8 +181,11 @@ def cifar_dataset(name: str, root: str | Path | None = None, download: bool = Tr
     )
 
 
-def _cifar_from_torchvision(name: str, spec: CifarSpec, place: Path, download: bool) -> ImageDataset:
+def _cifar_from_torchvision(
+    name: str, spec: CifarSpec, place: Path, download: bool, image_size, resize: ResizePolicy, limits: dict
+) -> ImageDataset:
     start = time.perf_counter()
+    size, policy = checked_image_size(image_size), checked_resize(resize)
     splits = {}
     for split in ("train", "test"):
         try:
@@ -154,15 +194,24 @@ def _cifar_from_torchvision(name: str, spec: CifarSpec, place: Path, download: b
             if download:
                 raise
             raise EffdlError(f"{name} in {place}/{spec.torchvision_folder} is unreadable: {exc}") from None
-        images = torch.from_numpy(data.data).permute(0, 3, 1, 2).contiguous()  # NHWC -> NCHW
+        pixels = data.data  # NHWC uint8
+        if size is not None and pixels.shape[1:3] != size:
+            pixels = np.stack([np.asarray(resize_image(Image.fromarray(p), size, policy)) for p in pixels])
+        images = torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous()  # NHWC -> NCHW
         splits[split] = (images, torch.tensor(data.targets, dtype=torch.int64))
-    info = {"source": str(place / spec.torchvision_folder), "format": "torchvision"}
-    info["load_seconds"] = round(time.perf_counter() - start, 3)
-    return ImageDataset(name, *splits["train"], *splits["test"], list(data.classes), spec.mean, spec.std, info)
+    info = {"source": str(place / spec.torchvision_folder), "format": "torchvision",
+            "image_size": list(size) if size else None, "resize": policy if size else None}
+    dataset = ImageDataset(name, *splits["train"], *splits["test"], list(data.classes), spec.mean, spec.std, info)
+    # the pickled batches are read whole anyway: the limits cut the decoded tensors (same selection)
+    dataset = limited(dataset, limits.get("train_limit"), limits.get("test_limit"), limits.get("seed", 0))
+    dataset.info["load_seconds"] = round(time.perf_counter() - start, 3)
+    return dataset
 
 
-def _cifar_from_image_folder(name: str, spec: CifarSpec, place: Path) -> ImageDataset:
-    folder = read_image_folder(place)
+def _cifar_from_image_folder(
+    name: str, spec: CifarSpec, place: Path, image_size, resize: ResizePolicy, limits: dict
+) -> ImageDataset:
+    folder = read_image_folder(place, image_size, resize, **limits)
     if len(folder.classes) != spec.num_classes:
         raise EffdlError(
             f"{place} holds {len(folder.classes)} classes, not the {spec.num_classes} of {name}; "
@@ -174,8 +223,21 @@ def _cifar_from_image_folder(name: str, spec: CifarSpec, place: Path) -> ImageDa
     )  # fmt: skip
 
 
-def load_dataset(name: str, root: str | Path | None = None, **options) -> ImageDataset:
-    """Load dataset `name` (see module docstring), passing `options` to its reader."""
+def load_dataset(
+    name: str,
+    root: str | Path | None = None,
+    *,
+    train_limit: int | None = None,
+    test_limit: int | None = None,
+    limit_seed: int = 0,
+    **options,
+) -> ImageDataset:
+    """Load dataset `name` (see module docstring), passing `options` to its reader.
+
+    `train_limit` / `test_limit` keep a class-balanced subset of that many images of each split
+    (None or 0: the whole split), selected with `limit_seed` as `effdl.data.limited` does; readers that
+    can (image folders, CIFAR) apply them while loading. An unknown option is an EffdlError.
+    """
     reader: Callable[..., ImageDataset]
     if name.startswith(IMAGEFOLDER_PREFIX):
         path = name[len(IMAGEFOLDER_PREFIX) :]
@@ -188,8 +250,51 @@ def load_dataset(name: str, root: str | Path | None = None, **options) -> ImageD
         reader, args = synthetic_dataset, ()
     else:
         raise unknown_name_error("dataset", name, ["synthetic", *CIFAR, f"{IMAGEFOLDER_PREFIX}PATH"])
-    accepted = list(inspect.signature(reader).parameters)[len(args) :]
+    parameters = inspect.signature(reader).parameters
+    accepted = [p for p in list(parameters)[len(args) :] if parameters[p].kind is not inspect.Parameter.VAR_KEYWORD]
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise EffdlError(f"dataset '{name}' has no option {', '.join(unknown)}; options: {', '.join(accepted)}")
-    return reader(*args, **options)
+    check_limit(train_limit, "training")
+    check_limit(test_limit, "test")
+    limits = {"train_limit": train_limit, "test_limit": test_limit, "seed": limit_seed}
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return reader(*args, **options, **limits)  # limits applied while loading
+    return limited(reader(*args, **options), train_limit, test_limit, limit_seed)
+
+
+def load_dataset_for(
+    record: dict,
+    root: str | Path | None = None,
+    *,
+    name: str | None = None,
+    image_size: int | str | tuple[int, int] | list[int] | None = None,
+    resize: ResizePolicy | None = None,
+    **options,
+) -> ImageDataset:
+    """The dataset a model was trained for, as it saw it, from its data record (`model.effdl_data`).
+
+    `record` is a `data_meta` dict ({"dataset", "input_size", "mean", "std", "classes", "resize"}).
+    The dataset is `name` if given, else the recorded one. Unless `image_size` is given, images are
+    brought to the recorded input size with the recorded resize policy when the record has one
+    (a record whose "resize" is None was trained on images that all had that size). The model's
+    own normalisation (recorded mean and std) replaces the dataset's: it is what the weights
+    expect, even when the reloaded split is a different subset. Other `options` (train_limit,
+    test_limit, limit_seed, reader options) go to `load_dataset`.
+    """
+    record = record or {}
+    name = name or record.get("dataset")
+    if not name:
+        raise EffdlError("the model records no dataset: pass --data NAME")
+    if image_size is None and record.get("resize") and record.get("input_size"):
+        image_size = [int(side) for side in record["input_size"][1:]]
+        resize = resize or record["resize"]
+    if image_size is not None:
+        options = {**options, "image_size": image_size, "resize": resize or "crop"}
+    elif resize is not None:
+        raise EffdlError(f"resize '{resize}' needs an image size to resize to: pass --image-size too")
+    data = load_dataset(name, root=root, **options)
+    if record.get("mean") and record.get("std") and len(record["mean"]) == data.image_shape[0]:
+        data.mean, data.std = tuple(record["mean"]), tuple(record["std"])
+        data.info = {**data.info, "normalization": "model"}
+    return data

@@ -8,11 +8,14 @@ sizes allow.
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 import torch
 
-from effdl.data.datasets import ImageDataset
 from effdl.errors import EffdlError
+
+if TYPE_CHECKING:  # annotations only: the image-folder reader uses `limit_indices` before datasets exist
+    from effdl.data.datasets import ImageDataset
 
 
 def balanced_order(labels: torch.Tensor, seed: int = 0) -> torch.Tensor:
@@ -26,6 +29,25 @@ def balanced_order(labels: torch.Tensor, seed: int = 0) -> torch.Tensor:
     rank = torch.empty_like(grouped)  # position of each image within its class
     rank[grouped] = torch.arange(len(labels)) - class_start[shuffled_labels[grouped]]
     return shuffled[torch.sort(rank, stable=True).indices]
+
+
+def check_limit(limit: int | None, split: str) -> None:
+    """An EffdlError unless `limit` is None or a number of images >= 0 (0 = no limit)."""
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
+        raise EffdlError(f"the {split} image limit must be a positive number of images, not {limit}")
+
+
+def limit_indices(labels: torch.Tensor, limit: int | None, seed: int = 0) -> torch.Tensor | None:
+    """Sorted indices of a class-balanced seeded selection of `limit` of `labels`, or None for all.
+
+    The first `limit` of `balanced_order(labels, seed)`: the one selection behind `limited`,
+    `subset(n=...)` and the image-folder reader's decode-only-what-is-used path, so a limit gives
+    the same images whether applied while loading or after. None (or 0, or a limit of at least
+    len(labels)) keeps every image.
+    """
+    if not limit or limit >= len(labels):
+        return None
+    return balanced_order(labels, seed)[:limit].sort().values
 
 
 def subset(data: ImageDataset, n: int | None = None, per_class: int | None = None, seed: int = 0) -> ImageDataset:
@@ -43,7 +65,9 @@ def subset(data: ImageDataset, n: int | None = None, per_class: int | None = Non
         n = per_class * data.num_classes
     elif not 0 < n <= len(labels):
         raise EffdlError(f"subset size n must be in 1..{len(labels)}, not {n}")
-    keep = balanced_order(labels, seed)[:n].sort().values.to(labels.device)
+    keep = limit_indices(labels, n, seed)
+    keep = torch.arange(len(labels)) if keep is None else keep
+    keep = keep.to(labels.device)
     info = {**data.info, "subset": {"n": n, "per_class": per_class, "seed": seed}}
     return dataclasses.replace(data, train_images=data.train_images[keep], train_labels=labels[keep], info=info)
 
@@ -53,15 +77,22 @@ def limited(data: ImageDataset, train_limit: int | None, test_limit: int | None,
 
     A limit of None (or 0) keeps that split whole; a limit above the split's size keeps it whole.
     """
-    for name, limit in (("training", train_limit), ("test", test_limit)):
-        if limit is not None and limit < 0:
-            raise EffdlError(f"the {name} image limit must be a positive number of images, not {limit}")
+    check_limit(train_limit, "training")
+    check_limit(test_limit, "test")
     if train_limit:
         data = subset(data, n=min(train_limit, len(data.train_labels)), seed=seed)
-    if test_limit:
-        keep = balanced_order(data.test_labels, seed)[:test_limit].sort().values.to(data.test_labels.device)
+    keep = limit_indices(data.test_labels, test_limit, seed)
+    if keep is not None:
+        keep = keep.to(data.test_labels.device)
         data = dataclasses.replace(data, test_images=data.test_images[keep], test_labels=data.test_labels[keep])
+    if train_limit or test_limit:
+        data = dataclasses.replace(data, info={**data.info, "limits": limits_record(train_limit, test_limit, seed)})
     return data
+
+
+def limits_record(train_limit: int | None, test_limit: int | None, seed: int) -> dict:
+    """What `info["limits"]` says about a limited dataset (None: that split is whole)."""
+    return {"train": train_limit or None, "test": test_limit or None, "seed": seed}
 
 
 def train_val_split(data: ImageDataset, val_size: int | float, seed: int = 0) -> ImageDataset:

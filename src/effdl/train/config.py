@@ -29,6 +29,14 @@ class TrainConfig(BaseModel):
         description="architecture, one of `effdl models`, or tv:NAME for a torchvision model")
     model_kwargs: dict[str, Any] = Field(default_factory=dict,
         description="extra keyword arguments of the model, as a YAML mapping (e.g. '{width: 32}')")
+    # The data flags every command shares (effdl.cli.common.add_data_args); see effdl.data.load_dataset.
+    image_size: int | str | list[int] | None = Field(
+        None, description="bring every image to this size: 64 or HxW such as 64x80 (needed when images differ in size)")
+    resize: Literal["crop", "stretch"] = Field(
+        "crop", description="how images reach image_size: crop (shorter side, then centre crop) or stretch")
+    train_limit: int | None = Field(
+        None, ge=0, description="train on a class-balanced seeded subset of this many images (decoded alone)")
+    test_limit: int | None = Field(None, ge=0, description="evaluate on a class-balanced seeded subset of this many")
     subset: int | None = Field(None,
         description="older spelling of train_limit (applied after val_size is held out); old configs use it")
     subset_per_class: int | None = Field(None, description="train on this many seeded images of each class")

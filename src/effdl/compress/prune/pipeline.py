@@ -177,7 +177,8 @@ def prune_checkpoint(
 
     An existing run in `out_dir` is refused (EffdlError) unless `overwrite`, which deletes it first.
     """
-    from effdl.data import load_dataset
+    from effdl.data import load_dataset_for
+    from effdl.models.registry import data_meta
 
     options.validate()
     out_dir = Path(out_dir)
@@ -185,9 +186,12 @@ def prune_checkpoint(
     model, meta = load_model(checkpoint)
     train_config = meta.get("config") or {}
     if data is None:
-        if not train_config.get("dataset"):
+        record = data_meta(model) or {"dataset": train_config.get("dataset")}
+        if not record.get("dataset"):
             raise EffdlError("the checkpoint does not name its dataset: pass --data NAME")
-        data = load_dataset(train_config["dataset"], root=train_config.get("data_root"))
+        # the data as the model saw it (size, resize policy, normalisation); limits applied while loading
+        data = load_dataset_for(record, root=train_config.get("data_root"), train_limit=options.train_limit,
+                                test_limit=options.test_limit, limit_seed=options.seed)
     check_model_fits_data(model, data)
     data = limited(data, options.train_limit, options.test_limit, options.seed)
     device = resolve_device(options.device)
