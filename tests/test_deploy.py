@@ -116,8 +116,8 @@ def test_check_detects_a_different_model(resnet20_onnx):
 def test_an_invalid_graph_from_the_dynamo_exporter_falls_back_to_tracing(tmp_path, monkeypatch):
     from effdl.deploy import onnx as onnx_module
 
-    def dangling(model, example, dynamic_batch, opset):  # a node reading a value nothing produces
-        proto = onnx_module._export_dynamo(model, example, dynamic_batch, opset)
+    def dangling(model, example, dynamic_batch, opset, outputs):  # a node reading a value nothing produces
+        proto = onnx_module._export_dynamo(model, example, dynamic_batch, opset, outputs)
         proto.graph.node[0].input[0] = "nowhere"
         return proto
 
@@ -264,7 +264,7 @@ def test_cli_export_of_a_fake_quant_checkpoint_and_int8_without_data(tiny_checkp
     assert main(["export", str(tiny_checkpoint), "--out", str(tmp_path / "x.onnx"), "--int8"]) == 2
     assert "pass --data" in capsys.readouterr().err
     assert main(["export", str(fake_quant), "--out", str(tmp_path / "y.onnx"), "--int8"]) == 2
-    assert "not int8 static" in capsys.readouterr().err
+    assert "int8 export cannot express layer" in capsys.readouterr().err
 
 
 def test_cli_bench_int8_times_int8_next_to_fp32_onnx(tiny_checkpoint, capsys):
@@ -292,3 +292,90 @@ def test_evaluate_onnx_counts_the_same_as_pytorch(tmp_path, synthetic):
     torch_acc, onnx_acc = evaluate(model, loader), evaluate_onnx(path, loader)
     assert (onnx_acc.correct, onnx_acc.total) == (torch_acc.correct, torch_acc.total) and onnx_acc.total == 256
     assert abs(onnx_acc.loss - torch_acc.loss) < 1e-4
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+def test_export_carries_the_data_record_runs_at_any_batch_and_at_the_models_own_size(exporter, tmp_path):
+    from effdl.deploy.onnx import export_verified, read_metadata
+
+    model = create_model("tiny_cnn").eval()
+    model.effdl_data = {"dataset": "imagefolder:/photos", "input_size": [3, 64, 48], "mean": [0.5, 0.4, 0.3],
+                        "std": [0.2, 0.2, 0.2], "classes": [f"c{i}" for i in range(10)], "resize": "crop"}
+    path, check = export_verified(model, tmp_path / "m.onnx", exporter=exporter)  # no input size: the model's
+    assert check.rule == "float" and check.inputs == "random" and check.max_abs_diff < 1e-4
+    meta = read_metadata(path)
+    assert meta["input_size"] == [3, 64, 48] and meta["exporter"] == exporter
+    assert {k: meta[k] for k in ("dataset", "mean", "std", "classes", "resize")} == {
+        k: model.effdl_data[k] for k in ("dataset", "mean", "std", "classes", "resize")}
+    session = ort_session(path)
+    for batch in (1, 5):
+        x = torch.randn(batch, 3, 64, 48)
+        got = session.run(None, {"input": x.numpy()})[0]
+        with torch.no_grad():
+            np.testing.assert_allclose(got, model(x).numpy(), atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+def test_models_returning_dicts_and_tuples_are_compared_leaf_by_leaf(exporter, tmp_path):
+    from effdl.deploy.onnx import export_verified, output_names
+
+    class TwoHeads(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+            self.head, self.aux = nn.Linear(4, 10), nn.Linear(4, 3)
+
+        def forward(self, x):
+            features = self.body(x)
+            return {"logits": self.head(features), "extra": (self.aux(features), features)}
+
+    model = TwoHeads().eval()
+    with torch.no_grad():
+        assert output_names(model(torch.randn(1, 3, 32, 32))) == ["logits", "extra_0", "extra_1"]
+    path, check = export_verified(model, tmp_path / "heads.onnx", exporter=exporter)
+    session = ort_session(path)
+    assert [o.name for o in session.get_outputs()] == ["logits", "extra_0", "extra_1"] and check.max_abs_diff < 1e-4
+    assert [o.shape[1] for o in session.get_outputs()] == [10, 3, 4]
+    with torch.no_grad():
+        model.aux.weight.add_(0.1)  # the second output no longer matches: caught although the first does
+    with pytest.raises(EffdlError, match="differs from PyTorch"):
+        check_onnx(model, path)
+
+
+def test_quantized_models_are_judged_on_agreement_and_grid_steps_and_say_when_inputs_were_random(tmp_path):
+    from effdl.compress.quantize import Int8StaticConfig, calibrate, quantize_
+    from effdl.deploy.onnx import MAX_STEPS, verify_onnx
+
+    torch.manual_seed(0)
+    model = quantize_(create_model("tiny_cnn").eval(), Int8StaticConfig())
+    calibrate(model, torch.randn(64, 3, 32, 32))
+    path = export_onnx(model, tmp_path / "fq.onnx", exporter="torchscript")
+    check = verify_onnx(model, path)
+    assert check.rule == "quantized" and check.inputs == "random" and "random inputs" in check.note
+    assert check.agreement >= 0.95 and check.max_steps <= MAX_STEPS
+    assert check.step == pytest.approx(check.max_abs_diff / check.max_steps) if check.max_steps else True
+    with_images = verify_onnx(model, path, torch.randn(32, 3, 32, 32))
+    assert with_images.inputs == "images" and with_images.count == 32 and not with_images.note
+    with torch.no_grad():
+        model.fc.bias.add_(torch.linspace(-3, 3, 10))  # predictions move: the file no longer matches
+    with pytest.raises(EffdlError, match="ONNX Runtime disagrees with PyTorch: top-1 agreement"):
+        verify_onnx(model, path, torch.randn(32, 3, 32, 32))
+
+
+def test_cli_export_and_bench_default_to_the_models_input_size(tmp_path, capsys):
+    torch.manual_seed(0)
+    model = create_model("tiny_cnn")
+    model.effdl_data = {"dataset": "synthetic", "input_size": [3, 64, 64], "mean": [0.5] * 3, "std": [0.25] * 3,
+                        "classes": [str(i) for i in range(10)], "resize": None}
+    checkpoint = save_model(tmp_path / "big.safetensors", model)
+    out = tmp_path / "big.onnx"
+    assert main(["export", str(checkpoint), "--out", str(out), "--exporter", "torchscript", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["input_size"] == [3, 64, 64] and report["check"]["rule"] == "float"
+    assert main(["export", str(checkpoint), "--out", str(out), "--exporter", "torchscript", "--input-size", "3,40,40",
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["input_size"] == [3, 40, 40]  # the override
+    assert main(["bench", str(checkpoint), "--batch-sizes", "1", "--repeats", "2", "--warmup", "0", "--threads", "1",
+                 "--device", "cpu", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["input_shape"] == [3, 64, 64]

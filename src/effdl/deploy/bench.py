@@ -16,9 +16,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from effdl.deploy.onnx import check_onnx, export_onnx, ort_session
+from effdl.deploy.onnx import export_verified, ort_session
 from effdl.errors import EffdlError
 from effdl.measure.latency import LatencyResult, onnx_latency, torch_latency
+from effdl.models.registry import model_input_size
 
 
 @dataclass
@@ -72,7 +73,7 @@ class BenchResult:
 
 def benchmark_model(
     model: nn.Module,
-    input_shape: Sequence[int] = (3, 32, 32),
+    input_shape: Sequence[int] | None = None,
     batch_sizes: Sequence[int] = (1, 64),
     *,
     onnx: bool = True,
@@ -82,15 +83,17 @@ def benchmark_model(
     warmup: int = 5,
     repeats: int = 30,
     max_seconds: float | None = 20.0,
+    check_images: torch.Tensor | None = None,
 ) -> BenchResult:
     """Time `model` on random batches of each size in PyTorch (on each of `devices`) and ONNX Runtime (CPU).
 
-    `input_shape` excludes the batch dimension. The ONNX export goes to `onnx_dir` (a temporary
-    folder, removed afterwards, when None). `max_seconds` caps each timed loop.
+    `input_shape` (C, H, W) defaults to the model's own (`model_input_size`). The ONNX export goes
+    to `onnx_dir` (a temporary folder, removed afterwards, when None) and is verified first
+    (`verify_onnx`, on `check_images` if given, else random inputs). `max_seconds` caps each timed loop.
     """
     if not batch_sizes or min(batch_sizes) < 1:
         raise EffdlError(f"batch sizes must be positive integers (got {list(batch_sizes)})")
-    input_shape = tuple(int(d) for d in input_shape)
+    input_shape = tuple(int(d) for d in (input_shape if input_shape is not None else model_input_size(model)))
     model.eval()
     result = BenchResult(input_shape=input_shape, latencies=[])
     timing = dict(threads=threads, warmup=warmup, repeats=repeats, max_seconds=max_seconds)
@@ -99,10 +102,11 @@ def benchmark_model(
         if onnx:
             # Exported and checked on CPU: ONNX Runtime runs on the CPU provider.
             model.cpu()
-            path = export_onnx(model, Path(onnx_dir or tmp) / "model.onnx", (1, *input_shape))
+            path, check = export_verified(model, Path(onnx_dir or tmp) / "model.onnx", images=check_images,
+                                          input_size=input_shape)
             result.onnx_path = str(path) if onnx_dir else None
             result.onnx_bytes = path.stat().st_size
-            result.onnx_max_abs_diff = check_onnx(model, path)
+            result.onnx_max_abs_diff = check.max_abs_diff
             session = ort_session(path, threads=threads)
         result.load_average = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
         for b in batch_sizes:

@@ -1,20 +1,34 @@
 """int8 ONNX export: QuantizeLinear / DequantizeLinear (QDQ) placed so ONNX Runtime runs integer kernels.
 
-Approach: the int8 PyTorch model (Int8StaticConfig: symmetric per-channel int8 weights,
-calibrated per-tensor uint8 activations, BatchNorm folded) is copied into a float model whose
-layers hold the dequantized weights; that model goes through the project's fp32 exporter
-(`effdl.deploy.onnx`), and a post-processing step rewrites the graph:
+Approach: the int8 PyTorch model is copied into a float model whose layers hold the dequantized
+weights; that model goes through the project's fp32 exporter (`effdl.deploy.onnx`), and a
+post-processing step rewrites the graph:
 - each quantized weight becomes an int8 initializer with a per-channel DequantizeLinear (axis 0),
-- each quantized layer's input goes through QuantizeLinear -> DequantizeLinear with the
-  calibrated scale and zero point of its PyTorch activation quantizer,
+- each quantized layer's input goes through QuantizeLinear -> DequantizeLinear with the grid
+  (scale, zero point) of its PyTorch activation quantizer,
 - each quantized layer's output goes through QuantizeLinear -> DequantizeLinear too: with its
   own output quantizer's grid when it has one (layers feeding a residual Add), otherwise with the
   grid of the layers it feeds, where that is exact (see `output_quantization_points`).
 ONNX Runtime only turns DQ -> Conv -> Q into an integer convolution (QLinearConv) when the
 output is quantized; with the three rules every convolution of a ResNet becomes one.
+
+Which models: a float model (BatchNorm folded, then Int8StaticConfig and calibration), or a
+model already quantized whose every quantized layer sits on 8-bit grids ONNX can express
+(`int8_grids`): weights min-max or LSQ at 8 bits (per channel or per tensor), inputs calibrated
+range (ptq-int8, QAT minmax), LSQ or unsigned PACT at 8 bits. Anything else (fewer bits,
+DoReFa, binary, ternary, k-means, weight-only, half precision) is refused with an EffdlError that
+says why; those models export as float graphs of their fake-quant arithmetic (`export_onnx`).
+A BatchNorm after a quantized conv (QAT keeps it) is folded into the exported conv by scaling the
+channel's grid, not the integers: f * (s * q) = (|f| s) * (sign(f) q), exact. A weight the
+exporter changed anyway is refused rather than clipped onto a grid it no longer fits.
+
 The scales are exactly the fake-quant model's, so ONNX Runtime computes the same function as the
-PyTorch fake-quant model up to rounding ties: its integer kernels requantize with their own
-arithmetic, and float accumulation order differs. Only 8-bit uniform layers can be exported.
+PyTorch fake-quant model up to rounding: its integer kernels requantize with their own
+arithmetic, and float accumulation order differs, so some activations land one step away. The
+check after export (`effdl.deploy.onnx.verify_onnx`, run by `export_int8_verified` on images
+passed in, e.g. calibration-like training images) therefore judges what matters: top-1
+agreement with PyTorch and the largest output error in steps of the output's int8 grid, not a
+float tolerance. A file that fails is deleted, never left at the asked-for path.
 
 Measured with `effdl bench MODEL --int8 --batch-sizes 1 --threads 1` (2026-11-22, 2-core CPU with
 AVX512-VNNI, other jobs running): resnet18 at 32x32, fp32 ONNX 22.7 ms -> int8 8.5 ms (2.7x),
@@ -25,6 +39,7 @@ file 44.7 -> 11.3 MB; resnet20 0.89 -> 0.55 ms (1.6x). On very small models (res
 from __future__ import annotations
 
 import copy
+import dataclasses
 import tempfile
 from collections import Counter
 from collections.abc import Sequence
@@ -39,8 +54,9 @@ from torch import nn
 
 from effdl.compress.quantize import Int8StaticConfig, calibrate, fold_batchnorm, is_quantized, quantize_
 from effdl.compress.quantize.api import quantized_layers
-from effdl.compress.quantize.quantizers import MinMaxWeight, RangeAct
-from effdl.deploy.onnx import DEFAULT_INPUT_SIZE, export_onnx
+from effdl.compress.quantize.fold import find_conv_bn_pairs, fold_pair
+from effdl.compress.quantize.quantizers import LSQAct, LSQWeight, MinMaxWeight, PACTAct, RangeAct
+from effdl.deploy.onnx import OnnxCheck, export_onnx, export_verified
 from effdl.errors import EffdlError
 
 WEIGHT_OPS = {"Conv", "Gemm"}
@@ -56,8 +72,65 @@ class LayerQParams:
     output_grid: tuple[float, int] | None = None  # (scale, zero point) when the layer quantizes its output
 
 
+def weight_grid(layer: nn.Module) -> np.ndarray | None:
+    """Per-output-channel scales of the symmetric int8 grid the layer's quantized weights lie on
+    (zero point 0, integers in [-128, 127]), or None when they lie on no such grid."""
+    quantizer = layer.weight_quantizer
+    if getattr(quantizer, "bits", None) != 8:
+        return None
+    if isinstance(quantizer, MinMaxWeight):
+        scale = quantizer.scale(layer.weight)
+    elif isinstance(quantizer, LSQWeight):
+        scale = quantizer.step.detach().clamp(min=1e-8)  # the step its forward uses
+    else:
+        return None
+    scale = scale.detach().float().cpu().numpy().reshape(-1)
+    return np.broadcast_to(scale, (layer.weight.shape[0],)).astype(np.float32)  # per tensor -> per channel
+
+
+def act_grid(quantizer: nn.Module | None) -> tuple[float, int] | None:
+    """(scale, uint8 zero point) of the grid an activation quantizer rounds to, when ONNX's
+    uint8 QuantizeLinear (round(x / scale) + zero point, clamped to 0..255) computes exactly
+    what it does; else None. Calibrated range (ptq-int8, QAT minmax), LSQ (unsigned: 0..255,
+    signed: -128..127 = zero point 128) and unsigned PACT at 8 bits qualify; signed PACT clips at
+    -127 steps, which the uint8 grid (-128) does not, and DoReFa / sign activations are no grids."""
+    if quantizer is None or getattr(quantizer, "bits", None) != 8 or not bool(getattr(quantizer, "ready", False)):
+        return None
+    if isinstance(quantizer, RangeAct):
+        return quantizer.qparams()
+    lowest, highest = quantizer.levels() if hasattr(quantizer, "levels") else (None, None)
+    if isinstance(quantizer, LSQAct):
+        return float(quantizer.step.detach().clamp(min=1e-8)), int(lowest)
+    if isinstance(quantizer, PACTAct) and lowest == 0:
+        return float(quantizer.alpha.detach().clamp(min=1e-6)) / highest, 0
+    return None
+
+
+def _int8_problem(layer: nn.Module) -> str | None:
+    """Why `layer` cannot be written as int8 QDQ, or None."""
+    weights = layer.weight_quantizer
+    if weight_grid(layer) is None:
+        return f"its {type(weights).__name__} {layer.weight_bits}-bit weights are not on an 8-bit uniform grid"
+    if layer.act_quantizer is None:
+        return "it does not quantize its input (weight-only quantization: no integer kernel to run)"
+    if act_grid(layer.act_quantizer) is None:
+        act = layer.act_quantizer
+        if getattr(act, "bits", None) == 8 and not bool(getattr(act, "ready", True)):
+            return "its input quantizer is not calibrated (run calibrate(model, images) first)"
+        return f"its {type(act).__name__} {layer.act_bits}-bit input quantizer is no uint8 grid"
+    output = layer.output_quantizer
+    if output is not None and act_grid(output) is None:
+        return f"it quantizes its output with a {type(output).__name__} at {output.bits} bits, not an 8-bit grid"
+    return None
+
+
 def int8_model(model: nn.Module, calibration_images: torch.Tensor | None, calibration: str = "minmax") -> nn.Module:
-    """An int8 fake-quant copy of `model`: float models are BN-folded, quantized and calibrated."""
+    """An int8 fake-quant model to export: a float `model` is copied, BN-folded, quantized with
+    Int8StaticConfig and calibrated on `calibration_images`; a quantized one is returned as it is
+    when int8 QDQ can express every quantized layer (module docstring), else EffdlError says why."""
+    if getattr(model, "effdl_half_dtype", None) is not None:
+        raise EffdlError(f"int8 export of a {model.effdl_half_dtype} model: its weights are half precision, "
+                         "not int8; export the float checkpoint with --int8 (it is calibrated on training images)")
     if not is_quantized(model):
         if calibration_images is None:
             raise EffdlError("int8 export of a float model needs calibration images")
@@ -66,32 +139,31 @@ def int8_model(model: nn.Module, calibration_images: torch.Tensor | None, calibr
         quantize_(q, Int8StaticConfig(calibration=calibration))
         return calibrate(q, calibration_images)
     for name, layer in quantized_layers(model).items():
-        uniform_weight = isinstance(layer.weight_quantizer, MinMaxWeight) and layer.weight_bits == 8
-        uniform_act = isinstance(layer.act_quantizer, RangeAct) and layer.act_bits == 8
-        if not (uniform_weight and uniform_act and layer.weight_per_channel):
+        problem = _int8_problem(layer)
+        if problem is not None:
             raise EffdlError(
-                f"layer {name} is not int8 static (weights {layer.weight_bits} bits, activations {layer.act_bits}); "
-                "export the float model with calibration images, or one quantized with Int8StaticConfig"
+                f"int8 export cannot express layer {name}: {problem}. Export it without --int8 (a float ONNX "
+                "graph of the fake-quant model), or quantize the float model with ptq-int8 or 8-bit QAT "
+                "(--bits 8, --qat-method minmax or lsq) first"
             )
-        output = layer.output_quantizer
-        if output is not None and not (isinstance(output, RangeAct) and output.bits == 8):
-            raise EffdlError(f"layer {name} quantizes its output to {output.bits} bits; int8 export needs 8")
-        if not all(bool(q.ready) for q in (layer.act_quantizer, output) if q is not None):
-            raise EffdlError(f"layer {name} is not calibrated: run calibrate(model, images) first")
     return model
 
 
 def dequantized_float_model(model: nn.Module) -> tuple[nn.Module, dict[str, LayerQParams]]:
-    """A float copy with plain layers holding the dequantized weights, and each layer's qparams."""
+    """A float copy with plain layers holding the dequantized weights, and each layer's qparams.
+
+    A BatchNorm2d right after a quantized conv is folded into the copy, with the channel's weight
+    scale multiplied by |gamma / sqrt(var + eps)| so the integers stay those of the fake-quant model
+    (module docstring).
+    """
     float_model = copy.deepcopy(model).eval()
     qparams = {}
     for name, layer in quantized_layers(float_model).items():
         with torch.no_grad():
             weight = layer.quantized_weight().detach().clone()
-            weight_scale = layer.weight_quantizer.scale(layer.weight).numpy().astype(np.float32)
-        scale, zero_point = layer.act_quantizer.qparams()
-        output_grid = layer.output_quantizer.qparams() if layer.output_quantizer is not None else None
-        qparams[name] = LayerQParams(weight_scale, float(scale), int(zero_point), output_grid)
+        output_grid = act_grid(layer.output_quantizer) if layer.output_quantizer is not None else None
+        scale, zero_point = act_grid(layer.act_quantizer)
+        qparams[name] = LayerQParams(weight_grid(layer), float(scale), int(zero_point), output_grid)
         if isinstance(layer, nn.Conv2d):
             plain = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
                               layer.dilation, layer.groups, layer.bias is not None, layer.padding_mode)
@@ -102,6 +174,11 @@ def dequantized_float_model(model: nn.Module) -> tuple[nn.Module, dict[str, Laye
             plain.bias.data.copy_(layer.bias.detach())
         parent_name, _, child = name.rpartition(".")
         setattr(float_model.get_submodule(parent_name) if parent_name else float_model, child, plain)
+    for conv_name, bn_name in find_conv_bn_pairs(float_model):
+        if conv_name in qparams:
+            factor = fold_pair(float_model, conv_name, bn_name).detach().float().cpu().numpy()
+            scale = np.maximum(qparams[conv_name].weight_scale * np.abs(factor), 1e-12).astype(np.float32)
+            qparams[conv_name] = dataclasses.replace(qparams[conv_name], weight_scale=scale)
     return float_model, qparams
 
 
@@ -217,7 +294,15 @@ def insert_qdq(proto: onnx.ModelProto, qparams: dict[str, LayerQParams]) -> onnx
             weight = numpy_helper.to_array(initializers[node.input[1]])
             replaced.add(node.input[1])
             scale_shape = [-1 if d == axis else 1 for d in range(weight.ndim)]
-            int8 = np.clip(np.round(weight / q.weight_scale.reshape(scale_shape)), -127, 127).astype(np.int8)
+            steps = weight / q.weight_scale.reshape(scale_shape)
+            # The weight must still be the fake-quant model's: an exporter that folded an op into it
+            # (a BatchNorm we could not fold first) would otherwise be clipped onto a grid it left.
+            if steps.size and (np.abs(steps - np.round(steps)).max() > 1e-2 or np.abs(steps).max() > 128.5):
+                raise EffdlError(
+                    f"int8 export: the exported weight of layer {name} is no longer on its int8 grid (the exporter "
+                    "folded another operation, such as a BatchNorm, into it); fold it first or export without --int8"
+                )
+            int8 = np.clip(np.round(steps), -128, 127).astype(np.int8)
             prefix = f"{name}.quant"
             graph.initializer.extend([
                 numpy_helper.from_array(int8, f"{prefix}.weight_int8"),
@@ -251,24 +336,59 @@ def insert_qdq(proto: onnx.ModelProto, qparams: dict[str, LayerQParams]) -> onnx
     return proto
 
 
+def export_int8_verified(
+    model: nn.Module,
+    path: str | Path,
+    calibration_images: torch.Tensor | None = None,
+    *,
+    check_images: torch.Tensor | None = None,
+    calibration: str = "minmax",
+    input_size: Sequence[int] | None = None,
+    dynamic_batch: bool = True,
+    opset: int | None = None,
+    exporter: str = "auto",
+) -> tuple[Path, OnnxCheck, nn.Module]:
+    """Write an int8 QDQ ONNX model of `model` to `path`, verified; returns (path, check, int8 model).
+
+    `model` is a float model (BatchNorm is folded, then it is quantized with Int8StaticConfig and
+    calibrated on `calibration_images`, normalised NCHW training images, with `calibration` =
+    minmax / percentile / mse) or a model already quantized on 8-bit grids (`int8_model`).
+    The file is checked against the int8 PyTorch model with `verify_onnx` on `check_images`
+    (normalised images as the model sees them; default: the calibration images; with neither,
+    random inputs, which the check's note states) before it takes the name `path`; on failure
+    it is deleted and EffdlError says why. `input_size` (default the model's own), `dynamic_batch`,
+    `opset` and `exporter` are those of `effdl.deploy.onnx.export_onnx`.
+    """
+    q = int8_model(model, calibration_images, calibration)
+    float_model, qparams = dequantized_float_model(q)
+    images = check_images if check_images is not None else calibration_images
+    path, check = export_verified(float_model, path, reference=q, images=images, input_size=input_size,
+                                  dynamic_batch=dynamic_batch, opset=opset, exporter=exporter,
+                                  postprocess=lambda proto: insert_qdq(proto, qparams))
+    return path, check, q
+
+
 def export_int8_onnx(
     model: nn.Module,
     path: str | Path,
     calibration_images: torch.Tensor | None = None,
     *,
+    check_images: torch.Tensor | None = None,
+    verify: bool = True,
     calibration: str = "minmax",
-    input_size: Sequence[int] = DEFAULT_INPUT_SIZE,
+    input_size: Sequence[int] | None = None,
     dynamic_batch: bool = True,
     opset: int | None = None,
     exporter: str = "auto",
 ) -> Path:
     """Write an int8 QDQ ONNX model of `model` to `path` and return the path.
 
-    `model` is either a float model (BatchNorm is folded, then it is quantized with
-    Int8StaticConfig and calibrated on `calibration_images`, normalised NCHW training images,
-    with `calibration` = minmax / percentile / mse) or a model already quantized that way.
-    `dynamic_batch`, `opset` and `exporter` are those of `effdl.deploy.onnx.export_onnx`.
+    As `export_int8_verified` (which also returns the check), or unchecked with `verify=False`.
     """
+    if verify:
+        return export_int8_verified(model, path, calibration_images, check_images=check_images,
+                                    calibration=calibration, input_size=input_size, dynamic_batch=dynamic_batch,
+                                    opset=opset, exporter=exporter)[0]
     q = int8_model(model, calibration_images, calibration)
     float_model, qparams = dequantized_float_model(q)
     return export_onnx(float_model, path, input_size, dynamic_batch=dynamic_batch, opset=opset, exporter=exporter,

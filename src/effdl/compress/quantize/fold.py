@@ -71,10 +71,11 @@ def find_conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
 
 
 @torch.no_grad()
-def _fold_pair(model: nn.Module, conv_name: str, bn_name: str, values: bool) -> None:
+def _fold_pair(model: nn.Module, conv_name: str, bn_name: str, values: bool) -> torch.Tensor | None:
     conv, bn = model.get_submodule(conv_name), model.get_submodule(bn_name)
     if conv.bias is None:
         conv.bias = nn.Parameter(torch.zeros(conv.out_channels, device=conv.weight.device, dtype=conv.weight.dtype))
+    factor = None
     if values:
         inv_std = torch.rsqrt(bn.running_var + bn.eps)
         gamma = bn.weight if bn.affine else torch.ones_like(inv_std)
@@ -83,6 +84,17 @@ def _fold_pair(model: nn.Module, conv_name: str, bn_name: str, values: bool) -> 
         conv.weight.mul_(factor.view(-1, 1, 1, 1))
         conv.bias.copy_((conv.bias - bn.running_mean) * factor + beta)
     _set_module(model, bn_name, nn.Identity())
+    return factor
+
+
+def fold_pair(model: nn.Module, conv_name: str, bn_name: str) -> torch.Tensor:
+    """Fold the BatchNorm2d `bn_name` into the Conv2d `conv_name` in place (not recorded for replay);
+    returns the per-output-channel factor gamma / sqrt(var + eps) the weight was multiplied by.
+
+    The int8 exporter uses the factor: a weight on a per-channel grid of scale s, times the factor f,
+    is on the grid of scale |f| s, so a BatchNorm after a quantized conv folds without re-rounding.
+    """
+    return _fold_pair(model, conv_name, bn_name, values=True)
 
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:
