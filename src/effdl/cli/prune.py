@@ -21,11 +21,12 @@ from effdl.cli.common import add_data_args, add_device_arg, add_distill_args, ch
 
 
 def register(subparsers) -> None:
-    from effdl.compress.prune.pipeline import METHODS  # only when this command is built (see effdl.cli.build_parser)
-
-    p = subparsers.add_parser("prune", help="prune a checkpoint (unstructured or structured) into a new run")
+    # The methods are named in the description (the module docstring), not imported from the
+    # pipeline: that import (torch, torch-pruning) would cost seconds before any argument error.
+    p = subparsers.add_parser("prune", help="prune a checkpoint (unstructured or structured) into a new run",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", type=checkpoint_file, help="a .safetensors checkpoint")
-    p.add_argument("--method", required=True, help=f"one of {', '.join(METHODS)}")
+    p.add_argument("--method", required=True, help="one of the methods above (e.g. magnitude, l1-filter)")
     p.add_argument("--sparsity", type=float, default=None,
                    help="fraction in [0, 1): of weights (unstructured) or of channels (structured)")
     p.add_argument("--target-macs", type=float, default=None,

@@ -26,11 +26,11 @@ if TYPE_CHECKING:  # torch & co. are imported where used, so that `effdl --help`
 
 
 def register(subparsers) -> None:
-    from effdl.measure.scoring import TRACKS  # only when this command is built (see effdl.cli.build_parser)
-
+    # Scorer names are spelled out, not imported from effdl.measure.scoring: that import (torch)
+    # would cost seconds before any argument error (tests/test_cli.py checks they are all named).
     p = subparsers.add_parser("score", help="per-layer counts and the micronet / imt2021 / imt2024 scores")
     p.add_argument("model", type=checkpoint_or_model, help="checkpoint (.safetensors) or registered model name")
-    p.add_argument("--scorer", default="all", help=f"{', '.join(TRACKS)} or all (default all)")
+    p.add_argument("--scorer", default="all", help="micronet, imt2021, imt2024 or all (default all)")
     p.add_argument("--track", default=None,
                    help="track (micronet: cifar100, imagenet; imt2021: cifar10, cifar100; imt2024: cifar10); "
                         "default: the dataset's track, else the scorer's first")
