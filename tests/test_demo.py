@@ -19,3 +19,17 @@ def test_demo_trains_scores_exports_and_checks_int8(cifar10_root, tmp_path, caps
     assert abs(int8["onnx_accuracy"] - int8["accuracy"]) <= 0.003  # int8 export keeps the accuracy
     assert int8["imt2024"] < summary["scores"]["imt2024"] / 3  # 8-bit weights and activations
     assert (run / "model.onnx").is_file() and (run / "model_int8.onnx").is_file()
+
+
+def test_demo_never_deletes_a_run_it_did_not_create(tmp_path, capsys):
+    from effdl.cli.demo import fresh_name
+
+    old = tmp_path / "demo"
+    old.mkdir()
+    (old / "summary.json").write_text("{}")
+    assert fresh_name(tmp_path) == "demo-2"  # the default name moves on
+    (tmp_path / "demo-2").mkdir()  # an empty folder holds no run: it may be used
+    assert fresh_name(tmp_path) == "demo-2"
+    code = main(["demo", "--out-dir", str(tmp_path), "--name", "demo"])  # named: refused, not replaced
+    assert code == 2 and "--overwrite" in capsys.readouterr().err
+    assert (old / "summary.json").read_text() == "{}"

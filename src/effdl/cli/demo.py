@@ -1,28 +1,60 @@
-"""`effdl demo`: the end-to-end demo (train, evaluate, score, export, time) on CIFAR-10."""
+"""`effdl demo`: the end-to-end demo (train, evaluate, score, export, int8, time) on CIFAR-10.
+
+About 4 minutes on a quiet 2-core CPU: resnet20 trained for 2 epochs on a class-balanced 40,000
+of the 50,000 training images (over 60% on the full 10,000-image test split), then counted,
+scored, exported to ONNX (checked against PyTorch), quantized to int8 and timed. Each call writes a
+new run directory (runs/demo, runs/demo-2, ...); an existing one is replaced only with
+`--name NAME --overwrite`.
+"""
 
 from __future__ import annotations
 
 import argparse
-import shutil
 from pathlib import Path
+
+from effdl.errors import EffdlError
+from effdl.fileio import RUN_FILES, claim_run_dir
+
+DEFAULT_NAME = "demo"
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("demo", help="end-to-end demo on CIFAR-10")
-    p.add_argument("--model", default="resnet20")
-    p.add_argument("--epochs", type=int, default=4)
-    p.add_argument("--subset", type=int, default=None, help="train on this many images (quicker)")
-    p.add_argument("--data-root", default=None, help="default: $EFFDL_DATA")
-    p.add_argument("--out-dir", default="runs")
-    p.add_argument("--name", default="demo")
+    p = subparsers.add_parser("demo", help="end-to-end demo on CIFAR-10 (a few minutes on a CPU)",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="resnet20", help="architecture to train (default resnet20)")
+    p.add_argument("--epochs", type=int, default=2, help="training epochs (default 2)")
+    p.add_argument("--train-limit", "--subset", dest="train_limit", type=int, default=40_000,
+                   help="train on a class-balanced subset of this many images; 0: all (default 40000)")
+    p.add_argument("--data-root", default=None, help="where datasets live (default: $EFFDL_DATA)")
+    p.add_argument("--out-dir", default="runs", help="folder of the run directory (default runs)")
+    p.add_argument("--name", default=None,
+                   help=f"run directory name (default: the first free of {DEFAULT_NAME}, {DEFAULT_NAME}-2, ...)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing run named --name (default: refuse, nothing is deleted)")
     p.set_defaults(func=run)
+
+
+def fresh_name(out_dir: str | Path, base: str = DEFAULT_NAME) -> str:
+    """`base`, else `base-2`, `base-3`, ...: the first name under `out_dir` that holds no run."""
+    for i in range(1, 10_000):
+        name = base if i == 1 else f"{base}-{i}"
+        folder = Path(out_dir) / name
+        if not (folder.exists() and (not folder.is_dir() or any((folder / f).exists() for f in RUN_FILES))):
+            return name
+    raise EffdlError(f"no free run name {base}-N under {out_dir}; pass --name")
 
 
 def run(args: argparse.Namespace) -> int:
     from effdl.demo import run_demo
 
-    run_dir = Path(args.out_dir) / args.name
-    if run_dir.exists():  # the demo always starts afresh
-        shutil.rmtree(run_dir)
-    run_demo(args.out_dir, args.name, args.model, args.epochs, args.data_root, args.subset)
+    if args.epochs < 1:
+        raise EffdlError(f"--epochs must be >= 1, got {args.epochs}")
+    if args.name is None:
+        if args.overwrite:
+            raise EffdlError("--overwrite replaces the run named by --name: give --name too")
+        name = fresh_name(args.out_dir)
+    else:
+        name = args.name
+        claim_run_dir(Path(args.out_dir) / name, overwrite=args.overwrite, hint="pick another --name")
+    run_demo(args.out_dir, name, args.model, args.epochs, args.data_root, args.train_limit or None)
     return 0
