@@ -151,13 +151,17 @@ EXPORTERS = {"dynamo": _export_dynamo, "torchscript": _export_torchscript}
 
 
 def example_shape(model: nn.Module, input_size: Sequence[int] | None = None) -> tuple[int, ...]:
-    """NCHW of one example input: `input_size` given as (C, H, W) or (N, C, H, W), else batch 1
-    at the model's own input size (`model_input_size`: its training data's, default 3x32x32)."""
-    size = tuple(int(d) for d in (input_size if input_size is not None else model_input_size(model)))
-    if len(size) == 3:
-        size = (1, *size)
-    if len(size) != 4 or min(size) < 1:
-        raise EffdlError(f"input size must be C,H,W (or N,C,H,W) positive integers, got {list(size)}")
+    """The shape of one example batch: batch 1 at the model's own input size (`model_input_size`:
+    its training data's, of any rank; default 3x32x32) when `input_size` is None; else
+    `input_size` as (C, H, W) of one image, or as the full shape with the batch first (N, C, ...),
+    which is how inputs that are not images (e.g. (1, C, L) for a Conv1d model) are given."""
+    if input_size is None:
+        size = (1, *(int(d) for d in model_input_size(model)))
+    else:
+        size = tuple(int(d) for d in input_size)
+        size = (1, *size) if len(size) == 3 else size
+    if len(size) < 2 or min(size) < 1:
+        raise EffdlError(f"input size must be C,H,W (or the full shape N,C,...) of positive integers, got {list(size)}")
     return size
 
 

@@ -78,20 +78,42 @@ def default_inputs(model: nn.Module, shape: tuple[int, ...] | None = None) -> to
 
 
 def output_layers(model: nn.Module, example_inputs: torch.Tensor) -> list[nn.Module]:
-    """The Conv/Linear layer run last in a forward pass: its outputs are the model's classes."""
-    order: list[nn.Module] = []
-    handles = [m.register_forward_hook(lambda mod, i, o: order.append(mod))
-               for m in model.modules() if isinstance(m, PRUNABLE_TYPES)]
+    """The Conv/Linear layers whose output channels reach a model output without passing another
+    Conv/Linear: their channel counts are the shapes of the outputs (the classes of the logits, and
+    e.g. the feature width of a model that also returns its features), so they are kept whole.
+
+    Found by walking the autograd graph back from every output leaf (dict and tuple outputs too),
+    stopping at the first Conv/Linear on each path.
+    """
+    produced: dict[Any, nn.Module] = {}
+
+    def remember(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:  # returns None: output unchanged
+        produced.setdefault(output.grad_fn, module)
+
+    handles = [m.register_forward_hook(remember) for m in model.modules() if isinstance(m, PRUNABLE_TYPES)]
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
-            model(example_inputs)
+        with torch.enable_grad():
+            outputs = [t for t in tp.utils.flatten_as_list(model(example_inputs)) if isinstance(t, torch.Tensor)]
     finally:
         for h in handles:
             h.remove()
         model.train(was_training)
-    return order[-1:]
+    found: list[nn.Module] = []
+    seen: set[Any] = set()
+    stack = [t.grad_fn for t in outputs if t.grad_fn is not None]
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        if fn in produced:
+            if produced[fn] not in found:
+                found.append(produced[fn])
+            continue
+        stack.extend(next_fn for next_fn, _ in fn.next_functions)
+    return found
 
 
 def module_widths(model: nn.Module) -> dict[str, dict[str, Any]]:
