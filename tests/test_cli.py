@@ -1,6 +1,8 @@
 """The foundation commands end to end, in-process, on the synthetic dataset and a tiny model."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -238,3 +240,25 @@ def test_score_help_names_every_scorer(capsys):
         main(["score", "--help"])
     text = capsys.readouterr().out
     assert all(scorer in text for scorer in TRACKS)
+
+
+def test_report_help_names_every_scorer_and_export_every_exporter(capsys):
+    from effdl.cli.export import EXPORTER_NAMES
+    from effdl.deploy.onnx import EXPORTERS
+    from effdl.measure.scoring import scorer_names
+
+    with pytest.raises(SystemExit):
+        main(["report", "--help"])
+    text = capsys.readouterr().out
+    assert all(scorer in text for scorer in scorer_names())
+    assert set(EXPORTER_NAMES) == set(EXPORTERS)
+
+
+@pytest.mark.parametrize("command", ["export", "report", "bench", "quantize", "prune", "score", "eval", "train"])
+def test_every_command_rejects_a_bad_flag_without_importing_torch(command):
+    code = ("import sys\nfrom effdl.cli import main\ntry:\n    main([%r, '--no-such-flag'])\n"
+            "except SystemExit as e:\n    assert e.code == 2, e.code\n"
+            "heavy = sorted(m for m in ('torch', 'onnx', 'torch_pruning', 'matplotlib') if m in sys.modules)\n"
+            "print(heavy)\n") % command
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "[]", (out.stdout, out.stderr[-500:])

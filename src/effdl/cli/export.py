@@ -86,9 +86,12 @@ def check_images_from_args(model: nn.Module, meta: dict, args: argparse.Namespac
     return calibration_images(data, min(CHECK_IMAGES, len(data.train_labels)), seed=1)
 
 
-def register(subparsers) -> None:
-    from effdl.deploy.onnx import EXPORTERS  # only when this command is built (see effdl.cli.build_parser)
+EXPORTER_NAMES = ("dynamo", "torchscript")
 
+
+def register(subparsers) -> None:
+    # Exporter names are spelled out, not imported from effdl.deploy.onnx (torch, onnx): that import
+    # would cost seconds before any argument error (tests/test_cli.py checks they match EXPORTERS).
     p = subparsers.add_parser("export", help="export a checkpoint or model to ONNX (fp32 or int8) and verify it",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", type=checkpoint_or_model, help="checkpoint (.safetensors) or registered model name")
@@ -98,7 +101,7 @@ def register(subparsers) -> None:
     p.add_argument("--num-classes", type=int, default=10, help="classes, for a model name (default 10)")
     p.add_argument("--static-batch", action="store_true", help="fix the batch size to 1 instead of dynamic")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
-    p.add_argument("--exporter", default="auto", choices=["auto", *EXPORTERS],
+    p.add_argument("--exporter", default="auto", choices=["auto", *EXPORTER_NAMES],
                    help="torch exporter: auto (dynamo, falling back to torchscript tracing; default)")
     add_int8_args(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")

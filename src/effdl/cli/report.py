@@ -13,13 +13,13 @@ from effdl.errors import EffdlError
 
 
 def register(subparsers) -> None:
-    from effdl.measure.scoring import scorer_names  # only when this command is built (see effdl.cli.build_parser)
-
+    # Scorer names are spelled out, not imported from effdl.measure.scoring (torch): that import would
+    # cost seconds before any argument error (tests/test_cli.py checks they match the scorers).
     p = subparsers.add_parser("report", help="table and accuracy-vs-score plot over runs (train, prune, quantize)")
     p.add_argument("runs", nargs="+", help="run directories (runs/NAME), or folders holding them")
     p.add_argument("--out", default="reports", help="folder for runs.csv, runs.json, accuracy_vs_score.png")
     p.add_argument("--scorer", action="append", default=None,
-                   help=f"scorer to compute, repeatable; the first is plotted ({', '.join(scorer_names())}; "
+                   help=f"scorer to compute, repeatable; the first is plotted (micronet, imt2021, imt2024; "
                         "default: those with a track for the runs' dataset)")
     p.add_argument("--track", default=None, help="track of the scorers (default: the runs' dataset, if a track)")
     p.add_argument("--threshold", type=float, default=None,
