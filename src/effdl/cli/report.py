@@ -19,7 +19,7 @@ def register(subparsers) -> None:
     p.add_argument("runs", nargs="+", help="run directories (runs/NAME), or folders holding them")
     p.add_argument("--out", default="reports", help="folder for runs.csv, runs.json, accuracy_vs_score.png")
     p.add_argument("--scorer", action="append", default=None,
-                   help=f"scorer to compute, repeatable; the first is plotted (micronet, imt2021, imt2024; "
+                   help="scorer to compute, repeatable; the first is plotted (micronet, imt2021, imt2024; "
                         "default: those with a track for the runs' dataset)")
     p.add_argument("--track", default=None, help="track of the scorers (default: the runs' dataset, if a track)")
     p.add_argument("--threshold", type=float, default=None,
