@@ -23,7 +23,7 @@ from torch import nn
 from effdl.errors import EffdlError
 from effdl.fileio import atomic_write
 from effdl.models.registry import DEFAULT_INPUT_SIZE, create_model, data_meta, model_spec
-from effdl.models.transforms import model_transforms, replay_transforms
+from effdl.core.edits import model_transforms, replay_transforms
 
 FORMAT_VERSION = 1
 _META_KEY = "effdl"

@@ -1,7 +1,6 @@
 """Compression techniques: quantize, prune, factorize, distill. Each is a function over any nn.Module.
 
-Importing this package registers every technique's checkpoint replay (see models/transforms.py).
+Import the technique you use (`effdl.compress.quantize`, `effdl.compress.prune`...): this package
+imports none of them, so a checkpoint's replay (effdl.core.edits) loads only the techniques whose
+edits it records (pruning alone brings in torch-pruning).
 """
-
-from effdl.compress import quantize  # noqa: F401,E402  registers the quantization replays
-from effdl.compress import prune  # noqa: F401,E402  registers the channel-pruning replay

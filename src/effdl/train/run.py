@@ -7,11 +7,11 @@ from pathlib import Path
 
 import torch
 
+from effdl.core.hooks import Callback
 from effdl.data import ImageDataset, load_dataset, subset, train_val_split
 from effdl.errors import EffdlError
 from effdl.fileio import claim_run_dir
 from effdl.models import create_model
-from effdl.train.callbacks import Callback
 from effdl.train.config import TrainConfig, make_config, read_config_file
 from effdl.train.trainer import Trainer, TrainResult, default_run_name
 

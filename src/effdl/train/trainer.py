@@ -28,6 +28,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -45,12 +46,12 @@ from effdl.checkpoint import (
     split_namespace,
     with_namespace,
 )
+from effdl.core.hooks import Callback
 from effdl.data import BatchLoader, ImageDataset
 from effdl.device import default_bf16, resolve_device
 from effdl.errors import EffdlError, Interrupted
 from effdl.measure.accuracy import Accuracy, check_model_fits_data, evaluate
 from effdl.measure.bits import declared_weight_bits
-from effdl.train.callbacks import Callback
 from effdl.train.config import TrainConfig, save_config
 from effdl.train.schedule import default_warmup_epochs, lr_factor
 
@@ -71,10 +72,12 @@ class TrainResult:
     run_dir: str | None
 
 
-def parameter_groups(model: nn.Module, weight_decay: float, decay_bn_and_bias: bool) -> list[dict]:
+def parameter_groups(
+    model: nn.Module | Iterable[nn.Parameter], weight_decay: float, decay_bn_and_bias: bool
+) -> list[dict]:
     """Weight decay on conv/linear weights only, unless told to decay BN scales and biases too."""
     decay, no_decay = [], []
-    for p in model.parameters():
+    for p in model.parameters() if isinstance(model, nn.Module) else model:
         if p.requires_grad:
             (decay if p.ndim > 1 or decay_bn_and_bias else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}]
@@ -83,8 +86,37 @@ def parameter_groups(model: nn.Module, weight_decay: float, decay_bn_and_bias: b
     return groups
 
 
-def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+def hook_parameters(callbacks: Iterable[Callback], model: nn.Module, device: torch.device) -> list[nn.Parameter]:
+    """The trainable tensors the callbacks own (`Callback.parameters()`), each once, moved in place
+    to `device` (the objects stay the same, so the callbacks' references stay valid).
+
+    Raises EffdlError if a callback hands over one of the model's own parameters (the optimizer
+    would see it twice) or a tensor that does not require gradients.
+    """
+    own = {id(p) for p in model.parameters()}
+    found: dict[int, nn.Parameter] = {}
+    for cb in callbacks:
+        for p in cb.parameters():
+            if id(p) in own:
+                raise EffdlError(f"{type(cb).__name__}.parameters() returned a parameter of the model itself; "
+                                 "the trainer already optimises those")
+            if not isinstance(p, torch.Tensor) or not p.requires_grad:
+                raise EffdlError(f"{type(cb).__name__}.parameters() must return tensors that require gradients")
+            if p.device != device:
+                p.data = p.data.to(device)
+            found.setdefault(id(p), p)
+    return list(found.values())
+
+
+def build_optimizer(
+    model: nn.Module, config: TrainConfig, extra: Sequence[nn.Parameter] = ()
+) -> torch.optim.Optimizer:
+    """The configured optimizer over `model`'s parameters, plus `extra` (the callbacks' own
+    parameters, `hook_parameters`) in param groups of their own, after the model's."""
     groups = parameter_groups(model, config.weight_decay, config.decay_bn_and_bias)
+    if extra:
+        groups += [{**g, "name": "hooks"} for g in parameter_groups(extra, config.weight_decay,
+                                                                     config.decay_bn_and_bias) if g["params"]]
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
     return torch.optim.AdamW(groups, lr=config.lr)
@@ -160,7 +192,7 @@ class Trainer:
         self.warmup_steps = int(warmup * self.steps_per_epoch)
         self.milestone_steps = tuple(m * self.steps_per_epoch for m in config.milestones)
 
-        self.optimizer = build_optimizer(self.model, config)
+        self.optimizer = build_optimizer(self.model, config, hook_parameters(self.callbacks, self.model, self.device))
         self.ema = self._new_ema() if config.ema_decay else None
         self.train_step = torch.compile(self._forward_loss) if config.compile else self._forward_loss
         self.epoch = 0  # the epoch in progress (0-based)
@@ -189,7 +221,8 @@ class Trainer:
 
     def rebuild_optimizer(self) -> None:
         """Rebuild optimizer (and EMA) after a callback changed the model's parameters."""
-        self.optimizer = build_optimizer(self.model, self.config)
+        extra = hook_parameters(self.callbacks, self.model, self.device)
+        self.optimizer = build_optimizer(self.model, self.config, extra)
         if self.ema is not None:
             self.ema = self._new_ema()
 
@@ -251,7 +284,8 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if self.config.grad_clip:
-                nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+                nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]],
+                                         self.config.grad_clip)
             self.optimizer.step()
             self.step += 1
             for cb in self.callbacks:  # before the EMA update, so weight constraints reach it at once

@@ -8,16 +8,12 @@ independent of T.
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+from effdl.core.hooks import Callback, TrainingState
 from effdl.errors import EffdlError
-from effdl.train.callbacks import Callback
-
-if TYPE_CHECKING:
-    from effdl.train.trainer import Trainer
 
 
 def check_distill_options(alpha: float, temperature: float) -> None:
@@ -55,13 +51,13 @@ class Distillation(Callback):
         self.temperature = temperature
         self._forward = self.teacher
 
-    def on_train_start(self, trainer: Trainer) -> None:
+    def on_train_start(self, trainer: TrainingState) -> None:
         memory_format = torch.channels_last if trainer.channels_last else torch.contiguous_format
         self.teacher.to(trainer.device, memory_format=memory_format).eval()
         self._forward = torch.compile(self.teacher) if trainer.config.compile else self.teacher
 
     def extra_loss(
-        self, trainer: Trainer, images: torch.Tensor, targets: torch.Tensor, logits: torch.Tensor, loss: torch.Tensor
+        self, trainer: TrainingState, images: torch.Tensor, targets: torch.Tensor, logits: torch.Tensor, loss: torch.Tensor
     ) -> torch.Tensor:
         with torch.no_grad(), torch.autocast(trainer.device.type, dtype=torch.bfloat16, enabled=trainer.bf16):
             teacher_logits = self._forward(images)

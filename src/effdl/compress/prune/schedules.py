@@ -19,8 +19,8 @@ from torch import nn
 
 from effdl.compress.prune.selection import check_fraction
 from effdl.compress.prune.unstructured import Masks, apply_masks, magnitude_masks, prune_magnitude
+from effdl.core.hooks import Callback
 from effdl.errors import EffdlError
-from effdl.train.callbacks import Callback
 
 
 def agp_sparsity(step: int, final: float, end_step: int, *, initial: float = 0.0, start_step: int = 0,

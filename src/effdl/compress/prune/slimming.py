@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from effdl.core.hooks import Callback
 from effdl.errors import EffdlError
-from effdl.train.callbacks import Callback
 
 
 def bn_scale_l1(model: nn.Module) -> torch.Tensor:

@@ -57,10 +57,10 @@ from torch import nn
 
 from effdl.compress.prune.criteria import ThiNetImportance, make_importance
 from effdl.compress.prune.selection import PRUNABLE_TYPES, check_fraction, matching
+from effdl.core.edits import record_transform, register_transform
 from effdl.errors import EffdlError
 from effdl.measure.counting import profile
 from effdl.models.registry import model_input_size
-from effdl.models.transforms import record_transform, register_transform
 
 TRANSFORM = "prune_channels"
 SCOPES = ("layer", "global")

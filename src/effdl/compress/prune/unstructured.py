@@ -19,9 +19,9 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from effdl.compress.prune.selection import check_fraction, matching, prunable_layers
+from effdl.core.hooks import Callback
 from effdl.errors import EffdlError
 from effdl.measure.bits import inference_weight
-from effdl.train.callbacks import Callback
 
 Masks = dict[str, torch.Tensor]
 SCOPES = ("global", "layer")

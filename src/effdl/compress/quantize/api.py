@@ -21,12 +21,12 @@ from effdl.compress.quantize.config import Float16Config
 from effdl.compress.quantize.layers import QUANTIZABLE, is_quantized_layer, quantize_layer
 from effdl.compress.quantize.outputs import layers_with_float_readers
 from effdl.compress.quantize.quantizers import RangeAct, LazyAct
+from effdl.core.edits import record_transform, register_transform
+from effdl.core.hooks import Callback
 from effdl.data import ImageDataset
 from effdl.data.loader import BatchLoader
 from effdl.errors import EffdlError
 from effdl.measure.bits import verify_weight_bits
-from effdl.models.transforms import record_transform, register_transform
-from effdl.train.callbacks import Callback
 
 MIN_CALIBRATION_IMAGES = 64
 FilterFn = Callable[[nn.Module, str], bool]

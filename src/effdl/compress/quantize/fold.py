@@ -15,7 +15,7 @@ import warnings
 import torch
 from torch import fx, nn
 
-from effdl.models.transforms import record_transform, register_transform
+from effdl.core.edits import record_transform, register_transform
 
 
 def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:

@@ -1,0 +1,43 @@
+"""Small helpers over modules that several layers need: swap a submodule by its dotted name, and run
+a model in eval mode without losing its training flag."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from torch import nn
+
+from effdl.errors import EffdlError
+
+
+def replace_submodule(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
+    """Put `new` where `model.get_submodule(name)` is (a dotted path from `named_modules()`, e.g.
+    `layers.1.0.conv1`, or `0` inside an nn.Sequential) and return the module it replaced.
+
+    Raises EffdlError if `name` is empty (the model itself cannot be replaced in place) or names no
+    submodule of `model`.
+    """
+    if not name:
+        raise EffdlError("replace_submodule needs a submodule's name; the model itself cannot be replaced in place")
+    parent_name, _, child = name.rpartition(".")
+    try:
+        parent = model.get_submodule(parent_name) if parent_name else model
+        old = parent.get_submodule(child)
+    except AttributeError:
+        raise EffdlError(f"{type(model).__name__} has no submodule '{name}'") from None
+    setattr(parent, child, new)  # nn.Module.__setattr__ (and Sequential/ModuleList) accept numeric names
+    return old
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put `model` in eval mode for the `with` block, then restore the training flag it had, even if
+    the block raises. Only the top-level flag is saved: submodules come back as `model.train(flag)`
+    sets them (which is how every effdl model is used)."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
