@@ -56,6 +56,7 @@ from effdl.compress.quantize import Int8StaticConfig, calibrate, fold_batchnorm,
 from effdl.compress.quantize.api import quantized_layers
 from effdl.compress.quantize.fold import find_conv_bn_pairs, fold_pair
 from effdl.compress.quantize.quantizers import LSQAct, LSQWeight, MinMaxWeight, PACTAct, RangeAct
+from effdl.core.modules import replace_submodule
 from effdl.deploy.onnx import OnnxCheck, export_onnx, export_verified
 from effdl.errors import EffdlError
 
@@ -172,8 +173,7 @@ def dequantized_float_model(model: nn.Module) -> tuple[nn.Module, dict[str, Laye
         plain.weight.data.copy_(weight)
         if layer.bias is not None:
             plain.bias.data.copy_(layer.bias.detach())
-        parent_name, _, child = name.rpartition(".")
-        setattr(float_model.get_submodule(parent_name) if parent_name else float_model, child, plain)
+        replace_submodule(float_model, name, plain)
     for conv_name, bn_name in find_conv_bn_pairs(float_model):
         if conv_name in qparams:
             factor = fold_pair(float_model, conv_name, bn_name).detach().float().cpu().numpy()

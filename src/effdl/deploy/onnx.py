@@ -58,6 +58,7 @@ import torch
 from torch import nn
 from torch.utils import _pytree as pytree
 
+from effdl.core.modules import eval_mode
 from effdl.errors import EffdlError, unknown_name_error
 from effdl.fileio import atomic_write
 from effdl.measure.bits import declared_weight_bits
@@ -209,10 +210,8 @@ def onnx_model(
         raise unknown_name_error("ONNX exporter", exporter, ["auto", *EXPORTERS])
     shape = example_shape(model, input_size)
     example = torch.randn(*shape, device=_model_device(model))
-    was_training = model.training
-    model.eval()
     failures = []
-    try:
+    with eval_mode(model):
         try:
             with torch.no_grad():
                 outputs = output_names(model(example))
@@ -232,8 +231,6 @@ def onnx_model(
             onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props},
                                                 **onnx_metadata(model, shape), "effdl.exporter": name})
             return proto
-    finally:
-        model.train(was_training)
     raise EffdlError(f"ONNX export of {type(model).__name__} failed ({'; '.join(failures)})")
 
 
@@ -368,13 +365,8 @@ class OnnxCheck:
 
 
 def _run_both(model: nn.Module, session, inputs: torch.Tensor) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            expected = [t.detach().float().cpu().numpy() for t in output_leaves(model(inputs.to(_model_device(model))))]
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():
+        expected = [t.detach().float().cpu().numpy() for t in output_leaves(model(inputs.to(_model_device(model))))]
     got = session.run(None, {session.get_inputs()[0].name: inputs.cpu().float().numpy()})
     return expected, got
 

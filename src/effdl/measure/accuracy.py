@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from effdl.core.modules import eval_mode
 from effdl.data.datasets import ImageDataset
 from effdl.data.loader import BatchLoader
 from effdl.errors import EffdlError
@@ -81,24 +82,21 @@ def evaluate(model: nn.Module, loader: BatchLoader, *, tta: bool = False, autoca
     `tta` averages the logits of each image and its horizontal mirror. Raises EffdlError if the
     model's logits do not have one entry per class of the loader (`loader.num_classes`).
     """
-    was_training = model.training
-    model.eval()
-    correct, total, loss_sum = 0, 0, 0.0
-    device_type = loader.device.type
-    for images, labels in loader:
-        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=autocast):
-            logits = model(images)
-            if tta:
-                logits = (logits + model(images.flip(3))) / 2
-        logits = logits.float()
-        if total == 0 and logits.shape[1] != loader.num_classes:
-            model.train(was_training)
-            raise _classes_error(logits.shape[1], loader.num_classes, "the evaluation data",
-                                 (data_meta(model) or {}).get("dataset"))
-        loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum").item()
-        correct += int((logits.argmax(1) == labels).sum())
-        total += labels.numel()
-    model.train(was_training)
+    with eval_mode(model):
+        correct, total, loss_sum = 0, 0, 0.0
+        device_type = loader.device.type
+        for images, labels in loader:
+            with torch.autocast(device_type, dtype=torch.bfloat16, enabled=autocast):
+                logits = model(images)
+                if tta:
+                    logits = (logits + model(images.flip(3))) / 2
+            logits = logits.float()
+            if total == 0 and logits.shape[1] != loader.num_classes:
+                raise _classes_error(logits.shape[1], loader.num_classes, "the evaluation data",
+                                     (data_meta(model) or {}).get("dataset"))
+            loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum").item()
+            correct += int((logits.argmax(1) == labels).sum())
+            total += labels.numel()
     return Accuracy(correct, total, loss_sum / max(total, 1))
 
 

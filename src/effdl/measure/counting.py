@@ -58,6 +58,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils.flop_counter import FlopCounterMode
 
+from effdl.core.modules import eval_mode
 from effdl.errors import EffdlError
 from effdl.measure.bits import (
     FLOAT_BITS,
@@ -716,12 +717,10 @@ def profile(model: nn.Module, input_size: Sequence[int] | None = None) -> ModelP
     flops = FlopCounterMode(display=False)
     tracer = _Tracer(model, flops)
     tracer._new_buffer(x, -1, -1)
-    was_training = model.training
-    model.eval()
     pre = nn.modules.module.register_module_forward_pre_hook(tracer.pre_hook)
     post = nn.modules.module.register_module_forward_hook(tracer.post_hook)
     try:
-        with torch.no_grad(), flops, tracer:
+        with eval_mode(model), torch.no_grad(), flops, tracer:
             out = model(x)
     except EffdlError:
         raise
@@ -732,7 +731,6 @@ def profile(model: nn.Module, input_size: Sequence[int] | None = None) -> ModelP
     finally:
         pre.remove()
         post.remove()
-        model.train(was_training)
     end = len(tracer.records)
     for t in _tensors(out):
         buf = tracer.buffers.get(_ptr(t))

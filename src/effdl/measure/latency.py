@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from effdl.core.modules import eval_mode
 from effdl.errors import EffdlError
 
 
@@ -154,24 +155,19 @@ def torch_latency(
     model = model.to(device)
     example = torch.randn(*input_size, device=device)
     sync = torch.cuda.synchronize if device.type == "cuda" else None
-    was_training = model.training
-    model.eval()
-    try:
-        with torch_threads(threads) as used, torch.inference_mode():
-            return measure_latency(
-                model,
-                example,
-                warmup,
-                repeats,
-                max_seconds=max_seconds,
-                sync=sync,
-                batch_size=int(input_size[0]),
-                backend="pytorch",
-                device=str(device),
-                threads=used,
-            )
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch_threads(threads) as used, torch.inference_mode():
+        return measure_latency(
+            model,
+            example,
+            warmup,
+            repeats,
+            max_seconds=max_seconds,
+            sync=sync,
+            batch_size=int(input_size[0]),
+            backend="pytorch",
+            device=str(device),
+            threads=used,
+        )
 
 
 def onnx_latency(

@@ -25,6 +25,7 @@ import torch_pruning as tp
 from torch import nn
 from torch.nn import functional as F
 
+from effdl.core.modules import eval_mode
 from effdl.errors import EffdlError, unknown_name_error
 
 _OUT_FNS = (tp.prune_conv_out_channels, tp.prune_linear_out_channels, tp.prune_depthwise_conv_out_channels)
@@ -147,16 +148,13 @@ class ThiNetImportance(tp.importance.Importance):
             if isinstance(m, nn.Linear)
             or (isinstance(m, nn.Conv2d) and m.groups == 1 and isinstance(m.padding, tuple) and m.padding_mode == "zeros")
         ]
-        was_training = model.training
-        model.eval()
         try:
-            with torch.no_grad():
+            with eval_mode(model), torch.no_grad():
                 for batch in batches:
                     model(batch)
         finally:
             for h in handles:
                 h.remove()
-            model.train(was_training)
         self.contributions = {name: torch.cat(parts) for name, parts in samples.items()}
         self.bind(model)
 

@@ -58,6 +58,7 @@ from torch import nn
 from effdl.compress.prune.criteria import ThiNetImportance, make_importance
 from effdl.compress.prune.selection import PRUNABLE_TYPES, check_fraction, matching
 from effdl.core.edits import record_transform, register_transform
+from effdl.core.modules import eval_mode
 from effdl.errors import EffdlError
 from effdl.measure.counting import profile
 from effdl.models.registry import model_input_size
@@ -91,15 +92,12 @@ def output_layers(model: nn.Module, example_inputs: torch.Tensor) -> list[nn.Mod
         produced.setdefault(output.grad_fn, module)
 
     handles = [m.register_forward_hook(remember) for m in model.modules() if isinstance(m, PRUNABLE_TYPES)]
-    was_training = model.training
-    model.eval()
     try:
-        with torch.enable_grad():
+        with eval_mode(model), torch.enable_grad():
             outputs = [t for t in tp.utils.flatten_as_list(model(example_inputs)) if isinstance(t, torch.Tensor)]
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
     found: list[nn.Module] = []
     seen: set[Any] = set()
     stack = [t.grad_fn for t in outputs if t.grad_fn is not None]
@@ -360,15 +358,12 @@ def _outputs(model: nn.Module, inputs: torch.Tensor, zeroed_inputs: dict[nn.Modu
         return hook
 
     handles = [layer.register_forward_pre_hook(zero(sorted(idxs))) for layer, idxs in (zeroed_inputs or {}).items()]
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             return [t.detach().float() for t in tp.utils.flatten_as_list(model(inputs)) if isinstance(t, torch.Tensor)]
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
 
 
 def _mismatch(model: nn.Module, inputs: torch.Tensor, expected: list[torch.Tensor], tolerance: float) -> str | None:

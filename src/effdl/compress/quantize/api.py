@@ -23,6 +23,7 @@ from effdl.compress.quantize.outputs import layers_with_float_readers
 from effdl.compress.quantize.quantizers import RangeAct, LazyAct
 from effdl.core.edits import record_transform, register_transform
 from effdl.core.hooks import Callback
+from effdl.core.modules import eval_mode, replace_submodule
 from effdl.data import ImageDataset
 from effdl.data.loader import BatchLoader
 from effdl.errors import EffdlError
@@ -90,9 +91,7 @@ def quantize_(model: nn.Module, config: Any, filter_fn: FilterFn | None = None) 
 
 def _apply_specs(model: nn.Module, specs: dict[str, dict[str, Any]], fit: bool) -> None:
     for name, spec in specs.items():
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, quantize_layer(getattr(parent, child), spec, fit=fit))
+        replace_submodule(model, name, quantize_layer(model.get_submodule(name), spec, fit=fit))
     clip_latent_weights_(model)
 
 
@@ -183,24 +182,21 @@ def calibrate(model: nn.Module, images: torch.Tensor, batch_size: int = 64) -> n
         raise EffdlError(
             f"calibration needs at least {MIN_CALIBRATION_IMAGES} images (a few hundred is best), got {len(images)}"
         )
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     for quantizer in lazy:
         quantizer.reset()
     passes = ["range"] + (["histogram"] if any(o.method in ("percentile", "mse") for o in observers) else [])
     try:
-        for phase in passes:
-            for observer in observers:
-                observer.observing = phase
-            for start in range(0, len(images), batch_size):
-                model(images[start : start + batch_size].to(device))
+        with eval_mode(model):
+            for phase in passes:
+                for observer in observers:
+                    observer.observing = phase
+                for start in range(0, len(images), batch_size):
+                    model(images[start : start + batch_size].to(device))
     except BaseException:
         for observer in observers:
             observer.observing = None
         raise
-    finally:
-        model.train(was_training)
     for observer in observers:
         observer.finish_calibration()
     return model

@@ -16,11 +16,7 @@ import torch
 from torch import fx, nn
 
 from effdl.core.edits import record_transform, register_transform
-
-
-def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
+from effdl.core.modules import replace_submodule
 
 
 def _pairs_from_graph(model: nn.Module) -> list[tuple[str, str]]:
@@ -83,7 +79,7 @@ def _fold_pair(model: nn.Module, conv_name: str, bn_name: str, values: bool) -> 
         factor = gamma * inv_std
         conv.weight.mul_(factor.view(-1, 1, 1, 1))
         conv.bias.copy_((conv.bias - bn.running_mean) * factor + beta)
-    _set_module(model, bn_name, nn.Identity())
+    replace_submodule(model, bn_name, nn.Identity())
     return factor
 
 
