@@ -208,8 +208,10 @@ def test_layer_selection_strict_names_the_pattern_that_matches_nothing():
         LayerSelection(include=("layers.0.*", "layer.1.*")).select(model)
     with pytest.raises(EffdlError, match="'nothing' matches no prunable layer"):
         LayerSelection(exclude=("nothing",), what="prunable layer").select(model)
-    with pytest.raises(EffdlError, match="'Conv1d' matches no module"):
-        LayerSelection(types=("Conv1d",)).select(model)
+    with pytest.raises(EffdlError, match="has no layer of type Conv1d or ConvTranspose2d"):
+        LayerSelection(types=("Conv1d", nn.ConvTranspose2d)).select(model)
+    assert LayerSelection(types=(nn.Conv1d, nn.Linear)).names(model) == ["fc"]  # a union: one type may be absent
+    assert LayerSelection(types=(nn.Linear,)).names(nn.Linear(2, 2)) == [""]  # a bare layer is its own candidate
     assert LayerSelection(include=("layer.1.*", "fc"), strict=False).names(model) == ["fc"]
     with pytest.raises(EffdlError, match="unknown layer selection key"):
         LayerSelection.of({"includes": ["fc"]})

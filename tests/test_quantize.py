@@ -331,6 +331,13 @@ def test_mixed_precision_first_last_and_overrides():
     assert (layers["layers.2.0.conv1"].weight_bits, layers["layers.2.0.conv1"].act_bits) == (5, 6)
 
 
+def test_an_override_that_names_no_layer_is_refused_before_any_change():
+    model = tiny_resnet()
+    with pytest.raises(EffdlError, match=r"'layer\.1\.\*' matches no quantizable layer"):
+        quantize_(model, FakeQuantConfig(weight_bits=2, overrides={"layer.1.*": 3}))
+    assert not quantized_layers(model)
+
+
 def test_filter_fn_restricts_layers():
     model = tiny_resnet()
     quantize_(model, TernaryConfig(), filter_fn=lambda module, name: name.startswith("layers.0"))

@@ -2,8 +2,8 @@
 
 Layers are named as in `model.named_modules()` (`layers.1.0.conv1`); patterns are exact names or
 shell-style globs matched on the whole name (`layers.1.*`, `*.conv2`, case-sensitive). A selection
-may also restrict the module types it considers. With `strict` (the default) every pattern and every
-type must match at least one layer, so a typo is an error naming it, never a silent no-op.
+may also restrict the module types it considers. With `strict` (the default) every pattern must match
+at least one layer (and the types some module), so a typo is an error naming it, never a silent no-op.
 """
 
 from __future__ import annotations
@@ -64,9 +64,10 @@ class LayerSelection:
     exclude: names or globs removed from what `include` chose.
     types: module types a layer must be an instance of (classes, or class names such as "Conv2d",
         which also match subclasses); empty means any module. Candidates are the submodules of
-        the model (never the model itself) of these types.
-    strict: every include/exclude pattern and every type must match at least one candidate, else
-        EffdlError naming it.
+        the model of these types; the model itself (named "") only when `types` are given and it
+        is one of them (a bare nn.Linear model).
+    strict: every include/exclude pattern must match at least one candidate, and the types at
+        least one module, else EffdlError naming the pattern (or the types).
     what: how errors name a candidate ("prunable layer", "quantizable layer"...).
     """
 
@@ -111,20 +112,21 @@ class LayerSelection:
 
     def candidates(self, model: nn.Module) -> dict[str, nn.Module]:
         """The submodules of the wanted types, by name, in `named_modules()` order."""
-        modules = {name: m for name, m in model.named_modules() if name}
         if not self.types:
-            return modules
-        for wanted in self.types if self.strict else ():
-            if not any(_type_matches(m, wanted) for m in modules.values()):
-                label = wanted if isinstance(wanted, str) else wanted.__name__
-                raise EffdlError(f"layer type '{label}' matches no module of {type(model).__name__}")
-        return {name: m for name, m in modules.items() if any(_type_matches(m, t) for t in self.types)}
+            return {name: m for name, m in model.named_modules() if name}
+        modules = dict(model.named_modules())
+        chosen = {name: m for name, m in modules.items() if any(_type_matches(m, t) for t in self.types)}
+        if self.strict and not chosen:  # types are a union: a model may lack some of them (no Linear...)
+            labels = [t if isinstance(t, str) else t.__name__ for t in self.types]
+            raise EffdlError(f"{type(model).__name__} has no {self.what} of type {' or '.join(labels)}")
+        return chosen
 
     def select(self, model: nn.Module) -> dict[str, nn.Module]:
         """The chosen layers of `model` by name, in `named_modules()` order (possibly empty when
         `exclude` removes everything; callers that need a layer say so in their own words).
 
-        Raises EffdlError (with `strict`) naming the first pattern or type that matches nothing.
+        Raises EffdlError (with `strict`) naming the first pattern that matches nothing, or the
+        types when no module has them.
         """
         layers = self.candidates(model)
         keep = match_patterns(layers, self.include, strict=self.strict, what=self.what) if self.include else set(layers)

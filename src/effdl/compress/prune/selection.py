@@ -1,16 +1,17 @@
 """Which layers a pruning step may touch, and validation of the amounts users ask for.
 
-Layers are named as in `model.named_modules()`; patterns are shell-style globs (`layers.0.*`).
+Layers are named as in `model.named_modules()`; patterns are names or shell-style globs (`layers.0.*`),
+chosen with `effdl.core.LayerSelection` like every technique's.
 Every check here runs before any weight changes, so bad input never leaves a half-pruned model.
 """
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Iterable
 
 from torch import nn
 
+from effdl.core.selection import LayerSelection, match_patterns
 from effdl.errors import EffdlError
 
 PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.modules.conv._ConvNd, nn.Linear)
@@ -27,28 +28,22 @@ def check_fraction(value: float, what: str = "sparsity") -> float:
     return value
 
 
-def matching(names: Iterable[str], patterns: Iterable[str], what: str = "layer pattern") -> set[str]:
-    """The names matching any pattern; every pattern must match at least one name."""
-    names = list(names)
-    chosen: set[str] = set()
-    for pattern in patterns:
-        hits = {n for n in names if fnmatch.fnmatchcase(n, pattern)}
-        if not hits:
-            raise EffdlError(f"{what} '{pattern}' matches no prunable layer; layers: {', '.join(names[:12])}...")
-        chosen |= hits
-    return chosen
+def matching(names: Iterable[str], patterns: Iterable[str]) -> set[str]:
+    """The names matching any pattern (names or globs); every pattern must match at least one name
+    (`effdl.core.selection.match_patterns`), else EffdlError naming it."""
+    return match_patterns(names, patterns, what="prunable layer")
 
 
 def prunable_layers(
     model: nn.Module, include: Iterable[str] | None = None, exclude: Iterable[str] | None = None
 ) -> dict[str, nn.Module]:
-    """Conv and Linear layers of `model` by name, restricted to `include` and minus `exclude` globs."""
-    layers = {name: m for name, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)}
-    if not layers:
+    """Conv and Linear layers of `model` by name, restricted to `include` and minus `exclude` globs
+    (a `LayerSelection` over PRUNABLE_TYPES: every pattern must match a prunable layer)."""
+    if not any(isinstance(m, PRUNABLE_TYPES) for m in model.modules()):
         raise EffdlError("the model has no Conv or Linear layer to prune")
-    include, exclude = list(include or []), list(exclude or [])
-    keep = matching(layers, include) if include else set(layers)
-    keep -= matching(layers, exclude) if exclude else set()
-    if not keep:
+    selection = LayerSelection(include=tuple(include or ()), exclude=tuple(exclude or ()), types=PRUNABLE_TYPES,
+                               what="prunable layer")
+    layers = selection.select(model)
+    if not layers:
         raise EffdlError("the layer patterns leave no layer to prune")
-    return {name: m for name, m in layers.items() if name in keep}
+    return layers

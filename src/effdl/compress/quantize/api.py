@@ -24,6 +24,7 @@ from effdl.compress.quantize.quantizers import RangeAct, LazyAct
 from effdl.core.edits import record_transform, register_transform
 from effdl.core.hooks import Callback
 from effdl.core.modules import eval_mode, replace_submodule
+from effdl.core.selection import match_patterns
 from effdl.data import ImageDataset
 from effdl.data.loader import BatchLoader
 from effdl.errors import EffdlError
@@ -58,7 +59,8 @@ def quantize_(model: nn.Module, config: Any, filter_fn: FilterFn | None = None) 
     """Quantize `model` in place as `config` says and return it.
 
     filter_fn(module, name) -> bool restricts which Conv2d / Linear layers are quantized.
-    Raises EffdlError if the model is already quantized or nothing can be quantized.
+    Raises EffdlError if the model is already quantized, nothing can be quantized, or an override
+    pattern of the config matches no Conv2d / Linear layer.
     """
     if is_quantized(model):
         raise EffdlError("this model is already quantized; start again from the float (unquantized) model")
@@ -67,6 +69,9 @@ def quantize_(model: nn.Module, config: Any, filter_fn: FilterFn | None = None) 
     if not hasattr(config, "layer_spec"):
         raise EffdlError(f"{type(config).__name__} is not a quantization config")
     candidates = [(n, m) for n, m in model.named_modules() if type(m) in QUANTIZABLE]
+    # An override that names no layer (a typo) would silently quantize at the default bits.
+    match_patterns([n for n, _ in candidates], getattr(config, "overrides", None) or {},
+                   what="quantizable layer (Conv2d or Linear)")
     skipped = _skipped_layers(model)
     if skipped:
         warnings.warn(f"quantize_: unsupported layer types left in float: {', '.join(skipped)}", stacklevel=2)
