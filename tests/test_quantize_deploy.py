@@ -197,6 +197,7 @@ def test_cli_refuses_an_already_quantized_checkpoint(checkpoint, tmp_path, capsy
     assert main(["quantize", str(tmp_path / "t" / "best.safetensors"), "--method", "ptq-int8", "--device", "cpu",
                  "--out", str(tmp_path / "again")]) == 2
     assert "already quantized" in capsys.readouterr().err
+    assert not (tmp_path / "again").exists()  # the refused --out is not left behind (it broke `effdl report runs/*`)
 
 
 def test_cli_binary_methods_can_keep_the_first_and_last_layer_in_float(checkpoint, tmp_path):

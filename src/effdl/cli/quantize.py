@@ -182,6 +182,8 @@ def run(args: argparse.Namespace) -> int:
         raise EffdlError("--distill acts during fine-tuning: give --epochs too")
     config = None if args.method == "sensitivity" else make_config(args)
     model, meta = load_model(args.checkpoint)
+    if args.method != "sensitivity" and is_quantized(model):  # before --out is claimed: nothing is left behind
+        raise EffdlError(f"{args.checkpoint} is already quantized; quantize the float checkpoint instead")
     data = dataset_from_args(args, meta)  # --train-limit / --test-limit applied while loading
     check_model_fits_data(model, data)
     out = claim_run_dir(args.out, overwrite=args.overwrite, sources=(args.checkpoint,))
@@ -192,8 +194,6 @@ def run(args: argparse.Namespace) -> int:
     if args.method == "sensitivity":
         return _sensitivity(model, loader, args, out)
 
-    if is_quantized(model):
-        raise EffdlError(f"{args.checkpoint} is already quantized; quantize the float checkpoint instead")
     print(f"evaluating the float model on {len(loader.labels):,} test images...", file=sys.stderr)
     source_accuracy = evaluate(model, loader).top1
     # Made before quantize_ changes the model in place: the callback copies the float model as teacher.
