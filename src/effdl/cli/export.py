@@ -43,10 +43,12 @@ def int8_from_args(model: nn.Module, meta: dict, args: argparse.Namespace) -> nn
     """The int8 fake-quant model to export: `model` itself if already int8, else calibrated on training images."""
     from effdl.compress.quantize import calibration_images, is_quantized
     from effdl.deploy.int8 import int8_model
+    from effdl.measure.accuracy import check_model_fits_data
 
     images = None
     if not is_quantized(model):
         data = dataset_from_args(args, data_config(model, meta), model)
+        check_model_fits_data(model, data)
         images = calibration_images(data, args.calibration_images)
         print(f"calibrating int8 ranges on {len(images):,} training images...", file=sys.stderr)
     return int8_model(model.cpu().eval(), images, args.calibration)
@@ -73,6 +75,7 @@ def check_images_from_args(model: nn.Module, meta: dict, args: argparse.Namespac
     from effdl.compress.quantize import calibration_images
     from effdl.deploy.onnx import CHECK_IMAGES, rounds
     from effdl.errors import EffdlError
+    from effdl.measure.accuracy import check_model_fits_data
 
     if not (rounds(model) or args.data):
         return None
@@ -83,6 +86,7 @@ def check_images_from_args(model: nn.Module, meta: dict, args: argparse.Namespac
             raise
         print(f"note: no images to check the export on ({exc}); using random inputs", file=sys.stderr)
         return None
+    check_model_fits_data(model, data)  # a model of other classes, judged on these images, means nothing
     return calibration_images(data, min(CHECK_IMAGES, len(data.train_labels)), seed=1)
 
 

@@ -404,6 +404,13 @@ def verify_onnx(
     session = ort_session(path)
     shape = session.get_inputs()[0].shape
     if images is not None:
+        fixed = [(d, i) for d, i in zip(shape[1:], images.shape[1:]) if isinstance(d, int)]
+        if len(images.shape) != len(shape) or any(d != i for d, i in fixed):
+            raise EffdlError(
+                f"the images to check {path} on are {'x'.join(map(str, images.shape[1:]))} but it takes "
+                f"{'x'.join(str(d) for d in shape[1:])}: bring the data to the model's size with --image-size "
+                "(or export at the data's with --input-size)"
+            )
         inputs, kind, note = images, "images", ""
     else:  # at the file's own input size (it may have been exported at an overriding one)
         size = [d if isinstance(d, int) else m for d, m in zip(shape[1:], model_input_size(model))]
