@@ -229,3 +229,15 @@ def test_labels_of_nearby_runs_do_not_overlap(tmp_path):
     renderer = fig.canvas.get_renderer()
     boxes = [text_extent(a, renderer) for a in annotations]
     assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+
+
+def test_report_of_a_shell_glob_skips_unfinished_runs(runs, tmp_path, capsys):
+    """`effdl report runs/*` while a run is in progress or was interrupted (no summary.json yet)."""
+    unfinished = tmp_path / "interrupted"
+    unfinished.mkdir()
+    found = find_runs([runs / "small", unfinished, runs / "medium"])
+    assert [run.path.name for run in found] == ["small", "medium"]
+    assert "skipped 1 unfinished run(s)" in capsys.readouterr().err
+    (tmp_path / "another").mkdir()
+    with pytest.raises(EffdlError, match="no summary.json"):  # nothing finished: the error, as for one run
+        find_runs([unfinished, tmp_path / "another"])

@@ -10,6 +10,7 @@ checkpoint's architecture spec, a missing kind is guessed from the keys that kin
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -110,12 +111,20 @@ def _fill_older_summary(path: Path, values: dict[str, Any]) -> dict[str, Any]:
 def find_runs(paths: list[str | Path]) -> list[Run]:
     """Runs named by `paths`: run directories, or folders whose subfolders are runs (e.g. runs/)."""
     runs: list[Run] = []
+    unfinished: list[Path] = []
     for given in map(Path, paths):
         children = sorted(p.parent for p in given.glob(f"*/{SUMMARY_FILE}")) if given.is_dir() else []
         if given.is_dir() and not (given / SUMMARY_FILE).exists() and children:
             runs.extend(load_run(child) for child in children)
+        elif len(paths) > 1 and given.is_dir() and not (given / SUMMARY_FILE).exists():
+            unfinished.append(given)  # `effdl report runs/*` with a run in progress or interrupted
         else:
             runs.append(load_run(given))
+    if unfinished:
+        if not runs:
+            load_run(unfinished[0])  # its error: nothing to report
+        print(f"skipped {len(unfinished)} unfinished run(s) (no {SUMMARY_FILE}): "
+              f"{', '.join(map(str, unfinished))}", file=sys.stderr)
     if not runs:
         raise EffdlError("no runs given")
     return runs
