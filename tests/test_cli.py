@@ -49,6 +49,13 @@ def test_resume_extends_a_finished_run(trained_run, capsys):
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
 
 
+def test_resuming_a_finished_run_is_refused_and_keeps_its_summary(trained_run, capsys):
+    before = (trained_run / "summary.json").read_text()
+    code, _, err = run_cli(capsys, "train", "--resume", str(trained_run))
+    assert code == 2 and "already finished its 2 epochs" in err and err.count("\n") == 1
+    assert (trained_run / "summary.json").read_text() == before  # was: time_s and images_per_s 0.0 overwritten
+
+
 def test_config_file_and_flag_override(tmp_path, capsys):
     config = tmp_path / "c.yaml"
     config.write_text("dataset: synthetic\nmodel: tiny_cnn\nepochs: 5\nbatch_size: 64\nprogress: false\n"

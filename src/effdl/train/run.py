@@ -77,6 +77,14 @@ def resume(run_dir: str | Path, callbacks: list[Callback] | None = None, epochs:
     if epochs is not None:
         values["epochs"] = epochs
     config = make_config(values, source=str(run_dir / "config.yaml"))
+    from effdl.checkpoint import read_checkpoint_meta
+
+    done = (read_checkpoint_meta(run_dir / "last.safetensors").get("train_state") or {}).get("epoch", 0)
+    if done >= config.epochs and (run_dir / "summary.json").is_file():
+        # Nothing to train: re-running the final evaluation would only overwrite the summary's
+        # training time and throughput (with 0 images/s).
+        raise EffdlError(f"{run_dir} already finished its {done} epochs; nothing to resume "
+                         f"(--epochs N with N > {done} trains it further)")
     data, val = prepare_data(config)
     model = create_model(config.model, num_classes=data.num_classes, **config.model_kwargs)
     trainer = Trainer(model, data, config, callbacks=callbacks, run_dir=run_dir, eval_data=val,
