@@ -149,9 +149,11 @@ def _fine_tune(model, data, args: argparse.Namespace, out: Path, device: torch.d
         "device": str(device), "out_dir": str(out.parent), "name": out.name,
         # Off unless asked: bf16 rounds values between the quantizer's grid points during training
         # (the final evaluation is fp32 either way); 4-bit QAT under bf16 met its target (BENCHMARKS.md).
-        "bf16": args.bf16, "compile": args.compile, "progress": False,
+        "bf16": args.bf16, "compile": args.compile,  # progress: one line per epoch in logs, a bar in a terminal
     })
     callbacks = [QuantizationCallback()] + ([distillation] if distillation is not None else [])
+    print(f"fine-tuning for {args.epochs} epoch(s) on {len(data.train_labels):,} training images"
+          f"{' (compiling the step first: minutes)' if args.compile else ''}...", file=sys.stderr)
     trainer = Trainer(model, data, train_config, callbacks=callbacks, run_dir=out,
                       resume_hint=f"the fine-tune stopped; start it again with --overwrite --out {out}")
     result = trainer.fit()
