@@ -56,6 +56,14 @@ def test_resuming_a_finished_run_is_refused_and_keeps_its_summary(trained_run, c
     assert (trained_run / "summary.json").read_text() == before  # was: time_s and images_per_s 0.0 overwritten
 
 
+def test_a_test_limit_is_recorded_where_the_accuracy_was_measured(tmp_path, capsys):
+    code, _, _ = run_cli(capsys, "train", "--data", "synthetic", "--model", "tiny_cnn", "--epochs", "1",
+                         "--batch-size", "64", "--test-limit", "100", "--out", str(tmp_path / "r"), "--progress", "false")
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert code == 0 and summary["total"] == 100
+    assert summary["evaluated_on"] == "test (balanced subset of 100)"  # was "test", as if on the whole split
+
+
 def test_config_file_and_flag_override(tmp_path, capsys):
     config = tmp_path / "c.yaml"
     config.write_text("dataset: synthetic\nmodel: tiny_cnn\nepochs: 5\nbatch_size: 64\nprogress: false\n"

@@ -470,7 +470,9 @@ class Trainer:
         summary = {
             "name": self.run_dir.name, "kind": "train", **asdict(result), "dataset": self.config.dataset,
             "model": getattr(self.model, "effdl_spec", {"name": self.config.model}),
-            "device": str(self.device), "checkpoint": "best.safetensors", "evaluated_on": "test",
+            "device": str(self.device), "checkpoint": "best.safetensors",
+            # as quantize and prune say it, so `effdl report` marks accuracies measured on a subset
+            "evaluated_on": "test" if self.config.test_limit is None else f"test (balanced subset of {result.total})",
             "selected_on": "val" if self.select_on_val else "last_epoch",
         }
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
