@@ -5,6 +5,7 @@ from typing import TYPE_CHECKING
 from effdl.errors import EffdlError
 
 __version__ = "0.1.0"
+_SUBMODULES = ("checkpoint", "compress", "data", "deploy", "measure", "models", "report", "train")
 __all__ = ["EffdlError", "create_model", "list_models", "__version__"]
 
 if TYPE_CHECKING:
@@ -18,4 +19,8 @@ def __getattr__(name: str):
         import effdl.models
 
         return getattr(effdl.models, name)
+    if name in _SUBMODULES:  # `import effdl; effdl.checkpoint.load_model(...)`, as the README writes it
+        import importlib
+
+        return importlib.import_module(f"effdl.{name}")
     raise AttributeError(f"module 'effdl' has no attribute '{name}'")
