@@ -199,8 +199,20 @@ def test_runs_on_different_datasets_get_their_own_front(tmp_path):
     # One front over all four would drop every cifar100 run (lower accuracy); per dataset, each has a front.
     assert pareto == {"c10-small": True, "c10-large": True, "c100-small": True, "c100-large": False}
     assert [row["dataset"] for row in report.rows] == ["cifar10", "cifar10", "cifar100", "cifar100"]
-    assert report.thresholds == {"cifar10": pytest.approx(0.8), "cifar100": pytest.approx(0.8)}
+    # micronet has a cifar100 track, not a cifar10 one: no threshold is drawn for cifar10 (its
+    # cifar100 threshold would mean nothing there).
+    assert report.thresholds == {"cifar10": None, "cifar100": pytest.approx(0.8)}
     assert report.files["png"].read_bytes()[:8] == PNG_MAGIC
+
+
+def test_runs_measured_on_a_test_subset_are_never_on_the_front(tmp_path):
+    make_run(tmp_path, "full", 0.5, correct=9_000)
+    subset = make_run(tmp_path, "subset", 0.5, correct=950, total=1_000)  # "beats" full on 1,000 images
+    summary = json.loads((subset / "summary.json").read_text())
+    (subset / "summary.json").write_text(json.dumps({**summary, "evaluated_on": "test (balanced subset of 1000)"}))
+    report = make_report([tmp_path], tmp_path / "out", scorers=["imt2024"])
+    assert {row["name"]: row["pareto"] for row in report.rows} == {"full": True, "subset": False}
+    assert report.thresholds == {"cifar10": pytest.approx(0.9)}
 
 
 def test_counts_use_each_models_own_input_size(tmp_path):

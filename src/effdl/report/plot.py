@@ -41,6 +41,7 @@ class Panel:
     threshold: float | None = None  # a fraction
     score_label: str = "score"
     title: str | None = None
+    full_split: Sequence[bool] | None = None  # False: accuracy measured on a test subset (never on the front)
 
 
 def _overlap(box: Bbox, others: list[Bbox]) -> float:
@@ -101,8 +102,13 @@ def place_labels(ax: Axes, xs: Sequence[float], ys: Sequence[float], labels: Seq
 
 def _draw(ax: Axes, panel: Panel) -> None:
     scores, accuracies = list(panel.scores), list(panel.accuracies)
-    front = pareto_front(list(zip(scores, accuracies)))
-    ax.scatter(scores, [100 * a for a in accuracies], color="tab:gray", label="runs", zorder=2)
+    full = list(panel.full_split) if panel.full_split is not None else [True] * len(scores)
+    front = pareto_front([(s, a) if f else (s, float("nan")) for s, a, f in zip(scores, accuracies, full)])
+    ax.scatter([s for s, f in zip(scores, full) if f], [100 * a for a, f in zip(accuracies, full) if f],
+               color="tab:gray", label="runs (full test split)", zorder=2)
+    if not all(full):
+        ax.scatter([s for s, f in zip(scores, full) if not f], [100 * a for a, f in zip(accuracies, full) if not f],
+                   facecolors="none", edgecolors="tab:gray", label="runs (test subset: not on the front)", zorder=2)
     if front:
         ax.plot([scores[i] for i in front], [100 * accuracies[i] for i in front], "o-", drawstyle="steps-post",
                 color="tab:red", label="Pareto front", zorder=3)

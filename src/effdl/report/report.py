@@ -1,7 +1,9 @@
 """A report over runs: measure every run, mark each dataset's Pareto front, write table, CSV, JSON, PNG.
 
 Runs on different datasets are never compared: each dataset gets its own Pareto front, its own
-threshold (its track's) and its own panel of the plot.
+threshold (its track's; none for a dataset no track is about) and its own panel of the plot.
+Runs whose accuracy was measured on a subset of the test split are shown, marked, but never put
+on the front: their accuracy is not comparable with full-split figures.
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ class Report:
     rows: list[dict[str, Any]]  # grouped by dataset, then by increasing plotted score
     scorers: list[str]
     plotted_scorer: str
-    threshold: float  # the first dataset's (see thresholds)
+    threshold: float | None  # the first dataset's (see thresholds)
     files: dict[str, Path] = field(default_factory=dict)
-    thresholds: dict[str, float] = field(default_factory=dict)  # dataset -> plotted accuracy threshold
+    thresholds: dict[str, float | None] = field(default_factory=dict)  # dataset -> plotted accuracy threshold
 
 
 def make_report(
@@ -44,7 +46,8 @@ def make_report(
     Scores use each scorer's track named `track`, else the one named after the run's dataset.
     The plot uses the first scorer, one panel per dataset; each panel's threshold line is
     `threshold` (a fraction), by default the accuracy threshold of that scorer's track for the
-    dataset. A row's "pareto" is True when no run of the same dataset dominates it. Counts use
+    dataset (no line when the dataset has no track). A row's "pareto" is True when it was measured
+    on the full test split and no such run of the same dataset dominates it. Counts use
     `input_size` (C, H, W) when given, else each run's model's own input size.
     """
     runs = find_runs(list(run_paths))
@@ -55,21 +58,24 @@ def make_report(
     datasets = list(dict.fromkeys(row["dataset"] for row in measured))  # in the order the runs were given
     rows: list[dict[str, Any]] = []
     panels: list[Panel] = []
-    thresholds: dict[str, float] = {}
+    thresholds: dict[str, float | None] = {}
     for dataset in datasets:
         group = sorted((row for row in measured if row["dataset"] == dataset), key=lambda row: row[f"{plotted}_score"])
         scores = [row[f"{plotted}_score"] for row in group]
         accuracies = [row["accuracy"] for row in group]
-        front = set(pareto_front(list(zip(scores, accuracies))))
+        full_split = [row.get("evaluated_on", "test") == "test" for row in group]
+        front = set(pareto_front([(s, a) if full else (s, float("nan"))
+                                  for s, a, full in zip(scores, accuracies, full_split)]))
         for i, row in enumerate(group):
             row["pareto"] = i in front
+        own_track = choose_track(plotted, track, dataset)
         thresholds[dataset] = (
             threshold if threshold is not None
-            else float(get_track(plotted, choose_track(plotted, track, dataset)).threshold)
+            else float(get_track(plotted, own_track).threshold) if own_track is not None else None
         )
         panels.append(Panel(scores, accuracies, [row["name"] for row in group], thresholds[dataset],
                             score_label=f"{plotted} score ({group[0][f'{plotted}_track']})",
-                            title=f"{dataset}: accuracy against {plotted} score"))
+                            title=f"{dataset}: accuracy against {plotted} score", full_split=full_split))
         rows.extend(group)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
