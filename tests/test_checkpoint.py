@@ -153,10 +153,12 @@ def test_evaluating_on_data_with_other_classes_is_one_clear_error(tmp_path):
     check_model_fits_data(model, data)  # the same classes pass
 
 
-def test_cli_eval_refuses_data_with_other_classes(tmp_path, capsys):
+@pytest.mark.parametrize("command", [["eval"], ["score", "--eval"]])
+def test_cli_eval_refuses_data_with_other_classes(tmp_path, capsys, command):
     from effdl.cli import main
 
     path = save_model(tmp_path / "m.safetensors", create_model("resnet20", num_classes=4, width=0.25))
-    assert main(["eval", str(path), "--data", "synthetic", "--device", "cpu"]) == 2
+    assert main([command[0], str(path), *command[1:], "--data", "synthetic", "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert "predicts 4 classes" in err and "has 10" in err and "Traceback" not in err
+    assert "evaluating" not in err  # refused before any work

@@ -112,7 +112,10 @@ def run(args: argparse.Namespace) -> int:
     results = [score(prof, s, t, freebie=args.freebie) for s, t in pairs]
     accuracy, data_name = None, None
     if args.eval:
+        from effdl.measure.accuracy import check_model_fits_data
+
         data = dataset_from_args(args, meta, model)  # the model's recorded data unless flags say otherwise
+        check_model_fits_data(model, data)  # before any work, with the same words as every other command
         data_name = data.name
         if tuple(data.image_shape) != tuple(model_input_size(model)):
             notes.append(f"note: accuracy measured on {'x'.join(map(str, data.image_shape))} images; the model "
