@@ -47,7 +47,7 @@ from common import write_result
 from effdl.checkpoint import load_model, save_model
 from effdl.cli.prune import layer_ratio
 from effdl.compress.prune import prune_channels, prune_channels_to_macs
-from effdl.compress.prune.pipeline import PruneOptions, prune_checkpoint
+from effdl.pipelines.prune import PruneOptions, prune_checkpoint
 from effdl.data import load_dataset
 from effdl.deploy.onnx import check_onnx, export_onnx
 from effdl.measure.counting import profile
@@ -100,7 +100,9 @@ def run_method(args, data, checkpoint: str, workdir: Path, name: str, **options)
                         test_limit=args.limit_test, device=args.device, compile=args.compile, distill=args.distill,
                         **options)
     start = time.perf_counter()
-    summary = prune_checkpoint(checkpoint, opts, workdir / name, data=data)
+    written = prune_checkpoint(checkpoint, opts, workdir / name, data=data)
+    # one flat view of the core fields and the pruning's own measurements (under "details")
+    summary = {**written, **written["details"], "accuracy_before": written["source_accuracy"]}
     keys = ("accuracy_before", "accuracy_before_finetune", "accuracy", "total", "sparsity", "macs_before",
             "macs_after", "params_before", "params_after", "size_bytes_before", "size_bytes_after",
             "score_imt2024_before", "score_imt2024_after", "channel_ratio", "finetune")

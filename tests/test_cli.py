@@ -240,7 +240,7 @@ def test_quantize_sensitivity_plot_fits_the_axis_to_the_data(tmp_path, monkeypat
 
 
 def test_prune_help_names_every_method(capsys):
-    from effdl.compress.prune.pipeline import METHODS
+    from effdl.pipelines.prune import METHODS
 
     with pytest.raises(SystemExit):
         main(["prune", "--help"])

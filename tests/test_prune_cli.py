@@ -36,11 +36,11 @@ def test_magnitude_with_fine_tuning_writes_a_sparse_run(checkpoint, tmp_path, ca
     model, meta = load_model(tmp_path / "mag" / "best.safetensors")
     report = measure_sparsity(model)
     assert report.zeros == round(0.7 * report.total)
-    assert s["sparsity"] == pytest.approx(report.sparsity)
-    assert s["macs_after"] == s["macs_before"] and s["params_after"] == s["params_before"]
-    assert s["size_bytes_after"] < s["size_bytes_before"]
-    assert s["total"] == 256 and len(s["finetune"]) == 1
-    per_epoch = s["finetune"][0]["accuracy_per_epoch"]  # one test accuracy per fine-tuning epoch
+    assert s["details"]["sparsity"] == pytest.approx(report.sparsity)
+    assert s["details"]["macs_after"] == s["details"]["macs_before"] and s["details"]["params_after"] == s["details"]["params_before"]
+    assert s["details"]["size_bytes_after"] < s["details"]["size_bytes_before"]
+    assert s["total"] == 256 and len(s["details"]["finetune"]) == 1
+    per_epoch = s["details"]["finetune"][0]["accuracy_per_epoch"]  # one test accuracy per fine-tuning epoch
     assert len(per_epoch) == 1 and 0 <= per_epoch[0] <= 1
     assert meta["prune"]["method"] == "magnitude"
     out = capsys.readouterr().out
@@ -49,24 +49,24 @@ def test_magnitude_with_fine_tuning_writes_a_sparse_run(checkpoint, tmp_path, ca
 
 def test_structured_pruning_to_a_mac_budget_reloads(checkpoint, tmp_path, capsys):
     s = run_prune(checkpoint, tmp_path / "l1", "--method", "l1-filter", "--target-macs", "0.5")
-    assert s["macs_after"] <= 0.5 * s["macs_before"] and s["params_after"] < s["params_before"]
+    assert s["details"]["macs_after"] <= 0.5 * s["details"]["macs_before"] and s["details"]["params_after"] < s["details"]["params_before"]
     model, _ = load_model(tmp_path / "l1" / "best.safetensors")
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 10)
     assert "physically removed" in capsys.readouterr().out
     # BatchNorm statistics were re-estimated after the cut (the fresh checkpoint's are all ones)
     bn = model.layers[2][0].bn1
     assert not torch.allclose(bn.running_var, torch.ones_like(bn.running_var))
-    assert 0 <= s["accuracy_before_finetune"] <= 1
+    assert 0 <= s["details"]["accuracy_before_finetune"] <= 1
 
 
 def test_without_fine_tuning_the_test_split_is_evaluated_once_per_model(checkpoint, tmp_path, monkeypatch):
-    from effdl.compress.prune import pipeline
+    from effdl.pipelines import prune as pipeline
 
     calls = []
     monkeypatch.setattr(pipeline, "evaluate", lambda *a, **kw: calls.append(1) or evaluate(*a, **kw))
     s = run_prune(checkpoint, tmp_path / "once", "--method", "l1-filter", "--target-macs", "0.5", "--test-limit", "64")
     assert len(calls) == 2  # the source model, and the pruned model after BatchNorm re-estimation
-    assert s["accuracy"] == s["accuracy_before_finetune"]
+    assert s["accuracy"] == s["details"]["accuracy_before_finetune"]
 
 
 def test_fine_tuning_can_be_compiled_and_keeps_the_masks(checkpoint, tmp_path, monkeypatch):
@@ -74,8 +74,8 @@ def test_fine_tuning_can_be_compiled_and_keeps_the_masks(checkpoint, tmp_path, m
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: compiled.append(fn) or fn)  # a real compile takes minutes
     s = run_prune(checkpoint, tmp_path / "compiled", "--method", "magnitude", "--sparsity", "0.5", "--epochs", "1",
                   "--batch-size", "64", "--train-limit", "64", "--test-limit", "64", "--compile")
-    assert len(compiled) == 1 and s["options"]["compile"]
-    assert s["sparsity"] == pytest.approx(0.5, abs=1e-3)
+    assert len(compiled) == 1 and s["details"]["options"]["compile"]
+    assert s["details"]["sparsity"] == pytest.approx(0.5, abs=1e-3)
 
 
 def test_layer_ratios_keep_chosen_layers_whole(checkpoint, tmp_path):
@@ -84,7 +84,7 @@ def test_layer_ratios_keep_chosen_layers_whole(checkpoint, tmp_path):
     model, _ = load_model(tmp_path / "lr" / "best.safetensors")
     widths = {name: m.out_channels for name, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)}
     assert widths["conv1"] == widths["layers.0.0.conv1"] == 4 and widths["layers.2.0.conv2"] == 8
-    assert s["options"]["layer_ratios"] == {"conv1": 0.0, "layers.0.*": 0.0}
+    assert s["details"]["options"]["layer_ratios"] == {"conv1": 0.0, "layers.0.*": 0.0}
     run_prune(checkpoint, tmp_path / "inner", "--method", "l1-filter", "--sparsity", "0",
               "--layer-ratio", "layers.*.conv1=0.5")  # only the blocks' inner convolutions shrink
     model, _ = load_model(tmp_path / "inner" / "best.safetensors")
@@ -96,10 +96,10 @@ def test_layer_ratios_keep_chosen_layers_whole(checkpoint, tmp_path):
 def test_thinet_and_slimming_methods_run(checkpoint, tmp_path):
     s = run_prune(checkpoint, tmp_path / "thinet", "--method", "thinet", "--sparsity", "0.5",
                   "--calibration-batches", "1")
-    assert s["macs_after"] < 0.5 * s["macs_before"]
+    assert s["details"]["macs_after"] < 0.5 * s["details"]["macs_before"]
     s = run_prune(checkpoint, tmp_path / "slim", "--method", "slimming", "--sparsity", "0.25", "--penalty-epochs", "1",
                   "--penalty", "1e-3", "--batch-size", "64", "--train-limit", "128")
-    assert s["params_after"] < s["params_before"]
+    assert s["details"]["params_after"] < s["details"]["params_before"]
 
 
 def test_agp_needs_and_uses_training(checkpoint, tmp_path, capsys):
@@ -107,7 +107,7 @@ def test_agp_needs_and_uses_training(checkpoint, tmp_path, capsys):
     assert "--epochs" in capsys.readouterr().err
     s = run_prune(checkpoint, tmp_path / "agp", "--method", "agp", "--sparsity", "0.5", "--epochs", "1",
                   "--batch-size", "32", "--train-limit", "128")
-    assert s["sparsity"] == pytest.approx(0.5, abs=1e-4)
+    assert s["details"]["sparsity"] == pytest.approx(0.5, abs=1e-4)
 
 
 def test_distillation_fine_tunes_against_the_unpruned_model(checkpoint, tmp_path, monkeypatch):
@@ -131,7 +131,7 @@ def test_distillation_fine_tunes_against_the_unpruned_model(checkpoint, tmp_path
     original, _ = load_model(checkpoint)
     for name, tensor in original.state_dict().items():
         assert torch.equal(teacher_cb.teacher.state_dict()[name].cpu(), tensor), name
-    assert s["macs_after"] <= 0.5 * s["macs_before"] and s["options"]["distill"] == 0.7
+    assert s["details"]["macs_after"] <= 0.5 * s["details"]["macs_before"] and s["details"]["options"]["distill"] == 0.7
 
 
 @pytest.mark.parametrize("args,message", [
@@ -158,9 +158,9 @@ def test_layers_left_whole_are_listed_in_the_summary_and_output(tmp_path, capsys
     save_model(path, create_model("shufflenet_v2", width=0.5), config={"dataset": "synthetic", "model": "shufflenet_v2",
                                                                        "model_kwargs": {"width": 0.5}})
     s = run_prune(path, tmp_path / "pruned", "--method", "l1-filter", "--sparsity", "0.5", "--test-limit", "32")
-    left = s["channels_left_whole"]
+    left = s["details"]["channels_left_whole"]
     assert left and all("channel shuffle" in why for why in left.values())
     assert "layers.0.1.branch.2.0" in left  # the branch's last conv feeds the shuffle
     out = capsys.readouterr().out
     assert "left whole" in out and "layers.0.1.branch.2.0" in out
-    assert s["params_after"] < s["params_before"]
+    assert s["details"]["params_after"] < s["details"]["params_before"]

@@ -120,8 +120,8 @@ def test_cli_ptq_int8_writes_a_reloadable_run(checkpoint, tmp_path, capsys):
                  "--calibration-images", "64", "--device", "cpu", "--out", str(out)])
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["total"] == 256 and set(summary["layer_bits"].values()) == {8}
-    assert summary["score"]["scorer"] == "imt2024" and summary["score"]["score"] > 0
+    assert summary["total"] == 256 and set(summary["details"]["layer_bits"].values()) == {8}
+    assert summary["details"]["score"]["scorer"] == "imt2024" and summary["details"]["score"]["score"] > 0
     model, meta = load_model(out / "best.safetensors")
     assert weight_bits(model.conv1) == 8 and meta["quantize"]["method"] == "ptq-int8"
     assert model.conv1.output_quantizer is not None  # the stem feeds a residual Add (--quantize-outputs)
@@ -165,7 +165,7 @@ def test_cli_qat_can_distill_from_the_float_model(checkpoint, tmp_path, monkeypa
     original, _ = load_model(checkpoint)
     assert all(torch.equal(teacher.state_dict()[k].cpu(), v) for k, v in original.state_dict().items())
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["training"]["distill"] == {"alpha": 0.8, "temperature": 4.0}
+    assert summary["details"]["training"]["distill"] == {"alpha": 0.8, "temperature": 4.0}
 
 
 @pytest.mark.parametrize(
@@ -223,9 +223,9 @@ def test_cli_qat_fine_tunes_through_the_trainer_with_bf16_and_a_compiled_step(ch
     assert main(["quantize", str(checkpoint), "--method", "qat", "--bits", "4", "--epochs", "1", "--batch-size", "64",
                  "--bf16", "--compile", "--calibration-images", "64", "--device", "cpu", "--out", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert len(compiled) == 1 and summary["training"]["compiled"] and summary["training"]["bf16"]
-    assert summary["training"]["epochs"] == 1 and (out / "metrics.jsonl").exists()
-    assert set(summary["layer_bits"].values()) == {4, 8}  # first and last layer at 8 bits
+    assert len(compiled) == 1 and summary["details"]["training"]["compiled"] and summary["details"]["training"]["bf16"]
+    assert summary["details"]["training"]["epochs"] == 1 and (out / "metrics.jsonl").exists()
+    assert set(summary["details"]["layer_bits"].values()) == {4, 8}  # first and last layer at 8 bits
 
 
 # --- every quantizer kind x both export paths: parity on real images, or a clear refusal ----------

@@ -35,7 +35,8 @@ def register(subparsers) -> None:
     p.add_argument("--round-to", type=int, default=None, help="structured: keep channel counts multiples of this")
     p.add_argument("--epochs", type=int, default=0, help="fine-tuning epochs after pruning (per round)")
     p.add_argument("--lr", type=float, default=0.01, help="fine-tuning peak learning rate (cosine schedule)")
-    p.add_argument("--batch-size", type=int, default=128, help="fine-tuning batch size (default 128)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="fine-tuning batch size (default: the source run's, else 128)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the fine-tuning step (faster epochs after a compile of a minute or more)")
     add_distill_args(p, "the unpruned model")
@@ -73,7 +74,7 @@ def layer_ratio(text: str) -> tuple[str, float]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from effdl.compress.prune.pipeline import PruneOptions, prune_checkpoint
+    from effdl.pipelines.prune import PruneOptions, prune_checkpoint
 
     options = PruneOptions(
         method=args.method, sparsity=args.sparsity, target_macs=args.target_macs, scope=args.scope,
@@ -90,9 +91,11 @@ def run(args: argparse.Namespace) -> int:
 
     # the data flags (limits included, applied while loading), else the checkpoint's recorded data
     data = dataset_from_args(args, read_checkpoint_meta(args.checkpoint))
-    s = prune_checkpoint(args.checkpoint, options, args.out, data=data, overwrite=args.overwrite)
+    summary = prune_checkpoint(args.checkpoint, options, args.out, data=data, overwrite=args.overwrite)
+    s = summary["details"]  # the pruning's own measurements
     print(f"pruned with {s['method']} ({s['scope']} scope) -> {args.out}/best.safetensors")
-    print(f"accuracy     {s['accuracy_before']:.2%} -> {s['accuracy']:.2%} ({s['correct']}/{s['total']} test images)")
+    print(f"accuracy     {summary['source_accuracy']:.2%} -> {summary['accuracy']:.2%} "
+          f"({summary['correct']}/{summary['total']} test images)")
     print(f"sparsity     {s['sparsity_before']:.2%} -> {s['sparsity']:.2%} (measured fraction of exact zeros)")
     print(f"MACs         {s['macs_before']:,} -> {s['macs_after']:,} ({s['macs_after'] / s['macs_before']:.2f}x)")
     print(f"params       {s['params_before']:,} -> {s['params_after']:,}")

@@ -5,8 +5,9 @@ ptq-fp16 / ptq-bf16 (half precision), int8-weight (weights only), qat (fake quan
 --bits / --act-bits with --qat-method, first/last layer at --first-last-bits), binaryconnect,
 xnor (BWN with --no-binary-acts), ternary, kmeans (--bits codebook), and sensitivity (a per-layer
 scan at --bits, written as a table, plot and JSON; no checkpoint). Training methods fine-tune for
---epochs with the trainer. The run directory gets best.safetensors (the final
-quantized model) and summary.json (accuracy on the full test split, bit-widths verified against
+--epochs with the trainer, from the source run's training config (data, augmentation, weight
+decay, label smoothing, batch size unless --batch-size). The run directory gets best.safetensors
+(the final quantized model, exactly as evaluated) and summary.json (accuracy on the full test split, bit-widths verified against
 the weights, and the imt2024 score; the core fields every run kind writes, so `effdl report` reads
 it). An existing run at --out is refused unless --overwrite.
 """
@@ -15,26 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from effdl.cli.common import add_data_args, add_device_arg, add_distill_args, checkpoint_file, dataset_from_args
 from effdl.errors import EffdlError
-from effdl.fileio import claim_run_dir
+from effdl.pipelines.quantize import METHODS  # effdl.errors only: `effdl quantize --help` stays fast
 
-if TYPE_CHECKING:  # torch & co. are imported where used, so that `effdl --help` stays fast
-    import torch
-
-    from effdl.compress.distill import Distillation
-    from effdl.data import BatchLoader
-
-METHODS = ("ptq-int8", "ptq-fp16", "ptq-bf16", "int8-weight", "qat", "binaryconnect", "xnor", "ternary", "kmeans",
-           "sensitivity")
-# Methods that replace the weights wholesale: the BatchNorm statistics are re-estimated after them.
-WEIGHT_REPLACING = ("binaryconnect", "xnor", "ternary", "kmeans")
-TRAINABLE = ("qat", "binaryconnect", "xnor", "ternary", "kmeans")
-FIXED_BITS = {"ptq-int8": 8, "int8-weight": 8, "ptq-fp16": 16, "ptq-bf16": 16, "binaryconnect": 1, "xnor": 1, "ternary": 2}
+if TYPE_CHECKING:
+    from effdl.pipelines.quantize import QuantizeOptions
 
 
 def _optional_bits(text: str | int | None) -> int | None:
@@ -80,7 +69,8 @@ def register(subparsers) -> None:
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the training step: fuses the fake-quant ops (1.5-2.5x on CPU, after a "
                         "compile of a few minutes)")
-    p.add_argument("--batch-size", type=int, default=128, help="fine-tuning batch size (default 128)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="fine-tuning batch size (default: the source run's, else 128)")
     add_distill_args(p, "the float model")
     p.add_argument("--out", required=True, help="run directory to write, e.g. runs/r20-int8")
     p.add_argument("--overwrite", action="store_true",
@@ -104,158 +94,41 @@ def _overrides(items: list[str]) -> dict[str, Any]:
     return overrides
 
 
-def make_config(args: argparse.Namespace):
-    """The quantization config the command line describes."""
-    from effdl.compress.quantize import (
-        BinaryConnectConfig, FakeQuantConfig, Float16Config, Int8StaticConfig, Int8WeightOnlyConfig, KMeansConfig,
-        TernaryConfig, XnorConfig,
+def options_from_args(args: argparse.Namespace) -> QuantizeOptions:
+    """The quantization job the command line describes."""
+    from effdl.pipelines.quantize import QuantizeOptions
+
+    return QuantizeOptions(
+        method=args.method, bits=args.bits, act_bits="same" if args.act_bits == "same" else _optional_bits(args.act_bits),
+        qat_method=args.qat_method, first_last_bits=_optional_bits(args.first_last_bits),
+        overrides=_overrides(args.override), calibration=args.calibration,
+        calibration_images=args.calibration_images, quantize_outputs=args.quantize_outputs,
+        stochastic=args.stochastic, binary_acts=args.binary_acts, float_first_last=args.float_first_last,
+        epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, bf16=args.bf16, compile=args.compile,
+        distill=args.distill, distill_temperature=args.distill_temperature, train_limit=args.train_limit,
+        test_limit=args.test_limit, data_root=args.data_root, device=args.device,
     )
-
-    method = args.method
-    if method in FIXED_BITS and args.bits not in (None, FIXED_BITS[method]):
-        raise EffdlError(f"--method {method} quantizes to {FIXED_BITS[method]} bits; got --bits {args.bits}")
-    if method == "ptq-int8":
-        return Int8StaticConfig(calibration=args.calibration, quantize_outputs=args.quantize_outputs)
-    if method in ("ptq-fp16", "ptq-bf16"):
-        return Float16Config("float16" if method == "ptq-fp16" else "bfloat16")
-    if method == "int8-weight":
-        return Int8WeightOnlyConfig()
-    if method == "qat":
-        bits = 4 if args.bits is None else args.bits
-        act_bits = bits if args.act_bits == "same" else _optional_bits(args.act_bits)
-        return FakeQuantConfig(weight_bits=bits, act_bits=act_bits, method=args.qat_method,
-                               first_last_bits=_optional_bits(args.first_last_bits),
-                               overrides=_overrides(args.override))
-    if method == "binaryconnect":
-        return BinaryConnectConfig(stochastic=args.stochastic, binary_acts=bool(args.binary_acts),
-                                   skip_first_last=args.float_first_last)
-    if method == "xnor":
-        return XnorConfig(binary_acts=args.binary_acts is not False, skip_first_last=args.float_first_last)
-    if method == "ternary":
-        return TernaryConfig(skip_first_last=args.float_first_last)
-    return KMeansConfig(4 if args.bits is None else args.bits)
-
-
-def _fine_tune(model, data, args: argparse.Namespace, out: Path, device: torch.device,
-               distillation: Distillation | None) -> dict[str, Any]:
-    from effdl.compress.quantize import QuantizationCallback
-    from effdl.models import model_spec
-    from effdl.train import Trainer, make_config as make_train_config
-
-    spec = model_spec(model) or {}
-    train_config = make_train_config({
-        "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "schedule": "cosine",
-        "dataset": data.name, "data_root": args.data_root, "model": spec.get("name", "resnet20"),
-        "device": str(device), "out_dir": str(out.parent), "name": out.name,
-        # Off unless asked: bf16 rounds values between the quantizer's grid points during training
-        # (the final evaluation is fp32 either way); 4-bit QAT under bf16 met its target (BENCHMARKS.md).
-        "bf16": args.bf16, "compile": args.compile,  # progress: one line per epoch in logs, a bar in a terminal
-    })
-    callbacks = [QuantizationCallback()] + ([distillation] if distillation is not None else [])
-    print(f"fine-tuning for {args.epochs} epoch(s) on {len(data.train_labels):,} training images"
-          f"{' (compiling the step first: minutes)' if args.compile else ''}...", file=sys.stderr)
-    trainer = Trainer(model, data, train_config, callbacks=callbacks, run_dir=out,
-                      resume_hint=f"the fine-tune stopped; start it again with --overwrite --out {out}")
-    result = trainer.fit()
-    return {"epochs": args.epochs, "lr": args.lr, "bf16": args.bf16, "compiled": args.compile,
-            "distill": {"alpha": args.distill, "temperature": args.distill_temperature} if distillation is not None else None,
-            "time_s": round(result.time_s, 1),
-            "train_best_accuracy": result.best_eval_accuracy}
 
 
 def run(args: argparse.Namespace) -> int:
-    from effdl.checkpoint import load_model, save_model
-    from effdl.compress.distill import Distillation, check_distill_options
-    from effdl.compress.quantize import (
-        calibrate, calibration_images, fold_batchnorm, is_quantized, quantize_, quantized_layers, verify_model_bits,
-    )
-    from effdl.data import BatchLoader
-    from effdl.device import resolve_device
-    from effdl.measure import evaluate
-    from effdl.measure.accuracy import check_model_fits_data
-    from effdl.train.batchnorm import reestimate_batchnorm
+    from effdl.checkpoint import read_checkpoint_meta
+    from effdl.pipelines.quantize import quantization_config, quantize_run, quantize_sensitivity
 
-    if args.epochs < 0:
-        raise EffdlError(f"--epochs must be >= 0, got {args.epochs}")
-    if args.epochs and args.method not in TRAINABLE:
-        raise EffdlError(f"--epochs fine-tunes training methods ({', '.join(TRAINABLE)}), not {args.method}")
-    check_distill_options(args.distill, args.distill_temperature)
-    if args.distill and not args.epochs:
-        raise EffdlError("--distill acts during fine-tuning: give --epochs too")
-    config = None if args.method == "sensitivity" else make_config(args)
-    model, meta = load_model(args.checkpoint)
-    if args.method != "sensitivity" and is_quantized(model):  # before --out is claimed: nothing is left behind
-        raise EffdlError(f"{args.checkpoint} is already quantized; quantize the float checkpoint instead")
-    data = dataset_from_args(args, meta)  # --train-limit / --test-limit applied while loading
-    check_model_fits_data(model, data)
-    out = claim_run_dir(args.out, overwrite=args.overwrite, sources=(args.checkpoint,))
-    device = resolve_device(args.device)
-    model = model.to(device)
-    out.mkdir(parents=True, exist_ok=True)
-    loader = BatchLoader.for_split(data, "test", batch_size=256, device=device)
-    if args.method == "sensitivity":
-        return _sensitivity(model, loader, args, out)
+    options = options_from_args(args)
+    options.validate()
+    quantization_config(options)  # bad bits fail before any data is read
+    data = dataset_from_args(args, read_checkpoint_meta(args.checkpoint))  # --train-limit / --test-limit applied
+    if options.method == "sensitivity":
+        from rich.console import Console
 
-    print(f"evaluating the float model on {len(loader.labels):,} test images...", file=sys.stderr)
-    source_accuracy = evaluate(model, loader).top1
-    # Made before quantize_ changes the model in place: the callback copies the float model as teacher.
-    distillation = Distillation(model, args.distill, args.distill_temperature) if args.distill else None
-    if args.method == "ptq-int8":
-        fold_batchnorm(model)
-    quantize_(model, config)
-    replaced_weights = args.method in WEIGHT_REPLACING
-    needs_calibration = any(layer.act_quantizer is not None for layer in quantized_layers(model).values())
-    if replaced_weights or needs_calibration:
-        images = calibration_images(data, args.calibration_images).to(device)
-        print(f"calibrating on {len(images):,} training images...", file=sys.stderr)
-        if replaced_weights:
-            reestimate_batchnorm(model, images.split(64))
-        if needs_calibration:
-            calibrate(model, images)
-    training = _fine_tune(model, data, args, out, device, distillation) if args.epochs else None
-    model = model.to(device).eval()
-    print(f"evaluating the {args.method} model on {len(loader.labels):,} test images...", file=sys.stderr)
-    accuracy = evaluate(model, loader)
-    from effdl.models import model_spec
+        from effdl.compress.quantize import sensitivity_table
 
-    summary = {
-        # The fields every run kind writes (effdl.report.runs.RunSummary), then the quantization's own.
-        "name": out.name, "kind": "quantize", "dataset": data.name, "model": model_spec(model),
-        "accuracy": accuracy.top1, "correct": accuracy.correct, "total": accuracy.total,
-        "checkpoint": "best.safetensors",
-        "evaluated_on": "test" if args.test_limit is None else f"test (balanced subset of {accuracy.total})",
-        "method": args.method, "config": repr(config), "source": str(args.checkpoint),
-        "source_accuracy": source_accuracy, "drop_points": round(100 * (source_accuracy - accuracy.top1), 3),
-        "layer_bits": verify_model_bits(model), "training": training, "score": _score(model),
-    }
-    save_model(out / "best.safetensors", model, config={**meta.get("config", {}), "dataset": data.name},
-               metrics={"accuracy": accuracy.top1, "correct": accuracy.correct, "total": accuracy.total},
-               extra_meta={"quantize": {"method": args.method, "config": repr(config)}})
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(json.dumps({k: summary[k] for k in ("method", "accuracy", "correct", "total", "source_accuracy",
-                                              "drop_points", "score")} | {"run_dir": str(out)}))
-    return 0
-
-
-def _score(model) -> dict[str, Any] | None:
-    try:
-        from effdl.measure.scoring import score
-    except ImportError:
-        return None
-    result = score(model.cpu(), "imt2024")
-    return {"scorer": "imt2024", "score": result.score, "params": result.params, "ops": result.ops}
-
-
-def _sensitivity(model, loader: BatchLoader, args: argparse.Namespace, out: Path) -> int:
-    from effdl.compress.quantize import FakeQuantConfig, plot_sensitivity, sensitivity_scan, sensitivity_table
-    from effdl.compress.quantize.sensitivity import sensitivity_records
-
-    bits = 4 if args.bits is None else args.bits
-    FakeQuantConfig(weight_bits=bits, act_bits=None)  # validates the bits
-    baseline, results = sensitivity_scan(model, loader, bits)
-    plot_sensitivity(baseline, results, out / "sensitivity.png")
-    (out / "sensitivity.json").write_text(json.dumps(sensitivity_records(baseline, results), indent=2) + "\n")
-    from rich.console import Console
-
-    Console().print(sensitivity_table(baseline, results))
+        baseline, results = quantize_sensitivity(args.checkpoint, options, args.out, data, overwrite=args.overwrite)
+        Console().print(sensitivity_table(baseline, results))
+        return 0
+    s = quantize_run(args.checkpoint, options, args.out, data, overwrite=args.overwrite)
+    print(json.dumps({"method": s["details"]["method"], "accuracy": s["accuracy"], "correct": s["correct"],
+                      "total": s["total"], "source_accuracy": s["source_accuracy"],
+                      "drop_points": s["details"]["drop_points"], "score": s["details"]["score"],
+                      "run_dir": str(args.out)}))
     return 0

@@ -96,7 +96,8 @@ def _fill_older_summary(path: Path, values: dict[str, Any]) -> dict[str, Any]:
     values = dict(values)
     values.setdefault("name", path.name)
     if "kind" not in values:
-        values["kind"] = "quantize" if "layer_bits" in values else "prune" if "sparsity_before" in values else "train"
+        measured = {**values, **(values.get("details") or {})}  # kind-specific fields live under "details"
+        values["kind"] = "quantize" if "layer_bits" in measured else "prune" if "sparsity_before" in measured else "train"
     if "model" not in values:
         from effdl.checkpoint import read_checkpoint_meta
 

@@ -146,11 +146,17 @@ class Trainer:
         run_dir: str | Path | None = None,
         eval_data: tuple[torch.Tensor, torch.Tensor] | None = None,
         resume_hint: str | None = None,
+        writes_results: bool = True,
     ):
         """`eval_data`: held-out validation (images uint8 [N,C,H,W], labels [N]) that chooses the best
         epoch; without it, the result is the last epoch. `resume_hint`: the command that resumes this
-        run, shown when Ctrl-C stops it. Raises EffdlError if `model` records other classes than `data`."""
+        run, shown when Ctrl-C stops it. `writes_results=False`: the run directory gets only the
+        trainer's log (metrics.jsonl) and resumable state (last.safetensors); config.yaml,
+        best.safetensors and summary.json are left to the caller that owns the directory (the
+        compression pipelines, effdl.pipelines.run_dir), and the final accuracy is measured on the
+        last weights in memory. Raises EffdlError if `model` records other classes than `data`."""
         self.config = config
+        self.writes_results = writes_results
         self.resume_hint = resume_hint
         self.data = data
         self.callbacks = list(callbacks or [])
@@ -343,7 +349,8 @@ class Trainer:
                         self._log(metrics)
                         if not self.select_on_val or acc.top1 > self.best_accuracy:
                             self.best_accuracy = acc.top1
-                            self._save_best()
+                            if self.writes_results:
+                                self._save_best()
                         self._save_last()
         except KeyboardInterrupt:
             if self.run_dir is None:
@@ -353,7 +360,7 @@ class Trainer:
             raise Interrupted(f"interrupted; {hint}") from None
         for cb in self.callbacks:
             cb.on_train_end(self)
-        if self.run_dir is None:
+        if self.run_dir is None or not self.writes_results:
             self.best_accuracy = max(self.best_accuracy, 0.0)
             final = evaluate(self.eval_model, self.test_loader(), tta=self.config.tta)
         else:
@@ -372,7 +379,8 @@ class Trainer:
         if self.run_dir is None:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(self.config, self.run_dir / "config.yaml")
+        if self.writes_results:
+            save_config(self.config, self.run_dir / "config.yaml")
         if self.config.tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -465,7 +473,9 @@ class Trainer:
         return evaluate(best, self.test_loader(), tta=self.config.tta)
 
     def _write_summary(self, result: TrainResult) -> None:
-        if self.run_dir is None:
+        if self.run_dir is None or not self.writes_results:
+            if self._tensorboard is not None:
+                self._tensorboard.close()
             return
         summary = {
             "name": self.run_dir.name, "kind": "train", **asdict(result), "dataset": self.config.dataset,

@@ -1,8 +1,10 @@
 """The job behind `effdl prune`: checkpoint in, pruned (and fine-tuned) run directory out.
 
-`prune_checkpoint` loads a checkpoint, measures it, applies one pruning method, optionally
-fine-tunes with the trainer (masks kept applied for unstructured methods), measures again and
-writes `<out>/best.safetensors` (the final pruned weights) and `<out>/summary.json`. Every number
+`prune_checkpoint` loads a checkpoint, measures it, applies one pruning method (a technique from
+effdl.compress.prune), optionally fine-tunes through effdl.pipelines.finetune (the source run's
+training config; masks kept applied for unstructured methods), measures again and writes the run
+directory through effdl.pipelines.run_dir (best.safetensors: the final pruned weights; summary.json:
+the core fields, and this module's measurements under `details`). Every number
 in the summary is measured on the model itself: sparsity is the fraction of exact zeros, MACs and
 parameters come from the counting engine, accuracy from the full test split. Structured methods
 also record `channels_left_whole` ({layer: why}): layers whose channels could not be removed
@@ -12,7 +14,6 @@ correctly (a channel shuffle, a grouped convolution, a view/reshape coupling the
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from effdl.checkpoint import load_model, read_checkpoint, save_model, split_namespace
+from effdl.checkpoint import load_model, read_checkpoint, split_namespace
 from effdl.compress.distill import Distillation, check_distill_options
 from effdl.compress.prune.schedules import AGPCallback, iterative_pruning, lottery_ticket
 from effdl.compress.prune.selection import check_fraction
@@ -31,9 +32,10 @@ from effdl.compress.prune.unstructured import MaskCallback, make_permanent, meas
 from effdl.data import BatchLoader, ImageDataset, limited
 from effdl.device import resolve_device
 from effdl.errors import EffdlError, unknown_name_error
-from effdl.fileio import claim_run_dir
 from effdl.measure.accuracy import Accuracy, check_model_fits_data, evaluate
 from effdl.measure.counting import profile
+from effdl.pipelines.finetune import FineTuneOptions, FineTuner
+from effdl.pipelines.run_dir import CompressedRun
 
 UNSTRUCTURED = ("magnitude", "agp", "lottery")
 STRUCTURED = {"l1-filter": "l1", "l2-filter": "l2", "slimming": "bn-scale", "thinet": "thinet"}
@@ -57,7 +59,7 @@ class PruneOptions:
     round_to: int | None = None
     epochs: int = 0
     lr: float = 0.01
-    batch_size: int = 128
+    batch_size: int | None = None  # fine-tuning batch size; None: the source run's
     rounds: int = 1
     rewind_to: str | None = None
     penalty: float = 1e-4
@@ -113,42 +115,9 @@ def _measure(model: nn.Module, data: ImageDataset, device: torch.device, acc: Ac
         imt2024 = score(prof, "imt2024").score
     except EffdlError:
         imt2024 = None
-    return {"accuracy": acc.top1, "correct": acc.correct, "total": acc.total, "macs": prof.macs,
+    return {"accuracy": acc.top1, "correct": acc.correct, "total": acc.total, "loss": acc.loss, "macs": prof.macs,
             "params": prof.params, "size_bytes": prof.size_bytes, "score_imt2024": imt2024,
             "sparsity": measure_sparsity(model).sparsity}
-
-
-class _FineTuner:
-    """Fine-tunes with the trainer, from the checkpoint's own training config where it has one."""
-
-    def __init__(self, data: ImageDataset, options: PruneOptions, train_config: dict[str, Any], model_name: str,
-                 distillation: Distillation | None = None):
-        from effdl.train import make_config
-
-        base = {k: v for k, v in train_config.items() if k not in ("name", "out_dir", "subset", "subset_per_class",
-                                                                   "val_size", "ema_decay", "milestones")}
-        self.data = data
-        self.config = lambda epochs: make_config({
-            **base, "dataset": data.name, "model": base.get("model", model_name), "epochs": epochs,
-            "lr": options.lr, "batch_size": options.batch_size, "schedule": "cosine", "warmup_epochs": 0,
-            "device": options.device, "seed": options.seed, "compile": options.compile,
-        }, source="fine-tuning options")
-        self.results: list[dict[str, Any]] = []
-        self.distillation = distillation
-
-    def __call__(self, model: nn.Module, epochs: int, callbacks: list) -> nn.Module:
-        from effdl.train import Trainer
-
-        if epochs < 1:
-            return model
-        if self.distillation is not None:
-            callbacks = [*callbacks, self.distillation]
-        trainer = Trainer(model, self.data, self.config(epochs), callbacks=callbacks)
-        result = trainer.fit()
-        # Each epoch's test accuracy shows whether the fine-tune stopped while still improving.
-        self.results.append({"epochs": epochs, "accuracy": result.accuracy, "time_s": result.time_s,
-                             "accuracy_per_epoch": [round(m["eval_acc"], 4) for m in trainer.history]})
-        return trainer.model
 
 
 def _calibration(data: ImageDataset, batches: int, device: torch.device) -> list[torch.Tensor]:
@@ -181,8 +150,9 @@ def prune_checkpoint(
     from effdl.models.registry import data_meta
 
     options.validate()
-    out_dir = Path(out_dir)
-    claim_run_dir(out_dir, overwrite=overwrite, sources=tuple(s for s in (checkpoint, options.rewind_to) if s))
+    run = CompressedRun(out_dir, kind="prune", source=checkpoint, overwrite=overwrite,
+                        other_sources=(options.rewind_to,) if options.rewind_to else ())
+    out_dir = run.path
     model, meta = load_model(checkpoint)
     train_config = meta.get("config") or {}
     if data is None:
@@ -202,7 +172,17 @@ def prune_checkpoint(
     before = _measure(model, data, device)
     # Made before any pruning: the callback keeps its own copy of the unpruned model as the teacher.
     distillation = Distillation(model, options.distill, options.distill_temperature) if options.distill else None
-    finetune = _FineTuner(data, options, train_config, meta["spec"]["name"], distillation)
+    finetune = FineTuner(
+        data, train_config, meta["spec"]["name"],
+        FineTuneOptions(epochs=options.epochs, lr=options.lr, batch_size=options.batch_size, compile=options.compile,
+                        device=options.device, seed=options.seed, train_limit=options.train_limit,
+                        test_limit=options.test_limit),
+        callbacks=[distillation] if distillation is not None else [], run_dir=out_dir,
+        resume_hint=f"the fine-tune stopped; start it again with --overwrite --out {out_dir}",
+        model_kwargs=meta["spec"].get("kwargs"))
+    tuning_epochs = max(options.epochs, options.penalty_epochs if options.method == "slimming" else 0)
+    if tuning_epochs:
+        run.write_config(finetune.config(tuning_epochs))
     scope = options.scope or ("layer" if options.method in STRUCTURED else "global")
     selection = {"include": options.include or None, "exclude": options.exclude or None}
     details: dict[str, Any] = {}
@@ -216,7 +196,7 @@ def prune_checkpoint(
             loader = BatchLoader.for_split(scan_data, "test", batch_size=500, device=device)
             scan = sensitivity_scan(model, lambda m: evaluate(m, loader).top1, **selection)
             target = scan.layer_targets(options.sensitivity_drop)
-            out_dir.mkdir(parents=True, exist_ok=True)
+            run.create()
             scan.plot(out_dir / "sensitivity.png")
             details["sensitivity"] = scan.to_json()
             scope = "layer"
@@ -262,26 +242,19 @@ def prune_checkpoint(
     model.eval()
     # Without fine-tuning the model has not changed since that evaluation.
     after = _measure(model, data, device, acc=before_finetune if options.epochs == 0 else None)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    summary = {
-        "name": out_dir.name, "kind": "prune", "model": meta["spec"], "evaluated_on":
-            "test" if options.test_limit is None else f"test (balanced subset of {after['total']})",
-        "source": str(checkpoint), "method": options.method,
-        "options": dataclasses.asdict(options), "scope": scope, "dataset": data.name,
-        "accuracy": after["accuracy"], "correct": after["correct"], "total": after["total"],
-        "accuracy_before": before["accuracy"],
+    details.update({
+        "method": options.method, "options": dataclasses.asdict(options), "scope": scope,
         "sparsity": after["sparsity"], "sparsity_before": before["sparsity"],
         "sparsity_per_layer": measure_sparsity(model).per_layer,
         "macs_before": before["macs"], "macs_after": after["macs"],
         "params_before": before["params"], "params_after": after["params"],
         "size_bytes_before": before["size_bytes"], "size_bytes_after": after["size_bytes"],
         "score_imt2024_before": before["score_imt2024"], "score_imt2024_after": after["score_imt2024"],
-        "finetune": finetune.results, **details,
+        "finetune": finetune.results,
         "note": STRUCTURED_NOTE if options.method in STRUCTURED else UNSTRUCTURED_NOTE,
-        "checkpoint": "best.safetensors",
-    }
-    prune_meta = {k: v for k, v in summary.items() if k not in ("sparsity_per_layer", "sensitivity")}
-    save_model(out_dir / "best.safetensors", model.cpu(), config={**train_config, "dataset": data.name},
-               metrics={"accuracy": after["accuracy"]}, extra_meta={"prune": prune_meta})
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    return summary
+    })
+    prune_meta = {k: v for k, v in details.items() if k not in ("sparsity_per_layer", "sensitivity")}
+    accuracy = Accuracy(correct=after["correct"], total=after["total"], loss=after["loss"])
+    return run.finish(model, accuracy, dataset=data.name, test_limit=options.test_limit,
+                      source_accuracy=before["accuracy"], details=details, checkpoint_config=train_config,
+                      checkpoint_meta={"source": str(checkpoint), **prune_meta})

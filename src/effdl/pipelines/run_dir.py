@@ -1,0 +1,95 @@
+"""The one writer of a compressed run's directory (prune, quantize, and what recipes compose).
+
+    config.yaml        the fine-tune's resolved TrainConfig (only when the run fine-tunes)
+    metrics.jsonl      one line per fine-tuning epoch, written by the trainer
+    last.safetensors   the trainer's resumable state during a fine-tune
+    best.safetensors   the final model, exactly as evaluated: the compressed (and fine-tuned) model
+                       after the LAST epoch; never chosen among epochs on the test split
+    summary.json       one schema for every kind: the core fields `effdl report` reads (CORE_FIELDS)
+                       and the kind's own measurements under `details`
+
+An existing run is refused unless `overwrite` (effdl.fileio.claim_run_dir); the source checkpoint's
+folder is never replaced.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from effdl.fileio import atomic_write, claim_run_dir
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from effdl.measure.accuracy import Accuracy
+    from effdl.train import TrainConfig
+
+# The fields every compressed run's summary.json holds at its top level (effdl.report.runs.RunSummary
+# reads the first nine); everything else the kind measured is under "details".
+CORE_FIELDS = ("name", "kind", "dataset", "model", "accuracy", "correct", "total", "checkpoint", "evaluated_on",
+               "source", "source_accuracy", "details")
+
+
+def evaluated_on(test_limit: int | None, total: int) -> str:
+    """How summaries name the split an accuracy was measured on (the report marks subsets)."""
+    return "test" if test_limit is None else f"test (balanced subset of {total})"
+
+
+class CompressedRun:
+    """A compressed run's directory, claimed on creation (nothing is written until asked)."""
+
+    def __init__(self, out_dir: str | Path, *, kind: str, source: str | Path, overwrite: bool = False,
+                 other_sources: tuple[str | Path, ...] = ()):
+        """Claim `out_dir` for a run of `kind` ("prune", "quantize"...) made from checkpoint `source`.
+
+        Raises EffdlError if `out_dir` holds a run (unless `overwrite`, which deletes it first) or
+        holds `source` or one of `other_sources` (e.g. a lottery rewind checkpoint).
+        """
+        self.kind = kind
+        self.source = str(source)
+        self.path = claim_run_dir(out_dir, overwrite=overwrite,
+                                  sources=tuple(s for s in (source, *other_sources) if s))
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def create(self) -> Path:
+        """Create the folder (after the checks that may refuse the job, so nothing is left behind)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        return self.path
+
+    def write_config(self, config: TrainConfig) -> Path:
+        """config.yaml: the fine-tune's resolved configuration (what `effdl train` writes for a run)."""
+        from effdl.train.config import save_config
+
+        self.create()
+        save_config(config, self.path / "config.yaml")
+        return self.path / "config.yaml"
+
+    def finish(
+        self, model: nn.Module, accuracy: Accuracy, *, dataset: str, test_limit: int | None,
+        source_accuracy: float | None, details: dict[str, Any], checkpoint_config: dict[str, Any] | None = None,
+        checkpoint_meta: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Write best.safetensors (`model`, whose test accuracy is `accuracy`) and summary.json; return
+        the summary. `details`: the kind's own measurements (JSON-serialisable); `checkpoint_meta` is
+        stored in the checkpoint's header under the kind's name; `checkpoint_config` as its config."""
+        from effdl.checkpoint import save_model
+        from effdl.models import model_spec
+
+        self.create()
+        summary = {
+            "name": self.name, "kind": self.kind, "dataset": dataset, "model": model_spec(model),
+            "accuracy": accuracy.top1, "correct": accuracy.correct, "total": accuracy.total,
+            "checkpoint": "best.safetensors", "evaluated_on": evaluated_on(test_limit, accuracy.total),
+            "source": self.source, "source_accuracy": source_accuracy, "details": details,
+        }
+        save_model(self.path / "best.safetensors", model.cpu(), config={**(checkpoint_config or {}), "dataset": dataset},
+                   metrics={"accuracy": accuracy.top1, "correct": accuracy.correct, "total": accuracy.total},
+                   extra_meta={self.kind: checkpoint_meta} if checkpoint_meta is not None else None)
+        text = json.dumps(summary, indent=2) + "\n"
+        atomic_write(self.path / "summary.json", lambda tmp: Path(tmp).write_text(text))
+        return summary
