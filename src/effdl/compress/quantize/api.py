@@ -17,10 +17,20 @@ from typing import Any
 import torch
 from torch import nn
 
-from effdl.compress.quantize.config import Float16Config
+from effdl.compress.quantize.config import (
+    BinaryConnectConfig,
+    FakeQuantConfig,
+    Float16Config,
+    Int8StaticConfig,
+    Int8WeightOnlyConfig,
+    KMeansConfig,
+    TernaryConfig,
+    XnorConfig,
+)
 from effdl.compress.quantize.layers import QUANTIZABLE, is_quantized_layer, quantize_layer
 from effdl.compress.quantize.outputs import layers_with_float_readers
 from effdl.compress.quantize.quantizers import RangeAct, LazyAct
+from effdl.core.configs import dispatch, register_handler
 from effdl.core.edits import record_transform, register_transform
 from effdl.core.hooks import Callback
 from effdl.core.modules import eval_mode, replace_submodule
@@ -58,23 +68,38 @@ def _skipped_layers(model: nn.Module) -> list[str]:
 def quantize_(model: nn.Module, config: Any, filter_fn: FilterFn | None = None) -> nn.Module:
     """Quantize `model` in place as `config` says and return it.
 
-    filter_fn(module, name) -> bool restricts which Conv2d / Linear layers are quantized.
-    Raises EffdlError if the model is already quantized, nothing can be quantized, or an override
-    pattern of the config matches no Conv2d / Linear layer.
+    The one quantization verb: it dispatches on the config's type to the handler registered for
+    it (`effdl.core.configs.register_handler`), so a new method is a config and a handler, and no
+    table here changes. filter_fn(module, name) -> bool restricts which Conv2d / Linear layers are
+    quantized (layer-spec configs). Raises EffdlError if the model is already quantized, `config`
+    is not a quantize config, nothing can be quantized, or an override pattern of the config
+    matches no Conv2d / Linear layer.
     """
     if is_quantized(model):
         raise EffdlError("this model is already quantized; start again from the float (unquantized) model")
-    if isinstance(config, Float16Config):
-        return to_half_(model, config.dtype)
-    if not hasattr(config, "layer_spec"):
-        raise EffdlError(f"{type(config).__name__} is not a quantization config")
+    return dispatch("quantize", config, model, filter_fn)
+
+
+@register_handler(Float16Config)
+def _quantize_half(config: Float16Config, model: nn.Module, filter_fn: FilterFn | None = None) -> nn.Module:
+    # Half precision converts the whole model: a layer filter has nothing to choose.
+    return to_half_(model, config.dtype)
+
+
+def quantize_by_layer_spec(config: Any, model: nn.Module, filter_fn: FilterFn | None = None) -> nn.Module:
+    """The handler of every config with `layer_spec(name, module, position)`: replace each chosen
+    Conv2d / Linear by a quantized layer built from its spec, and record the specs for replay.
+
+    A new layer-spec method registers this as its handler: `register_handler(MyConfig)(quantize_by_layer_spec)`.
+    """
     candidates = [(n, m) for n, m in model.named_modules() if type(m) in QUANTIZABLE]
     # An override that names no layer (a typo) would silently quantize at the default bits.
     match_patterns([n for n, _ in candidates], getattr(config, "overrides", None) or {},
                    what="quantizable layer (Conv2d or Linear)")
     skipped = _skipped_layers(model)
     if skipped:
-        warnings.warn(f"quantize_: unsupported layer types left in float: {', '.join(skipped)}", stacklevel=2)
+        # stacklevel 4: the caller of quantize_ (through dispatch)
+        warnings.warn(f"quantize_: unsupported layer types left in float: {', '.join(skipped)}", stacklevel=4)
     specs: dict[str, dict[str, Any]] = {}
     for index, (name, module) in enumerate(candidates):
         if filter_fn is not None and not filter_fn(module, name):
@@ -92,6 +117,11 @@ def quantize_(model: nn.Module, config: Any, filter_fn: FilterFn | None = None) 
     _apply_specs(model, specs, fit=True)
     record_transform(model, "quantize", {"layers": specs})
     return model
+
+
+for _layer_spec_config in (Int8WeightOnlyConfig, Int8StaticConfig, FakeQuantConfig, BinaryConnectConfig, XnorConfig,
+                           TernaryConfig, KMeansConfig):
+    register_handler(_layer_spec_config)(quantize_by_layer_spec)
 
 
 def _apply_specs(model: nn.Module, specs: dict[str, dict[str, Any]], fit: bool) -> None:

@@ -4,6 +4,8 @@ A config turns (layer name, layer, position) into a JSON layer spec
 `{"weight": {...}, "act": {...} | None}` (or None to leave the layer alone); `quantize_` builds
 the layers from those specs and records them so checkpoints can rebuild the model.
 Bit-widths are checked here: weights and activations take 1..8 bits (16 is `Float16Config`).
+Every config is registered as versioned data (`effdl.core.configs`): `config_to_dict(config)` is what a
+checkpoint stores and `config_from_dict` reads it back; `quantize_` dispatches on the config's type.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import fnmatch
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from effdl.core.configs import technique_config
 from effdl.errors import EffdlError
 
 MIN_BITS, MAX_BITS = 1, 8
@@ -32,6 +35,7 @@ def check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:
         raise EffdlError(f"unknown {what} '{value}'; choose from {', '.join(choices)}")
 
 
+@technique_config("quantize.float16", version=1)
 @dataclass(frozen=True)
 class Float16Config:
     """Post-training conversion of every parameter and the input to float16 or bfloat16."""
@@ -42,6 +46,7 @@ class Float16Config:
         check_choice("half-precision dtype", self.dtype, ("float16", "bfloat16"))
 
 
+@technique_config("quantize.int8_weight_only", version=1)
 @dataclass(frozen=True)
 class Int8WeightOnlyConfig:
     """int8 weights, symmetric per output channel; activations stay float."""
@@ -50,6 +55,7 @@ class Int8WeightOnlyConfig:
         return {"weight": {"kind": "minmax", "bits": 8, "per_channel": True}, "act": None}
 
 
+@technique_config("quantize.int8_static", version=1)
 @dataclass(frozen=True)
 class Int8StaticConfig:
     """Post-training int8: symmetric per-channel weights, per-tensor affine activations.
@@ -83,6 +89,7 @@ _WEIGHT_KIND = {"lsq": "lsq", "pact": "minmax", "dorefa": "dorefa", "minmax": "m
 _ACT_KIND = {"lsq": "lsq", "pact": "pact", "dorefa": "dorefa", "minmax": "range"}
 
 
+@technique_config("quantize.fake_quant", version=1)
 @dataclass(frozen=True)
 class FakeQuantConfig:
     """Fake quantization for quantization-aware training at 1..8 bits, with mixed precision.
@@ -155,6 +162,7 @@ class _BinaryFamily:
         return {"weight": self.weight_spec(), "act": act}
 
 
+@technique_config("quantize.binary_connect", version=1)
 @dataclass(frozen=True)
 class BinaryConnectConfig(_BinaryFamily):
     """BinaryConnect: +-1 weights (stochastic: sampled), latent weights clipped to [-1, 1].
@@ -172,6 +180,7 @@ class BinaryConnectConfig(_BinaryFamily):
         return self.binary_acts
 
 
+@technique_config("quantize.xnor", version=1)
 @dataclass(frozen=True)
 class XnorConfig(_BinaryFamily):
     """BWN / XNOR-Net: sign(w) x per-channel mean|w|; XNOR-Net also binarises activations."""
@@ -185,6 +194,7 @@ class XnorConfig(_BinaryFamily):
         return self.binary_acts
 
 
+@technique_config("quantize.ternary", version=1)
 @dataclass(frozen=True)
 class TernaryConfig(_BinaryFamily):
     """Ternary weight networks: per channel {-a, 0, +a} with threshold `threshold` x mean|w|."""
@@ -199,6 +209,7 @@ class TernaryConfig(_BinaryFamily):
         return {"kind": "ternary", "bits": 2, "threshold": self.threshold}
 
 
+@technique_config("quantize.kmeans", version=1)
 @dataclass(frozen=True)
 class KMeansConfig(_BinaryFamily):
     """Deep Compression weight sharing: a 2^bits-entry k-means codebook per layer."""
@@ -213,6 +224,6 @@ class KMeansConfig(_BinaryFamily):
 
 
 QuantConfig = (
-    Int8WeightOnlyConfig | Int8StaticConfig | FakeQuantConfig | BinaryConnectConfig | XnorConfig
+    Float16Config | Int8WeightOnlyConfig | Int8StaticConfig | FakeQuantConfig | BinaryConnectConfig | XnorConfig
     | TernaryConfig | KMeansConfig
 )

@@ -1,7 +1,8 @@
 """Weight and activation quantizers: small modules mapping a float tensor to its quantized values.
 
 Every quantizer has `bits` and `per_channel` and is built from a JSON spec (`{"kind": ..., ...}`)
-by `build_weight_quantizer` / `build_act_quantizer`, so checkpoints can rebuild it. Gradients use
+by `build_weight_quantizer` / `build_act_quantizer` through the kind registries (`weight_quantizer`,
+`act_quantizer` decorators), so checkpoints can rebuild it. Gradients use
 straight-through estimators (see ste.py). Weight quantizers keep the float weight as the trained
 ("latent") copy; the quantized values are recomputed from it on every forward.
 
@@ -22,9 +23,35 @@ import torch
 from torch import nn
 
 from effdl.compress.quantize.ste import passthrough, round_ste, scale_grad, sign_hardtanh_ste, sign_ste
-from effdl.errors import EffdlError
+from effdl.errors import EffdlError, unknown_name_error
 
 HISTOGRAM_BINS = 2048
+
+# kind -> quantizer class; each class builds itself from a spec with `from_spec`, so a new kind is
+# one decorated class and the builders below never change.
+WEIGHT_QUANTIZERS: dict[str, type[nn.Module]] = {}
+ACT_QUANTIZERS: dict[str, type[nn.Module]] = {}
+
+
+def _register(table: dict[str, type[nn.Module]], what: str, kind: str):
+    def wrap(cls: type[nn.Module]) -> type[nn.Module]:
+        existing = table.get(kind)
+        if existing is not None and existing.__qualname__ != cls.__qualname__:
+            raise EffdlError(f"{what} kind '{kind}' is already {existing.__qualname__}")
+        table[kind] = cls
+        return cls
+
+    return wrap
+
+
+def weight_quantizer(kind: str):
+    """Class decorator: build specs of `kind` with this class's `from_spec(spec, weight, fit)`."""
+    return _register(WEIGHT_QUANTIZERS, "weight quantizer", kind)
+
+
+def act_quantizer(kind: str):
+    """Class decorator: build activation specs of `kind` with this class's `from_spec(spec)`."""
+    return _register(ACT_QUANTIZERS, "activation quantizer", kind)
 
 
 def _channel_view(t: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -79,8 +106,13 @@ def _constant(t: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------- weights
 
 
+@weight_quantizer("minmax")
 class MinMaxWeight(nn.Module):
     """Symmetric uniform weights: scale = max|w| / (2^(b-1)-1) per channel (or per tensor)."""
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any], weight: torch.Tensor, fit: bool = True) -> MinMaxWeight:
+        return cls(spec["bits"], spec.get("per_channel", True))
 
     def __init__(self, bits: int, per_channel: bool = True):
         super().__init__()
@@ -105,9 +137,14 @@ class MinMaxWeight(nn.Module):
         return torch.fake_quantize_per_tensor_affine(w32, scale, zero, -qmax - 1, qmax).to(w.dtype)
 
 
+@weight_quantizer("lsq")
 class LSQWeight(nn.Module):
     """Learned step size: w_q = s * round(clamp(w / s, -2^(b-1), 2^(b-1)-1)), s trained from the
     step that minimises the weights' squared quantization error (per channel)."""
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any], weight: torch.Tensor, fit: bool = True) -> LSQWeight:
+        return cls(spec["bits"], weight, spec.get("per_channel", True))
 
     def __init__(self, bits: int, weight: torch.Tensor, per_channel: bool = True):
         super().__init__()
@@ -124,10 +161,15 @@ class LSQWeight(nn.Module):
         return round_ste((w / step).clamp(-self.qn, self.qp)) * step
 
 
+@weight_quantizer("dorefa")
 class DoReFaWeight(nn.Module):
     """DoReFa-Net weights: tanh(w) mapped to [0, 1], quantized to 2^b levels, mapped to [-1, 1]."""
 
     per_channel = False
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any], weight: torch.Tensor, fit: bool = True) -> DoReFaWeight:
+        return cls(spec["bits"])
 
     def __init__(self, bits: int):
         super().__init__()
@@ -140,6 +182,7 @@ class DoReFaWeight(nn.Module):
         return 2 * round_ste(t * levels) / levels - 1
 
 
+@weight_quantizer("binary")
 class BinaryWeight(nn.Module):
     """sign(w) (BinaryConnect), times the per-channel mean |w| when `scaled` (BWN / XNOR-Net).
 
@@ -149,6 +192,10 @@ class BinaryWeight(nn.Module):
     """
 
     bits = 1
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any], weight: torch.Tensor, fit: bool = True) -> BinaryWeight:
+        return cls(spec.get("scaled", False), spec.get("stochastic", False))
 
     def __init__(self, scaled: bool = False, stochastic: bool = False):
         super().__init__()
@@ -166,11 +213,16 @@ class BinaryWeight(nn.Module):
         return binary * _per_channel_abs_mean(w) if self.scaled else binary
 
 
+@weight_quantizer("ternary")
 class TernaryWeight(nn.Module):
     """Ternary weights (TWN): per channel {-a, 0, +a} with threshold t * mean|w|, a = mean kept |w|."""
 
     bits = 2
     per_channel = True
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any], weight: torch.Tensor, fit: bool = True) -> TernaryWeight:
+        return cls(spec.get("threshold", 0.7))
 
     def __init__(self, threshold: float = 0.7):
         super().__init__()
@@ -185,6 +237,7 @@ class TernaryWeight(nn.Module):
         return ternary + (w - w.detach())  # exact values; identity gradient plus the one through alpha
 
 
+@weight_quantizer("kmeans")
 class KMeansWeight(nn.Module):
     """Deep Compression weight sharing: one codebook of 2^b centroids per layer, trainable.
 
@@ -193,6 +246,10 @@ class KMeansWeight(nn.Module):
     """
 
     per_channel = False
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any], weight: torch.Tensor, fit: bool = True) -> KMeansWeight:
+        return cls(spec["bits"], weight, fit=fit)
 
     def __init__(self, bits: int, weight: torch.Tensor, fit: bool = True, iterations: int = 30):
         super().__init__()
@@ -230,20 +287,10 @@ def _nearest(values: torch.Tensor, sorted_centroids: torch.Tensor) -> torch.Tens
 
 def build_weight_quantizer(spec: dict[str, Any], weight: torch.Tensor, fit: bool = True) -> nn.Module:
     """The weight quantizer a spec describes; `fit=False` skips data-dependent fitting (replay)."""
-    kind, bits = spec["kind"], spec.get("bits")
-    if kind == "minmax":
-        return MinMaxWeight(bits, spec.get("per_channel", True))
-    if kind == "lsq":
-        return LSQWeight(bits, weight, spec.get("per_channel", True))
-    if kind == "dorefa":
-        return DoReFaWeight(bits)
-    if kind == "binary":
-        return BinaryWeight(spec.get("scaled", False), spec.get("stochastic", False))
-    if kind == "ternary":
-        return TernaryWeight(spec.get("threshold", 0.7))
-    if kind == "kmeans":
-        return KMeansWeight(bits, weight, fit=fit)
-    raise EffdlError(f"unknown weight quantizer kind '{kind}'")
+    kind = spec.get("kind")
+    if kind not in WEIGHT_QUANTIZERS:
+        raise unknown_name_error("weight quantizer kind", str(kind), WEIGHT_QUANTIZERS)
+    return WEIGHT_QUANTIZERS[kind].from_spec(spec, weight, fit)
 
 
 # ------------------------------------------------------------------------------------ activations
@@ -258,6 +305,10 @@ class LazyAct(nn.Module):
     """
 
     per_channel = False
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> LazyAct:
+        return cls(spec["bits"])
 
     def __init__(self, bits: int):
         super().__init__()
@@ -302,6 +353,7 @@ class LazyAct(nn.Module):
         raise NotImplementedError
 
 
+@act_quantizer("lsq")
 class LSQAct(LazyAct):
     """Learned step size on activations; the step starts at the one that minimises the squared
     quantization error of the first batch (calibration's), on up to 2^18 of its values."""
@@ -323,6 +375,7 @@ class LSQAct(LazyAct):
         return round_ste((x / step).clamp(-qn, qp)) * step
 
 
+@act_quantizer("pact")
 class PACTAct(LazyAct):
     """PACT: clip to a learned level alpha (to [-alpha, alpha] for signed inputs), then quantize."""
 
@@ -345,6 +398,7 @@ class PACTAct(LazyAct):
         return round_ste(clipped / step) * step
 
 
+@act_quantizer("dorefa")
 class DoReFaAct(LazyAct):
     """DoReFa activations: clip to [0, 1] ([-1, 1] if signed) and quantize uniformly."""
 
@@ -354,16 +408,22 @@ class DoReFaAct(LazyAct):
         return round_ste(clipped * qp) / qp
 
 
+@act_quantizer("sign")
 class SignAct(nn.Module):
     """Binary activations sign(x) with the hardtanh straight-through estimator (BNN)."""
 
     bits = 1
     per_channel = False
 
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> SignAct:
+        return cls()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return sign_hardtanh_ste(x)
 
 
+@act_quantizer("range")
 class RangeAct(nn.Module):
     """Affine unsigned grid over a range [lo, hi] (which always contains 0), per tensor.
 
@@ -374,6 +434,10 @@ class RangeAct(nn.Module):
 
     per_channel = False
     METHODS = ("minmax", "percentile", "mse", "ema")
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> RangeAct:
+        return cls(spec["bits"], spec.get("method", "minmax"), spec.get("percentile", 99.99))
 
     def __init__(self, bits: int, method: str = "minmax", percentile: float = 99.99, momentum: float = 0.1):
         super().__init__()
@@ -471,15 +535,8 @@ class RangeAct(nn.Module):
 
 
 def build_act_quantizer(spec: dict[str, Any]) -> nn.Module:
-    kind, bits = spec["kind"], spec.get("bits")
-    if kind == "range":
-        return RangeAct(bits, spec.get("method", "minmax"), spec.get("percentile", 99.99))
-    if kind == "lsq":
-        return LSQAct(bits)
-    if kind == "pact":
-        return PACTAct(bits)
-    if kind == "dorefa":
-        return DoReFaAct(bits)
-    if kind == "sign":
-        return SignAct()
-    raise EffdlError(f"unknown activation quantizer kind '{kind}'")
+    """The activation quantizer a spec describes."""
+    kind = spec.get("kind")
+    if kind not in ACT_QUANTIZERS:
+        raise unknown_name_error("activation quantizer kind", str(kind), ACT_QUANTIZERS)
+    return ACT_QUANTIZERS[kind].from_spec(spec)
