@@ -11,6 +11,8 @@ import dataclasses
 import json
 
 import pytest
+import torch
+from torch import nn
 
 from effdl import EffdlError
 from effdl.core.configs import (
@@ -102,3 +104,141 @@ def test_every_registered_technique_config_round_trips():
         data = config_to_dict(default)
         assert data["type"] == name and data["version"] == cls.config_version
         assert config_from_dict(json.loads(json.dumps(data))) == default, name
+
+
+# ------------------------------------------------------------------------------------ quantize
+
+
+def _tiny_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.Flatten(), nn.Linear(4 * 4 * 4, 3))
+
+
+def test_quantize_dispatches_on_the_config_type_and_refuses_other_families():
+    from effdl.compress.prune import MagnitudePruneConfig
+    from effdl.compress.quantize import Float16Config, KMeansConfig, TernaryConfig, quantize_, quantized_layers
+
+    half = quantize_(_tiny_net(), Float16Config("bfloat16"))
+    assert half[0].weight.dtype == torch.bfloat16 and not quantized_layers(half)
+    ternary = quantize_(_tiny_net(), TernaryConfig())
+    assert {layer.weight_bits for layer in quantized_layers(ternary).values()} == {2}
+    kmeans = quantize_(_tiny_net(), KMeansConfig(bits=3))
+    assert all(len(layer.quantized_weight().unique()) <= 8 for layer in quantized_layers(kmeans).values())
+    with pytest.raises(EffdlError, match="MagnitudePruneConfig is a prune config, not a quantize config"):
+        quantize_(_tiny_net(), MagnitudePruneConfig(sparsity=0.5))
+
+
+def test_a_new_method_and_quantizer_kind_need_no_table(tmp_path):
+    """A method defined outside effdl: one config, one handler, one quantizer class, nothing else."""
+    from effdl.checkpoint import load_model, save_model
+    from effdl.compress.quantize import quantize_, quantized_layers
+    from effdl.compress.quantize.api import quantize_by_layer_spec
+    from effdl.compress.quantize.quantizers import ACT_QUANTIZERS, WEIGHT_QUANTIZERS, weight_quantizer
+    from effdl.models import create_model
+
+    before = (dict(WEIGHT_QUANTIZERS), dict(ACT_QUANTIZERS), registered_configs("quantize"))
+
+    @weight_quantizer("test_powers_of_two")
+    class PowerOfTwoWeight(nn.Module):
+        """Weights rounded to signed powers of two (scale-free, 1 + `bits - 1` exponent bits)."""
+
+        per_channel = False
+
+        def __init__(self, bits: int):
+            super().__init__()
+            self.bits = bits
+
+        @classmethod
+        def from_spec(cls, spec, weight, fit=True):
+            return cls(spec["bits"])
+
+        def forward(self, w: torch.Tensor) -> torch.Tensor:
+            exponent = torch.log2(w.abs().clamp_min(1e-8)).round().clamp(-(2 ** (self.bits - 1)) + 1, 0)
+            return w + (torch.sign(w) * 2.0 ** exponent - w).detach()
+
+    @technique_config("quantize.test_powers_of_two", version=1)
+    @dataclasses.dataclass(frozen=True)
+    class PowerOfTwoConfig:
+        bits: int = 3
+
+        def layer_spec(self, name, module, position):
+            return {"weight": {"kind": "test_powers_of_two", "bits": self.bits}, "act": None}
+
+    register_handler(PowerOfTwoConfig)(quantize_by_layer_spec)
+    try:
+        model = quantize_(create_model("resnet20", width=0.25), PowerOfTwoConfig())
+        layers = quantized_layers(model)
+        assert layers and all(layer.weight_bits == 3 for layer in layers.values())
+        assert all(len(layer.quantized_weight().abs().unique()) <= 4 for layer in layers.values())
+        x = torch.randn(2, 3, 32, 32)
+        model.eval()
+        reloaded, _ = load_model(save_model(tmp_path / "p2.safetensors", model))
+        assert torch.allclose(reloaded.eval()(x), model(x), atol=1e-5)
+        assert config_from_dict(config_to_dict(PowerOfTwoConfig(2))) == PowerOfTwoConfig(2)
+        # the built-in kinds and methods are exactly what they were, plus the new ones
+        weight_kinds, act_kinds, methods = before
+        assert {k: v for k, v in WEIGHT_QUANTIZERS.items() if k != "test_powers_of_two"} == weight_kinds
+        assert ACT_QUANTIZERS == act_kinds
+        assert set(registered_configs("quantize")) - set(methods) == {"quantize.test_powers_of_two"}
+    finally:  # leave the registries as other tests expect them
+        WEIGHT_QUANTIZERS.pop("test_powers_of_two", None)
+
+
+# --------------------------------------------------------------------------------------- prune
+
+
+def test_prune_dispatches_magnitude_and_channel_configs():
+    from effdl.compress.prune import ChannelPruneConfig, MagnitudePruneConfig, measure_sparsity, prune_
+    from effdl.compress.quantize import TernaryConfig
+    from effdl.models import create_model
+
+    model = _tiny_net()
+    masks = prune_(model, MagnitudePruneConfig(sparsity=0.5, exclude=("4",)))
+    assert set(masks) == {"0", "2"}
+    per_layer = measure_sparsity(model).per_layer
+    assert 0.45 < (per_layer["0"] * 108 + per_layer["2"] * 144) / 252 < 0.55 and per_layer["4"] == 0
+
+    resnet = create_model("resnet20", width=0.25)
+    convs = sum(m.out_channels for m in resnet.modules() if isinstance(m, nn.Conv2d))
+    pruned = prune_(resnet, ChannelPruneConfig(ratio=0.5, criterion="l2"))
+    assert pruned and sum(m.out_channels for m in resnet.modules() if isinstance(m, nn.Conv2d)) < 0.8 * convs
+    assert resnet(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    with pytest.raises(EffdlError, match="TernaryConfig is a quantize config, not a prune config"):
+        prune_(_tiny_net(), TernaryConfig())
+
+
+def test_prune_configs_refuse_bad_options_by_name():
+    from effdl.compress.prune import ChannelPruneConfig, MagnitudePruneConfig
+
+    with pytest.raises(EffdlError, match="unknown pruning criterion 'l3'"):
+        ChannelPruneConfig(criterion="l3")
+    with pytest.raises(EffdlError, match="exactly one of ratio and target_macs"):
+        ChannelPruneConfig(ratio=0.3, target_macs=0.5)
+    with pytest.raises(EffdlError, match="in \\[0, 1\\)"):
+        MagnitudePruneConfig(sparsity={"0": 1.5})
+    with pytest.raises(EffdlError, match="unknown scope 'local'"):
+        config_from_dict({"type": "prune.magnitude", "version": 1, "scope": "local"})
+
+
+def test_a_new_channel_criterion_is_one_registration():
+    import torch_pruning as tp
+
+    from effdl.compress.prune import ChannelPruneConfig, prune_, register_criterion
+    from effdl.compress.prune.criteria import CRITERIA
+
+    class FirstChannelsFirst(tp.importance.Importance):
+        """Scores channels by index: the last channels are the most important."""
+
+        def __call__(self, group):
+            return torch.arange(len(group[0].idxs), dtype=torch.float32)
+
+    before = dict(CRITERIA)
+    register_criterion("test_by_index")(lambda **_: FirstChannelsFirst())
+    try:
+        model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3))
+        kept = model[0].weight[4:].detach().clone()
+        prune_(model, ChannelPruneConfig(ratio=0.5, criterion="test_by_index"), example_inputs=torch.randn(1, 3, 8, 8))
+        assert model[0].out_channels == 4 and torch.equal(model[0].weight, kept)
+        assert {k: v for k, v in CRITERIA.items() if k != "test_by_index"} == before
+    finally:
+        CRITERIA.pop("test_by_index", None)

@@ -1,9 +1,11 @@
 """Pruning: unstructured magnitude masks and schedules, and structured channel removal.
 
-Importing this package registers the `prune_channels` checkpoint replay.
+Importing this package registers the `prune_channels` checkpoint replay and the pruning configs
+(`MagnitudePruneConfig`, `ChannelPruneConfig`), applied by the one verb `prune_(model, config)`.
 """
 
-from effdl.compress.prune.criteria import FilterNormImportance, ThiNetImportance, make_importance
+from effdl.compress.prune.configs import ChannelPruneConfig, MagnitudePruneConfig, prune_
+from effdl.compress.prune.criteria import FilterNormImportance, ThiNetImportance, make_importance, register_criterion
 from effdl.compress.prune.schedules import (
     AGPCallback,
     WeightSnapshot,
@@ -30,9 +32,10 @@ from effdl.compress.prune.unstructured import (
 )
 
 __all__ = [
-    "AGPCallback", "FilterNormImportance", "MaskCallback", "Masks", "SensitivityScan", "SlimmingPenalty", "SparsityReport",
+    "AGPCallback", "ChannelPruneConfig", "FilterNormImportance", "MagnitudePruneConfig", "MaskCallback", "Masks",
+    "SensitivityScan", "SlimmingPenalty", "SparsityReport",
     "ThiNetImportance", "WeightSnapshot", "agp_sparsity", "apply_masks", "bn_scale_l1",
     "current_masks", "iterative_pruning", "iterative_sparsities", "lottery_ticket", "magnitude_masks",
     "make_importance", "make_permanent", "measure_sparsity", "prune_channels", "prune_channels_to_macs",
-    "prune_magnitude", "rewind", "sensitivity_scan", "snapshot",
+    "prune_", "prune_magnitude", "register_criterion", "rewind", "sensitivity_scan", "snapshot",
 ]
