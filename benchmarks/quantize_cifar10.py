@@ -37,10 +37,7 @@ from effdl.compress.quantize import (
     FakeQuantConfig,
     Int8StaticConfig,
     QuantizationCallback,
-    calibrate,
     calibration_images,
-    fold_batchnorm,
-    quantize_,
     verify_model_bits,
     XnorConfig,
 )
@@ -51,14 +48,12 @@ from effdl.deploy.onnx import export_onnx
 from effdl.measure import evaluate, evaluate_onnx
 from effdl.measure.latency import onnx_latency
 from effdl.models import create_model, model_spec
-from effdl.train import Trainer, make_config, reestimate_batchnorm
+from effdl.pipelines.finetune import FineTuneOptions, FineTuner
+from effdl.pipelines.quantize import quantize_model
 
 
 def ptq(model, data, loader, images, method: str):
-    q = load_fresh(model)
-    fold_batchnorm(q)
-    quantize_(q, Int8StaticConfig(calibration=method))
-    calibrate(q, images)
+    q = quantize_model(load_fresh(model), Int8StaticConfig(calibration=method), data, calibration_images=len(images))
     verify_model_bits(q)
     return q, evaluate(q, loader).top1
 
@@ -69,46 +64,43 @@ def load_fresh(model):
     return copy.deepcopy(model).eval()
 
 
-def qat(model, data, loader, images, bits: int, epochs: int, args) -> dict:
+def qat(model, source_config, data, loader, images, bits: int, epochs: int, args) -> dict:
     config = FakeQuantConfig(weight_bits=bits, act_bits=bits, method="lsq", first_last_bits=8)
-    return {"bits": bits, **fine_tune_quantized(model, data, loader, images, config, epochs, args)}
+    return {"bits": bits, **fine_tune_quantized(model, source_config, data, loader, images, config, epochs, args)}
 
 
-def binary(model, data, loader, images, args) -> dict:
+def binary(model, source_config, data, loader, images, args) -> dict:
     if args.binary_method == "xnor":
         config = XnorConfig(binary_acts=False, skip_first_last=True)
     else:
         config = BinaryConnectConfig(skip_first_last=True)
     return {"method": args.binary_method, "weights": "binary (first and last layer float)", "activations": "float",
-            **fine_tune_quantized(model, data, loader, images, config, args.binary_epochs, args, calibrate_acts=False)}
+            **fine_tune_quantized(model, source_config, data, loader, images, config, args.binary_epochs, args)}
 
 
-def fine_tune_quantized(model, data, loader, images, config, epochs: int, args, calibrate_acts: bool = True) -> dict:
-    q = load_fresh(model)
-    quantize_(q, config)
-    if calibrate_acts:  # activation quantizers start from calibrated ranges
-        calibrate(q, images)
-    else:  # binarised weights: the stored BatchNorm statistics no longer fit
-        reestimate_batchnorm(q, images.split(64))
+def fine_tune_quantized(model, source_config, data, loader, images, config, epochs: int, args) -> dict:
+    # the library's steps: activation ranges calibrated, BatchNorm statistics re-estimated after binarising
+    q = quantize_model(load_fresh(model), config, data, calibration_images=len(images))
     device = resolve_device(args.device)
     if device.type != "cpu":  # evaluate where it trains: a CPU pass over the test split is slow for resnet18
         loader = BatchLoader.for_split(data, "test", batch_size=1000, device=device)
         q = q.to(device)
     before = evaluate(q, loader).top1
-    train_config = make_config({"epochs": epochs, "lr": args.lr, "batch_size": args.batch_size, "schedule": "cosine",
-                                "device": args.device, "bf16": args.bf16, "compile": args.compile,
-                                "progress": False,
-                                "model": (model_spec(model) or {}).get("name", "resnet20")})
-    start = time.perf_counter()
-    callbacks = [QuantizationCallback(), EpochLog()]
+    spec = model_spec(model) or {}
+    hooks = [EpochLog()]
     if args.distill:  # the float checkpoint teaches its quantized copy
-        callbacks.append(Distillation(model, args.distill))
-    trainer = Trainer(q, data, train_config, callbacks=callbacks)
-    trainer.fit()
-    q = q.eval()
+        hooks.append(Distillation(model, args.distill))
+    # the library's one fine-tuning path: the checkpoint's own training config (augmentation, weight
+    # decay, label smoothing, batch size unless --batch-size), this script's epochs and learning rate
+    finetune = FineTuner(data, source_config, spec.get("name", "resnet20"),
+                         FineTuneOptions(epochs=epochs, lr=args.lr, batch_size=args.batch_size, bf16=args.bf16,
+                                         compile=args.compile, device=args.device, overrides={"progress": False}),
+                         callbacks=hooks, model_kwargs=spec.get("kwargs"))
+    start = time.perf_counter()
+    q = finetune(q, epochs, [QuantizationCallback()]).eval()
     verify_model_bits(q)
     return {"accuracy_before_training": before, "accuracy": evaluate(q, loader).top1,
-            "accuracy_per_epoch": [round(m["eval_acc"], 4) for m in trainer.history], "epochs": epochs, "distill": args.distill,
+            "accuracy_per_epoch": finetune.results[-1]["accuracy_per_epoch"], "epochs": epochs, "distill": args.distill,
             "bf16_training": args.bf16, "compiled": args.compile,
             "train_time_s": round(time.perf_counter() - start, 1)}
 
@@ -136,7 +128,7 @@ def main() -> None:
     parser.add_argument("--bf16", action="store_true",
                         help="train QAT under bf16 autocast (2x faster on AMX CPUs; evaluation stays fp32)")
     parser.add_argument("--lr", type=float, default=0.01)
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=None, help="fine-tuning batch size (default: the checkpoint's run's)")
     parser.add_argument("--calibration-images", type=int, default=512)
     parser.add_argument("--limit-train", type=int, default=None)
     parser.add_argument("--limit-test", type=int, default=None)
@@ -153,7 +145,8 @@ def main() -> None:
     parser.add_argument("--skip-latency", action="store_true")
     args = parser.parse_args()
 
-    model, _ = load_model(args.checkpoint)
+    model, meta = load_model(args.checkpoint)
+    source_config = meta.get("config") or {}
     model = model.cpu().eval()
     data = limited(load_dataset(args.data, root=args.data_root), args.limit_train, args.limit_test)
     loader = BatchLoader.for_split(data, "test", batch_size=256)
@@ -179,12 +172,12 @@ def main() -> None:
             if len(epochs) != len(args.bits):
                 parser.error("--epochs takes one number or one per --bits entry")
             for bits, n in zip(args.bits, epochs):
-                entry = qat(model, data, loader, images, bits, n, args)
+                entry = qat(model, source_config, data, loader, images, bits, n, args)
                 entry["drop_points"] = 100 * (baseline - entry["accuracy"])
                 result["qat"].append(entry)
                 write_result("quantize_cifar10", result)
         if args.binary_epochs:
-            result["binary"] = binary(model, data, loader, images, args)
+            result["binary"] = binary(model, source_config, data, loader, images, args)
             result["binary"]["meets_target"] = result["binary"]["accuracy"] >= 0.85
             write_result("quantize_cifar10", result)
         if args.skip_latency:
