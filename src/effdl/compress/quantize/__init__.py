@@ -30,6 +30,7 @@ from effdl.compress.quantize.fold import fold_batchnorm
 from effdl.compress.quantize.layers import QuantConv2d, QuantLinear
 from effdl.compress.quantize.sensitivity import (
     LayerSensitivity,
+    SensitivityScan,
     plot_sensitivity,
     sensitivity_scan,
     sensitivity_table,
@@ -46,6 +47,7 @@ __all__ = [
     "QuantConv2d",
     "QuantLinear",
     "QuantizationCallback",
+    "SensitivityScan",
     "TernaryConfig",
     "XnorConfig",
     "calibrate",
