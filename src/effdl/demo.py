@@ -18,13 +18,14 @@ from rich.console import Console
 from rich.table import Table
 
 from effdl.checkpoint import load_model
-from effdl.compress.quantize import Int8StaticConfig, calibrate, calibration_images, fold_batchnorm, quantize_
+from effdl.compress.quantize import Int8StaticConfig, calibration_images
 from effdl.data import BatchLoader
 from effdl.deploy.bench import benchmark_model
 from effdl.deploy.int8 import export_int8_onnx
 from effdl.deploy.onnx import check_onnx
 from effdl.measure import evaluate, evaluate_onnx, profile, score
 from effdl.measure.latency import onnx_latency
+from effdl.pipelines.quantize import quantize_model
 from effdl.train import TrainConfig, train
 from effdl.train.run import prepare_data
 
@@ -70,12 +71,10 @@ def run_demo(
 
     console.rule("4. int8 post-training quantization (BN folded, 512 calibration images), then export")
     test_loader = BatchLoader.for_split(data, "test", batch_size=500)
-    int8 = fold_batchnorm(copy.deepcopy(net))
-    quantize_(int8, Int8StaticConfig())
-    calibration = calibration_images(data, 512)
-    console.print(f"calibrating on {len(calibration)} training images, "
-                  f"evaluating on {len(data.test_labels):,} test images...")
-    calibrate(int8, calibration)
+    # the library's PTQ step (BatchNorm folded, ranges calibrated on 512 seeded training images)
+    int8 = quantize_model(copy.deepcopy(net), Int8StaticConfig(), data, calibration_images=512)
+    calibration = calibration_images(data, 512)  # the same images, to check the export on
+    console.print(f"evaluating on {len(data.test_labels):,} test images...")
     int8_acc = evaluate(int8, test_loader)
     int8_score = score(int8, "imt2024", "cifar10")
     console.print("exporting int8 ONNX...")
