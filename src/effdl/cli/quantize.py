@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from effdl.cli.common import add_data_args, add_device_arg, add_distill_args, checkpoint_file, dataset_from_args
 from effdl.errors import EffdlError
