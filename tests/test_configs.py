@@ -242,3 +242,18 @@ def test_a_new_channel_criterion_is_one_registration():
         assert {k: v for k, v in CRITERIA.items() if k != "test_by_index"} == before
     finally:
         CRITERIA.pop("test_by_index", None)
+
+
+@pytest.mark.parametrize("method", ["fake_quant", "float16"])
+def test_a_checkpoint_stores_the_quantize_config_as_data(method, tmp_path):
+    from effdl.checkpoint import load_model, save_model
+    from effdl.compress.quantize import FakeQuantConfig, Float16Config, quantization_config, quantize_
+    from effdl.models import create_model
+
+    config = (FakeQuantConfig(weight_bits=3, act_bits=None, overrides={"layers.0.*": [8, None]})
+              if method == "fake_quant" else Float16Config("bfloat16"))
+    model = quantize_(create_model("resnet20", width=0.25), config)
+    assert quantization_config(model) == config
+    reloaded, _ = load_model(save_model(tmp_path / "q.safetensors", model))
+    assert quantization_config(reloaded) == config
+    assert quantization_config(create_model("resnet20", width=0.25)) is None

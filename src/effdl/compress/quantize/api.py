@@ -30,8 +30,8 @@ from effdl.compress.quantize.config import (
 from effdl.compress.quantize.layers import QUANTIZABLE, is_quantized_layer, quantize_layer
 from effdl.compress.quantize.outputs import layers_with_float_readers
 from effdl.compress.quantize.quantizers import RangeAct, LazyAct
-from effdl.core.configs import dispatch, register_handler
-from effdl.core.edits import record_transform, register_transform
+from effdl.core.configs import config_from_dict, config_to_dict, dispatch, register_handler
+from effdl.core.edits import model_transforms, record_transform, register_transform
 from effdl.core.hooks import Callback
 from effdl.core.modules import eval_mode, replace_submodule
 from effdl.core.selection import match_patterns
@@ -115,7 +115,10 @@ def quantize_by_layer_spec(config: Any, model: nn.Module, filter_fn: FilterFn | 
             if specs[name].get("act"):
                 specs[name] = {**specs[name], "output": dict(specs[name]["act"])}
     _apply_specs(model, specs, fit=True)
-    record_transform(model, "quantize", {"layers": specs})
+    record = {"layers": specs}
+    if getattr(type(config), "config_name", None) is not None:
+        record["technique"] = config_to_dict(config)  # as data, so a checkpoint says how it was made
+    record_transform(model, "quantize", record)
     return model
 
 
@@ -131,8 +134,25 @@ def _apply_specs(model: nn.Module, specs: dict[str, dict[str, Any]], fit: bool) 
 
 
 @register_transform("quantize")
-def _replay_quantize(model: nn.Module, layers: dict[str, dict[str, Any]]) -> None:
+def _replay_quantize(
+    model: nn.Module, layers: dict[str, dict[str, Any]], technique: dict[str, Any] | None = None
+) -> None:
+    # The layer specs rebuild the model; `technique` (the config as data) is read by quantization_config.
     _apply_specs(model, layers, fit=False)
+
+
+def quantization_config(model: nn.Module) -> Any | None:
+    """The quantize config `model` was quantized with, read back from its recorded edits (also
+    after a checkpoint round trip); None for a float model or one quantized before configs were
+    recorded. Half precision reads as a Float16Config.
+    Raises EffdlError if the record names a config this effdl cannot read (newer, unknown).
+    """
+    for step in reversed(model_transforms(model)):
+        if step["name"] == "quantize" and "technique" in step["config"]:
+            return config_from_dict(step["config"]["technique"])
+        if step["name"] == "half":
+            return Float16Config(step["config"]["dtype"])
+    return None
 
 
 def verify_model_bits(model: nn.Module) -> dict[str, int]:
