@@ -77,6 +77,13 @@ def test_quantize_fine_tune_inherits_the_source_run_and_keeps_the_evaluated_mode
     assert meta["metrics"]["accuracy"] == summary["accuracy"] and meta["quantize"]["method"] == "qat"
     assert json.loads((out / "summary.json").read_text()) == summary
     assert summary["kind"] == "quantize" and summary["details"]["training"]["epochs"] == 2
+    # the technique's config is stored as data that reads back into the config (it was a repr() string)
+    from effdl.compress.quantize import FakeQuantConfig
+    from effdl.core.configs import config_from_dict
+
+    stored = config_from_dict(meta["quantize"]["config"])
+    assert isinstance(stored, FakeQuantConfig) and stored.weight_bits == 4
+    assert config_from_dict(summary["details"]["config"]) == stored
 
 
 def test_prune_and_quantize_write_one_summary_schema_that_the_report_reads(source, tmp_path):

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from effdl.core.configs import config_to_dict
 from effdl.errors import EffdlError, unknown_name_error
 
 if TYPE_CHECKING:
@@ -216,13 +217,13 @@ def quantize_run(
                     "distill": {"alpha": options.distill, "temperature": options.distill_temperature}
                     if options.distill else None}
     details = {
-        "method": options.method, "config": repr(config), "options": asdict(options),
+        "method": options.method, "config": config_to_dict(config), "options": asdict(options),
         "drop_points": round(100 * (source_accuracy - accuracy.top1), 3),
         "layer_bits": verify_model_bits(model), "training": training, "score": _score(model),
     }
     return run.finish(model, accuracy, dataset=data.name, test_limit=options.test_limit,
                       source_accuracy=source_accuracy, details=details, checkpoint_config=source_config,
-                      checkpoint_meta={"method": options.method, "config": repr(config)})
+                      checkpoint_meta={"method": options.method, "config": config_to_dict(config)})
 
 
 def quantize_sensitivity(
