@@ -24,12 +24,13 @@ from torch import nn
 from effdl.checkpoint import load_model, read_checkpoint, split_namespace
 from effdl.compress.distill import Distillation, check_distill_options
 from effdl.compress.prune.schedules import AGPCallback, iterative_pruning, lottery_ticket
+from effdl.compress.prune.configs import ChannelPruneConfig, MagnitudePruneConfig, prune_
 from effdl.compress.prune.selection import check_fraction
 from effdl.compress.prune.sensitivity import sensitivity_scan
-from effdl.compress.prune.structured import prune_channels, prune_channels_to_macs
 from effdl.compress.prune.slimming import SlimmingPenalty
-from effdl.compress.prune.unstructured import MaskCallback, make_permanent, measure_sparsity, prune_magnitude
+from effdl.compress.prune.unstructured import MaskCallback, make_permanent, measure_sparsity
 from effdl.data import BatchLoader, ImageDataset, limited
+from effdl.core.configs import config_to_dict
 from effdl.device import resolve_device
 from effdl.errors import EffdlError, unknown_name_error
 from effdl.measure.accuracy import Accuracy, check_model_fits_data, evaluate
@@ -205,7 +206,9 @@ def prune_checkpoint(
                                       lambda m, masks: finetune(m, options.epochs, [MaskCallback(masks)]),
                                       scope=scope, **selection)
         else:
-            masks = prune_magnitude(model, target, scope=scope, **selection)
+            config = MagnitudePruneConfig(target, scope, tuple(options.include), tuple(options.exclude))
+            details["config"] = config_to_dict(config)
+            masks = prune_(model, config)
             before_finetune = _reestimate_batchnorm(model, data, device)
             model = finetune(model, options.epochs, [MaskCallback(masks)])
         make_permanent(model, masks)
@@ -222,15 +225,16 @@ def prune_checkpoint(
         criterion = STRUCTURED[options.method]
         if options.method == "slimming" and options.penalty_epochs:
             model = finetune(model, options.penalty_epochs, [SlimmingPenalty(options.penalty)])
-        kwargs = {"criterion": criterion, "scope": scope, "round_to": options.round_to, "ignore": options.exclude,
-                  "layer_ratios": options.layer_ratios,
-                  "calibration": _calibration(data, options.calibration_batches, device) if criterion == "thinet" else None}
+        config = ChannelPruneConfig(
+            ratio=None if options.target_macs is not None else options.sparsity, target_macs=options.target_macs,
+            criterion=criterion, scope=scope, round_to=options.round_to, exclude=tuple(options.exclude),
+            layer_ratios=dict(options.layer_ratios or {}),
+        )
+        calibration = _calibration(data, options.calibration_batches, device) if criterion == "thinet" else None
         model.eval()
-        if options.target_macs is not None:
-            pruned = prune_channels_to_macs(model, options.target_macs, input_size=(1, *data.image_shape), **kwargs)
-        else:
-            example = torch.randn(1, *data.image_shape, device=device)
-            pruned = prune_channels(model, options.sparsity, example_inputs=example, **kwargs)
+        pruned = prune_(model, config, example_inputs=torch.randn(1, *data.image_shape, device=device),
+                        calibration=calibration)
+        details["config"] = config_to_dict(config)
         details["channel_ratio"] = pruned.ratio
         # Layers the ratio asked to shrink but whose channels could not be removed correctly.
         details["channels_left_whole"] = pruned.skipped
