@@ -16,7 +16,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from effdl.core.configs import config_to_dict
 from effdl.errors import EffdlError, unknown_name_error
 
 if TYPE_CHECKING:
@@ -216,6 +215,8 @@ def quantize_run(
         training = {**finetune.results[-1],
                     "distill": {"alpha": options.distill, "temperature": options.distill_temperature}
                     if options.distill else None}
+    from effdl.core.configs import config_to_dict  # here, not at the top: `effdl quantize --help` needs no torch
+
     details = {
         "method": options.method, "config": config_to_dict(config), "options": asdict(options),
         "drop_points": round(100 * (source_accuracy - accuracy.top1), 3),
