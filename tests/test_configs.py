@@ -257,3 +257,21 @@ def test_a_checkpoint_stores_the_quantize_config_as_data(method, tmp_path):
     reloaded, _ = load_model(save_model(tmp_path / "q.safetensors", model))
     assert quantization_config(reloaded) == config
     assert quantization_config(create_model("resnet20", width=0.25)) is None
+
+
+def test_a_registry_refuses_a_second_entry_under_a_taken_name_and_accepts_the_same_one_again():
+    from effdl.core import Registry
+
+    table = Registry("demo kind")
+
+    def first():
+        return 1
+
+    assert table.register("a")(first) is first and table.register("a")(first) is first  # re-import: fine
+
+    def other():
+        return 2
+
+    with pytest.raises(EffdlError, match="demo kind 'a' is already"):
+        table.register("a")(other)
+    assert table == {"a": first}

@@ -6,6 +6,7 @@ and `effdl.errors`.
 - `hooks`: the training-hook protocol (`Callback`) and `FeatureTap`, to read activations by path.
 - `selection`: `LayerSelection`, the one way to say which layers a technique or command touches.
 - `modules`: small helpers over modules (`replace_submodule`, `eval_mode`).
+- `registry`: `Registry`, a name -> entry table filled by a decorator (criteria, quantizer kinds).
 - `configs`: technique configs as versioned data (`technique_config`, `config_to_dict`,
   `config_from_dict`) and one handler per config type (`register_handler`, `dispatch`).
 
@@ -16,12 +17,14 @@ from effdl.core.configs import config_from_dict, config_to_dict, dispatch, regis
 from effdl.core.edits import model_transforms, record_transform, register_transform, replay_transforms
 from effdl.core.hooks import Callback, FeatureTap, TrainingState
 from effdl.core.modules import eval_mode, replace_submodule
+from effdl.core.registry import Registry
 from effdl.core.selection import LayerSelection, match_patterns
 
 __all__ = [
     "Callback",
     "FeatureTap",
     "LayerSelection",
+    "Registry",
     "TrainingState",
     "config_from_dict",
     "config_to_dict",

@@ -26,6 +26,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from effdl.core.modules import eval_mode
+from effdl.core.registry import Registry
 from effdl.errors import EffdlError, unknown_name_error
 
 _OUT_FNS = (tp.prune_conv_out_channels, tp.prune_linear_out_channels, tp.prune_depthwise_conv_out_channels)
@@ -207,20 +208,12 @@ ImportanceFactory = Callable[..., tp.importance.Importance]
 
 # criterion name -> factory(scope=, model=, calibration=) of its importance; a new criterion is one
 # decorated factory (`register_criterion`) and neither `make_importance` nor any config changes.
-CRITERIA: dict[str, ImportanceFactory] = {}
+CRITERIA: Registry = Registry("pruning criterion")  # name -> ImportanceFactory
 
 
 def register_criterion(name: str) -> Callable[[ImportanceFactory], ImportanceFactory]:
     """Register `fn(*, scope, model, calibration) -> Importance` as channel criterion `name`."""
-
-    def wrap(fn: ImportanceFactory) -> ImportanceFactory:
-        existing = CRITERIA.get(name)
-        if existing is not None and existing.__qualname__ != fn.__qualname__:
-            raise EffdlError(f"pruning criterion '{name}' is already {existing.__module__}.{existing.__qualname__}")
-        CRITERIA[name] = fn
-        return fn
-
-    return wrap
+    return CRITERIA.register(name)
 
 
 @register_criterion("l1")

@@ -23,35 +23,25 @@ import torch
 from torch import nn
 
 from effdl.compress.quantize.ste import passthrough, round_ste, scale_grad, sign_hardtanh_ste, sign_ste
+from effdl.core.registry import Registry
 from effdl.errors import EffdlError, unknown_name_error
 
 HISTOGRAM_BINS = 2048
 
 # kind -> quantizer class; each class builds itself from a spec with `from_spec`, so a new kind is
 # one decorated class and the builders below never change.
-WEIGHT_QUANTIZERS: dict[str, type[nn.Module]] = {}
-ACT_QUANTIZERS: dict[str, type[nn.Module]] = {}
-
-
-def _register(table: dict[str, type[nn.Module]], what: str, kind: str):
-    def wrap(cls: type[nn.Module]) -> type[nn.Module]:
-        existing = table.get(kind)
-        if existing is not None and existing.__qualname__ != cls.__qualname__:
-            raise EffdlError(f"{what} kind '{kind}' is already {existing.__qualname__}")
-        table[kind] = cls
-        return cls
-
-    return wrap
+WEIGHT_QUANTIZERS: Registry = Registry("weight quantizer kind")
+ACT_QUANTIZERS: Registry = Registry("activation quantizer kind")
 
 
 def weight_quantizer(kind: str):
     """Class decorator: build specs of `kind` with this class's `from_spec(spec, weight, fit)`."""
-    return _register(WEIGHT_QUANTIZERS, "weight quantizer", kind)
+    return WEIGHT_QUANTIZERS.register(kind)
 
 
 def act_quantizer(kind: str):
     """Class decorator: build activation specs of `kind` with this class's `from_spec(spec)`."""
-    return _register(ACT_QUANTIZERS, "activation quantizer", kind)
+    return ACT_QUANTIZERS.register(kind)
 
 
 def _channel_view(t: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
