@@ -326,3 +326,24 @@ def test_a_hook_cannot_hand_over_the_models_own_parameters():
                           "progress": False})
     with pytest.raises(EffdlError, match="parameter of the model itself"):
         Trainer(model, synthetic_dataset(n_train=64, n_test=32), config, callbacks=[Bad()])
+
+
+def test_hook_parameters_are_saved_with_the_run_and_restored_on_resume(tmp_path):
+    from effdl.data.datasets import synthetic_dataset
+    from effdl.train import Trainer, make_config
+
+    data = synthetic_dataset(n_train=128, n_test=64)
+    config = make_config({"dataset": "synthetic", "model": "tiny_cnn", "epochs": 1, "batch_size": 32, "lr": 0.1,
+                          "progress": False, "bf16": False})
+    hook = _LearnedTarget()
+    Trainer(create_model("tiny_cnn"), data, config, callbacks=[hook], run_dir=tmp_path / "run").fit()
+    trained = hook.value.detach().clone()
+    assert torch.all(trained > 0.05)
+
+    fresh = _LearnedTarget()  # starts at zero again
+    resumed = Trainer(create_model("tiny_cnn"), data, config, callbacks=[fresh], run_dir=tmp_path / "run")
+    resumed.resume(tmp_path / "run" / "last.safetensors")
+    assert torch.equal(fresh.value.detach(), trained)  # it goes on from where it was, not from zero
+    with pytest.raises(EffdlError, match="hook tensor"):
+        Trainer(create_model("tiny_cnn"), data, config, run_dir=tmp_path / "run").resume(
+            tmp_path / "run" / "last.safetensors")

@@ -422,6 +422,9 @@ class Trainer:
             extra["extra/loader_rng"] = self.train_loader.generator.get_state()
         if self.ema is not None:
             extra.update(with_namespace(self.ema.module.state_dict(), "ema"))
+        # The hooks' own trainable tensors (connectors, learned targets...), in the order the hooks give them.
+        for index, param in enumerate(hook_parameters(self.callbacks, self.model, self.device)):
+            extra[f"hooks/{index}"] = param.detach()
         partial = {k: float(v) for k, v in self._partial.items()} if mid_epoch else {}
         state = {
             "epoch": self.epoch, "step": self.step, "best_accuracy": self.best_accuracy,
@@ -442,6 +445,7 @@ class Trainer:
         if state is None:
             raise EffdlError(f"{checkpoint} holds no training state to resume from")
         self.model.load_state_dict(split_namespace(tensors, "model"))
+        self._restore_hook_parameters(checkpoint, split_namespace(tensors, "hooks"))  # before their optimizer state
         optimizer_from_checkpoint(self.optimizer, tensors, state["optimizer"])
         if self.ema is not None:
             self.ema.module.load_state_dict(split_namespace(tensors, "ema"))
@@ -453,6 +457,18 @@ class Trainer:
         self._skip_batches = state["batches_done"]
         self._resumed_partial = dict(state.get("epoch_partial") or {})
         self._drop_unsaved_epochs()
+
+    def _restore_hook_parameters(self, checkpoint: str | Path, saved: dict[str, torch.Tensor]) -> None:
+        """Put back the hooks' own tensors saved by `_save_last`; the same hooks must be given again."""
+        params = hook_parameters(self.callbacks, self.model, self.device)
+        if len(saved) != len(params) or any(saved[str(i)].shape != p.shape for i, p in enumerate(params)):
+            raise EffdlError(
+                f"{checkpoint} was saved with {len(saved)} hook tensor(s), these callbacks have {len(params)} "
+                "(or of other shapes): resume with the callbacks the run was started with"
+            )
+        with torch.no_grad():
+            for index, param in enumerate(params):
+                param.copy_(saved[str(index)])
 
     def _drop_unsaved_epochs(self) -> None:
         """Forget metrics lines of epochs the resumed state had not finished (a run killed between
