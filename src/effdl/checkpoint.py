@@ -7,11 +7,27 @@ never leaves a half-written checkpoint in place.
 
 Tensor keys are namespaced: `model/...` (weights), `ema/...` (EMA weights), `optim/...`
 (optimizer state), `extra/...` (anything else a trainer needs to resume, e.g. RNG state).
+
+Lineage: the header's `lineage` is the chain of stages that made the model, oldest first, so a
+compressed checkpoint says which training run and which compressions it came from. Each entry is a
+small JSON object; every entry has `stage` and, but "unknown", `date` (ISO 8601, UTC, when the
+checkpoint was written) and `config_hash` (`config_hash`: first 12 hex digits of the sha256 of
+the stage's configuration as sorted JSON, to tell two runs' settings apart, not to rebuild them):
+
+    {"stage": "train", "run": run dir name, "dataset", "model": spec name, "epochs": epochs
+     trained into these weights, "accuracy": top-1 on the test split (null until measured), ...}
+    {"stage": "prune" | "quantize", "run", "source": path of the source checkpoint, "method",
+     "accuracy": top-1 on the test split (or the subset the run's summary names), ...}
+    {"stage": "unknown", "source": path}   a source written before lineage existed
+
+A compressed run copies its source's lineage (`source_lineage`) and appends its own entry.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +88,34 @@ def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
             return json.loads((f.metadata() or {})[_META_KEY])
     except (SafetensorError, OSError, KeyError, ValueError, RuntimeError) as exc:
         raise EffdlError(f"{path} is not a readable effdl checkpoint (corrupt or truncated?): {exc}") from None
+
+
+def config_hash(config: dict[str, Any] | None) -> str:
+    """A short fingerprint of a JSON-able configuration: 12 hex digits of sha256 over sorted JSON."""
+    text = json.dumps(config or {}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def lineage_entry(stage: str, *, config: dict[str, Any] | None, **fields: Any) -> dict[str, Any]:
+    """One lineage entry (see the module docstring): `stage`, `fields`, `config_hash` of `config`, the date now."""
+    return {"stage": stage, **fields, "config_hash": config_hash(config),
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def source_lineage(meta: dict[str, Any], source: str | Path) -> list[dict[str, Any]]:
+    """The lineage a checkpoint made from `source` (whose metadata is `meta`) starts with: a copy of
+    the source's, or one "unknown" entry naming `source` when it predates lineage."""
+    lineage = meta.get("lineage")
+    if not lineage:
+        return [{"stage": "unknown", "source": str(source)}]
+    return [dict(entry) for entry in lineage]
+
+
+def update_checkpoint_meta(path: str | Path, **fields: Any) -> Path:
+    """Rewrite `path` (atomically) with `fields` replacing those of its metadata; tensors unchanged."""
+    tensors, meta = read_checkpoint(path)
+    meta.pop("format_version", None)
+    return write_checkpoint(path, tensors, {**meta, **fields})
 
 
 def split_namespace(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

@@ -39,11 +39,13 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from effdl.checkpoint import (
+    lineage_entry,
     optimizer_from_checkpoint,
     optimizer_to_checkpoint,
     read_checkpoint,
     save_model,
     split_namespace,
+    update_checkpoint_meta,
     with_namespace,
 )
 from effdl.core.hooks import Callback
@@ -365,6 +367,8 @@ class Trainer:
             final = evaluate(self.eval_model, self.test_loader(), tta=self.config.tta)
         else:
             final = self._final_evaluation()
+            # best.safetensors' lineage names the accuracy once it is measured on the test split
+            update_checkpoint_meta(self.run_dir / "best.safetensors", lineage=self._lineage(final.top1))
         result = TrainResult(
             accuracy=final.top1, correct=final.correct, total=final.total,
             best_eval_accuracy=self.best_accuracy, epochs=self.epoch, time_s=time.perf_counter() - start,
@@ -403,11 +407,25 @@ class Trainer:
     def _config_meta(self) -> dict[str, Any]:
         return self.config.model_dump(mode="json")
 
+    def _lineage(self, accuracy: float | None = None) -> list[dict[str, Any]] | None:
+        """This run's lineage (effdl.checkpoint): one "train" entry; None for a compression's
+        fine-tune (writes_results=False), whose run writes the lineage of its own result."""
+        if self.run_dir is None or not self.writes_results:
+            return None
+        spec = getattr(self.model, "effdl_spec", None) or {"name": self.config.model}
+        return [lineage_entry("train", config=self._config_meta(), run=self.run_dir.name,
+                              dataset=self.config.dataset, model=spec["name"], epochs=self.epoch, accuracy=accuracy)]
+
+    def _lineage_meta(self) -> dict[str, Any]:
+        lineage = self._lineage()
+        return {"lineage": lineage} if lineage is not None else {}
+
     def _save_best(self) -> None:
         if self.run_dir is not None:
             save_model(
                 self.run_dir / "best.safetensors", _bare(self.eval_model, self.model),
                 config=self._config_meta(), metrics={"eval_acc": self.best_accuracy, "epoch": self.epoch},
+                extra_meta=self._lineage_meta(),
             )
 
     def _save_last(self, mid_epoch: bool = False) -> None:
@@ -435,7 +453,7 @@ class Trainer:
         }
         save_model(
             self.run_dir / "last.safetensors", _bare(self.model, self.model), config=self._config_meta(),
-            extra_tensors=extra, extra_meta={"train_state": state},
+            extra_tensors=extra, extra_meta={"train_state": state, **self._lineage_meta()},
         )
 
     def resume(self, checkpoint: str | Path) -> None:
