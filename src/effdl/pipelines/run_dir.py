@@ -5,6 +5,9 @@
     last.safetensors   the trainer's resumable state during a fine-tune
     best.safetensors   the final model, exactly as evaluated: the compressed (and fine-tuned) model
                        after the LAST epoch; never chosen among epochs on the test split
+                       its header's `lineage` is the source's with this run's entry appended
+                       (effdl.checkpoint: stage = kind, method, source path, config_hash of the
+                       run's options, accuracy)
     summary.json       one schema for every kind: the core fields `effdl report` reads (CORE_FIELDS)
                        and the kind's own measurements under `details`
 
@@ -51,6 +54,10 @@ class CompressedRun:
         self.source = str(source)
         self.path = claim_run_dir(out_dir, overwrite=overwrite,
                                   sources=tuple(s for s in (source, *other_sources) if s))
+        from effdl.checkpoint import read_checkpoint_meta, source_lineage
+
+        # read now, as the source was when the run began (a clear EffdlError if it is not a checkpoint)
+        self.source_lineage = source_lineage(read_checkpoint_meta(source), source)
 
     @property
     def name(self) -> str:
@@ -76,8 +83,9 @@ class CompressedRun:
     ) -> dict[str, Any]:
         """Write best.safetensors (`model`, whose test accuracy is `accuracy`) and summary.json; return
         the summary. `details`: the kind's own measurements (JSON-serialisable); `checkpoint_meta` is
-        stored in the checkpoint's header under the kind's name; `checkpoint_config` as its config."""
-        from effdl.checkpoint import save_model
+        stored in the checkpoint's header under the kind's name; `checkpoint_config` as its config.
+        The lineage entry takes `details["method"]` and hashes `details["options"]` (the run's config)."""
+        from effdl.checkpoint import lineage_entry, save_model
         from effdl.models import model_spec
 
         self.create()
@@ -87,9 +95,12 @@ class CompressedRun:
             "checkpoint": "best.safetensors", "evaluated_on": evaluated_on(test_limit, accuracy.total),
             "source": self.source, "source_accuracy": source_accuracy, "details": details,
         }
+        entry = lineage_entry(self.kind, config=details.get("options"), run=self.name, source=self.source,
+                              method=details.get("method"), accuracy=accuracy.top1)
         save_model(self.path / "best.safetensors", model.cpu(), config={**(checkpoint_config or {}), "dataset": dataset},
                    metrics={"accuracy": accuracy.top1, "correct": accuracy.correct, "total": accuracy.total},
-                   extra_meta={self.kind: checkpoint_meta} if checkpoint_meta is not None else None)
+                   extra_meta={"lineage": [*self.source_lineage, entry],
+                               **({self.kind: checkpoint_meta} if checkpoint_meta is not None else {})})
         text = json.dumps(summary, indent=2) + "\n"
         atomic_write(self.path / "summary.json", lambda tmp: Path(tmp).write_text(text))
         return summary
