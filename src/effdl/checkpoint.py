@@ -212,25 +212,23 @@ def build_model(meta: dict[str, Any]) -> nn.Module:
     return model
 
 
-_LEGACY_DATASETS = {"cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
-                    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))}
-
-
 def checkpoint_data_meta(meta: dict[str, Any]) -> dict[str, Any] | None:
     """The data a checkpoint's model was trained for (see `effdl.models.registry.data_meta`).
 
     Checkpoints written before the data record existed get it from their run config when the
     dataset's shape is known without reading it (CIFAR-10/100: 3x32x32 and the published
-    normalisation); otherwise None.
+    normalisation of `effdl.data.datasets.CIFAR`); otherwise None.
     """
     if meta.get("data"):
         return dict(meta["data"])
     dataset = (meta.get("config") or {}).get("dataset")
-    if dataset not in _LEGACY_DATASETS:
+    if dataset not in ("cifar10", "cifar100"):
         return None
-    mean, std = _LEGACY_DATASETS[dataset]
-    return {"dataset": dataset, "input_size": list(DEFAULT_INPUT_SIZE), "mean": list(mean), "std": list(std),
-            "classes": None, "resize": None}
+    from effdl.data.datasets import CIFAR  # only for such old checkpoints: it imports torchvision
+
+    spec = CIFAR[dataset]
+    return {"dataset": dataset, "input_size": list(DEFAULT_INPUT_SIZE), "mean": list(spec.mean),
+            "std": list(spec.std), "classes": None, "resize": None}
 
 
 def load_model(path: str | Path, *, namespace: str = "model") -> tuple[nn.Module, dict[str, Any]]:
