@@ -33,6 +33,12 @@ RUN_FILES = ("summary.json", "best.safetensors", "last.safetensors", "metrics.js
              "sensitivity.json")
 
 
+def run_files_in(path: str | Path) -> list[str]:
+    """The RUN_FILES present in folder `path` (none when it is missing or not a folder)."""
+    path = Path(path)
+    return [name for name in RUN_FILES if (path / name).exists()] if path.is_dir() else []
+
+
 def claim_run_dir(
     path: str | Path, *, overwrite: bool = False, hint: str = "pick another --out", sources: tuple = ()
 ) -> Path:
@@ -51,7 +57,7 @@ def claim_run_dir(
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise EffdlError(f"{path} is a file, not a run directory")
-    found = [name for name in RUN_FILES if (path / name).exists()] if path.is_dir() else []
+    found = run_files_in(path)
     if found:
         inside = [str(s) for s in sources if path.resolve() in Path(s).resolve().parents]
         if inside:

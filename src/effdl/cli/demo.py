@@ -13,7 +13,7 @@ import argparse
 from pathlib import Path
 
 from effdl.errors import EffdlError
-from effdl.fileio import RUN_FILES, claim_run_dir
+from effdl.fileio import claim_run_dir, run_files_in
 
 DEFAULT_NAME = "demo"
 
@@ -39,7 +39,7 @@ def fresh_name(out_dir: str | Path, base: str = DEFAULT_NAME) -> str:
     for i in range(1, 10_000):
         name = base if i == 1 else f"{base}-{i}"
         folder = Path(out_dir) / name
-        if not (folder.exists() and (not folder.is_dir() or any((folder / f).exists() for f in RUN_FILES))):
+        if not folder.exists() or (folder.is_dir() and not run_files_in(folder)):
             return name
     raise EffdlError(f"no free run name {base}-N under {out_dir}; pass --name")
 
