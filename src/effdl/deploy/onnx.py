@@ -62,7 +62,7 @@ from effdl.core.modules import eval_mode
 from effdl.errors import EffdlError, unknown_name_error
 from effdl.fileio import atomic_write
 from effdl.measure.bits import declared_weight_bits
-from effdl.models.registry import data_meta, model_input_size
+from effdl.models.registry import data_meta, example_input_shape, model_input_size
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -151,21 +151,6 @@ def _export_torchscript(
 EXPORTERS = {"dynamo": _export_dynamo, "torchscript": _export_torchscript}
 
 
-def example_shape(model: nn.Module, input_size: Sequence[int] | None = None) -> tuple[int, ...]:
-    """The shape of one example batch: batch 1 at the model's own input size (`model_input_size`:
-    its training data's, of any rank; default 3x32x32) when `input_size` is None; else
-    `input_size` as (C, H, W) of one image, or as the full shape with the batch first (N, C, ...),
-    which is how inputs that are not images (e.g. (1, C, L) for a Conv1d model) are given."""
-    if input_size is None:
-        size = (1, *(int(d) for d in model_input_size(model)))
-    else:
-        size = tuple(int(d) for d in input_size)
-        size = (1, *size) if len(size) == 3 else size
-    if len(size) < 2 or min(size) < 1:
-        raise EffdlError(f"input size must be C,H,W (or the full shape N,C,...) of positive integers, got {list(size)}")
-    return size
-
-
 def onnx_metadata(model: nn.Module, input_shape: Sequence[int]) -> dict[str, str]:
     """metadata_props for a file of `model` exported at `input_shape` (NCHW): `effdl.input_size`
     ([C, H, W]) and the model's data record (`effdl.dataset`, `effdl.mean`, `effdl.std`,
@@ -208,7 +193,7 @@ def onnx_model(
     """
     if exporter != "auto" and exporter not in EXPORTERS:
         raise unknown_name_error("ONNX exporter", exporter, ["auto", *EXPORTERS])
-    shape = example_shape(model, input_size)
+    shape = example_input_shape(model, input_size)
     example = torch.randn(*shape, device=_model_device(model))
     failures = []
     with eval_mode(model):

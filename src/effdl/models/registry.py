@@ -12,7 +12,7 @@ at its own size and deployed copies can be fed correctly.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from torch import nn
@@ -92,3 +92,22 @@ def model_input_size(model: nn.Module, default: tuple[int, ...] = DEFAULT_INPUT_
     meta = data_meta(model)
     size = meta.get("input_size") if meta else None
     return tuple(int(v) for v in size) if size else tuple(default)
+
+
+def example_input_shape(model: nn.Module, input_size: Sequence[int] | None = None) -> tuple[int, ...]:
+    """The shape of one example batch for tracing or exporting `model`: batch 1 at the model's own
+    input size (`model_input_size`, any rank) when `input_size` is None; else `input_size` as
+    (C, H, W) of one image, or as the full shape with the batch first (N, C, ...), which is how
+    inputs that are not images are given (e.g. (1, C, L) for a Conv1d model).
+
+    Raises EffdlError for fewer than two dimensions or a size below 1. (`effdl.measure.profile`
+    takes only the full batch-1 shape: there a 3-value size is ambiguous and refused.)
+    """
+    if input_size is None:
+        size = (1, *(int(d) for d in model_input_size(model)))
+    else:
+        size = tuple(int(d) for d in input_size)
+        size = (1, *size) if len(size) == 3 else size
+    if len(size) < 2 or min(size) < 1:
+        raise EffdlError(f"input size must be C,H,W (or the full shape N,C,...) of positive integers, got {list(size)}")
+    return size

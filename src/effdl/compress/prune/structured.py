@@ -61,7 +61,7 @@ from effdl.core.edits import record_transform, register_transform
 from effdl.core.modules import eval_mode
 from effdl.errors import EffdlError
 from effdl.measure.counting import profile
-from effdl.models.registry import model_input_size
+from effdl.models.registry import example_input_shape, model_input_size
 
 TRANSFORM = "prune_channels"
 SCOPES = ("layer", "global")
@@ -519,8 +519,7 @@ def prune_channels_to_macs(
     keep_macs = float(keep_macs)
     if not 0.0 < keep_macs < 1.0:
         raise EffdlError(f"the MAC fraction to keep must be in (0, 1), got {keep_macs}")
-    shape = tuple(input_size) if input_size is not None else model_input_size(model)
-    shape = (1, *shape) if len(shape) == 3 else shape
+    shape = example_input_shape(model, input_size)
     example_inputs = default_inputs(model, shape)
     criterion = kwargs.pop("criterion", "l1")
     if isinstance(criterion, str):
