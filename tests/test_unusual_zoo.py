@@ -21,7 +21,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from effdl.compress.prune import prune_channels
 from effdl.compress.quantize import FakeQuantConfig, calibrate, quantize_
-from effdl.deploy.onnx import export_verified, output_leaves
+from effdl.core.modules import output_leaves
+from effdl.deploy.onnx import export_verified
 from effdl.measure import profile
 
 

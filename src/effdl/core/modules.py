@@ -1,11 +1,14 @@
-"""Small helpers over modules that several layers need: swap a submodule by its dotted name, and run
-a model in eval mode without losing its training flag."""
+"""Small helpers over modules that several layers need: swap a submodule by its dotted name, run
+a model in eval mode without losing its training flag, and list the tensors of a model's output."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
+import torch
+import torch.utils._pytree as pytree
 from torch import nn
 
 from effdl.errors import EffdlError
@@ -41,3 +44,9 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
         yield model
     finally:
         model.train(was_training)
+
+
+def output_leaves(output: Any) -> list[torch.Tensor]:
+    """The tensors of a model's output (a tensor, tuple, list or dict of them), in the order the
+    ONNX exporters write the graph's outputs (torch.utils._pytree's flattening order)."""
+    return [leaf for leaf in pytree.tree_flatten(output)[0] if isinstance(leaf, torch.Tensor)]

@@ -58,7 +58,7 @@ import torch
 from torch import nn
 from torch.utils import _pytree as pytree
 
-from effdl.core.modules import eval_mode
+from effdl.core.modules import eval_mode, output_leaves
 from effdl.errors import EffdlError, unknown_name_error
 from effdl.fileio import atomic_write
 from effdl.measure.bits import declared_weight_bits
@@ -103,12 +103,6 @@ def _failure_reason(exc: BaseException) -> str:
         exc = exc.__cause__
     line = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
     return re.sub(r"\x1b\[[0-9;]*m", "", line)
-
-
-def output_leaves(output: Any) -> list[torch.Tensor]:
-    """The tensors of a model's output (a tensor, tuple, list or dict of them), in the order the
-    exporters write the graph's outputs (torch.utils._pytree's flattening order)."""
-    return [leaf for leaf in pytree.tree_flatten(output)[0] if isinstance(leaf, torch.Tensor)]
 
 
 def output_names(output: Any) -> list[str]:

@@ -58,7 +58,7 @@ from torch import nn
 from effdl.compress.prune.criteria import ThiNetImportance, make_importance
 from effdl.compress.prune.selection import PRUNABLE_TYPES, check_fraction, matching
 from effdl.core.edits import record_transform, register_transform
-from effdl.core.modules import eval_mode
+from effdl.core.modules import eval_mode, output_leaves
 from effdl.errors import EffdlError
 from effdl.measure.counting import profile
 from effdl.models.registry import example_input_shape, model_input_size
@@ -94,7 +94,7 @@ def output_layers(model: nn.Module, example_inputs: torch.Tensor) -> list[nn.Mod
     handles = [m.register_forward_hook(remember) for m in model.modules() if isinstance(m, PRUNABLE_TYPES)]
     try:
         with eval_mode(model), torch.enable_grad():
-            outputs = [t for t in tp.utils.flatten_as_list(model(example_inputs)) if isinstance(t, torch.Tensor)]
+            outputs = output_leaves(model(example_inputs))
     finally:
         for h in handles:
             h.remove()
@@ -360,7 +360,7 @@ def _outputs(model: nn.Module, inputs: torch.Tensor, zeroed_inputs: dict[nn.Modu
     handles = [layer.register_forward_pre_hook(zero(sorted(idxs))) for layer, idxs in (zeroed_inputs or {}).items()]
     try:
         with eval_mode(model), torch.no_grad():
-            return [t.detach().float() for t in tp.utils.flatten_as_list(model(inputs)) if isinstance(t, torch.Tensor)]
+            return [t.detach().float() for t in output_leaves(model(inputs))]
     finally:
         for h in handles:
             h.remove()
