@@ -306,12 +306,6 @@ def rounds(model: nn.Module) -> bool:
     return quantized or getattr(model, "effdl_half_dtype", None) is not None
 
 
-def default_tolerance(model: nn.Module) -> tuple[float, float]:
-    """(atol, rtol) for comparing a float export with `model` (None, None for models that round,
-    which `verify_onnx` judges by agreement and grid steps instead)."""
-    return (None, None) if rounds(model) else FLOAT_TOLERANCE
-
-
 @dataclass(frozen=True)
 class OnnxCheck:
     """How an ONNX file compared with PyTorch (see `verify_onnx`).
