@@ -40,6 +40,7 @@ def make_report(
     latency: bool = False,
     latency_threads: int | None = 1,
     input_size: Sequence[int] | None = None,
+    latency_backend: str = "pytorch",
 ) -> Report:
     """Measure the runs in `run_paths` and write runs.csv, runs.json and accuracy_vs_score.png.
 
@@ -48,13 +49,14 @@ def make_report(
     `threshold` (a fraction), by default the accuracy threshold of that scorer's track for the
     dataset (no line when the dataset has no track). A row's "pareto" is True when it was measured
     on the full test split and no such run of the same dataset dominates it. Counts use
-    `input_size` (C, H, W) when given, else each run's model's own input size.
+    `input_size` (C, H, W) when given, else each run's model's own input size. `latency_backend`:
+    "pytorch" (eager) or "onnx" (ONNX Runtime, as the model deploys; see table.onnx_deploy_latency).
     """
     runs = find_runs(list(run_paths))
     chosen = choose_scorers(runs, scorers)
     check_track(chosen, track)
     plotted = chosen[0]
-    measured = [measure_run(run, chosen, track, input_size, latency, latency_threads) for run in runs]
+    measured = [measure_run(run, chosen, track, input_size, latency, latency_threads, latency_backend) for run in runs]
     datasets = list(dict.fromkeys(row["dataset"] for row in measured))  # in the order the runs were given
     rows: list[dict[str, Any]] = []
     panels: list[Panel] = []

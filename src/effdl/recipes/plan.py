@@ -1,0 +1,210 @@
+"""A recipe's plan: every branch's stages, validated and hashed before the first one runs.
+
+Planning checks everything that can be checked without running anything, and names the stage, the
+key and the YAML line of what it refuses:
+- each stage's kind exists, its keys are fields of the kind's config class, the values build a
+  valid config (its own validation), and no key is one the runner sets (where outputs go);
+- fan-out: a key given a list where its field takes one value (`bits: [8, 4, 2]`), or a list of
+  lists where it takes a list, branches the recipe; several fan-out keys in one stage branch on every
+  combination, and later stages run once per branch;
+- every stage can take the model it will receive: a first stage that needs a checkpoint gets one
+  (`from:` or a train stage), training happens only first, nothing quantizes, prunes or factorizes
+  a quantized model, an int8 graph is never asked of binary weights (effdl.recipes.stages checks).
+
+Each planned stage has a content hash over its kind, its config and its input (the hash of the
+stage that made its input checkpoint, or the bytes of the `from:` file), so an unchanged stage is
+recognised on the next run and skipped (effdl.recipes.runner).
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from effdl.errors import EffdlError, unknown_name_error
+from effdl.recipes.spec import Recipe, StageSpec
+from effdl.recipes.stages import (
+    STAGES, ModelState, StageKind, accepts_list, build_options, field_annotations, options_data, required_fields,
+    state_of_checkpoint,
+)
+
+PLAN_FORMAT = 1  # part of every hash: bump it when what a stage's folder holds changes meaning
+
+# Keys a stage may leave out because the runner fills them from its input (see stages._distill_options).
+FILLED_FROM_INPUT = {"distill": ("teacher",)}
+
+
+@dataclass(eq=False)
+class PlannedStage:
+    """One stage of one branch (stages before a fan-out are shared by the branches after it)."""
+
+    spec: StageSpec
+    kind: StageKind
+    values: dict[str, Any]  # this branch's keys (one value per fan-out key)
+    options: Any  # the config built from them
+    folder: str  # NN-kind[+key=value...]: every fan-out choice of the branch so far
+    choices: tuple[tuple[str, Any], ...]  # the branch's fan-out choices up to and including this stage
+    input: PlannedStage | None  # the stage whose checkpoint this one receives (None: `from:` or nothing)
+    hash: str = ""
+    state_before: ModelState = field(default_factory=ModelState)
+
+    @property
+    def label(self) -> str:
+        return f"{self.folder} ({self.spec.label()})"
+
+
+@dataclass
+class Plan:
+    recipe: Recipe
+    branches: list[list[PlannedStage]]
+    source_hash: str | None = None
+
+    @property
+    def stages(self) -> list[PlannedStage]:
+        """Every distinct planned stage, in running order (branch by branch, shared stages once)."""
+        seen: dict[int, PlannedStage] = {}
+        for branch in self.branches:
+            for stage in branch:
+                seen.setdefault(id(stage), stage)
+        return list(seen.values())
+
+    def directory(self, stage: PlannedStage) -> Path:
+        return self.recipe.directory / stage.folder
+
+    def input_checkpoint(self, stage: PlannedStage) -> Path | None:
+        """The checkpoint `stage` receives: its input stage's best.safetensors, or the recipe's `from:`."""
+        if stage.input is not None:
+            return self.directory(stage.input) / "best.safetensors"
+        return Path(self.recipe.source) if self.recipe.source else None
+
+
+def file_hash(path: str | Path) -> str:
+    """sha256 of a file's bytes (16 hex digits)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def _format(value: Any) -> str:
+    text = json.dumps(value, separators=(",", ":")) if not isinstance(value, str) else value
+    return text.replace("/", "_").replace(" ", "")
+
+
+def _fail(recipe: Recipe, spec: StageSpec, message: str, key: str | None = None) -> EffdlError:
+    return EffdlError(f"{recipe.where(spec, key)}: {spec.label()}: {message}")
+
+
+def _kind(recipe: Recipe, spec: StageSpec) -> StageKind:
+    if spec.kind not in STAGES:
+        error = unknown_name_error("stage kind", spec.kind, STAGES)
+        raise EffdlError(f"{recipe.where(spec)}: stage {spec.index}: {error}")
+    return STAGES[spec.kind]
+
+
+def _variants(recipe: Recipe, spec: StageSpec, kind: StageKind) -> list[tuple[tuple[tuple[str, Any], ...], dict]]:
+    """The stage's fan-out: (choices, values) for every combination of its listed values."""
+    try:
+        cls = kind.config_class()
+    except ImportError as exc:  # a kind whose module this installation lacks
+        raise _fail(recipe, spec, f"this effdl cannot run {spec.kind} stages ({exc})") from None
+    annotations = field_annotations(cls)
+    for key in spec.values:
+        if key in kind.set_by_runner:
+            raise _fail(recipe, spec, f"'{key}' is set by the runner (each stage writes to "
+                        f"{recipe.directory}/NN-{spec.kind}/); remove it", key)
+        if key not in annotations:
+            close = difflib.get_close_matches(key, annotations, n=3, cutoff=0.6)
+            hint = f"; did you mean {', '.join(close)}?" if close else f"; its keys: {', '.join(sorted(annotations))}"
+            raise _fail(recipe, spec, f"unknown key '{key}'{hint}", key)
+    missing = [k for k in required_fields(cls) if k not in spec.values and k not in FILLED_FROM_INPUT.get(spec.kind, ())]
+    if missing:
+        raise _fail(recipe, spec, f"missing key '{missing[0]}'")
+    fanned = []
+    for key, value in spec.values.items():
+        if not isinstance(value, list):
+            continue
+        nested = bool(value) and all(isinstance(v, list) for v in value)
+        if accepts_list(annotations[key]) and not nested:
+            continue  # one list value for a list field
+        if not value:
+            raise _fail(recipe, spec, f"'{key}' lists no value to branch on", key)
+        fanned.append(key)
+    combos = itertools.product(*(spec.values[k] for k in fanned))
+    return [(tuple(zip(fanned, combo)), {**spec.values, **dict(zip(fanned, combo))}) for combo in combos]
+
+
+def _options(recipe: Recipe, spec: StageSpec, kind: StageKind, values: dict[str, Any]) -> Any:
+    plan_values = dict(values)
+    for key in FILLED_FROM_INPUT.get(spec.kind, ()):
+        plan_values.setdefault(key, ["<the input checkpoint>"])
+    try:
+        return build_options(kind.config_class(), plan_values)
+    except EffdlError as exc:
+        text = str(exc)
+        key = next((k for k in values if text.startswith(f"{k}:") or f"'{k}'" in text or f"--{k.replace('_', '-')}" in text),
+                   None)
+        raise _fail(recipe, spec, text, key) from None
+
+
+def make_plan(recipe: Recipe) -> Plan:
+    """Validate `recipe` and expand it into branches of hashed stages (see the module docstring).
+
+    Raises EffdlError naming FILE:LINE, the stage and the key for anything it refuses; a missing
+    or unreadable `from:` checkpoint is refused too. Nothing is written.
+    """
+    from effdl.recipes.report import report_options
+
+    try:
+        report_options(recipe.report)
+    except EffdlError as exc:
+        raise EffdlError(f"{recipe.where(key='report')}: report: {exc}") from None
+    state = ModelState()
+    source_hash = None
+    if recipe.source:
+        from effdl.checkpoint import read_checkpoint_meta
+
+        where = recipe.where(key="from")
+        if not Path(recipe.source).is_file():
+            raise EffdlError(f"{where}: no checkpoint {recipe.source}")
+        try:
+            state = state_of_checkpoint(read_checkpoint_meta(recipe.source), recipe.source)
+        except EffdlError as exc:
+            raise EffdlError(f"{where}: {exc}") from None
+        source_hash = file_hash(recipe.source)
+    # Each branch: its stages so far, its choices, the model state it hands on, its last checkpoint stage.
+    branches: list[tuple[list[PlannedStage], tuple, ModelState, PlannedStage | None]] = [([], (), state, None)]
+    for spec in recipe.stages:
+        kind = _kind(recipe, spec)
+        variants = [(choices, values, _options(recipe, spec, kind, values))
+                    for choices, values in _variants(recipe, spec, kind)]
+        grown = []
+        for stages, choices_so_far, state, producer in branches:
+            if kind.takes_checkpoint and not state.exists:
+                raise _fail(recipe, spec, f"{spec.kind} needs a model: start the recipe with a train stage, "
+                            "or give 'from: CHECKPOINT' at its top")
+            for choices, values, options in variants:
+                if kind.check is not None:
+                    try:
+                        kind.check(state, options)
+                    except EffdlError as exc:
+                        raise _fail(recipe, spec, str(exc)) from None
+                all_choices = choices_so_far + choices
+                folder = f"{spec.index:02d}-{spec.kind}" + "".join(f"+{k}={_format(v)}" for k, v in all_choices)
+                stage = PlannedStage(spec, kind, values, options, folder, all_choices, producer, state_before=state)
+                input_hash = producer.hash if producer is not None else source_hash
+                stage.hash = hashlib.sha256(json.dumps(
+                    {"format": PLAN_FORMAT, "kind": spec.kind, "options": options_data(options), "input": input_hash},
+                    sort_keys=True).encode()).hexdigest()[:16]
+                after = kind.after(state, options) if kind.after is not None else state
+                if after != state:
+                    after = replace(after, made_by=spec.label())
+                grown.append(([*stages, stage], all_choices, after, stage if kind.makes_checkpoint else producer))
+        branches = grown
+    return Plan(recipe, [stages for stages, *_ in branches], source_hash)

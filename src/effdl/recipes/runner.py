@@ -1,0 +1,192 @@
+"""`run_recipe`: run a recipe's plan stage by stage, resumably, then write its report.
+
+Layout: `<out>/<recipe>/<NN-kind[+key=value...]>/` per stage, each what the stage's own command
+writes (a training run's config.yaml, metrics.jsonl, best.safetensors, summary.json; an export's
+ONNX file...) plus `stage.json`, the runner's record: the stage's hash, config, input and status
+("running", "done" with its result, or "failed" with the error). Then `<out>/<recipe>/report/`.
+
+Resuming (running the same recipe again):
+- a stage whose stage.json says "done" with the same hash, and whose outputs are there, is skipped;
+- a training stage (train, distill) interrupted with the same hash continues inside itself from
+  its last.safetensors; any other interrupted, failed or changed stage runs again from its start
+  (its folder is replaced; the stages before it are kept).
+A stage that fails marks its branch failed; the other branches go on, and the run ends with one
+error naming every failure and how to resume. Ctrl-C stops at once, keeping what is finished.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from effdl.errors import EffdlError, Interrupted
+from effdl.fileio import atomic_write
+from effdl.recipes.plan import Plan, PlannedStage, make_plan
+from effdl.recipes.spec import Recipe
+from effdl.recipes.stages import StageRun, options_data
+
+STATE_FILE = "stage.json"
+
+
+@dataclass
+class RecipeResult:
+    plan: Plan
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)  # folder -> the stage's result
+    skipped: list[str] = field(default_factory=list)  # folders found done and not run again
+    failed: dict[str, str] = field(default_factory=dict)  # folder -> error message
+    report: dict[str, Any] | None = None  # effdl.recipes.report's summary (None: nothing to report)
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def read_state(path: Path) -> dict[str, Any] | None:
+    """A stage folder's stage.json (None when missing or unreadable: the stage runs again)."""
+    try:
+        return json.loads((path / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_state(path: Path, state: dict[str, Any]) -> None:
+    text = json.dumps(state, indent=2, default=str) + "\n"
+    atomic_write(path / STATE_FILE, lambda tmp: Path(tmp).write_text(text))
+
+
+def _outputs_present(plan: Plan, stage: PlannedStage) -> bool:
+    path = plan.directory(stage)
+    return (path / "best.safetensors").is_file() if stage.kind.makes_checkpoint else True
+
+
+def stage_status(plan: Plan, stage: PlannedStage) -> str:
+    """What running the plan would do with `stage`: done (skip), resume, rerun (changed, failed or
+    interrupted: its folder is replaced) or run (new)."""
+    path = plan.directory(stage)
+    state = read_state(path)
+    if state is None:
+        return "rerun" if path.exists() and any(path.iterdir()) else "run"
+    same = state.get("hash") == stage.hash
+    if same and state.get("status") == "done" and _outputs_present(plan, stage):
+        return "done"
+    if same and state.get("status") == "running" and stage.kind.resumable and (path / "last.safetensors").is_file():
+        return "resume"
+    return "rerun"
+
+
+def describe_plan(plan: Plan) -> list[str]:
+    """The plan as lines: one per branch, then one per stage with its status and its keys."""
+    lines = [f"recipe {plan.recipe.name}: {len(plan.recipe.stages)} stage(s), {len(plan.branches)} branch(es), "
+             f"in {plan.recipe.directory}/" + (f", from {plan.recipe.source}" if plan.recipe.source else "")]
+    shown: set[int] = set()
+    for number, branch in enumerate(plan.branches, start=1):
+        choices = ", ".join(f"{k}={v}" for k, v in branch[-1].choices) or "no fan-out"
+        lines.append(f"branch {number} ({choices}):")
+        for stage in branch:
+            if id(stage) in shown:
+                lines.append(f"  {stage.folder}  (shared, above)")
+                continue
+            shown.add(id(stage))
+            keys = ", ".join(f"{k}={v}" for k, v in stage.values.items()) or "defaults"
+            lines.append(f"  {stage.folder}  [{stage_status(plan, stage)}]  {keys}")
+    return lines
+
+
+def _prepare(plan: Plan, stage: PlannedStage, status: str) -> Path:
+    """Make `stage`'s folder ready for a fresh run (an old one's content goes) and mark it running."""
+    path = plan.directory(stage)
+    if status == "rerun" and path.exists():
+        # Only ever a folder the runner owns: <out>/<recipe>/<NN-...>.
+        if path.resolve().parent != plan.recipe.directory.resolve():
+            raise EffdlError(f"refusing to replace {path}: not a stage folder of {plan.recipe.directory}")
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+    source = plan.input_checkpoint(stage)
+    _write_state(path, {"status": "running", "hash": stage.hash, "kind": stage.spec.kind, "stage": stage.spec.index,
+                        "values": stage.values, "options": options_data(stage.options),
+                        "input": str(source) if source else None, "started": time.time()})
+    return path
+
+
+def _json_safe(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def _run_stage(plan: Plan, stage: PlannedStage, status: str) -> dict[str, Any]:
+    path = plan.directory(stage)
+    if status != "resume":
+        _prepare(plan, stage, status)
+    source = plan.input_checkpoint(stage)
+    run = StageRun(options=stage.options, source=source, out_dir=path, resume=status == "resume", values=stage.values)
+    result = _json_safe(stage.kind.function(run) or {})
+    if not stage.kind.makes_checkpoint:
+        text = json.dumps(result, indent=2) + "\n"
+        atomic_write(path / "result.json", lambda tmp: Path(tmp).write_text(text))
+    state = read_state(path) or {}
+    _write_state(path, {**state, "status": "done", "finished": time.time(), "result": result})
+    return result
+
+
+def _resume_hint(plan: Plan) -> str:
+    where = plan.recipe.path if plan.recipe.path is not None else plan.recipe.name
+    return f"`effdl run {where}` resumes: finished stages are skipped"
+
+
+def run_recipe(recipe: Recipe, *, dry_run: bool = False, report: bool = True) -> RecipeResult:
+    """Plan `recipe` (refusing anything invalid before the first stage runs), run every branch's
+    stages in order, then write the report (effdl.recipes.report) unless `report` is False.
+
+    With `dry_run`, only plans and prints the plan (nothing is written). Raises EffdlError when a
+    stage failed (after the other branches ran) and effdl.errors.Interrupted on Ctrl-C; both keep
+    every finished stage and say how to resume.
+    """
+    plan = make_plan(recipe)
+    for line in describe_plan(plan):
+        _say(line)
+    outcome = RecipeResult(plan)
+    if dry_run:
+        return outcome
+    recipe.directory.mkdir(parents=True, exist_ok=True)
+    failed_ids: set[int] = set()
+    for branch in plan.branches:
+        for stage in branch:
+            if stage.folder in outcome.results or id(stage) in failed_ids:
+                continue
+            if any(id(s) in failed_ids for s in branch[: branch.index(stage)]):
+                failed_ids.add(id(stage))  # an earlier stage of this branch failed
+                continue
+            status = stage_status(plan, stage)
+            if status == "done":
+                _say(f"== {stage.folder}: done before, skipped")
+                outcome.results[stage.folder] = (read_state(plan.directory(stage)) or {}).get("result", {})
+                outcome.skipped.append(stage.folder)
+                continue
+            what = {"resume": "resuming inside the stage", "rerun": "running again (changed, failed or interrupted)",
+                    "run": "running"}[status]
+            _say(f"== {stage.folder}: {what}")
+            try:
+                outcome.results[stage.folder] = _run_stage(plan, stage, status)
+            except KeyboardInterrupt:
+                raise Interrupted(f"stopped during {stage.folder}; the finished stages are kept in "
+                                  f"{recipe.directory}/; {_resume_hint(plan)}") from None
+            except EffdlError as exc:
+                failed_ids.add(id(stage))
+                outcome.failed[stage.folder] = str(exc)
+                path = plan.directory(stage)
+                _write_state(path, {**(read_state(path) or {}), "status": "failed", "error": str(exc)})
+                _say(f"== {stage.folder} failed: {exc}")
+    if report:
+        from effdl.recipes.report import write_report
+
+        outcome.report = write_report(plan, outcome)
+    if outcome.failed:
+        first, message = next(iter(outcome.failed.items()))
+        others = f" (and {len(outcome.failed) - 1} more stage(s); see their stage.json)" if len(outcome.failed) > 1 else ""
+        raise EffdlError(f"stage {first} failed: {message}{others}; the finished stages are kept in "
+                         f"{recipe.directory}/; fix the recipe, then {_resume_hint(plan)}")
+    return outcome

@@ -1,0 +1,172 @@
+"""Reading a recipe file: YAML whose every key keeps its line, so that errors can point at it.
+
+A recipe is an ordered list of stages; each stage is a one-key mapping from the stage's kind to its
+keys, the fields of the config class the Python API and the CLI use for that kind
+(effdl.recipes.stages):
+
+    name: long-project          # default: the file's name without .yaml
+    out: runs                   # the stages go to <out>/<name>/<NN-stage>/ (default: runs)
+    from: runs/base/best.safetensors   # optional: the checkpoint the first stage takes
+    stages:
+      - train: {model: resnet20, dataset: cifar10, epochs: 15}
+      - prune: {method: l1-filter, target_macs: [0.7, 0.5], epochs: 4}   # a list fans out
+      - quantize: {method: qat, bits: 4, epochs: 4}
+      - export: {int8: true}
+    report: {latency: true}     # the final report's options (effdl.recipes.runner.ReportOptions)
+
+This module only reads and locates: which stage kinds and keys exist is the stages module's
+business, what may follow what the plan's (effdl.recipes.plan).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from effdl.errors import EffdlError
+
+TOP_LEVEL_KEYS = ("name", "out", "from", "stages", "report")
+
+
+@dataclass
+class StageSpec:
+    """One stage as written: its kind, its keys and where each of them is in the file."""
+
+    index: int  # 1-based position in the recipe
+    kind: str
+    values: dict[str, Any]
+    line: int  # 1-based line of the stage's kind
+    key_lines: dict[str, int] = field(default_factory=dict)  # key -> 1-based line
+
+    def label(self) -> str:
+        return f"stage {self.index} ({self.kind})"
+
+
+@dataclass
+class Recipe:
+    """A parsed recipe (see the module docstring)."""
+
+    name: str
+    stages: list[StageSpec]
+    out: str = "runs"
+    source: str | None = None  # `from:`: the checkpoint the first stage takes
+    report: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None  # the file it was read from (None: built in code)
+    key_lines: dict[str, int] = field(default_factory=dict)  # top-level key -> line
+
+    @property
+    def directory(self) -> Path:
+        """Where its stages are written: <out>/<name>."""
+        return Path(self.out) / self.name
+
+    def where(self, stage: StageSpec | None = None, key: str | None = None) -> str:
+        """'FILE:LINE' of a stage's key (or of the stage, or of a top-level key), for error messages."""
+        file = str(self.path) if self.path is not None else "<recipe>"
+        if stage is None:
+            line = self.key_lines.get(key or "", 0)
+        else:
+            line = stage.key_lines.get(key, stage.line) if key is not None else stage.line
+        return f"{file}:{line}" if line else file
+
+
+def _line(node: yaml.Node) -> int:
+    return node.start_mark.line + 1
+
+
+def _keys(node: yaml.Node) -> dict[str, int]:
+    """The lines of a mapping node's keys (nothing for other nodes)."""
+    if not isinstance(node, yaml.MappingNode):
+        return {}
+    return {str(k.value): _line(k) for k, _ in node.value}
+
+
+def recipe_from_text(text: str, *, path: Path | None = None, default_name: str = "recipe") -> Recipe:
+    """Parse a recipe from YAML `text` (`path` only names it in errors).
+
+    Raises EffdlError, with FILE:LINE, for malformed YAML, a top level that is not a mapping, an
+    unknown top-level key, a missing or empty `stages` list, a stage that is not a one-key mapping
+    from a kind to a mapping of keys, or a name that cannot be a folder name.
+    """
+    file = str(path) if path is not None else "<recipe>"
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{file}:{mark.line + 1}" if mark is not None else file
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise EffdlError(f"{where}: not valid YAML: {problem}") from None
+    if not isinstance(data, dict):
+        raise EffdlError(f"{file}: a recipe is a YAML mapping with a 'stages' list, got {type(data).__name__}")
+    top_lines = _keys(node)
+    for key in data:
+        if key not in TOP_LEVEL_KEYS:
+            raise EffdlError(f"{file}:{top_lines.get(str(key), 0)}: unknown recipe key '{key}'; "
+                             f"a recipe has: {', '.join(TOP_LEVEL_KEYS)}")
+    stages_node = next((v for k, v in node.value if k.value == "stages"), None)
+    raw = data.get("stages")
+    if not isinstance(raw, list) or not raw:
+        raise EffdlError(f"{file}:{top_lines.get('stages', 1)}: 'stages' must be a non-empty list of stages "
+                         "such as '- train: {model: resnet20}'")
+    stages = []
+    for i, (item, item_node) in enumerate(zip(raw, stages_node.value), start=1):
+        line = _line(item_node)
+        if isinstance(item, str):  # "- bench": a stage with no keys
+            item = {item: None}
+            item_node = None
+        if not isinstance(item, dict) or len(item) != 1:
+            raise EffdlError(f"{file}:{line}: stage {i} must be one kind with its keys, such as "
+                             "'- prune: {method: l1-filter, sparsity: 0.5}'")
+        kind, values = next(iter(item.items()))
+        values = {} if values is None else values
+        value_node = item_node.value[0][1] if item_node is not None else None
+        if not isinstance(values, dict):
+            raise EffdlError(f"{file}:{line}: the keys of stage {i} ({kind}) must be a mapping, got {values!r:.60}")
+        stages.append(StageSpec(i, str(kind), {str(k): v for k, v in values.items()}, line,
+                                _keys(value_node) if value_node is not None else {}))
+    name = data.get("name", default_name)
+    if not isinstance(name, str) or not name or "/" in name or "\\" in name or name in (".", ".."):
+        raise EffdlError(f"{file}:{top_lines.get('name', 1)}: the recipe's name must be a folder name, got {name!r}")
+    out = data.get("out", "runs")
+    source = data.get("from")
+    report = data.get("report") or {}
+    for key, value, kind in (("out", out, str), ("from", source, (str, type(None))), ("report", report, dict)):
+        if not isinstance(value, kind):
+            what = "a mapping such as '{latency: true}'" if key == "report" else "a path"
+            raise EffdlError(f"{file}:{top_lines.get(key, 1)}: '{key}' must be {what}, got {value!r:.60}")
+    return Recipe(name=name, stages=stages, out=out, source=source, report=report, path=path, key_lines=top_lines)
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read the recipe file at `path` (a shipped recipe's name works too: `effdl run long-project`).
+
+    Raises EffdlError if neither a file nor a shipped recipe of that name exists, or the file is
+    not a valid recipe (see `recipe_from_text`).
+    """
+    path = Path(path)
+    if not path.is_file():
+        shipped = shipped_recipes()
+        if str(path) in shipped:
+            path = shipped[str(path)]
+        else:
+            from effdl.errors import unknown_name_error
+
+            if path.suffix in (".yaml", ".yml") or len(path.parts) > 1:
+                raise EffdlError(f"no recipe file {path}; shipped recipes: {', '.join(sorted(shipped))}")
+            raise unknown_name_error("recipe (neither a file nor a shipped recipe)", str(path), shipped)
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise EffdlError(f"cannot read recipe {path}: {exc}") from None
+    return recipe_from_text(text, path=path, default_name=path.stem)
+
+
+SHIPPED_DIR = Path(__file__).with_name("shipped")
+
+
+def shipped_recipes() -> dict[str, Path]:
+    """The recipes shipped with effdl (the repository's recipes/ folder), by name."""
+    return {p.stem: p for p in sorted(SHIPPED_DIR.glob("*.yaml"))}

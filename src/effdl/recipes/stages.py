@@ -1,0 +1,340 @@
+"""The stage kinds a recipe may chain, each the library job of one effdl command.
+
+A stage kind names its config class (the one its Python function and its CLI command take: a
+stage's keys are exactly that class's fields), whether it needs an input checkpoint, whether it
+writes one, what it refuses to take (a quantized model for pruning...), and the function that runs
+it. Adding a kind is one `StageKind` registered here; the runner and the plan have no table of kinds.
+
+    kind       config class                               function
+    train      effdl.train.TrainConfig                    effdl.train.run.train
+    distill    effdl.pipelines.distill.DistillConfig      effdl.pipelines.distill.distill
+    prune      effdl.pipelines.prune.PruneOptions         effdl.pipelines.prune.prune_checkpoint
+    factorize  effdl.pipelines.factorize.FactorizeOptions effdl.pipelines.factorize.factorize_checkpoint
+    quantize   effdl.pipelines.quantize.QuantizeOptions   effdl.pipelines.quantize.quantize_run
+    export     effdl.pipelines.export.ExportOptions       effdl.pipelines.export.export_checkpoint
+    bench      effdl.pipelines.bench.BenchOptions         effdl.pipelines.bench.bench_checkpoint
+    score      effdl.pipelines.score.ScoreOptions         effdl.pipelines.score.score_checkpoint
+
+Config classes are imported only when a recipe uses their kind, so a recipe that never factorizes
+never imports factorization.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from effdl.core.registry import Registry
+from effdl.errors import EffdlError
+
+
+@dataclass(frozen=True)
+class ModelState:
+    """What the plan knows about the model a stage receives, before anything runs."""
+
+    exists: bool = False  # False: no checkpoint yet (the recipe must start by training)
+    quantized: str | None = None  # how it was quantized ("qat 4-bit", "ptq-int8"...), None: float
+    low_bit_grids: bool = True  # its quantized values fit an int8 grid (not binary signs, not a codebook)
+    made_by: str = ""  # "stage 3 (quantize)" or "the checkpoint PATH", for messages
+
+
+@dataclass
+class StageRun:
+    """What a stage's function receives: its config, its input checkpoint and its folder."""
+
+    options: Any
+    source: Path | None  # the input checkpoint (None for train)
+    out_dir: Path  # the stage's folder, <recipe dir>/<NN-kind...>
+    resume: bool = False  # continue an interrupted stage inside it (training stages)
+    values: dict[str, Any] = field(default_factory=dict)  # the keys as the recipe wrote them
+
+
+@dataclass(frozen=True)
+class StageKind:
+    name: str
+    config: str  # "module:Class" of its config
+    function: Callable[[StageRun], dict[str, Any]]
+    summary: str  # one line, for `effdl run --help` and the docs
+    takes_checkpoint: bool = True
+    makes_checkpoint: bool = True
+    set_by_runner: tuple[str, ...] = ()  # keys the runner fills (where the outputs go)
+    check: Callable[[ModelState, Any], None] | None = None  # raises EffdlError when it cannot take the input
+    after: Callable[[ModelState, Any], ModelState] | None = None  # the model it hands on
+    resumable: bool = False  # an interrupted run continues inside the stage
+
+    def config_class(self) -> type:
+        module, _, name = self.config.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+
+STAGES: Registry = Registry("recipe stage")
+
+
+def register_stage(kind: StageKind) -> StageKind:
+    STAGES.register(kind.name)(kind)
+    return kind
+
+
+# ---------------------------------------------------------------------------------------------------
+# Config classes: dataclasses (prune, quantize...) and pydantic models (train, distill) alike.
+
+
+def field_annotations(cls: type) -> dict[str, Any]:
+    """A config class's settable fields and their types (a dataclass's or a pydantic model's)."""
+    if dataclasses.is_dataclass(cls):
+        hints = typing.get_type_hints(cls)
+        return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(cls) if f.init}
+    fields = getattr(cls, "model_fields", None)
+    if fields is None:
+        raise TypeError(f"{cls.__name__} is neither a dataclass nor a pydantic model")
+    return {name: f.annotation for name, f in fields.items()}
+
+
+def required_fields(cls: type) -> list[str]:
+    """The fields without a default."""
+    if dataclasses.is_dataclass(cls):
+        return [f.name for f in dataclasses.fields(cls)
+                if f.init and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    return [name for name, f in cls.model_fields.items() if f.is_required()]
+
+
+def accepts_list(annotation: Any) -> bool:
+    """Whether a field of this type takes a list as ONE value (so a list there does not fan out)."""
+    if annotation is Any:
+        return True
+    origin = typing.get_origin(annotation)
+    if origin in (list, tuple, set, frozenset) or annotation in (list, tuple):
+        return True
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        return any(accepts_list(a) for a in typing.get_args(annotation))
+    if origin is typing.Literal:
+        return False
+    import collections.abc as abc
+
+    return origin in (abc.Sequence, abc.Iterable)
+
+
+def build_options(cls: type, values: dict[str, Any]) -> Any:
+    """An instance of config class `cls` from `values`, validated (its own `validate()` when it has one).
+
+    Raises EffdlError with the config's own message; the caller adds where it comes from."""
+    if dataclasses.is_dataclass(cls):
+        try:
+            options = cls(**values)
+        except TypeError as exc:
+            raise EffdlError(str(exc).split(".__init__() ")[-1]) from None
+        validate = getattr(options, "validate", None)
+        if validate is not None:
+            validate()
+        return options
+    from pydantic import ValidationError
+
+    try:
+        return cls.model_validate(values)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        key = ".".join(str(p) for p in error["loc"])
+        raise EffdlError(f"{key}: {error['msg']} (got {error.get('input')!r:.60})") from None
+
+
+def options_data(options: Any) -> dict[str, Any]:
+    """A config as JSON data (what the stage's hash covers and stage.json records)."""
+    data = dataclasses.asdict(options) if dataclasses.is_dataclass(options) else options.model_dump(mode="json")
+    return json.loads(json.dumps(data, default=str))
+
+
+def _summary(out_dir: Path) -> dict[str, Any]:
+    path = out_dir / "summary.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+# ---------------------------------------------------------------------------------------------------
+# train and distill: a model trained into the stage's folder.
+
+
+def _placed(options: Any, out_dir: Path) -> Any:
+    return options.model_copy(update={"out_dir": str(out_dir.parent), "name": out_dir.name})
+
+
+def _run_train(run: StageRun) -> dict[str, Any]:
+    from effdl.train.run import resume, train
+
+    if run.resume:
+        resume(run.out_dir)
+    else:
+        train(_placed(run.options, run.out_dir))
+    return _summary(run.out_dir)
+
+
+def _check_train(state: ModelState, options: Any) -> None:
+    if state.exists:
+        raise EffdlError(f"train builds a new model from scratch, but it would receive {state.made_by}'s; "
+                         "put train first (without 'from:'), or use distill to train a student from that model")
+
+
+def _fresh(state: ModelState, options: Any) -> ModelState:
+    return ModelState(exists=True)
+
+
+def _distill_options(run: StageRun) -> Any:
+    """The distill stage's config, completed from its teacher: the teacher is the stage's input
+    unless the recipe names one; the student's architecture and dataset default to the teacher's."""
+    from effdl.checkpoint import checkpoint_data_meta, read_checkpoint_meta
+
+    update: dict[str, Any] = {}
+    if "teacher" not in run.values:
+        update["teacher"] = [str(run.source)]
+    meta = read_checkpoint_meta(Path(update.get("teacher", run.options.teacher)[0]))
+    if "model" not in run.values:
+        update["model"] = meta["spec"]["name"]
+        if meta["spec"].get("kwargs") and "model_kwargs" not in run.values:
+            update["model_kwargs"] = meta["spec"]["kwargs"]
+    data = checkpoint_data_meta(meta) or {}
+    if "dataset" not in run.values and data.get("dataset"):
+        update["dataset"] = data["dataset"]
+        if data.get("input_size") and "image_size" not in run.values and not str(data["dataset"]).startswith("cifar"):
+            update["image_size"] = list(data["input_size"][1:])
+    if "data_root" not in run.values and (meta.get("config") or {}).get("data_root"):
+        update["data_root"] = meta["config"]["data_root"]
+    return _placed(run.options.model_copy(update=update), run.out_dir)
+
+
+def _run_distill(run: StageRun) -> dict[str, Any]:
+    from effdl.pipelines.distill import distill
+
+    if run.resume:
+        from effdl.pipelines.distill import resume_distill
+
+        resume_distill(run.out_dir)
+    else:
+        distill(_distill_options(run))
+    return _summary(run.out_dir)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Techniques that compress a checkpoint into a run folder.
+
+
+def _refuse_quantized(verb: str) -> Callable[[ModelState, Any], None]:
+    def check(state: ModelState, options: Any) -> None:
+        if state.quantized:
+            raise EffdlError(f"cannot {verb} a quantized model ({state.made_by} quantized it: {state.quantized}); "
+                             f"{verb} first, then quantize")
+
+    return check
+
+
+def _run_prune(run: StageRun) -> dict[str, Any]:
+    from effdl.pipelines.prune import prune_checkpoint
+
+    return prune_checkpoint(run.source, run.options, run.out_dir)
+
+
+def _run_factorize(run: StageRun) -> dict[str, Any]:
+    from effdl.pipelines.factorize import factorize_checkpoint
+
+    return factorize_checkpoint(run.source, run.options, run.out_dir)
+
+
+BINARY_METHODS = ("binaryconnect", "xnor")
+
+
+def _check_quantize(state: ModelState, options: Any) -> None:
+    if options.method == "sensitivity":
+        raise EffdlError("method sensitivity writes a per-layer scan, not a model: run "
+                         "`effdl quantize CKPT --method sensitivity` on a stage's checkpoint instead")
+    _refuse_quantized("quantize")(state, options)
+
+
+def _quantized(state: ModelState, options: Any) -> ModelState:
+    from effdl.pipelines.quantize import quantization_config
+
+    config = quantization_config(options)
+    bits = getattr(config, "weight_bits", None) or getattr(config, "bits", None)
+    label = options.method + (f" {bits}-bit" if bits else "")
+    return ModelState(exists=True, quantized=label,
+                      low_bit_grids=options.method not in (*BINARY_METHODS, "kmeans", "ternary"))
+
+
+def _run_quantize(run: StageRun) -> dict[str, Any]:
+    from effdl.pipelines.quantize import quantize_run
+
+    return quantize_run(run.source, run.options, run.out_dir)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Measuring stages: they read the checkpoint they receive and hand it on unchanged.
+
+
+def _check_export(state: ModelState, options: Any) -> None:
+    if getattr(options, "int8", False) and state.quantized and not state.low_bit_grids:
+        raise EffdlError(f"an int8 ONNX graph cannot hold {state.quantized} weights ({state.made_by}); "
+                         "export it without int8, or quantize with ptq-int8 or qat instead")
+
+
+def _run_export(run: StageRun) -> dict[str, Any]:
+    from effdl.pipelines.export import export_checkpoint
+
+    name = "model-int8.onnx" if getattr(run.options, "int8", False) else "model.onnx"
+    run.out_dir.mkdir(parents=True, exist_ok=True)
+    return export_checkpoint(run.source, run.options, run.out_dir / name)
+
+
+def _run_bench(run: StageRun) -> dict[str, Any]:
+    from effdl.pipelines.bench import bench_checkpoint
+
+    run.out_dir.mkdir(parents=True, exist_ok=True)
+    return bench_checkpoint(run.source, run.options, run.out_dir)
+
+
+def _run_score(run: StageRun) -> dict[str, Any]:
+    from effdl.pipelines.score import score_checkpoint
+
+    return score_checkpoint(run.source, run.options)
+
+
+def _unchanged(state: ModelState, options: Any) -> ModelState:
+    return state
+
+
+register_stage(StageKind("train", "effdl.train.config:TrainConfig", _run_train,
+                         "train a model from scratch (the keys of `effdl train`)", takes_checkpoint=False,
+                         set_by_runner=("name", "out_dir"), check=_check_train, after=_fresh, resumable=True))
+register_stage(StageKind("distill", "effdl.pipelines.distill:DistillConfig", _run_distill,
+                         "train a student from the input model as teacher (the keys of `effdl distill`)",
+                         set_by_runner=("name", "out_dir"), after=_fresh, resumable=True))
+register_stage(StageKind("prune", "effdl.pipelines.prune:PruneOptions", _run_prune,
+                         "prune the input model (the keys of `effdl prune`)", check=_refuse_quantized("prune"),
+                         after=lambda state, options: replace(state, exists=True)))
+register_stage(StageKind("factorize", "effdl.pipelines.factorize:FactorizeOptions", _run_factorize,
+                         "factorize the input model's layers (the keys of `effdl factorize`)",
+                         check=_refuse_quantized("factorize"), after=lambda state, options: replace(state, exists=True)))
+register_stage(StageKind("quantize", "effdl.pipelines.quantize:QuantizeOptions", _run_quantize,
+                         "quantize the input model (the keys of `effdl quantize`)", check=_check_quantize,
+                         after=_quantized))
+register_stage(StageKind("export", "effdl.pipelines.export:ExportOptions", _run_export,
+                         "export the input model to ONNX and verify it (the keys of `effdl export`)",
+                         makes_checkpoint=False, check=_check_export, after=_unchanged))
+register_stage(StageKind("bench", "effdl.pipelines.bench:BenchOptions", _run_bench,
+                         "time the input model in PyTorch and ONNX Runtime (the keys of `effdl bench`)",
+                         makes_checkpoint=False, check=_check_export, after=_unchanged))
+register_stage(StageKind("score", "effdl.pipelines.score:ScoreOptions", _run_score,
+                         "count and score the input model (the keys of `effdl score`)", makes_checkpoint=False,
+                         after=_unchanged))
+
+
+def state_of_checkpoint(meta: dict[str, Any], path: str | Path) -> ModelState:
+    """What a checkpoint's metadata says about its model (for a recipe's `from:`)."""
+    names = {t.get("name") for t in meta.get("transforms") or [] if isinstance(t, dict)}
+    made_by = f"the checkpoint {path}"
+    if not names & {"quantize", "half"}:
+        return ModelState(exists=True, made_by=made_by)
+    method = (meta.get("quantize") or {}).get("method") or "quantized"
+    return ModelState(exists=True, quantized=method, made_by=made_by,
+                      low_bit_grids=method not in (*BINARY_METHODS, "kmeans", "ternary"))
