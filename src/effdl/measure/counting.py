@@ -30,7 +30,8 @@ How operations are caught:
 Per-record counts are dense and at full precision; `mults` and `adds` follow the MicroNet
 conventions of spec/scoring.md (ReLU = 1 multiply per element, sigmoid = 2 multiplies + 1 add,
 swish = 3 + 1, residual add = 1 add per element, a permutation = 1 multiply per element, a max-pool
-comparison counts as an add). `macs` is non-zero only for conv, linear, matmul and attention, so
+comparison counts as an add; a spatial `Shift` module counts as a permutation: zero MACs and
+zero parameters). `macs` is non-zero only for conv, linear, matmul and attention, so
 the MAC total matches `torch.utils.flop_counter.FlopCounterMode` / 2 (convolution: output elements
 x Cin/groups x kernel; transposed convolution: input elements x Cout/groups x kernel; a product of
 (..., M, K) by (..., K, N): broadcast batch x M x K x N; einsum: pairwise, left to right, indices
@@ -67,6 +68,7 @@ from effdl.measure.bits import (
     verify_weight_bits,
     weight_bits,
 )
+from effdl.models.layers import Shift
 from effdl.models.registry import model_input_size
 
 # Module types recorded as one operation each; the first matching entry wins (subclasses such as
@@ -97,6 +99,12 @@ MODULE_KINDS: list[tuple[type[nn.Module], str]] = [
     (nn.ChannelShuffle, "permute"),
     (nn.PixelShuffle, "permute"),
     (nn.PixelUnshuffle, "permute"),
+    # A spatial shift (Wu et al. 2018) has no weights and no MACs; it moves each element (or writes
+    # a zero at the border), i.e. it is the product with a fixed sparse 0/1 matrix. The rules'
+    # only count for data movement is spec/scoring.md's "A channel permutation counts as a sparse
+    # permutation-matrix product", applied here exactly as for ChannelShuffle: 1 multiply per
+    # output element in MicroNet, 0 operations in imt2021 (data movement) and imt2024 (no MACs).
+    (Shift, "permute"),
 ]
 
 # Functional calls (torch.*, F.*, Tensor methods, operators) recorded outside counted modules.

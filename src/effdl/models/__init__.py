@@ -9,10 +9,13 @@ from effdl.models import resnet  # noqa: F401  isort: skip
 from effdl.models import (  # noqa: F401  isort: skip
     densenet,
     fastnet,
+    ghostnet,
     mobilenet,
+    mobilenetv3,
     preact_resnet,
     resnext,
     senet,
+    shiftnet,
     shufflenet,
     squeezenet,
     vgg,
