@@ -110,6 +110,7 @@ def test_shift_counts_zero_macs_zero_parameters_and_moves_data_like_a_channel_pe
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the legacy exporter, on purpose
 @pytest.mark.filterwarnings("ignore::UserWarning")  # its note that strided slices are not constant-folded
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")  # sizes are fixed in the graph (batch aside)
 def test_shift_exports_as_padding_and_slices_and_runs_in_onnxruntime(tmp_path):
     import onnxruntime
 
@@ -138,6 +139,8 @@ def test_bad_shift_options_raise_effdl_errors():
         create_model("ghostnet", ratio=1)
     with pytest.raises(EffdlError, match="dw_kernel"):
         create_model("ghostnet", dw_kernel=2)
+    with pytest.raises(EffdlError, match="kernel_size"):
+        create_model("ghostnet", kernel_size=0)
     with pytest.raises(EffdlError, match="kernel_size"):
         create_model("mobilenet_v3_small", kernel_size=4)
 
@@ -203,6 +206,13 @@ def test_ghost_bottleneck_hand_count():
               + (16 * 6 + bn(6) + 6 * 9 + bn(6)) + (8 * 9 + bn(8) + 8 * 12 + bn(12)))
     assert counted(block, 8) == (macs, params)
     assert block(torch.randn(2, 8, 8, 8)).shape == (2, 12, 4, 4)
+    separable = GhostBottleneck(8, 16, 12, kernel_size=3, stride=2, se_ratio=0.25, separable=True)
+    # each strided 3x3 depthwise (16 channels in the block, 8 in the shortcut) becomes 3x1 at 4x8
+    # positions then 1x3 at 4x4
+    macs += -(16 * 16 * 9 + 16 * 8 * 9) + (32 * 16 * 3 + 16 * 16 * 3) + (32 * 8 * 3 + 16 * 8 * 3)
+    params += -(16 * 9 + 8 * 9) + (16 * 3 * 2 + 8 * 3 * 2)
+    assert counted(separable, 8) == (macs, params)
+    assert separable(torch.randn(2, 8, 9, 9)).shape == (2, 12, 5, 5)
 
 
 def test_shift_block_hand_count():
@@ -258,6 +268,10 @@ def test_options_change_the_work_the_way_they_should():
     assert macs("mobilenet_v3_small", width=0.5, kernel_size=3) < base  # 3x3 instead of the paper's 5x5
     assert macs("mobilenet_v3_small", width=0.5, kernel_size=7) > base
     assert meta_params("ghostnet", ratio=3, width=0.5) < meta_params("ghostnet", ratio=2, width=0.5)
+    ghost = macs("ghostnet", width=0.5)
+    assert macs("ghostnet", width=0.5, kernel_size=3) < ghost < macs("ghostnet", width=0.5, kernel_size=7)
+    assert macs("ghostnet", width=0.5, separable=True) < ghost
+    assert macs("ghostnet", width=0.5, dw_kernel=1) < ghost  # 1x1 cheap operations
     assert macs("shift_resnet20", expansion=1) < macs("shift_resnet20", expansion=3) < macs("resnet20")
     # The shift's neighbourhood changes no parameter and no MAC
     assert macs("shift_resnet20", kernel_size=5, dilation=2) == macs("shift_resnet20")

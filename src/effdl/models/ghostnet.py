@@ -12,6 +12,9 @@
 
 CIFAR strides: the stem and the first stride-2 stage keep stride 1, so a 32x32 image ends at 4x4
 (stride 8 instead of 32); any input size from 32 up works (global average pooling).
+Options: `width` (channels), `ratio` and `dw_kernel` (the ghost modules' cheap operations),
+`kernel_size` (every bottleneck's depthwise kernel; None: the paper's 3 and 5) and `separable`
+(strided depthwise k x k as k x 1 then 1 x k).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from torch import nn
 
 from effdl.errors import EffdlError
 
-from effdl.models.layers import SqueezeExcite, conv_bn_act, make_divisible
+from effdl.models.layers import SqueezeExcite, conv_bn_act, depthwise_bn_act, make_divisible
 from effdl.models.registry import register_model
 
 # (kernel, expanded, out, SE ratio, stride) per block, grouped by stage; the paper's table 1 with
@@ -78,15 +81,16 @@ class GhostBottleneck(nn.Module):
     stride > 1] -> [SqueezeExcite(mid_ch, hard-sigmoid) when se_ratio > 0] -> GhostModule(mid_ch ->
     out_ch, linear) + shortcut: identity when stride is 1 and in_ch == out_ch, else depthwise
     kernel_size x kernel_size (stride) + BN + 1x1 conv + BN. `ratio` and `dw_kernel` go to both
-    ghost modules. Shapes: (N, in_ch, H, W) -> (N, out_ch, ceil(H / stride), ceil(W / stride)).
+    ghost modules; `separable` makes both strided depthwise convs k x 1 then 1 x k pairs.
+    Shapes: (N, in_ch, H, W) -> (N, out_ch, ceil(H / stride), ceil(W / stride)).
     """
 
     def __init__(self, in_ch: int, mid_ch: int, out_ch: int, kernel_size: int = 3, stride: int = 1,
-                 se_ratio: float = 0.0, ratio: int = 2, dw_kernel: int = 3):
+                 se_ratio: float = 0.0, ratio: int = 2, dw_kernel: int = 3, separable: bool = False):
         super().__init__()
         layers: list[nn.Module] = [GhostModule(in_ch, mid_ch, ratio=ratio, dw_kernel=dw_kernel, relu=True)]
         if stride > 1:
-            layers.append(conv_bn_act(mid_ch, mid_ch, kernel_size, stride, groups=mid_ch, activation=None))
+            layers.append(depthwise_bn_act(mid_ch, kernel_size, stride, None, separable))
         if se_ratio > 0:
             layers.append(SqueezeExcite(mid_ch, gate=nn.Hardsigmoid, hidden=make_divisible(mid_ch * se_ratio, 4)))
         layers.append(GhostModule(mid_ch, out_ch, ratio=ratio, dw_kernel=dw_kernel, relu=False))
@@ -94,7 +98,7 @@ class GhostBottleneck(nn.Module):
         self.shortcut = nn.Sequential()
         if stride != 1 or in_ch != out_ch:
             self.shortcut = nn.Sequential(
-                conv_bn_act(in_ch, in_ch, kernel_size, stride, groups=in_ch, activation=None),
+                depthwise_bn_act(in_ch, kernel_size, stride, None, separable),
                 conv_bn_act(in_ch, out_ch, 1, activation=None),
             )
 
@@ -104,18 +108,22 @@ class GhostBottleneck(nn.Module):
 
 class GhostNet(nn.Module):
     """stem 3x3 conv (16 x width) -> ghost bottlenecks (STAGES) -> 1x1 conv (960 x width) ->
-    global average pool -> 1x1 conv to `head` channels (bias, ReLU) -> dropout -> Linear."""
+    global average pool -> 1x1 conv to `head` channels (bias, ReLU) -> dropout -> Linear.
+    `kernel_size` replaces every bottleneck's depthwise kernel (None: the paper's 3 and 5)."""
 
     def __init__(self, num_classes: int = 10, width: float = 1.0, ratio: int = 2, dw_kernel: int = 3,
-                 dropout: float = 0.2, head: int = 1280, stem_stride: int = 1):
+                 dropout: float = 0.2, head: int = 1280, stem_stride: int = 1, kernel_size: int | None = None,
+                 separable: bool = False):
         super().__init__()
+        if kernel_size is not None and (kernel_size < 1 or kernel_size % 2 == 0):
+            raise EffdlError(f"kernel_size must be odd and positive, got {kernel_size}")
         in_ch = make_divisible(16 * width, 4)
         layers: list[nn.Module] = [conv_bn_act(3, in_ch, 3, stem_stride)]
         for stage in STAGES:
             for kernel, expanded, out, se_ratio, stride in stage:
                 out = make_divisible(out * width, 4)
-                layers.append(GhostBottleneck(in_ch, make_divisible(expanded * width, 4), out, kernel, stride,
-                                              se_ratio, ratio, dw_kernel))
+                layers.append(GhostBottleneck(in_ch, make_divisible(expanded * width, 4), out, kernel_size or kernel,
+                                              stride, se_ratio, ratio, dw_kernel, separable))
                 in_ch = out
         last = make_divisible(960 * width, 4)
         layers.append(conv_bn_act(in_ch, last, 1))
@@ -134,6 +142,6 @@ class GhostNet(nn.Module):
 
 @register_model
 def ghostnet(num_classes: int = 10, width: float = 1.0, ratio: int = 2, dw_kernel: int = 3,
-             dropout: float = 0.2) -> GhostNet:
+             dropout: float = 0.2, kernel_size: int | None = None, separable: bool = False) -> GhostNet:
     """GhostNet (CIFAR strides): ghost modules, cheap depthwise feature maps."""
-    return GhostNet(num_classes, width, ratio, dw_kernel, dropout)
+    return GhostNet(num_classes, width, ratio, dw_kernel, dropout, kernel_size=kernel_size, separable=separable)

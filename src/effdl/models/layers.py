@@ -81,6 +81,20 @@ class SpatialSeparableConv(nn.Sequential):
         )
 
 
+def depthwise_bn_act(channels: int, kernel_size: int = 3, stride: int = 1,
+                     activation: type[nn.Module] | None = nn.ReLU, separable: bool = False) -> nn.Sequential:
+    """Depthwise kernel_size x kernel_size conv + BN + optional activation ('same' padding), or with
+    `separable` a depthwise k x 1 then 1 x k pair (`SpatialSeparableConv`, 2k instead of k*k MACs per
+    output) + BN + activation. Shapes: (N, C, H, W) -> (N, C, ceil(H / stride), ceil(W / stride))."""
+    if not separable:
+        return conv_bn_act(channels, channels, kernel_size, stride, groups=channels, activation=activation)
+    layers: list[nn.Module] = [SpatialSeparableConv(channels, channels, kernel_size, stride, groups=channels),
+                               nn.BatchNorm2d(channels)]
+    if activation is not None:
+        layers.append(activation(inplace=True))
+    return nn.Sequential(*layers)
+
+
 def shift_offsets(kernel_size: int = 3, dilation: int = 1) -> list[tuple[int, int]]:
     """The (dy, dx) displacements of a `kernel_size` x `kernel_size` shift, in raster order
     (the centre (0, 0) included), each a multiple of `dilation`."""

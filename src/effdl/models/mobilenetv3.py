@@ -24,7 +24,7 @@ from torch import nn
 
 from effdl.errors import EffdlError
 
-from effdl.models.layers import SpatialSeparableConv, SqueezeExcite, conv_bn_act, make_divisible
+from effdl.models.layers import SqueezeExcite, conv_bn_act, depthwise_bn_act, make_divisible
 from effdl.models.registry import register_model
 
 
@@ -78,13 +78,7 @@ class MobileNetV3Block(nn.Module):
         layers: list[nn.Module] = []
         if expanded_ch != in_ch:
             layers.append(conv_bn_act(in_ch, expanded_ch, 1, activation=activation))
-        if separable:
-            layers.append(nn.Sequential(
-                SpatialSeparableConv(expanded_ch, expanded_ch, kernel_size, stride, groups=expanded_ch),
-                nn.BatchNorm2d(expanded_ch), activation(inplace=True)))
-        else:
-            layers.append(conv_bn_act(expanded_ch, expanded_ch, kernel_size, stride, groups=expanded_ch,
-                                      activation=activation))
+        layers.append(depthwise_bn_act(expanded_ch, kernel_size, stride, activation, separable))
         if se:
             hidden = se_hidden if se_hidden is not None else make_divisible(expanded_ch / 4, 8)
             layers.append(SqueezeExcite(expanded_ch, gate=nn.Hardsigmoid, hidden=hidden))
