@@ -316,6 +316,17 @@ def test_new_models_export_to_onnx_and_match_in_onnxruntime(name, tmp_path):
         assert {"HardSwish", "HardSigmoid"} <= ops
 
 
+def test_new_models_survive_a_checkpoint_round_trip(tmp_path):
+    from effdl.checkpoint import load_model, save_model
+
+    x = torch.randn(2, 3, 32, 32)
+    for name, kwargs in (("shift_resnet20", {"expansion": 2, "kernel_size": 5}),
+                         ("ghostnet", {"width": 0.25, "ratio": 3, "separable": True})):
+        model = create_model(name, num_classes=5, **kwargs).eval()
+        loaded, _ = load_model(save_model(tmp_path / f"{name}.safetensors", model))
+        assert torch.equal(loaded(x), model(x)), name
+
+
 def test_make_divisible_rounds_as_the_reference_code():
     from torchvision.models._utils import _make_divisible
 
