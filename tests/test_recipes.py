@@ -1,0 +1,233 @@
+"""effdl.recipes: plans checked before anything runs, fan-out, resume by content hash, the report."""
+
+import json
+import textwrap
+
+import pytest
+import torch
+
+from effdl.checkpoint import read_checkpoint_meta, save_model
+from effdl.core.hooks import Callback
+from effdl.errors import EffdlError, Interrupted
+from effdl.models import create_model
+from effdl.recipes import load_recipe, make_plan, recipe_from_text, run_recipe
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SOURCE_CONFIG = {"dataset": "synthetic", "model": "tiny_cnn", "batch_size": 64, "weight_decay": 1e-3}
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("src") / "model.safetensors"
+    save_model(path, create_model("tiny_cnn"), config=SOURCE_CONFIG)
+    return path
+
+
+def recipe(text, tmp_path, **fields):
+    body = textwrap.dedent(text)
+    head = "".join(f"{k}: {v}\n" for k, v in {"name": "r", "out": str(tmp_path / "runs"), **fields}.items())
+    path = tmp_path / "recipe.yaml"
+    path.write_text(head + body)
+    return load_recipe(path)
+
+
+def refused(text, tmp_path, match, **fields):
+    with pytest.raises(EffdlError, match=match) as info:
+        make_plan(recipe(text, tmp_path, **fields))
+    return str(info.value)
+
+
+def test_bad_recipes_name_the_file_line_stage_and_key(tmp_path, source):
+    stages = "stages:\n  - prune:\n      method: magnitude\n      sparsity: 0.5\n      epoch: 2\n"
+    message = refused(stages, tmp_path, "unknown key 'epoch'; did you mean epochs", **{"from": source})
+    # two header lines (name, out) + from, then stages, prune, method, sparsity, epoch -> line 8
+    assert message.startswith(f"{tmp_path / 'recipe.yaml'}:8: stage 1 (prune)")
+    assert "line" not in refused("stages:\n  - prnue: {}\n", tmp_path, "unknown stage kind 'prnue'; did you mean prune")
+    refused("stages:\n  - train: {name: x}\n", tmp_path, r"'name' is set by the runner")
+    refused("stages:\n  - quantize: {bits: 4}\n", tmp_path, "missing key 'method'", **{"from": source})
+    # a value the config itself refuses, with the line of its key
+    message = refused("stages:\n  - train:\n      epochs: 0\n", tmp_path, "epochs")
+    assert ":5: stage 1 (train)" in message
+    message = refused("stages:\n  - prune: {method: magnitude, sparsity: 1.5}\n", tmp_path, "sparsity",
+                      **{"from": source})
+    refused("stages: [\n", tmp_path, "not valid YAML")
+    refused("stages: []\n", tmp_path, "non-empty list of stages")
+    refused("stages:\n  - train: {}\nextra: 1\n", tmp_path, "unknown recipe key 'extra'")
+    refused("stages:\n  - train: {}\nreport: {threads: 0}\n", tmp_path, "report: report threads")
+    refused("stages:\n  - train: {}\n", tmp_path, "no checkpoint", **{"from": tmp_path / "missing.safetensors"})
+    with pytest.raises(EffdlError, match="unknown recipe .* 'long-projcet'; did you mean long-project"):
+        load_recipe("long-projcet")
+
+
+def test_impossible_chains_are_refused_up_front(tmp_path, source):
+    refused("stages:\n  - prune: {method: magnitude, sparsity: 0.5}\n", tmp_path, "prune needs a model")
+    refused("stages:\n  - quantize: {method: ptq-int8}\n  - quantize: {method: qat}\n", tmp_path,
+            r"stage 2 \(quantize\): cannot quantize a quantized model \(stage 1 \(quantize\) quantized it",
+            **{"from": source})
+    refused("stages:\n  - quantize: {method: qat, bits: 4}\n  - prune: {method: l1-filter, sparsity: 0.3}\n",
+            tmp_path, r"cannot prune a quantized model .*qat 4-bit", **{"from": source})
+    refused("stages:\n  - quantize: {method: binaryconnect}\n  - export: {int8: true}\n", tmp_path,
+            "int8 ONNX graph cannot hold binaryconnect", **{"from": source})
+    refused("stages:\n  - train: {epochs: 1}\n", tmp_path, "train builds a new model from scratch",
+            **{"from": source})
+    refused("stages:\n  - quantize: {method: sensitivity}\n", tmp_path, "writes a per-layer scan",
+            **{"from": source})
+
+
+def test_a_quantized_from_checkpoint_is_known_to_the_plan(tmp_path, source):
+    from effdl.compress.quantize import Int8StaticConfig, quantize_
+
+    model = create_model("tiny_cnn")
+    quantize_(model, Int8StaticConfig())
+    path = tmp_path / "q.safetensors"
+    save_model(path, model, config=SOURCE_CONFIG, extra_meta={"quantize": {"method": "ptq-int8"}})
+    refused("stages:\n  - quantize: {method: qat}\n", tmp_path, "cannot quantize a quantized model .*the checkpoint",
+            **{"from": path})
+
+
+def test_fan_out_branches_on_every_combination_and_shares_the_stages_before(tmp_path, source):
+    plan = make_plan(recipe("""
+        stages:
+          - prune: {method: magnitude, sparsity: [0.3, 0.5], include: ["conv*"]}
+          - quantize: {method: qat, bits: [8, 4], act_bits: null, epochs: 1}
+    """, tmp_path, **{"from": source}))
+    assert len(plan.branches) == 4
+    assert [b[-1].folder for b in plan.branches] == [
+        "02-quantize+sparsity=0.3+bits=8", "02-quantize+sparsity=0.3+bits=4",
+        "02-quantize+sparsity=0.5+bits=8", "02-quantize+sparsity=0.5+bits=4"]
+    assert plan.branches[0][0] is plan.branches[1][0]  # one pruning run feeds both bit-widths
+    assert len(plan.stages) == 6
+    assert plan.branches[0][0].options.include == ["conv*"]  # a list for a list field is one value
+    assert plan.branches[1][1].input is plan.branches[1][0]
+    # hashes: the same config on different inputs differs; identical plans hash identically
+    assert plan.branches[0][1].hash != plan.branches[2][1].hash
+    again = make_plan(recipe("""
+        stages:
+          - prune: {method: magnitude, sparsity: [0.3, 0.5], include: ["conv*"]}
+          - quantize: {method: qat, bits: [8, 4], act_bits: null, epochs: 1}
+    """, tmp_path, **{"from": source}))
+    assert [s.hash for s in again.stages] == [s.hash for s in plan.stages]
+    # a list of lists fans out a list field
+    nested = make_plan(recipe("stages:\n  - prune: {method: magnitude, sparsity: 0.3, include: [[a], [b]]}\n",
+                              tmp_path, **{"from": source}))
+    assert [b[0].options.include for b in nested.branches] == [["a"], ["b"]]
+
+
+def test_a_recipe_runs_resumes_and_reruns_only_what_changed(tmp_path, source, monkeypatch):
+    text = """
+        stages:
+          - prune: {method: magnitude, sparsity: [0.3, 0.6]}
+          - quantize: {method: ptq-int8, calibration_images: 64}
+        report: {latency: false}
+    """
+    outcome = run_recipe(recipe(text, tmp_path, **{"from": source}))
+    root = tmp_path / "runs" / "r"
+    assert not outcome.failed and len(outcome.results) == 4
+    final = root / "02-quantize+sparsity=0.6" / "best.safetensors"
+    lineage = read_checkpoint_meta(final)["lineage"]
+    assert [e["stage"] for e in lineage[-2:]] == ["prune", "quantize"]
+    assert lineage[-1]["source"] == str(root / "01-prune+sparsity=0.6" / "best.safetensors")
+    state = json.loads((root / "01-prune+sparsity=0.6" / "stage.json").read_text())
+    assert state["status"] == "done" and state["result"]["details"]["sparsity"] >= 0.59  # measured from the model
+    rows = outcome.report["rows"]
+    assert {r["name"] for r in rows} == {s.folder for s in outcome.plan.stages}
+    assert any(r["pareto"] for r in rows)
+    for name in ("runs.csv", "runs.json", "accuracy_vs_score.png", "stages.md"):
+        assert (root / "report" / name).is_file()
+    assert "02-quantize+sparsity=0.3" in (root / "report" / "stages.md").read_text()
+
+    # The same recipe again: nothing runs.
+    import effdl.pipelines.prune as prune_module
+    import effdl.pipelines.quantize as quantize_module
+
+    calls = []
+    real_quantize = quantize_module.quantize_run
+    monkeypatch.setattr(prune_module, "prune_checkpoint", lambda *a, **k: calls.append("prune"))
+    monkeypatch.setattr(quantize_module, "quantize_run", lambda *a, **k: calls.append("quantize") or real_quantize(*a, **k))
+    again = run_recipe(recipe(text, tmp_path, **{"from": source}), report=False)
+    assert calls == [] and len(again.skipped) == 4
+    # A changed quantize key reruns the quantize stages only, replacing their folders.
+    changed = text.replace("calibration_images: 64", "calibration_images: 96")
+    third = run_recipe(recipe(changed, tmp_path, **{"from": source}), report=False)
+    assert calls == ["quantize", "quantize"] and len(third.skipped) == 2
+    assert json.loads((root / "02-quantize+sparsity=0.3" / "stage.json").read_text())["options"][
+        "calibration_images"] == 96
+
+
+def test_a_failing_branch_keeps_the_others_and_says_how_to_resume(tmp_path, source, monkeypatch):
+    import effdl.pipelines.quantize as quantize_module
+
+    real = quantize_module.quantize_run
+
+    def fail_on_4_bits(source_, options, out_dir, **kw):
+        if options.bits == 4:
+            raise EffdlError("simulated failure")
+        return real(source_, options, out_dir, **kw)
+
+    monkeypatch.setattr(quantize_module, "quantize_run", fail_on_4_bits)
+    text = "stages:\n  - quantize: {method: kmeans, bits: [4, 3]}\nreport: {latency: false}\n"
+    with pytest.raises(EffdlError, match=r"stage 01-quantize\+bits=4 failed: simulated failure; the finished stages "
+                                         r"are kept .*`effdl run .*recipe.yaml` resumes"):
+        run_recipe(recipe(text, tmp_path, **{"from": source}))
+    root = tmp_path / "runs" / "r"
+    assert json.loads((root / "01-quantize+bits=4" / "stage.json").read_text())["status"] == "failed"
+    assert json.loads((root / "01-quantize+bits=3" / "stage.json").read_text())["status"] == "done"
+    monkeypatch.setattr(quantize_module, "quantize_run", real)
+    resumed = run_recipe(recipe(text, tmp_path, **{"from": source}), report=False)
+    assert resumed.skipped == ["01-quantize+bits=3"] and not resumed.failed
+
+
+def test_an_interrupted_training_stage_resumes_inside_itself(tmp_path, monkeypatch):
+    import effdl.train.run as run_module
+
+    class StopInEpoch2(Callback):
+        def on_after_step(self, trainer):
+            if trainer.step == trainer.steps_per_epoch + 2:
+                raise KeyboardInterrupt
+
+    real_train = run_module.train
+    monkeypatch.setattr(run_module, "train", lambda config, **kw: real_train(config, callbacks=[StopInEpoch2()], **kw))
+    text = ("stages:\n  - train: {dataset: synthetic, model: tiny_cnn, epochs: 2, batch_size: 128, "
+            "train_limit: 256, test_limit: 64, device: cpu}\nreport: {latency: false}\n")
+    with pytest.raises(Interrupted, match="stopped during 01-train; the finished stages are kept"):
+        run_recipe(recipe(text, tmp_path))
+    stage_dir = tmp_path / "runs" / "r" / "01-train"
+    assert (stage_dir / "last.safetensors").is_file()
+    monkeypatch.setattr(run_module, "train", real_train)
+    plan = make_plan(recipe(text, tmp_path))
+    from effdl.recipes.runner import stage_status
+
+    assert stage_status(plan, plan.stages[0]) == "resume"
+    run_recipe(recipe(text, tmp_path))
+    epochs = [json.loads(line)["epoch"] for line in (stage_dir / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2]  # the first epoch was not trained again
+    assert json.loads((stage_dir / "stage.json").read_text())["status"] == "done"
+
+
+def test_effdl_run_cli_dry_run_and_errors(tmp_path, source, capsys):
+    from effdl.cli import main
+
+    path = tmp_path / "r.yaml"
+    path.write_text(f"name: cli\nout: {tmp_path}\nfrom: {source}\nstages:\n  - prune: {{method: magnitude, "
+                    "sparsity: [0.2, 0.4]}\n")
+    assert main(["run", str(path), "--dry-run"]) == 0
+    err = capsys.readouterr().err
+    assert "2 branch(es)" in err and "01-prune+sparsity=0.4  [run]" in err
+    assert not (tmp_path / "cli").exists()  # a dry run writes nothing
+    path.write_text("stages:\n  - prune: {method: magnitude, sparsity: 0.2, epoch: 1}\n")
+    assert main(["run", str(path), "--from", str(source)]) == 2
+    assert "r.yaml:2: stage 1 (prune): unknown key 'epoch'" in capsys.readouterr().err
+    assert main(["run", "--list"]) == 0
+    assert "long-project" in capsys.readouterr().out
+
+
+def test_every_shipped_recipe_plans(tmp_path):
+    from effdl.recipes import shipped_recipes
+
+    shipped = shipped_recipes()
+    assert {"long-project", "micronet", "cpu-deployment", "demo"} <= set(shipped)
+    for name, path in shipped.items():
+        plan = make_plan(recipe_from_text(path.read_text(), path=path))
+        assert plan.branches, name
