@@ -65,7 +65,7 @@ def test_without_output_quantizers_only_exact_output_points_are_quantized(tmp_pa
     float_model, qparams = dequantized_float_model(model)
     proto = onnx_model(float_model)
     points = output_quantization_points(proto.graph, qparams)
-    conv2_grids = {(q.input_scale, q.input_zero_point) for name, q in qparams.items() if name.endswith("conv2")}
+    conv2_grids = {q.input_grid for name, q in qparams.items() if name.endswith("conv2")}
     assert len(points) == 9 and set(points.values()) == conv2_grids
     path = save_onnx(insert_qdq(proto, qparams), tmp_path / "int8.onnx")
     assert optimized_op_counts(path).get("QLinearConv") == 9
@@ -97,7 +97,8 @@ def test_fake_quant_models_export_as_float_graphs_that_match(config, tmp_path):
 
 
 def test_int8_export_refuses_models_it_cannot_express():
-    model = quantize_(create_model("resnet20", width=0.25), FakeQuantConfig(weight_bits=4, act_bits=4))
+    # DoReFa's tanh-normalised weights lie on no per-channel grid with a zero point of 0.
+    model = quantize_(create_model("resnet20", width=0.25), FakeQuantConfig(weight_bits=4, act_bits=4, method="dorefa"))
     with pytest.raises(EffdlError, match="cannot express layer conv1"):
         int8_model(model, None)
     with pytest.raises(EffdlError, match="needs calibration images"):
@@ -273,9 +274,10 @@ def _kinds():
         "qat-minmax-8-per-tensor": (FakeQuantConfig(weight_bits=8, act_bits=8, method="minmax", per_channel=False),
                                     False, True),
         "qat-lsq-8": (FakeQuantConfig(weight_bits=8, act_bits=8, method="lsq"), False, True),
-        "qat-pact-8": (FakeQuantConfig(weight_bits=8, act_bits=8, method="pact"), False, False),  # signed input
+        "qat-pact-8": (FakeQuantConfig(weight_bits=8, act_bits=8, method="pact"), False, True),  # signed: codes 1..255
         "qat-dorefa-8": (FakeQuantConfig(weight_bits=8, act_bits=8, method="dorefa"), False, False),
-        "qat-lsq-4": (FakeQuantConfig(weight_bits=4, act_bits=4, method="lsq", first_last_bits=None), False, False),
+        "qat-lsq-4": (FakeQuantConfig(weight_bits=4, act_bits=4, method="lsq", first_last_bits=None), False, True),
+        "qat-pact-3": (FakeQuantConfig(weight_bits=3, act_bits=3, method="pact"), False, True),  # first, last: 8
         "qat-minmax-8-weights-only": (FakeQuantConfig(weight_bits=8, act_bits=None, method="minmax"), False, False),
         "binary": (FakeQuantConfig(weight_bits=1, act_bits=1, first_last_bits=None), False, False),
         "binaryconnect": (BinaryConnectConfig(), False, False),

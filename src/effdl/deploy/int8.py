@@ -13,11 +13,19 @@ ONNX Runtime only turns DQ -> Conv -> Q into an integer convolution (QLinearConv
 output is quantized; with the three rules every convolution of a ResNet becomes one.
 
 Which models: a float model (BatchNorm folded, then Int8StaticConfig and calibration), or a
-model already quantized whose every quantized layer sits on 8-bit grids ONNX can express
-(`int8_grids`): weights min-max or LSQ at 8 bits (per channel or per tensor), inputs calibrated
-range (ptq-int8, QAT minmax), LSQ or unsigned PACT at 8 bits. Anything else (fewer bits,
-DoReFa, binary, ternary, k-means, weight-only, half precision) is refused with an EffdlError that
-says why; those models export as float graphs of their fake-quant arithmetic (`export_onnx`).
+model already quantized whose every quantized layer sits on uniform grids of at most 8 bits
+(`weight_grid`, `act_grid`): weights min-max or LSQ at 2..8 bits (per channel or per tensor),
+inputs on a calibrated range (ptq-int8, QAT minmax), LSQ or PACT grid at 2..8 bits. A k-bit grid is
+a subset of int8's with the same scale (its integers lie in -2^(k-1)..2^(k-1)-1, or 0..2^k-1), so
+a 4-bit QAT model exports exactly: its weights are int8 initializers holding the 4-bit integers,
+and where an activation grid is narrower than uint8's 0..255 (fewer bits, or signed PACT's
+symmetric -(2^(k-1)-1)..2^(k-1)-1) an integer Clip between QuantizeLinear and DequantizeLinear
+saturates at the quantizer's own ends, which ONNX Runtime's uint8 rounding alone would not. The
+Clip sits between Q and DQ, so the DQ -> Conv -> Q patterns ONNX Runtime fuses into QLinearConv
+stay intact. Anything else (DoReFa's tanh-normalised weights, binary / sign activations,
+k-means codebooks, weight-only quantization, half precision, more than 8 bits) is refused with an
+EffdlError that says why; those models export as float graphs of their fake-quant arithmetic
+(`export_onnx`).
 A BatchNorm after a quantized conv (QAT keeps it) is folded into the exported conv by scaling the
 channel's grid, not the integers: f * (s * q) = (|f| s) * (sign(f) q), exact. A weight the
 exporter changed anyway is refused rather than clipped onto a grid it no longer fits.
@@ -61,6 +69,12 @@ from effdl.deploy.onnx import OnnxCheck, export_onnx, export_verified
 from effdl.errors import EffdlError
 
 WEIGHT_OPS = {"Conv", "Gemm"}
+MIN_BITS, MAX_BITS = 2, 8  # uniform grids int8 QDQ holds exactly (1 bit is a sign, not a grid with a zero)
+UINT8_CODES = (0, 255)
+
+# An activation grid as ONNX writes it: (scale, uint8 zero point, lowest code, highest code). The
+# codes are the uint8 values the quantizer's integers occupy: 0..255 at 8 bits, fewer below.
+ActGrid = tuple[float, int, int, int]
 
 
 @dataclass(frozen=True)
@@ -70,14 +84,25 @@ class LayerQParams:
     weight_scale: np.ndarray
     input_scale: float
     input_zero_point: int
-    output_grid: tuple[float, int] | None = None  # (scale, zero point) when the layer quantizes its output
+    output_grid: ActGrid | None = None  # when the layer quantizes its output
+    input_codes: tuple[int, int] = UINT8_CODES  # uint8 codes the input's integers occupy
+
+    @property
+    def input_grid(self) -> ActGrid:
+        return (self.input_scale, self.input_zero_point, *self.input_codes)
+
+
+def _grid_bits(quantizer: nn.Module | None) -> bool:
+    bits = getattr(quantizer, "bits", None)
+    return isinstance(bits, int) and MIN_BITS <= bits <= MAX_BITS
 
 
 def weight_grid(layer: nn.Module) -> np.ndarray | None:
-    """Per-output-channel scales of the symmetric int8 grid the layer's quantized weights lie on
-    (zero point 0, integers in [-128, 127]), or None when they lie on no such grid."""
+    """Per-output-channel scales of the symmetric grid the layer's quantized weights lie on (zero
+    point 0, integers in -2^(k-1)..2^(k-1)-1 for k = 2..8 bits, a subset of int8's), or None when
+    they lie on no such grid."""
     quantizer = layer.weight_quantizer
-    if getattr(quantizer, "bits", None) != 8:
+    if not _grid_bits(quantizer):
         return None
     if isinstance(quantizer, MinMaxWeight):
         scale = quantizer.scale(layer.weight)
@@ -89,21 +114,27 @@ def weight_grid(layer: nn.Module) -> np.ndarray | None:
     return np.broadcast_to(scale, (layer.weight.shape[0],)).astype(np.float32)  # per tensor -> per channel
 
 
-def act_grid(quantizer: nn.Module | None) -> tuple[float, int] | None:
-    """(scale, uint8 zero point) of the grid an activation quantizer rounds to, when ONNX's
-    uint8 QuantizeLinear (round(x / scale) + zero point, clamped to 0..255) computes exactly
-    what it does; else None. Calibrated range (ptq-int8, QAT minmax), LSQ (unsigned: 0..255,
-    signed: -128..127 = zero point 128) and unsigned PACT at 8 bits qualify; signed PACT clips at
-    -127 steps, which the uint8 grid (-128) does not, and DoReFa / sign activations are no grids."""
-    if quantizer is None or getattr(quantizer, "bits", None) != 8 or not bool(getattr(quantizer, "ready", False)):
+def act_grid(quantizer: nn.Module | None) -> ActGrid | None:
+    """(scale, uint8 zero point, lowest code, highest code) of the grid an activation quantizer
+    rounds to, when ONNX's uint8 QuantizeLinear (round(x / scale) + zero point, clamped to 0..255)
+    followed by a clip of the codes to [lowest, highest] computes exactly what it does; else None.
+
+    Calibrated range (ptq-int8, QAT minmax: codes 0..2^k-1), LSQ (unsigned: 0..2^k-1; signed:
+    -2^(k-1)..2^(k-1)-1, zero point 2^(k-1)) and PACT (unsigned: 0..2^k-1; signed: clipped at
+    +-alpha, so -(2^(k-1)-1)..2^(k-1)-1, codes 1..2^k-1) at k = 2..8 bits qualify; DoReFa's
+    clip-to-one and sign activations are refused (module docstring).
+    """
+    if quantizer is None or not _grid_bits(quantizer) or not bool(getattr(quantizer, "ready", False)):
         return None
     if isinstance(quantizer, RangeAct):
-        return quantizer.qparams()
+        scale, zero_point = quantizer.qparams()
+        return scale, zero_point, 0, 2**quantizer.bits - 1
     lowest, highest = quantizer.levels() if hasattr(quantizer, "levels") else (None, None)
     if isinstance(quantizer, LSQAct):
-        return float(quantizer.step.detach().clamp(min=1e-8)), int(lowest)
-    if isinstance(quantizer, PACTAct) and lowest == 0:
-        return float(quantizer.alpha.detach().clamp(min=1e-6)) / highest, 0
+        return float(quantizer.step.detach().clamp(min=1e-8)), int(lowest), 0, int(lowest + highest)
+    if isinstance(quantizer, PACTAct):  # signed PACT clips at +-alpha = +-highest steps, not at -lowest
+        scale = float(quantizer.alpha.detach().clamp(min=1e-6)) / highest
+        return scale, int(lowest), int(lowest - highest) if lowest else 0, int(lowest + highest)
     return None
 
 
@@ -111,17 +142,19 @@ def _int8_problem(layer: nn.Module) -> str | None:
     """Why `layer` cannot be written as int8 QDQ, or None."""
     weights = layer.weight_quantizer
     if weight_grid(layer) is None:
-        return f"its {type(weights).__name__} {layer.weight_bits}-bit weights are not on an 8-bit uniform grid"
+        return (f"its {type(weights).__name__} {layer.weight_bits}-bit weights are not on a uniform grid of "
+                f"{MIN_BITS} to {MAX_BITS} bits")
     if layer.act_quantizer is None:
         return "it does not quantize its input (weight-only quantization: no integer kernel to run)"
     if act_grid(layer.act_quantizer) is None:
         act = layer.act_quantizer
-        if getattr(act, "bits", None) == 8 and not bool(getattr(act, "ready", True)):
+        if _grid_bits(act) and not bool(getattr(act, "ready", True)):
             return "its input quantizer is not calibrated (run calibrate(model, images) first)"
-        return f"its {type(act).__name__} {layer.act_bits}-bit input quantizer is no uint8 grid"
+        return f"its {type(act).__name__} {layer.act_bits}-bit input quantizer is no uniform grid of at most 8 bits"
     output = layer.output_quantizer
     if output is not None and act_grid(output) is None:
-        return f"it quantizes its output with a {type(output).__name__} at {output.bits} bits, not an 8-bit grid"
+        return (f"it quantizes its output with a {type(output).__name__} at {output.bits} bits, "
+                "not a uniform grid of at most 8 bits")
     return None
 
 
@@ -144,8 +177,8 @@ def int8_model(model: nn.Module, calibration_images: torch.Tensor | None, calibr
         if problem is not None:
             raise EffdlError(
                 f"int8 export cannot express layer {name}: {problem}. Export it without --int8 (a float ONNX "
-                "graph of the fake-quant model), or quantize the float model with ptq-int8 or 8-bit QAT "
-                "(--bits 8, --qat-method minmax or lsq) first"
+                "graph of the fake-quant model), or quantize the float model with ptq-int8 or QAT at 2 to 8 "
+                "bits with --qat-method minmax or lsq first"
             )
     return model
 
@@ -163,8 +196,9 @@ def dequantized_float_model(model: nn.Module) -> tuple[nn.Module, dict[str, Laye
         with torch.no_grad():
             weight = layer.quantized_weight().detach().clone()
         output_grid = act_grid(layer.output_quantizer) if layer.output_quantizer is not None else None
-        scale, zero_point = act_grid(layer.act_quantizer)
-        qparams[name] = LayerQParams(weight_grid(layer), float(scale), int(zero_point), output_grid)
+        scale, zero_point, lowest, highest = act_grid(layer.act_quantizer)
+        qparams[name] = LayerQParams(weight_grid(layer), float(scale), int(zero_point), output_grid,
+                                     (int(lowest), int(highest)))
         if isinstance(layer, nn.Conv2d):
             plain = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
                               layer.dilation, layer.groups, layer.bias is not None, layer.padding_mode)
@@ -205,8 +239,8 @@ def _layer_of(node: onnx.NodeProto, qparams: dict[str, LayerQParams], initialize
 
 def output_quantization_points(
     graph: onnx.GraphProto, qparams: dict[str, LayerQParams]
-) -> dict[str, tuple[float, int]]:
-    """Where each quantized layer's output is quantized: tensor -> (scale, zero point).
+) -> dict[str, ActGrid]:
+    """Where each quantized layer's output is quantized: tensor -> its grid (`act_grid`).
 
     A layer with its own output quantizer (`Int8StaticConfig(quantize_outputs=True)`) is
     quantized at its output with that quantizer's grid, as in PyTorch. Any other layer's output
@@ -215,7 +249,8 @@ def output_quantization_points(
     ops only and ends at the data input of quantized layers that all share one input grid. Those
     layers' input quantizers round these values anyway, and relu / max / clip are monotone, so
     rounding first gives exactly the same numbers. Other outputs (reaching a residual Add, an
-    average pool or the graph output) stay float.
+    average pool or the graph output) stay float. The grid's clip to its codes commutes with
+    those ops as its rounding does (clipping is monotone too), so a k-bit grid is exact there as well.
     """
     initializers = {init.name for init in graph.initializer}
     readers = _consumers(graph)
@@ -251,7 +286,7 @@ def output_quantization_points(
         if len(only_reader) == 1 and only_reader[0].op_type == "Relu" and point not in graph_outputs:
             point = only_reader[0].output[0]
         layers = reached_layers(point)
-        grids = {(qparams[name].input_scale, qparams[name].input_zero_point) for name in layers or []}
+        grids = {qparams[name].input_grid for name in layers or []}
         if len(grids) == 1:
             points[point] = grids.pop()
     return points
@@ -273,14 +308,24 @@ def insert_qdq(proto: onnx.ModelProto, qparams: dict[str, LayerQParams]) -> onnx
     replaced: set[str] = set()  # float weights now stored as int8
     nodes = []
 
-    def add_qdq(source: str, target: str, prefix: str, scale: float, zero_point: int) -> None:
+    def add_qdq(source: str, target: str, prefix: str, scale: float, zero_point: int, lowest: int = 0,
+                highest: int = 255) -> None:
         graph.initializer.extend([
             numpy_helper.from_array(np.array(scale, np.float32), f"{prefix}_scale"),
             numpy_helper.from_array(np.array(zero_point, np.uint8), f"{prefix}_zero_point"),
         ])
         nodes.append(helper.make_node("QuantizeLinear", [source, f"{prefix}_scale", f"{prefix}_zero_point"],
                                       [f"{prefix}_q"], name=f"{prefix}_q"))
-        nodes.append(helper.make_node("DequantizeLinear", [f"{prefix}_q", f"{prefix}_scale", f"{prefix}_zero_point"],
+        codes = f"{prefix}_q"
+        if (lowest, highest) != UINT8_CODES:  # a grid of fewer codes saturates at its own ends
+            graph.initializer.extend([
+                numpy_helper.from_array(np.array(lowest, np.uint8), f"{prefix}_lowest"),
+                numpy_helper.from_array(np.array(highest, np.uint8), f"{prefix}_highest"),
+            ])
+            nodes.append(helper.make_node("Clip", [codes, f"{prefix}_lowest", f"{prefix}_highest"],
+                                          [f"{prefix}_clipped"], name=f"{prefix}_clip"))
+            codes = f"{prefix}_clipped"
+        nodes.append(helper.make_node("DequantizeLinear", [codes, f"{prefix}_scale", f"{prefix}_zero_point"],
                                       [target], name=f"{prefix}_dq"))
 
     for original in graph.node:
@@ -314,8 +359,8 @@ def insert_qdq(proto: onnx.ModelProto, qparams: dict[str, LayerQParams]) -> onnx
                 [node.input[1]], name=f"{prefix}.weight_dq", axis=axis,
             ))
             # An input already on this layer's grid (a quantized output point) needs no second rounding.
-            if output_points.get(node.input[0]) != (q.input_scale, q.input_zero_point):
-                add_qdq(node.input[0], f"{prefix}.input_dq", f"{prefix}.input", q.input_scale, q.input_zero_point)
+            if output_points.get(node.input[0]) != q.input_grid:
+                add_qdq(node.input[0], f"{prefix}.input_dq", f"{prefix}.input", *q.input_grid)
                 node.input[0] = f"{prefix}.input_dq"
             done.add(name)
         point = node.output[0] if node.output and node.output[0] in output_points else None
@@ -352,7 +397,7 @@ def export_int8_verified(
 
     `model` is a float model (BatchNorm is folded, then it is quantized with Int8StaticConfig and
     calibrated on `calibration_images`, normalised NCHW training images, with `calibration` =
-    minmax / percentile / mse) or a model already quantized on 8-bit grids (`int8_model`).
+    minmax / percentile / mse) or a model already quantized on grids of at most 8 bits (`int8_model`).
     The file is checked against the int8 PyTorch model with `verify_onnx` on `check_images`
     (normalised images as the model sees them; default: the calibration images; with neither,
     random inputs, which the check's note states) before it takes the name `path`; on failure
