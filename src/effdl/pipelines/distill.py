@@ -1,0 +1,204 @@
+"""`distill(config)`: train a student from scratch with a teacher (behind `effdl distill`, and the
+`distill` stage a recipe runs with the previous stage's checkpoint as teacher).
+
+The run directory is a normal training run's (`effdl.train.run.train` writes it, with the
+distillation callback): config.yaml (the training keys; the distillation keys are in summary.json
+and the checkpoint), metrics.jsonl, last.safetensors, best.safetensors (the last epoch's weights
+unless val_size holds images out) and summary.json, whose `kind` is "distill" and which records
+the teacher checkpoints, the method and its config, and both accuracies on the same test split.
+best.safetensors' lineage is the (first) teacher's with a "distill" entry appended, and its
+header's `distill` holds the same record as the summary's details.
+
+The dataset defaults to the teacher's (its recorded data: name, input size, resize policy); the
+teacher sees each batch re-normalised to the statistics it was trained with. Everything is
+checked before training starts: an empty teacher list, a missing or corrupt checkpoint, teachers
+whose classes or input size differ from the student's data, an unknown method or layer path
+(close names listed), a weight out of range — each one EffdlError line.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import Field, ValidationError, field_validator
+
+from effdl.errors import EffdlError
+from effdl.train.config import TrainConfig, _explain
+
+if TYPE_CHECKING:
+    from effdl.train.trainer import TrainResult
+
+# The keys DistillConfig adds to TrainConfig (they are not part of the training run's config.yaml).
+DISTILL_KEYS = ("teacher", "method", "alpha", "beta", "temperature", "layers", "method_options")
+
+
+class DistillConfig(TrainConfig):
+    """A training run of `model` (the student) that also learns from `teacher`."""
+
+    teacher: list[str] = Field(default_factory=list,
+        description="teacher checkpoint(s); several: an ensemble whose logits are averaged (comma-separated)")
+    method: str = Field("kd", description="kd, dkd, kd-std, fitnets, at or overhaul")
+    alpha: float | None = Field(None,
+        description="kd, kd-std: weight of the distillation term in (0, 1]; dkd: target-part weight; none: the method's")
+    beta: float | None = Field(None,
+        description="dkd: non-target-part weight; fitnets, at, overhaul: feature-loss weight; none: the method's")
+    temperature: float | None = Field(None, description="softening temperature (kd, kd-std, dkd); none: the method's")
+    layers: list[str] = Field(default_factory=list,
+        description="feature methods: STUDENT_PATH=TEACHER_PATH pairs; none: stages paired by spatial size")
+    method_options: dict[str, Any] = Field(default_factory=dict,
+        description="other options of the method's config, as a YAML mapping (e.g. '{ramp_epochs: 2}')")
+
+    @field_validator("teacher", mode="before")
+    @classmethod
+    def _split_teachers(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    def method_config(self) -> Any:
+        """The distillation method's technique config (effdl.compress.distill.methods), validated."""
+        from effdl.compress.distill import method_config
+
+        options = {"alpha": self.alpha, "beta": self.beta, "temperature": self.temperature,
+                   "layers": tuple(self.layers) or None, **self.method_options}
+        return method_config(self.method, **options)
+
+    def train_config(self) -> TrainConfig:
+        """The training part: what config.yaml records and `effdl train` can read back."""
+        return TrainConfig.model_validate(self.model_dump(exclude=set(DISTILL_KEYS)))
+
+
+def make_distill_config(values: dict[str, Any], source: str = "arguments") -> DistillConfig:
+    """Validate `values` into a DistillConfig, turning validation errors into one clear line."""
+    try:
+        return DistillConfig.model_validate(values)
+    except ValidationError as exc:
+        raise _explain(exc, source) from None
+
+
+def _load_teachers(paths: list[str]) -> tuple[list, list[dict[str, Any]]]:
+    from effdl.checkpoint import load_model
+
+    if not paths:
+        raise EffdlError("the teacher ensemble is empty: give --teacher CKPT[,CKPT...]")
+    models, metas = [], []
+    for path in paths:
+        if not Path(path).is_file():
+            raise EffdlError(f"teacher checkpoint not found: {path}")
+        model, meta = load_model(path)
+        models.append(model)
+        metas.append(meta)
+    return models, metas
+
+
+def _teacher_data_defaults(config: DistillConfig, record: dict[str, Any] | None) -> DistillConfig:
+    """The config with the dataset (and its image size and resize policy) taken from the teacher's
+    record where the config did not set them."""
+    if not record or "dataset" in config.model_fields_set:
+        return config
+    update: dict[str, Any] = {"dataset": record.get("dataset") or config.dataset}
+    if config.image_size is None and record.get("resize") and record.get("input_size"):
+        update["image_size"] = [int(side) for side in record["input_size"][1:]]
+        update["resize"] = record["resize"]
+    return config.model_copy(update=update)
+
+
+def _check_teacher_fits(teacher, path: str, data) -> None:
+    from effdl.measure.accuracy import check_model_fits_data
+    from effdl.models.registry import data_meta
+
+    try:
+        check_model_fits_data(teacher, data)
+    except EffdlError as exc:
+        raise EffdlError(f"teacher {path}: {exc}") from None
+    recorded = (data_meta(teacher) or {}).get("input_size")
+    if recorded and list(recorded) != list(data.image_shape):
+        raise EffdlError(f"teacher {path} was trained on {'x'.join(map(str, recorded))} images, the student's data "
+                         f"has {'x'.join(map(str, data.image_shape))}: pass --image-size to match")
+
+
+def build_teacher(models: list, data) -> Any:
+    """The frozen `Teacher` of `models`, re-normalising the data's images to the first teacher's
+    recorded statistics (all members must share them)."""
+    from effdl.compress.distill import Teacher, renormalization
+    from effdl.models.registry import data_meta
+
+    records = [data_meta(m) or {} for m in models]
+    stats = {(tuple(r.get("mean") or data.mean), tuple(r.get("std") or data.std)) for r in records}
+    if len(stats) > 1:
+        raise EffdlError("the ensemble's teachers were trained with different normalisations; "
+                         "distill from teachers of one dataset")
+    mean, std = stats.pop()
+    change = renormalization(data.mean, data.std, mean, std)
+    return Teacher(models, *(change or (None, None)))
+
+
+def distill(config: DistillConfig, *, overwrite: bool = False) -> TrainResult:
+    """Train `config.model` from scratch on `config.dataset` (default: the teacher's) while it
+    learns from `config.teacher` by `config.method`; returns the TrainResult of the run written to
+    `<out_dir>/<name>/` (see the module docstring). Refuses (EffdlError, before any training) bad
+    teachers, methods, layers, weights, or an existing run unless `overwrite`."""
+    import torch
+
+    from effdl.checkpoint import checkpoint_data_meta, lineage_entry, read_checkpoint_meta, source_lineage
+    from effdl.checkpoint import update_checkpoint_meta
+    from effdl.compress.distill import distiller
+    from effdl.core.configs import config_to_dict
+    from effdl.data import BatchLoader
+    from effdl.device import resolve_device
+    from effdl.fileio import atomic_write
+    from effdl.measure import evaluate
+    from effdl.models import create_model
+    from effdl.train.run import prepare_data, train
+    from effdl.train.trainer import default_run_name
+
+    method = config.method_config()  # an unknown method or a bad weight fails before anything loads
+    models, metas = _load_teachers(config.teacher)
+    config = _teacher_data_defaults(config, checkpoint_data_meta(metas[0]))
+    name = config.name or "distill-" + default_run_name(config)
+    config = config.model_copy(update={"name": name})
+    data, val = prepare_data(config)
+    for model, path in zip(models, config.teacher):
+        _check_teacher_fits(model, path, data)
+    teacher = build_teacher(models, data)
+
+    # The student's layer shapes come from a model built like it (train() builds the one it trains).
+    probe = create_model(config.model, num_classes=data.num_classes, **config.model_kwargs)
+    callback = distiller(method, probe, teacher, input_size=data.image_shape)
+    del probe
+
+    device = resolve_device(config.device)
+    loader = BatchLoader.for_split(data, "test", batch_size=config.eval_batch_size, device=device)
+    print(f"evaluating the teacher on {len(loader.labels):,} test images...", file=sys.stderr)
+    teacher_accuracy = evaluate(teacher.to(device), loader).top1
+    teacher.cpu()
+    torch.manual_seed(config.seed)
+
+    train_config = config.train_config()
+    # With a validation split train() reloads the data to hold it out; otherwise it uses ours.
+    result = train(train_config, callbacks=[callback], data=None if config.val_size else data, overwrite=overwrite)
+
+    run_dir = Path(result.run_dir)
+    record = {
+        "method": config.method, "config": config_to_dict(method), "teachers": list(config.teacher),
+        "teacher_accuracy": teacher_accuracy, "student_accuracy": result.accuracy,
+        "layers": [list(p) for p in getattr(callback, "pairs", [])],
+        "connector_params": sum(p.numel() for p in callback.parameters()),
+        "images_per_s": result.images_per_s,
+    }
+    entry = lineage_entry("distill", config={**train_config.model_dump(mode="json"), **record["config"]},
+                          run=run_dir.name, source=config.teacher[0], teachers=list(config.teacher),
+                          method=config.method, dataset=data.name, model=config.model, epochs=result.epochs,
+                          accuracy=result.accuracy, teacher_accuracy=teacher_accuracy)
+    lineage = [*source_lineage(read_checkpoint_meta(config.teacher[0]), config.teacher[0]), entry]
+    update_checkpoint_meta(run_dir / "best.safetensors", lineage=lineage, distill=record)
+    summary_path = run_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    summary.update(kind="distill", source=config.teacher[0], source_accuracy=teacher_accuracy,
+                   teacher_accuracy=teacher_accuracy, details=record)
+    text = json.dumps(summary, indent=2) + "\n"
+    atomic_write(summary_path, lambda tmp: Path(tmp).write_text(text))
+    return result
