@@ -53,46 +53,19 @@ def dataset_from_args(
     policy, and its normalisation always (`effdl.data.load_dataset_for`). The limits and their seed
     (--seed where the command has one) are applied while loading.
     """
-    from effdl.data import load_dataset, load_dataset_for
+    from effdl.pipelines.sources import dataset_for
 
-    meta = meta or {}
-    is_checkpoint = any(key in meta for key in ("config", "data", "spec"))
-    config = (meta.get("config") if is_checkpoint else meta) or {}
-    record = None
-    if model is not None:
-        from effdl.models.registry import data_meta
-
-        record = data_meta(model)
-    if record is None and is_checkpoint:
-        from effdl.checkpoint import checkpoint_data_meta
-
-        record = checkpoint_data_meta(meta)
-    root = getattr(args, "data_root", None) or config.get("data_root")
-    image_size, resize = getattr(args, "image_size", None), getattr(args, "resize", None)
-    options: dict[str, Any] = {
-        "train_limit": getattr(args, "train_limit", None), "test_limit": getattr(args, "test_limit", None),
-        "limit_seed": getattr(args, "seed", None) or 0,
-    }
-    if record:
-        return load_dataset_for(record, root, name=args.data, image_size=image_size, resize=resize, **options)
-    name = args.data or config.get("dataset")
-    if not name:
-        raise EffdlError("no dataset given: pass --data NAME")
-    if resize is not None and image_size is None:
-        raise EffdlError(f"--resize {resize} needs an image size to resize to: pass --image-size too")
-    if image_size is not None:
-        options.update(image_size=image_size, resize=resize or "crop")
-    return load_dataset(name, root=root, **options)
+    return dataset_for(meta, model, data=args.data, data_root=getattr(args, "data_root", None),
+                       image_size=getattr(args, "image_size", None), resize=getattr(args, "resize", None),
+                       train_limit=getattr(args, "train_limit", None), test_limit=getattr(args, "test_limit", None),
+                       limit_seed=getattr(args, "seed", None) or 0)
 
 
 def model_from_ref(ref: str, num_classes: int = 10) -> tuple[nn.Module, dict[str, Any]]:
     """A model from a checkpoint path, or a fresh one from a registered name (meta is then {})."""
-    from effdl.checkpoint import load_model
-    from effdl.models import create_model
+    from effdl.pipelines.sources import load_source
 
-    if ref.endswith(".safetensors") or Path(ref).exists():
-        return load_model(ref)
-    return create_model(ref, num_classes=num_classes).eval(), {}
+    return load_source(ref, num_classes)
 
 
 def checkpoint_file(text: str) -> str:
@@ -128,3 +101,6 @@ def add_distill_args(p: argparse.ArgumentParser, teacher: str) -> None:
                         "(e.g. 0.9); 0: labels only")
     p.add_argument("--distill-temperature", type=float, default=4.0, metavar="T",
                    help="softening temperature of the distillation (default 4)")
+    p.add_argument("--distill-method", default="kd", metavar="METHOD",
+                   help="kd (default), kd-std or dkd (logits), fitnets, at or overhaul (features of the "
+                        "model's stages); for all but kd and kd-std, ALPHA scales the method's own loss")

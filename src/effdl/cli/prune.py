@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
         scan_images=args.scan_images, include=args.include, exclude=args.exclude,
         layer_ratios=dict(args.layer_ratio), train_limit=args.train_limit,
         test_limit=args.test_limit, device=args.device, compile=args.compile, seed=args.seed,
-        distill=args.distill, distill_temperature=args.distill_temperature,
+        distill=args.distill, distill_temperature=args.distill_temperature, distill_method=args.distill_method,
     )
     options.validate()
     from effdl.checkpoint import read_checkpoint_meta

@@ -105,7 +105,8 @@ def options_from_args(args: argparse.Namespace) -> QuantizeOptions:
         calibration_images=args.calibration_images, quantize_outputs=args.quantize_outputs,
         stochastic=args.stochastic, binary_acts=args.binary_acts, float_first_last=args.float_first_last,
         epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, bf16=args.bf16, compile=args.compile,
-        distill=args.distill, distill_temperature=args.distill_temperature, train_limit=args.train_limit,
+        distill=args.distill, distill_temperature=args.distill_temperature, distill_method=args.distill_method,
+        train_limit=args.train_limit,
         test_limit=args.test_limit, data_root=args.data_root, device=args.device,
     )
 

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from effdl.checkpoint import load_model, read_checkpoint, split_namespace
-from effdl.compress.distill import Distillation, check_distill_options
+from effdl.compress.distill import check_distill_options, finetune_distiller
 from effdl.compress.prune.schedules import AGPCallback, iterative_pruning, lottery_ticket
 from effdl.compress.prune.configs import ChannelPruneConfig, MagnitudePruneConfig, prune_
 from effdl.compress.prune.selection import check_fraction
@@ -77,6 +77,7 @@ class PruneOptions:
     compile: bool = False  # torch.compile the fine-tuning step
     distill: float = 0.0  # weight of distillation from the unpruned model during fine-tuning (0: off)
     distill_temperature: float = 4.0
+    distill_method: str = "kd"  # effdl.compress.distill methods: kd, dkd, kd-std, fitnets, at, overhaul
     seed: int = 0
 
     def validate(self) -> None:
@@ -91,7 +92,7 @@ class PruneOptions:
             raise EffdlError("--target-macs applies to structured methods (l1-filter, l2-filter, slimming, thinet)")
         if self.scope not in (None, "global", "layer"):
             raise EffdlError(f"unknown scope '{self.scope}'; use global or layer")
-        check_distill_options(self.distill, self.distill_temperature)
+        check_distill_options(self.distill, self.distill_temperature, self.distill_method)
         if self.epochs < 0 or self.rounds < 1 or self.penalty_epochs < 0:
             raise EffdlError("--epochs and --penalty-epochs must be >= 0 and --rounds >= 1")
         if self.method == "agp" and self.epochs < 1:
@@ -172,7 +173,8 @@ def prune_checkpoint(
 
     before = _measure(model, data, device)
     # Made before any pruning: the callback keeps its own copy of the unpruned model as the teacher.
-    distillation = Distillation(model, options.distill, options.distill_temperature) if options.distill else None
+    distillation = finetune_distiller(model, options.distill, options.distill_temperature, options.distill_method,
+                                      input_size=data.image_shape) if options.distill else None
     finetune = FineTuner(
         data, train_config, meta["spec"]["name"],
         FineTuneOptions(epochs=options.epochs, lr=options.lr, batch_size=options.batch_size, compile=options.compile,

@@ -55,6 +55,7 @@ class QuantizeOptions:
     compile: bool = False
     distill: float = 0.0  # weight of distillation from the float model during fine-tuning (0: off)
     distill_temperature: float = 4.0
+    distill_method: str = "kd"  # effdl.compress.distill methods: kd, dkd, kd-std, fitnets, at, overhaul
     train_limit: int | None = None
     test_limit: int | None = None
     data_root: str | None = None
@@ -70,7 +71,7 @@ class QuantizeOptions:
             raise EffdlError(f"--epochs must be >= 0, got {self.epochs}")
         if self.epochs and self.method not in TRAINABLE:
             raise EffdlError(f"--epochs fine-tunes training methods ({', '.join(TRAINABLE)}), not {self.method}")
-        check_distill_options(self.distill, self.distill_temperature)
+        check_distill_options(self.distill, self.distill_temperature, self.distill_method)
         if self.distill and not self.epochs:
             raise EffdlError("--distill acts during fine-tuning: give --epochs too")
 
@@ -168,7 +169,7 @@ def quantize_run(
     that is already quantized, or an existing run at `out_dir` (unless `overwrite`, which deletes it
     first); a refused run leaves nothing behind.
     """
-    from effdl.compress.distill import Distillation
+    from effdl.compress.distill import finetune_distiller
     from effdl.compress.quantize import QuantizationCallback, is_quantized, verify_model_bits
     from effdl.data import BatchLoader
     from effdl.device import resolve_device
@@ -201,7 +202,8 @@ def quantize_run(
     source_accuracy = evaluate(model, loader).top1
     # Made before quantize_model changes the model in place: the callback copies the float model as teacher.
     if options.distill:
-        finetune.callbacks.append(Distillation(model, options.distill, options.distill_temperature))
+        finetune.callbacks.append(finetune_distiller(model, options.distill, options.distill_temperature,
+                                                     options.distill_method, input_size=data.image_shape))
     quantize_model(model, config, data, calibration_images=options.calibration_images, device=device,
                    replaced_weights=options.method in WEIGHT_REPLACING)
     if finetune.planned is not None:
@@ -213,7 +215,8 @@ def quantize_run(
     training = None
     if finetune.results:
         training = {**finetune.results[-1],
-                    "distill": {"alpha": options.distill, "temperature": options.distill_temperature}
+                    "distill": {"alpha": options.distill, "temperature": options.distill_temperature,
+                                "method": options.distill_method}
                     if options.distill else None}
     from effdl.core.configs import config_to_dict  # here, not at the top: `effdl quantize --help` needs no torch
 

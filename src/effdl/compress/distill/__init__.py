@@ -16,14 +16,14 @@ from effdl.compress.distill.losses import (
     standardized_kd_loss,
 )
 from effdl.compress.distill.methods import (
-    ATConfig, DKDConfig, FitNetsConfig, KDConfig, KDStdConfig, OverhaulConfig, distiller, is_feature_method,
-    method_config, method_configs,
+    ATConfig, DKDConfig, FitNetsConfig, KDConfig, KDStdConfig, OverhaulConfig, distiller, finetune_distiller,
+    is_feature_method, method_config, method_configs,
 )
 
 __all__ = [
     "ATConfig", "DKDConfig", "Distillation", "FeatureDistillation", "FitNetsConfig", "KDConfig", "KDStdConfig",
     "LogitDistillation", "OverhaulConfig", "Teacher", "attention_loss", "attention_map", "check_distill_options",
-    "distiller", "dkd_loss", "dkd_parts", "hint_loss", "is_feature_method", "kd_loss", "method_config",
+    "distiller", "dkd_loss", "finetune_distiller", "dkd_parts", "hint_loss", "is_feature_method", "kd_loss", "method_config",
     "method_configs", "overhaul_loss", "parse_layer_pairs", "propose_stage_pairs", "renormalization",
     "stage_outputs", "standardize_logits", "standardized_kd_loss",
 ]

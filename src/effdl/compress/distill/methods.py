@@ -300,3 +300,21 @@ def _overhaul(config: OverhaulConfig, student: nn.Module, teacher: Any, *, input
 
     return FeatureDistillation(teacher, student, pairs, term, method="overhaul", make_connector=connector,
                                pre_activation=True, input_size=input_size, scale=scale)
+
+
+def finetune_distiller(teacher: nn.Module, weight: float, temperature: float = 4.0, method: str = "kd", *,
+                       input_size: Sequence[int] | None = None) -> Callback:
+    """The callback of a compression fine-tune's `--distill WEIGHT --distill-temperature T
+    --distill-method METHOD`: the uncompressed `teacher` (copied now, before compression changes it)
+    teaches its compressed self. For kd and kd-std WEIGHT is alpha, the distillation share of the
+    loss; for the other methods it scales the method's own term (default weights). Feature methods
+    pair the model's stages with themselves; a student whose channels are pruned later gets
+    connectors sized when its fine-tune starts. T applies to the methods that have a temperature."""
+    cls = _config_class(method)
+    names = {f.name for f in fields(cls)}
+    options: dict[str, Any] = {"temperature": temperature} if "temperature" in names else {}
+    mixes = method in ("kd", "kd-std")
+    if mixes:
+        options["alpha"] = weight
+    config = method_config(method, **options)
+    return distiller(config, teacher, teacher, input_size=input_size, scale=1.0 if mixes else weight)
