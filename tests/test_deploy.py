@@ -263,8 +263,15 @@ def test_cli_export_of_a_fake_quant_checkpoint_and_int8_without_data(tiny_checkp
     assert json.loads(capsys.readouterr().out)["max_abs_diff"] < 1e-4
     assert main(["export", str(tiny_checkpoint), "--out", str(tmp_path / "x.onnx"), "--int8"]) == 2
     assert "pass --data" in capsys.readouterr().err
-    assert main(["export", str(fake_quant), "--out", str(tmp_path / "y.onnx"), "--int8"]) == 2
-    assert "int8 export cannot express layer" in capsys.readouterr().err
+    # 3-bit PACT grids are subsets of int8's: exported as int8 QDQ with the model's own scales.
+    assert main(["export", str(fake_quant), "--out", str(tmp_path / "y.onnx"), "--int8", "--json"]) == 0
+    check = json.loads(capsys.readouterr().out)["check"]
+    assert check["rule"] == "quantized" and check["agreement"] >= 0.95 and check["max_steps"] <= 8
+    dorefa = quantize_(create_model("tiny_cnn"), FakeQuantConfig(weight_bits=3, act_bits=3, method="dorefa"))
+    dorefa(torch.randn(8, 3, 32, 32))
+    dorefa_path = save_model(tmp_path / "dorefa3.safetensors", dorefa.eval())
+    assert main(["export", str(dorefa_path), "--out", str(tmp_path / "z.onnx"), "--int8"]) == 2
+    assert "int8 export cannot express layer" in capsys.readouterr().err and not (tmp_path / "z.onnx").exists()
 
 
 def test_cli_bench_int8_times_int8_next_to_fp32_onnx(tiny_checkpoint, capsys):

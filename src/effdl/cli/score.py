@@ -1,27 +1,23 @@
 """`effdl score CKPT|MODEL`: per-layer complexity and the scores of spec/scoring.md, optionally with
-the accuracy measured on the full test split and whether the entry reaches the track's threshold."""
+the accuracy measured on the full test split and whether the entry reaches the track's threshold.
+
+The work is effdl.pipelines.score (`score_checkpoint`, `score_model`); this module reads the flags
+and prints the report."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from typing import Any
 
 from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
 
-from effdl.cli.common import (
-    add_data_args, add_device_arg, checkpoint_or_model, dataset_from_args, int_list, model_from_ref,
-)
-from effdl.errors import unknown_name_error
+from effdl.cli.common import add_data_args, add_device_arg, checkpoint_or_model, int_list, model_from_ref
 
 if TYPE_CHECKING:  # torch & co. are imported where used, so that `effdl --help` stays fast
-    import torch
-    from torch import nn
-
     from effdl.measure import Accuracy, ModelProfile, ScoreResult
 
 
@@ -49,105 +45,23 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def _cast_inputs(model: nn.Module, dtype: torch.dtype) -> nn.Module:
-    """`model` fed the float32 batches the loaders produce, cast to its (half-precision) `dtype`."""
-    from torch import nn
-
-    class _CastInputs(nn.Module):
-        def __init__(self, model: nn.Module, dtype: torch.dtype):
-            super().__init__()
-            self.model, self.dtype = model, dtype
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.model(x.to(self.dtype))
-
-    return _CastInputs(model, dtype)
-
-
-def chosen_tracks(scorer: str, track: str | None, dataset: str | None) -> list[tuple[str, str]]:
-    """(scorer, track) pairs to compute: `scorer` or all of them, on `track` where it exists."""
-    from effdl.measure.scoring import TRACKS
-
-    if scorer != "all" and scorer not in TRACKS:
-        raise unknown_name_error("scorer", scorer, [*TRACKS, "all"])
-    scorers = list(TRACKS) if scorer == "all" else [scorer]
-    if track is not None and not any(track in TRACKS[s] for s in scorers):
-        known = sorted({t for s in scorers for t in TRACKS[s]})
-        raise unknown_name_error(f"track of {scorer}", track, known)
-    pairs = []
-    for name in scorers:
-        tracks = TRACKS[name]
-        if track is not None and (scorer != "all" or track in tracks):
-            pairs.append((name, track))
-        else:
-            pairs.append((name, dataset if dataset in tracks else next(iter(tracks))))
-    return pairs
-
-
 def run(args: argparse.Namespace) -> int:
-    import torch
+    from effdl.pipelines.score import ScoreOptions, score_model
 
-    from effdl.data import BatchLoader
-    from effdl.device import resolve_device
-    from effdl.measure import evaluate, profile, score
-    from effdl.models.registry import data_meta, model_input_size
-
+    override = int_list(args.input_size, "--input-size") if args.input_size is not None else None
+    options = ScoreOptions(scorer=args.scorer, track=args.track, input_size=list(override) if override else None,
+                           half=args.half, freebie=args.freebie, evaluate=args.eval, tta=args.tta,
+                           device=args.device, data=args.data, data_root=args.data_root, image_size=args.image_size,
+                           resize=args.resize, train_limit=args.train_limit, test_limit=args.test_limit)
+    options.validate()  # before the model is loaded
+    # Loaded here, through the one loader every command shares, then scored by the library.
     model, meta = model_from_ref(args.model, num_classes=args.num_classes)
-    config = meta.get("config") or {}
-    record = data_meta(model) or {}
-    dataset_name = args.data or record.get("dataset") or config.get("dataset")
-    pairs = chosen_tracks(args.scorer, args.track, dataset_name)
-    notes = []
-    shape = model_input_size(model)  # the size the model was trained at
-    if args.input_size is not None:
-        override = int_list(args.input_size, "--input-size")
-        if record.get("input_size") and override != shape:
-            notes.append(f"note: measured at --input-size {'x'.join(map(str, override))}; the model was trained "
-                         f"at {'x'.join(map(str, shape))}" + (" (its accuracy is measured at that size)"
-                                                              if args.eval else ""))
-        shape = override
-    if args.half:
-        model = model.half()
-    prof = profile(model, (1, *shape))
-    results = [score(prof, s, t, freebie=args.freebie) for s, t in pairs]
-    accuracy, data_name = None, None
-    if args.eval:
-        from effdl.measure.accuracy import check_model_fits_data
-
-        data = dataset_from_args(args, meta, model)  # the model's recorded data unless flags say otherwise
-        check_model_fits_data(model, data)  # before any work, with the same words as every other command
-        data_name = data.name
-        if tuple(data.image_shape) != tuple(model_input_size(model)):
-            notes.append(f"note: accuracy measured on {'x'.join(map(str, data.image_shape))} images; the model "
-                         f"was trained at {'x'.join(map(str, model_input_size(model)))}")
-        device = resolve_device(args.device)
-        dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-        evaluated = _cast_inputs(model, dtype).to(device)
-        loader = BatchLoader.for_split(data, "test", batch_size=512, device=device)
-        print(f"evaluating on {len(loader.labels):,} test images...", file=sys.stderr)
-        accuracy = evaluate(evaluated, loader, tta=args.tta)
+    report = score_model(model, meta, options, name=args.model)
     if args.json:
-        print(json.dumps(report_dict(args.model, prof, results, accuracy, data_name, notes), indent=2))
+        print(json.dumps(report.to_dict(), indent=2))
     else:
-        print_report(args.model, prof, results, accuracy, data_name, notes)
+        print_report(report.name, report.profile, report.results, report.accuracy, report.dataset, report.notes)
     return 0
-
-
-def report_dict(name: str, prof: ModelProfile, results: list[ScoreResult], accuracy: Accuracy | None,
-                dataset: str | None, notes: list[str] | None = None) -> dict[str, Any]:
-    from effdl.models.catalog import PARAMETERS_COUNTED
-
-    out: dict[str, Any] = {"model": name, "profile": prof.to_dict(), "parameters_counted": PARAMETERS_COUNTED,
-                           "notes": list(notes or []), "scores": []}
-    for result in results:
-        entry = result.to_dict()
-        if accuracy is not None:
-            entry["qualifies"] = result.qualifies(accuracy.correct, accuracy.total)
-        out["scores"].append(entry)
-    if accuracy is not None:
-        out["accuracy"] = {"top1": accuracy.top1, "correct": accuracy.correct, "total": accuracy.total,
-                           "loss": accuracy.loss, "dataset": dataset}
-    return out
 
 
 def _bits(record) -> str:
