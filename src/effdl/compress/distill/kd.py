@@ -51,3 +51,5 @@ class Distillation(LogitDistillation):
             return alpha * (kd_loss(student_logits, teacher_logits, temperature) - label_loss)
 
         super().__init__(teacher, term, method="kd")
+        # The frozen copy itself (not its Teacher wrapper), as this callback has always exposed it.
+        self.teacher = self._forward = self.teacher.first

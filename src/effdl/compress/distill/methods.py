@@ -311,6 +311,10 @@ def finetune_distiller(teacher: nn.Module, weight: float, temperature: float = 4
     pair the model's stages with themselves; a student whose channels are pruned later gets
     connectors sized when its fine-tune starts. T applies to the methods that have a temperature."""
     cls = _config_class(method)
+    if method == "kd":
+        from effdl.compress.distill.kd import Distillation
+
+        return Distillation(teacher, weight, temperature)
     names = {f.name for f in fields(cls)}
     options: dict[str, Any] = {"temperature": temperature} if "temperature" in names else {}
     mixes = method in ("kd", "kd-std")
