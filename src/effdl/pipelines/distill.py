@@ -155,6 +155,9 @@ def distill(config: DistillConfig, *, overwrite: bool = False) -> TrainResult:
     from effdl.train.run import prepare_data, train
     from effdl.train.trainer import default_run_name
 
+    if config.model.endswith(".safetensors"):
+        raise EffdlError(f"the student is an architecture to train from scratch (one of `effdl models`), not a "
+                         f"checkpoint: {config.model}")
     method = config.method_config()  # an unknown method or a bad weight fails before anything loads
     models, metas = _load_teachers(config.teacher)
     config = _teacher_data_defaults(config, checkpoint_data_meta(metas[0]))
