@@ -6,6 +6,13 @@ normalises, then erases (Cutout) and mixes (mixup / CutMix, per batch, until `mi
 and (optionally) switches to channels_last. It yields `(images, targets)`: targets are int64 labels, or float class
 probabilities [B, num_classes] when a batch was mixed (mixup / CutMix); `F.cross_entropy`
 accepts both.
+
+Data-parallel training (`shard=(rank, world_size)`): each process keeps only its shard of the split
+on its device. A training shard is a seeded, class-mixed stride of the images (every shard has
+n // world_size of them, so every process takes the same number of steps; at most world_size - 1
+images sit out), shuffled within itself each epoch; each process's augmentation draws are seeded by
+(seed, rank, epoch), so a resumed run draws exactly what the uninterrupted one would. An evaluation
+shard is a contiguous block, and the shards together hold every image once.
 """
 
 from __future__ import annotations
@@ -28,7 +35,27 @@ from effdl.data.augment import (
 from effdl.data.datasets import ImageDataset
 from effdl.errors import unknown_name_error
 
-__all__ = ["AugmentConfig", "BatchLoader"]
+__all__ = ["AugmentConfig", "BatchLoader", "shard_positions"]
+
+
+def shard_positions(n: int, rank: int, world_size: int, *, train: bool, seed: int = 0) -> torch.Tensor:
+    """The indices (int64, CPU) of process `rank`'s shard of `n` images among `world_size`.
+
+    Training: a seeded permutation taken with stride `world_size` (classes mix even when the split
+    is sorted by class), cut to n // world_size so every shard has the same length. Evaluation:
+    contiguous blocks (torch.tensor_split) that cover all n exactly once.
+    """
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} outside world size {world_size}")
+    if not train:
+        return torch.tensor_split(torch.arange(n), world_size)[rank]
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return order[rank::world_size][: n // world_size]
+
+
+def epoch_seed(seed: int, rank: int, epoch: int) -> int:
+    """A 63-bit seed for process `rank`'s draws in `epoch`: a pure function of the three."""
+    return int(np.random.SeedSequence([seed, rank, epoch]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
 class BatchLoader:
@@ -49,8 +76,16 @@ class BatchLoader:
         channels_last: bool = False,
         drop_last: bool | None = None,
         seed: int = 0,
+        shard: tuple[int, int] | None = None,
     ):
+        """`batch_size` is this loader's (per process, with `shard`). `shard=(rank, world_size)`:
+        keep only that process's shard of the images (see the module docstring)."""
         self.device = torch.device(device)
+        self.shard = shard if shard is not None and shard[1] > 1 else None
+        self.seed = seed
+        if self.shard is not None:
+            positions = shard_positions(len(labels), *self.shard, train=train, seed=seed)
+            images, labels = images[positions.to(images.device)], labels[positions.to(labels.device)]
         self.images = images.to(self.device)
         self.labels = labels.to(self.device)
         self.batch_size = batch_size
@@ -80,8 +115,13 @@ class BatchLoader:
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def set_epoch(self, epoch: int) -> None:
-        """Tell the loader which epoch comes next (mixing stops at `mix_until_epoch`)."""
+        """Tell the loader which epoch comes next (mixing stops at `mix_until_epoch`); a training
+        shard's random draws restart from the seed of (seed, rank, epoch)."""
         self.epoch = epoch
+        if self.shard is not None and self.train:
+            seed = epoch_seed(self.seed, self.shard[0], epoch)
+            self.generator.manual_seed(seed)
+            self.rng = np.random.default_rng(seed)
 
     @property
     def mixing(self) -> bool:
