@@ -14,6 +14,7 @@ from effdl.models import (  # noqa: F401  isort: skip
     mobilenetv3,
     preact_resnet,
     resnext,
+    searchable,
     senet,
     shiftnet,
     shufflenet,
