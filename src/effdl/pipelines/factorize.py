@@ -1,0 +1,198 @@
+"""The job behind `effdl factorize`: checkpoint in, factorized (and fine-tuned) run directory out.
+
+`factorize_checkpoint` loads a checkpoint, measures it, replaces its layers by smaller chains (the
+one verb `effdl.compress.factorize.factorize_`), re-estimates BatchNorm, fine-tunes through
+effdl.pipelines.finetune (the source run's training config; optionally distilling from the
+unfactorized model), measures again and writes the run directory through
+effdl.pipelines.run_dir, exactly as `prune_checkpoint` does. Every number in the summary is
+measured on the model: MACs and parameters by the counting engine (the new layers are real
+convolutions), accuracy on the test split; per-layer ranks and MACs are under `details.layers`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from effdl.errors import EffdlError, unknown_name_error
+
+METHODS = ("svd", "tucker", "cp", "spatial-svd", "depthwise", "grouped")
+LOW_RANK = ("svd", "tucker", "cp", "spatial-svd")
+NOTE = ("each factorized layer is a chain of smaller real convolutions / linears: the MACs, parameters and "
+        "latency measured are those that run")
+
+
+@dataclass
+class FactorizeOptions:
+    """What `effdl factorize` does; see `effdl factorize --help` for each option."""
+
+    method: str
+    rank: int | None = None  # the same rank for every layer (Tucker: both channel ranks)
+    energy: float | None = None  # per layer, keep this fraction of the squared singular values
+    ratio: float | None = None  # per layer, keep at most this fraction of its MACs
+    target_macs: float | None = None  # whole model: keep this fraction of the MACs (sensitivity + greedy)
+    vbmf: bool = False  # tucker: ranks by VBMF
+    groups: int = 4  # grouped: groups of the kxk convolution
+    layers: list[str] = field(default_factory=list)  # include patterns (empty: every layer the method takes)
+    exclude: list[str] = field(default_factory=list)
+    calibration_images: int = 256  # training images for least-squares fits (depthwise, grouped)
+    scan: bool = False  # write the per-layer sensitivity scan (sensitivity.png, details.sensitivity)
+    scan_images: int = 500  # training images scoring the sensitivity scan
+    epochs: int = 0
+    lr: float = 0.01
+    batch_size: int | None = None
+    distill: float = 0.0  # weight of distillation from the unfactorized model (0: off)
+    distill_temperature: float = 4.0
+    distill_method: str = "kd"
+    train_limit: int | None = None
+    test_limit: int | None = None
+    device: str = "auto"
+    seed: int = 0
+    compile: bool = False
+
+    def config(self) -> Any:
+        """The technique config these options describe (EffdlError for a bad combination)."""
+        from effdl.compress.factorize import METHOD_CONFIGS
+
+        if self.method not in METHODS:
+            raise unknown_name_error("factorization method", self.method, METHODS)
+        rules = {"rank": self.rank, "energy": self.energy, "ratio": self.ratio, "target_macs": self.target_macs}
+        given = {k: v for k, v in rules.items() if v is not None}
+        cls = METHOD_CONFIGS[self.method]
+        if self.method in ("depthwise", "grouped"):
+            if given or self.vbmf:
+                raise EffdlError(f"{self.method} has no rank: drop --{next(iter(given or {'vbmf': 1})).replace('_', '-')}")
+            return cls(groups=self.groups) if self.method == "grouped" else cls()
+        if self.vbmf:
+            if self.method != "tucker":
+                raise EffdlError("--vbmf chooses Tucker ranks: use it with --method tucker")
+            return cls(vbmf=True, **given)
+        if not given:
+            raise EffdlError(f"--method {self.method} needs one of --rank, --energy, --ratio, --target-macs"
+                             + (" or --vbmf" if self.method == "tucker" else ""))
+        return cls(**given)
+
+    def validate(self) -> None:
+        from effdl.compress.distill import check_distill_options
+
+        self.config()
+        check_distill_options(self.distill, self.distill_temperature, self.distill_method)
+        if self.epochs < 0:
+            raise EffdlError(f"--epochs must be >= 0, got {self.epochs}")
+        if self.calibration_images < 1 or self.scan_images < 1:
+            raise EffdlError("--calibration-images and --scan-images must be >= 1")
+        if self.scan and self.method not in LOW_RANK:
+            raise EffdlError(f"--scan scans ranks; {self.method} has none")
+
+
+def _batches(data, images: int, device: torch.device, batch: int = 64) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The first `images` training images (unaugmented, normalised) and labels in batches on `device`."""
+    from effdl.data import BatchLoader
+
+    subset = dataclasses.replace(data, test_images=data.train_images[:images], test_labels=data.train_labels[:images])
+    return list(BatchLoader.for_split(subset, "test", batch_size=batch, device=device))
+
+
+def factorize_checkpoint(
+    checkpoint: str | Path, options: FactorizeOptions, out_dir: str | Path, data=None, *, overwrite: bool = False,
+) -> dict[str, Any]:
+    """Factorize `checkpoint` as `options` say into run directory `out_dir`; returns the summary.
+
+    An existing run in `out_dir` is refused (EffdlError) unless `overwrite`, which deletes it first.
+    Bad options, patterns matching nothing and ranks out of range are refused before the run
+    directory is created.
+    """
+    from effdl.checkpoint import load_model
+    from effdl.compress.distill import finetune_distiller
+    from effdl.compress.factorize import factorize_, factorize_sensitivity
+    from effdl.core.configs import config_to_dict
+    from effdl.data import limited, load_dataset_for
+    from effdl.device import resolve_device
+    from effdl.measure.accuracy import Accuracy, check_model_fits_data
+    from effdl.models.registry import data_meta
+    from effdl.pipelines.finetune import FineTuneOptions, FineTuner
+    from effdl.pipelines.prune import _measure, _reestimate_batchnorm
+    from effdl.pipelines.run_dir import CompressedRun
+
+    options.validate()
+    config = options.config()
+    run = CompressedRun(out_dir, kind="factorize", source=checkpoint, overwrite=overwrite)
+    out_dir = run.path
+    model, meta = load_model(checkpoint)
+    train_config = meta.get("config") or {}
+    if data is None:
+        record = data_meta(model) or {"dataset": train_config.get("dataset")}
+        if not record.get("dataset"):
+            raise EffdlError("the checkpoint does not name its dataset: pass --data NAME")
+        data = load_dataset_for(record, root=train_config.get("data_root"), train_limit=options.train_limit,
+                                test_limit=options.test_limit, limit_seed=options.seed)
+    check_model_fits_data(model, data)
+    data = limited(data, options.train_limit, options.test_limit, options.seed)
+    device = resolve_device(options.device)
+    model = model.to(device).eval()
+    torch.manual_seed(options.seed)
+
+    before = _measure(model, data, device)
+    # made before any change: the callback keeps its own copy of the unfactorized model as the teacher
+    distillation = finetune_distiller(model, options.distill, options.distill_temperature, options.distill_method,
+                                      input_size=data.image_shape) if options.distill else None
+    finetune = FineTuner(
+        data, train_config, meta["spec"]["name"],
+        FineTuneOptions(epochs=options.epochs, lr=options.lr, batch_size=options.batch_size, compile=options.compile,
+                        device=options.device, seed=options.seed, train_limit=options.train_limit,
+                        test_limit=options.test_limit),
+        callbacks=[distillation] if distillation is not None else [], run_dir=out_dir,
+        resume_hint=f"the fine-tune stopped; start it again with --overwrite --out {out_dir}",
+        model_kwargs=meta["spec"].get("kwargs"))
+
+    selection = {"include": tuple(options.layers), "exclude": tuple(options.exclude)}
+    calibration = [x for x, _ in _batches(data, options.calibration_images, device)]
+    scored = None
+    if options.target_macs is not None or options.scan:
+        scan_batches = _batches(data, options.scan_images, device, 250)
+
+        def scored(m) -> float:  # top-1 on the first scan_images training images (never the test split)
+            correct = total = 0
+            with torch.no_grad():
+                for x, y in scan_batches:
+                    y = y.argmax(1) if y.ndim > 1 else y
+                    correct += int((m(x).argmax(1) == y).sum())
+                    total += len(x)
+            return correct / max(total, 1)
+
+    details: dict[str, Any] = {}
+    scan = None
+    if options.scan and options.target_macs is None:
+        scan = factorize_sensitivity(model, config, selection=selection, calibration=calibration, accuracy=scored)
+    report = factorize_(model, config, selection=selection, calibration=calibration, accuracy=scored)
+    scan = scan or report.scan
+    if options.epochs:
+        run.write_config(finetune.config(options.epochs))
+    if scan is not None:
+        run.create()
+        scan.plot(out_dir / "sensitivity.png")
+        details["sensitivity"] = scan.to_json()
+    before_finetune = _reestimate_batchnorm(model, data, device)
+    model = finetune(model, options.epochs, [])
+    model.eval()
+    after = _measure(model, data, device, acc=before_finetune if options.epochs == 0 else None)
+    details.update({
+        "method": options.method, "options": dataclasses.asdict(options), "config": config_to_dict(config),
+        "layers": {n: dataclasses.asdict(layer) for n, layer in report.layers.items()},
+        "ranks": report.ranks, "skipped": report.skipped,
+        "accuracy_before_finetune": before_finetune.top1,
+        "macs_before": before["macs"], "macs_after": after["macs"],
+        "params_before": before["params"], "params_after": after["params"],
+        "size_bytes_before": before["size_bytes"], "size_bytes_after": after["size_bytes"],
+        "score_imt2024_before": before["score_imt2024"], "score_imt2024_after": after["score_imt2024"],
+        "finetune": finetune.results, "note": NOTE,
+    })
+    header = {k: v for k, v in details.items() if k not in ("sensitivity", "layers")}
+    accuracy = Accuracy(correct=after["correct"], total=after["total"], loss=after["loss"])
+    return run.finish(model, accuracy, dataset=data.name, test_limit=options.test_limit,
+                      source_accuracy=before["accuracy"], details=details, checkpoint_config=train_config,
+                      checkpoint_meta={"source": str(checkpoint), **header})
