@@ -48,7 +48,7 @@ def plot_importance(importance: dict[str, float], path: str | Path, *, title: st
     fig = Figure(figsize=(6, 0.5 + 0.4 * len(names)))
     ax = fig.add_subplot()
     ax.barh(names, [importance[n] for n in names], color="tab:blue")
-    ax.set_xlabel("importance (fANOVA)")
+    ax.set_xlabel("importance (optuna.importance, PED-ANOVA)")
     ax.set_title(title or "parameter importance")
     ax.grid(axis="x", alpha=0.3)
     return _save(fig, path)

@@ -7,7 +7,7 @@ A study folder `<out>/<name>/` holds:
     trial-NNNN/       each trial's normal run directory (or recipe folder, for recipe sweeps)
     trials.csv        one row per trial: number, state, parameters, value, accuracies, error
     best.yaml         the best trial's full training config, ready for `effdl train --config`
-    importance.png    parameter importance (optuna's fANOVA) when 2+ trials completed
+    importance.png    parameter importance (optuna.importance's default, PED-ANOVA) when 2+ trials completed
     curves.png        per-epoch validation accuracy of every trial
 
 The objective is the validation accuracy of the trial's chosen epoch (`val_size` > 0), the
@@ -227,12 +227,14 @@ def _objective(spec: SweepSpec, params: list[Param]) -> Any:
     return objective
 
 
-def _sampler(spec: SweepSpec) -> Any:
+def _sampler(spec: SweepSpec, stream: int = 0) -> Any:
+    """The sampler; `stream` shifts its seed, so that workers (and later joins) draw different values."""
     import optuna
 
+    seed = spec.seed + 7919 * stream
     if spec.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=spec.seed)
-    return optuna.samplers.RandomSampler(seed=spec.seed)  # grid: the combinations are enqueued
+        return optuna.samplers.TPESampler(seed=seed)
+    return optuna.samplers.RandomSampler(seed=seed)  # grid: the combinations are enqueued
 
 
 def _pruner(spec: SweepSpec) -> Any:
@@ -255,7 +257,7 @@ def _quiet_optuna() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-def load_study(spec: SweepSpec, *, workers: int = 1, create: bool = False) -> Any:
+def load_study(spec: SweepSpec, *, workers: int = 1, create: bool = False, stream: int = 0) -> Any:
     """The optuna study of `spec` (created with `create`). Raises EffdlError when the storage cannot
     be opened, or the study exists (create) / does not (join)."""
     import optuna
@@ -267,7 +269,10 @@ def load_study(spec: SweepSpec, *, workers: int = 1, create: bool = False) -> An
         if create:
             return optuna.create_study(study_name=spec.name, storage=storage, direction="maximize",
                                        sampler=_sampler(spec), pruner=_pruner(spec))
-        return optuna.load_study(study_name=spec.name, storage=storage, sampler=_sampler(spec), pruner=_pruner(spec))
+        study = optuna.load_study(study_name=spec.name, storage=storage, pruner=_pruner(spec))
+        # A worker (or a later join) draws its own stream: the seed moves with the worker and the trials so far.
+        study.sampler = _sampler(spec, stream + len(study.get_trials(deepcopy=False)) if stream else 0)
+        return study
     except optuna.exceptions.DuplicatedStudyError:
         raise EffdlError(f"study {spec.name} already exists in {where}; join it with `effdl sweep --resume "
                          f"{spec.directory}` or pick another --name") from None
@@ -275,7 +280,7 @@ def load_study(spec: SweepSpec, *, workers: int = 1, create: bool = False) -> An
         raise EffdlError(f"no study {spec.name} in {where}") from None
 
 
-def create_sweep(spec: SweepSpec) -> Path:
+def create_sweep(spec: SweepSpec, workers: int = 1) -> Path:
     """Validate `spec`, write its folder and create its study (grid combinations enqueued).
 
     Raises EffdlError for anything invalid, before any training."""
@@ -284,8 +289,10 @@ def create_sweep(spec: SweepSpec) -> Path:
     if (directory / SPEC_FILE).exists():
         raise EffdlError(f"{directory} already holds a sweep; join it with `effdl sweep --resume {directory}` "
                          "or pick another --name")
+    if spec.storage is not None:  # refused before anything is written (SQLite with workers, unreachable)
+        open_storage(spec.storage, directory, workers=workers)
     directory.mkdir(parents=True, exist_ok=True)
-    study = load_study(spec, create=True)
+    study = load_study(spec, workers=workers, create=True)
     (directory / SPEC_FILE).write_text(spec.to_yaml())
     for values in spec.first:
         study.enqueue_trial(values)
@@ -298,25 +305,25 @@ def create_sweep(spec: SweepSpec) -> Path:
     return directory
 
 
-def work(study_dir: str | Path, storage: str | None = None) -> int:
+def work(study_dir: str | Path, storage: str | None = None, worker: int = 1) -> int:
     """One worker: run the study's trials until it has enough (effdl.search.workers.run_trials).
     Returns the number of trials this worker ran."""
     spec = load_spec(study_dir)
     if storage is not None:
         spec.storage = storage
-    study = load_study(spec)
+    study = load_study(spec, stream=worker)
     params = spec.parsed()
     return run_trials(study, spec.directory, target_trials(spec), _objective(spec, params), retries=spec.retries,
                       say=_say)
 
 
-def _worker_main(study_dir: str, storage: str | None, threads: int | None) -> None:
+def _worker_main(study_dir: str, storage: str | None, threads: int | None, worker: int) -> None:
     if threads:
         import torch
 
         torch.set_num_threads(threads)
     try:
-        work(study_dir, storage)
+        work(study_dir, storage, worker)
     except EffdlError as exc:
         _say(f"effdl: error: {exc}")
         raise SystemExit(2) from None
@@ -339,8 +346,8 @@ def run_workers(study_dir: str | Path, workers: int = 1, storage: str | None = N
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch threads
-    processes = [context.Process(target=_worker_main, args=(str(study_dir), storage, threads_per_worker))
-                 for _ in range(workers)]
+    processes = [context.Process(target=_worker_main, args=(str(study_dir), storage, threads_per_worker, i + 1))
+                 for i in range(workers)]
     for p in processes:
         p.start()
     try:
@@ -427,7 +434,12 @@ def finish_sweep(study_dir: str | Path) -> SweepResult:
         files["best"] = str(directory / "best.yaml")
     from effdl.search.plots import plot_curves, plot_importance
 
-    curves = {r["number"]: (_epoch_curve(r["run_dir"]), r["state"]) for r in rows}
+    # Per-epoch validation accuracy: what the trial reported to the pruner (a pruned trial stops
+    # before its epoch's metrics line), else the run's metrics.jsonl.
+    curves = {}
+    for t, r in zip(study.get_trials(deepcopy=False), rows):
+        reported = [t.intermediate_values[k] for k in sorted(t.intermediate_values)]
+        curves[r["number"]] = (reported or _epoch_curve(r["run_dir"]), r["state"])
     if any(c for c, _ in curves.values()):
         files["curves"] = str(plot_curves(curves, directory / "curves.png", title=f"sweep {spec.name}"))
     if len(completed) >= 2 and len(spec.parsed()) >= 1:
@@ -461,7 +473,7 @@ def run_sweep(spec: SweepSpec, *, workers: int = 1, threads_per_worker: int | No
     """Create the sweep's study, run its trials with `workers` local processes, write the results.
 
     Raises EffdlError for an invalid sweep (before any training) or a worker that stopped."""
-    directory = create_sweep(spec)
+    directory = create_sweep(spec, workers)
     for line in describe_sweep(spec):
         _say(line)
     run_workers(directory, workers, threads_per_worker=threads_per_worker)
