@@ -74,6 +74,8 @@ class TrainConfig(BaseModel):
     compile: bool = Field(False,
         description="torch.compile the model for training (faster epochs after a compile of a minute or more)")
     threads: int | None = Field(None, description="CPU threads for torch; none: torch's choice")
+    sync_batchnorm: bool = Field(False,
+        description="under torchrun with GPUs: BatchNorm statistics over the global batch (SyncBatchNorm)")
     seed: int = Field(0, description="seed of the initialisation, the data order and the augmentations")
     tta: bool = Field(False, description="evaluate with horizontal-flip test-time augmentation")
     progress: bool = Field(True, description="show progress: a live bar in a terminal, one line per epoch otherwise")

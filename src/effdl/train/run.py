@@ -1,13 +1,23 @@
-"""`train(config)`: the whole job behind `effdl train` — data, model, run directory, resume."""
+"""`train(config)`: the whole job behind `effdl train` — data, model, run directory, resume.
+
+Under torchrun (`torchrun --nproc_per_node N -m effdl train ...`) every process runs this same
+job: `train` and `resume` join the process group (`effdl.train.distributed.init_from_env`), rank 0
+alone claims and writes the run directory and decodes the data first (filling the cache the
+others then read), the run name is rank 0's, and an error any process meets is raised on all of
+them alike (rank 0 reports it).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import sys
 from pathlib import Path
 
 import torch
 
 from effdl.core.hooks import Callback
+from effdl.train import distributed
 from effdl.data import ImageDataset, load_dataset, subset, train_val_split
 from effdl.errors import EffdlError
 from effdl.fileio import claim_run_dir
@@ -50,27 +60,57 @@ def train(
     """Train `config.model` on `config.dataset` into `<out_dir>/<name>/` and return the result.
 
     An existing run directory of that name is refused (EffdlError) unless `overwrite`, which deletes
-    it first. Ctrl-C saves a resumable state and raises `effdl.errors.Interrupted`.
+    it first. Ctrl-C saves a resumable state and raises `effdl.errors.Interrupted`. Under torchrun,
+    the same call in every process trains one model with DistributedDataParallel (module docstring).
     """
-    if data is None:
-        data, val = prepare_data(config)
-    else:
-        val = None
-    torch.manual_seed(config.seed)  # the seed governs weight initialisation too
-    model = create_model(config.model, num_classes=data.num_classes, **config.model_kwargs)
-    name = config.name or default_run_name(config)
-    config = config.model_copy(update={"name": name})
-    run_dir = Path(config.out_dir) / name
-    hint = f"resume it with --resume {run_dir} or pick another --name"
-    claim_run_dir(run_dir, overwrite=overwrite, hint=hint)
-    trainer = Trainer(model, data, config, callbacks=callbacks, run_dir=run_dir, eval_data=val,
-                      resume_hint=_resume_hint(run_dir))
-    return trainer.fit()
+    distributed.init_from_env(config.device)
+    config = distributed.broadcast_object(config)  # one config (and run name) for every process
+    with _reported_once():
+        distributed.agree(lambda: distributed.per_process_batch(config.batch_size))
+        if data is None:
+            data, val = _main_first(lambda: prepare_data(config))
+        else:
+            val = None
+        torch.manual_seed(config.seed)  # the seed governs weight initialisation too
+        model = create_model(config.model, num_classes=data.num_classes, **config.model_kwargs)
+        name = distributed.broadcast_object(config.name or default_run_name(config))  # rank 0's clock
+        config = config.model_copy(update={"name": name})
+        run_dir = Path(config.out_dir) / name
+        hint = f"resume it with --resume {run_dir} or pick another --name"
+        distributed.on_main_then_share(lambda: claim_run_dir(run_dir, overwrite=overwrite, hint=hint))
+        trainer = distributed.agree(lambda: Trainer(model, data, config, callbacks=callbacks, run_dir=run_dir,
+                                                    eval_data=val, resume_hint=_resume_hint(run_dir)))
+        return trainer.fit()
 
 
 def resume(run_dir: str | Path, callbacks: list[Callback] | None = None, epochs: int | None = None) -> TrainResult:
-    """Continue an interrupted run from its last.safetensors (optionally extending its epochs)."""
+    """Continue an interrupted run from its last.safetensors (optionally extending its epochs).
+
+    Under torchrun, rank 0 reads the run directory and every process continues from the same state
+    (the number of processes may differ from the interrupted run's; the data order then does too).
+    """
     run_dir = Path(run_dir)
+    distributed.init_from_env(_resume_device(run_dir))
+    with _reported_once():
+        config = distributed.on_main_then_share(lambda: _resume_config(run_dir, epochs))
+        data, val = _main_first(lambda: prepare_data(config))
+        model = create_model(config.model, num_classes=data.num_classes, **config.model_kwargs)
+        trainer = distributed.agree(lambda: Trainer(model, data, config, callbacks=callbacks, run_dir=run_dir,
+                                                    eval_data=val, resume_hint=_resume_hint(run_dir)))
+        trainer.resume(run_dir / "last.safetensors")
+        return trainer.fit()
+
+
+def _resume_device(run_dir: Path) -> str:
+    """The device the run was configured with (to join the process group), 'auto' if unreadable
+    (the full checks follow in _resume_config)."""
+    try:
+        return str(read_config_file(run_dir / "config.yaml").get("device", "auto"))
+    except EffdlError:
+        return "auto"
+
+
+def _resume_config(run_dir: Path, epochs: int | None) -> TrainConfig:
     if not (run_dir / "last.safetensors").is_file():
         raise EffdlError(f"nothing to resume in {run_dir}: no last.safetensors")
     values = read_config_file(run_dir / "config.yaml")
@@ -85,9 +125,28 @@ def resume(run_dir: str | Path, callbacks: list[Callback] | None = None, epochs:
         # training time and throughput (with 0 images/s).
         raise EffdlError(f"{run_dir} already finished its {done} epochs; nothing to resume "
                          f"(--epochs N with N > {done} trains it further)")
-    data, val = prepare_data(config)
-    model = create_model(config.model, num_classes=data.num_classes, **config.model_kwargs)
-    trainer = Trainer(model, data, config, callbacks=callbacks, run_dir=run_dir, eval_data=val,
-                      resume_hint=_resume_hint(run_dir))
-    trainer.resume(run_dir / "last.safetensors")
-    return trainer.fit()
+    return config
+
+
+def _main_first(load):
+    """`load()` on rank 0 first (decoding fills the cache), then on the other processes (reading
+    it); an error on rank 0 stops every process with the same message."""
+    if distributed.current() is None:
+        return load()
+    loaded = []
+    distributed.on_main_then_share(lambda: loaded.append(load()))  # runs on rank 0 only
+    return distributed.agree(lambda: loaded[0] if loaded else load())
+
+
+@contextlib.contextmanager
+def _reported_once():
+    """Under torchrun, an EffdlError met by one process other than rank 0 alone (not agreed on) is
+    printed by that process with its rank, since the command line reports errors from rank 0 only."""
+    try:
+        yield
+    except distributed.AgreedError:
+        raise
+    except EffdlError as exc:
+        if distributed.current() is not None and not distributed.is_main():
+            print(f"effdl: error (rank {distributed.rank()}): {exc}", file=sys.stderr, flush=True)
+        raise

@@ -13,6 +13,14 @@ A run writes `<out_dir>/<name>/`:
 Per-epoch evaluations use bf16 autocast when training does (they only rank epochs); the final
 accuracy is always measured in fp32, on the weights exactly as saved.
 
+Under torchrun (`effdl.train.distributed`) the trainer wraps the model in DistributedDataParallel:
+`config.batch_size` and `config.lr` stay the global ones (each process trains on its shard with
+batch_size / world_size images per step), evaluations are sharded and their counts summed exactly,
+BatchNorm statistics are averaged across processes before every evaluation and save, and only rank
+0 writes the run directory and shows progress. Callbacks see `trainer.model`, the bare model whose
+parameters DDP trains (masks and quantizer constraints act on the real tensors, identically on every
+process); the weights are checked to be identical across processes after every epoch.
+
 Ctrl-C saves a resumable checkpoint at the current step (with the interrupted epoch's running
 loss and speed, so its metrics line is written once, complete, after the resume) and raises
 `effdl.errors.Interrupted`; a non-finite loss stops the run before anything is overwritten, so
@@ -54,6 +62,7 @@ from effdl.device import default_bf16, resolve_device
 from effdl.errors import EffdlError, Interrupted
 from effdl.measure.accuracy import Accuracy, check_model_fits_data, evaluate
 from effdl.measure.bits import declared_weight_bits
+from effdl.train import distributed
 from effdl.train.config import TrainConfig, save_config
 from effdl.train.schedule import default_warmup_epochs, lr_factor
 
@@ -163,7 +172,10 @@ class Trainer:
         self.data = data
         self.callbacks = list(callbacks or [])
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.device = resolve_device(config.device)
+        # Under torchrun: this process's rank and device (cuda:LOCAL_RANK or the CPU); else None.
+        self.dist = distributed.current()
+        self.is_main = self.dist is None or self.dist.is_main
+        self.device = self.dist.device if self.dist is not None else resolve_device(config.device)
         # Automatic bf16 stays off for quantized models: bf16 rounding moves values off the quantizer grid.
         quantized = any(declared_weight_bits(m) is not None for m in model.modules())
         self.bf16 = (default_bf16(self.device) and not quantized) if config.bf16 is None else config.bf16
@@ -176,9 +188,12 @@ class Trainer:
         model.effdl_data = data.data_meta()  # saved with every checkpoint: input size, normalisation, classes
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         self.model = model.to(self.device, memory_format=memory_format)
+        # Each process holds its shard of the data; the config's batch is the global one.
+        self.shard = (self.dist.rank, self.dist.world_size) if self.dist is not None else None
+        per_process_batch = distributed.per_process_batch(config.batch_size)
         self.train_loader = BatchLoader.for_split(
-            data, "train", batch_size=config.batch_size, train=True, augment=config.augment,
-            device=self.device, channels_last=self.channels_last, seed=config.seed,
+            data, "train", batch_size=per_process_batch, train=True, augment=config.augment,
+            device=self.device, channels_last=self.channels_last, seed=config.seed, shard=self.shard,
         )
         # The best epoch is chosen on held-out validation images when given; the test split only
         # measures (choosing on it would report a maximum over epochs as if it were one result).
@@ -187,20 +202,34 @@ class Trainer:
             self.eval_loader = BatchLoader(
                 *eval_data, mean=data.mean, std=data.std, batch_size=config.eval_batch_size,
                 num_classes=data.num_classes, device=self.device, channels_last=self.channels_last,
+                shard=self.shard,
             )
         else:
             self.eval_loader = self.test_loader()
         self.steps_per_epoch = len(self.train_loader)
         if self.steps_per_epoch == 0:
+            shards = f" (split over {self.dist.world_size} processes)" if self.dist is not None else ""
             raise EffdlError(
-                f"batch size {config.batch_size} is larger than the {len(data.train_labels)} training images"
+                f"batch size {config.batch_size} is larger than the {len(data.train_labels)} training images{shards}"
             )
         self.total_steps = config.epochs * self.steps_per_epoch
         warmup = default_warmup_epochs(config.schedule, config.epochs, config.warmup_epochs)
         self.warmup_steps = int(warmup * self.steps_per_epoch)
         self.milestone_steps = tuple(m * self.steps_per_epoch for m in config.milestones)
 
-        self.optimizer = build_optimizer(self.model, config, hook_parameters(self.callbacks, self.model, self.device))
+        # SyncBatchNorm replaces the BatchNorms after every structural edit (quantizers, pruning) the
+        # caller made and before DDP wraps the model; fit() puts the plain classes back at the end.
+        self._sync_batchnorm: dict[str, type] = {}
+        if config.sync_batchnorm and self.dist is not None:
+            if self.device.type != "cuda":
+                raise EffdlError("sync_batchnorm needs GPUs (torch's SyncBatchNorm runs on CUDA only); "
+                                 "leave it off on CPUs")
+            self._sync_batchnorm = distributed.convert_sync_batchnorm(self.model)
+        self._hook_params = hook_parameters(self.callbacks, self.model, self.device)
+        self.optimizer = build_optimizer(self.model, config, self._hook_params)
+        # The module the training forward runs through: DDP around self.model under torchrun.
+        self.train_module = distributed.wrap(self.model)
+        self._state_synced = self.dist is None  # see the first optimizer step in train_one_epoch
         self.ema = self._new_ema() if config.ema_decay else None
         self.train_step = torch.compile(self._forward_loss) if config.compile else self._forward_loss
         self.epoch = 0  # the epoch in progress (0-based)
@@ -219,7 +248,7 @@ class Trainer:
     def test_loader(self) -> BatchLoader:
         return BatchLoader.for_split(
             self.data, "test", batch_size=self.config.eval_batch_size, device=self.device,
-            channels_last=self.channels_last,
+            channels_last=self.channels_last, shard=self.shard,
         )
 
     def _new_ema(self) -> AveragedModel:
@@ -229,8 +258,9 @@ class Trainer:
 
     def rebuild_optimizer(self) -> None:
         """Rebuild optimizer (and EMA) after a callback changed the model's parameters."""
-        extra = hook_parameters(self.callbacks, self.model, self.device)
-        self.optimizer = build_optimizer(self.model, self.config, extra)
+        self._hook_params = hook_parameters(self.callbacks, self.model, self.device)
+        self.optimizer = build_optimizer(self.model, self.config, self._hook_params)
+        self.train_module = distributed.wrap(self.model)  # DDP must see the new parameters
         if self.ema is not None:
             self.ema = self._new_ema()
 
@@ -251,12 +281,25 @@ class Trainer:
 
     def _forward_loss(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            logits = self.model(images)
+            logits = self.train_module(images)
             loss = nn.functional.cross_entropy(logits, targets, label_smoothing=self.config.label_smoothing)
         return logits, loss
 
     def evaluate(self, loader: BatchLoader | None = None) -> Accuracy:
-        return evaluate(self.eval_model, loader or self.eval_loader, tta=self.config.tta, autocast=self.bf16)
+        """The eval model's accuracy on `loader` (default: validation, else test); under torchrun
+        each process measures its shard and the counts are summed."""
+        acc = evaluate(self.eval_model, loader or self.eval_loader, tta=self.config.tta, autocast=self.bf16)
+        return distributed.reduce_accuracy(acc)
+
+    def _agree_before_evaluation(self) -> None:
+        """Under torchrun: average BatchNorm statistics (model and EMA) across processes, and check
+        that the weights are still identical on every process."""
+        if self.dist is None:
+            return
+        distributed.average_batchnorm(self.model)
+        if self.ema is not None:
+            distributed.average_batchnorm(self.ema.module)
+        distributed.check_in_sync(self.model, f"after epoch {self.epoch + 1}")
 
     # -- the loop --------------------------------------------------------------------------------
     def train_one_epoch(self, progress) -> dict[str, float]:
@@ -265,6 +308,8 @@ class Trainer:
         self._epoch_start_rng = self.train_loader.generator.get_state()
         carried = self._resumed_partial  # what the interrupted run had done of this epoch
         self._resumed_partial = {}
+        if not self.is_main:  # rank 0 carries the interrupted epoch's sums for every process
+            carried = {"train_time_s": carried.get("train_time_s", 0.0)}
         loss_sum = torch.full((), float(carried.get("loss_sum", 0.0)), device=self.device)
         correct = torch.full((), float(carried.get("correct", 0.0)), device=self.device)
         seen, done_before = int(carried.get("seen", 0)), float(carried.get("train_time_s", 0.0))
@@ -291,10 +336,17 @@ class Trainer:
                 )
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if self.dist is not None and self._hook_params:  # DDP averages the model's gradients only
+                distributed.average_gradients(self._hook_params)
             if self.config.grad_clip:
                 nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]],
                                          self.config.grad_clip)
             self.optimizer.step()
+            if not self._state_synced:
+                # Modules that initialise themselves from their first batch (lazy quantizers) did so
+                # on each process's own shard: rank 0's state becomes everyone's, once.
+                distributed.sync_module_state(self.model)
+                self._state_synced = True
             self.step += 1
             for cb in self.callbacks:  # before the EMA update, so weight constraints reach it at once
                 cb.on_after_step(self)
@@ -315,13 +367,14 @@ class Trainer:
             )
         progress.remove_task(task)
         self._skip_batches = 0
-        if seen and not math.isfinite(loss_sum.item()):
+        total_loss, total_correct, total_seen = distributed.reduce_sums(loss_sum.item(), correct.item(), seen)
+        if total_seen and not math.isfinite(total_loss):
             raise NonFiniteLoss(f"loss became non-finite during epoch {self.epoch + 1}; stopped")
         return {
-            "train_loss": loss_sum.item() / max(seen, 1),
-            "train_acc": correct.item() / max(seen, 1),
+            "train_loss": total_loss / max(total_seen, 1),
+            "train_acc": total_correct / max(total_seen, 1),
             "lr": self.optimizer.param_groups[0]["lr"],
-            "images_per_s": seen / max(trained_time, 1e-9),
+            "images_per_s": total_seen / max(trained_time, 1e-9),
             "train_time_s": trained_time,
         }
 
@@ -333,11 +386,12 @@ class Trainer:
         start = time.perf_counter()
         images_per_s = []
         try:
-            with _progress(self.config.progress) as progress:
+            with distributed.sigterm_as_interrupt(), _progress(self.config.progress and self.is_main) as progress:
                 while self.epoch < self.config.epochs:
                     for cb in self.callbacks:
                         cb.on_epoch_start(self, self.epoch)
                     metrics = {"epoch": self.epoch + 1, **self.train_one_epoch(progress)}
+                    self._agree_before_evaluation()
                     acc = self.evaluate()
                     metrics.update(eval_loss=acc.loss, eval_acc=acc.top1, time_s=time.perf_counter() - start)
                     for cb in self.callbacks:
@@ -360,15 +414,33 @@ class Trainer:
             self._save_last(mid_epoch=True)
             hint = self.resume_hint or f"{self.run_dir / 'last.safetensors'} holds the interrupted state"
             raise Interrupted(f"interrupted; {hint}") from None
+        except RuntimeError as exc:
+            if self.dist is None or not distributed.is_peer_failure(exc):
+                raise
+            # Another process died or stopped: its peers' collectives fail. Rank 0's weights are
+            # those of the last step every process finished, so they resume exactly.
+            saved = ""
+            if self.run_dir is not None:
+                self._save_last(mid_epoch=True)
+                saved = f"; {self.resume_hint or self.run_dir / 'last.safetensors'}"
+            raise distributed.PeerFailure(
+                f"another training process stopped during epoch {self.epoch + 1} (step {self.step}){saved} "
+                f"(its own output says why: {str(exc).splitlines()[0][:160]})"
+            ) from None
         for cb in self.callbacks:
             cb.on_train_end(self)
+        if self._sync_batchnorm:  # the result holds plain BatchNorms again (fold, export, reload)
+            distributed.revert_sync_batchnorm(self.model, self._sync_batchnorm)
+            if self.ema is not None:
+                distributed.revert_sync_batchnorm(self.ema.module, self._sync_batchnorm)
         if self.run_dir is None or not self.writes_results:
             self.best_accuracy = max(self.best_accuracy, 0.0)
-            final = evaluate(self.eval_model, self.test_loader(), tta=self.config.tta)
+            final = distributed.reduce_accuracy(evaluate(self.eval_model, self.test_loader(), tta=self.config.tta))
         else:
             final = self._final_evaluation()
             # best.safetensors' lineage names the accuracy once it is measured on the test split
-            update_checkpoint_meta(self.run_dir / "best.safetensors", lineage=self._lineage(final.top1))
+            if self.is_main:
+                update_checkpoint_meta(self.run_dir / "best.safetensors", lineage=self._lineage(final.top1))
         result = TrainResult(
             accuracy=final.top1, correct=final.correct, total=final.total,
             best_eval_accuracy=self.best_accuracy, epochs=self.epoch, time_s=time.perf_counter() - start,
@@ -376,11 +448,12 @@ class Trainer:
             run_dir=str(self.run_dir) if self.run_dir else None,
         )
         self._write_summary(result)
+        distributed.barrier()  # the other processes return once rank 0's files are all written
         return result
 
     # -- run directory ---------------------------------------------------------------------------
     def _prepare_run_dir(self) -> None:
-        if self.run_dir is None:
+        if self.run_dir is None or not self.is_main:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if self.writes_results:
@@ -394,7 +467,7 @@ class Trainer:
 
     def _log(self, metrics: dict[str, Any]) -> None:
         self.history.append(metrics)
-        if self.run_dir is None:
+        if self.run_dir is None or not self.is_main:
             return
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(metrics) + "\n")
@@ -421,7 +494,7 @@ class Trainer:
         return {"lineage": lineage} if lineage is not None else {}
 
     def _save_best(self) -> None:
-        if self.run_dir is not None:
+        if self.run_dir is not None and self.is_main:
             save_model(
                 self.run_dir / "best.safetensors", _bare(self.eval_model, self.model),
                 config=self._config_meta(), metrics={"eval_acc": self.best_accuracy, "epoch": self.epoch},
@@ -429,7 +502,8 @@ class Trainer:
             )
 
     def _save_last(self, mid_epoch: bool = False) -> None:
-        if self.run_dir is None:
+        """Write last.safetensors (rank 0 only; no collective, so it also runs after a peer died)."""
+        if self.run_dir is None or not self.is_main:
             return
         optim_tensors, optim_meta = optimizer_to_checkpoint(self.optimizer)
         extra = {**optim_tensors, "extra/torch_rng": torch.get_rng_state()}
@@ -444,6 +518,10 @@ class Trainer:
         for index, param in enumerate(hook_parameters(self.callbacks, self.model, self.device)):
             extra[f"hooks/{index}"] = param.detach()
         partial = {k: float(v) for k, v in self._partial.items()} if mid_epoch else {}
+        if partial and self.dist is not None:
+            # Rank 0 knows only its share of the interrupted epoch: every process saw as many images
+            # (exact), the loss and accuracy sums are estimated from rank 0's share.
+            partial.update({k: partial[k] * self.dist.world_size for k in ("loss_sum", "correct", "seen") if k in partial})
         state = {
             "epoch": self.epoch, "step": self.step, "best_accuracy": self.best_accuracy,
             "batches_done": self.step - self.epoch * self.steps_per_epoch if mid_epoch else 0,
@@ -458,10 +536,15 @@ class Trainer:
 
     def resume(self, checkpoint: str | Path) -> None:
         """Continue from a `last.safetensors` written by this trainer."""
-        tensors, meta = read_checkpoint(checkpoint)
-        state = meta.get("train_state")
-        if state is None:
-            raise EffdlError(f"{checkpoint} holds no training state to resume from")
+        def read() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+            tensors, meta = read_checkpoint(checkpoint)
+            if meta.get("train_state") is None:
+                raise EffdlError(f"{checkpoint} holds no training state to resume from")
+            return tensors, meta
+
+        # Under torchrun rank 0 reads the file and every process gets the same state.
+        tensors, meta = distributed.on_main_then_share(read)
+        state = meta["train_state"]
         self.model.load_state_dict(split_namespace(tensors, "model"))
         self._restore_hook_parameters(checkpoint, split_namespace(tensors, "hooks"))  # before their optimizer state
         optimizer_from_checkpoint(self.optimizer, tensors, state["optimizer"])
@@ -491,7 +574,7 @@ class Trainer:
     def _drop_unsaved_epochs(self) -> None:
         """Forget metrics lines of epochs the resumed state had not finished (a run killed between
         writing an epoch's line and its checkpoint), so each epoch is logged once."""
-        path = self.run_dir / "metrics.jsonl" if self.run_dir is not None else None
+        path = self.run_dir / "metrics.jsonl" if self.run_dir is not None and self.is_main else None
         if path is None or not path.is_file():
             return
         lines = path.read_text().splitlines()
@@ -500,14 +583,21 @@ class Trainer:
             path.write_text("".join(line + "\n" for line in kept))
 
     def _final_evaluation(self) -> Accuracy:
-        from effdl.checkpoint import load_model
+        from effdl.checkpoint import build_model, load_model
 
-        best, _ = load_model(self.run_dir / "best.safetensors")
+        path = self.run_dir / "best.safetensors"
+        if self.dist is None:
+            best, _ = load_model(path)
+        else:  # rank 0 reads the file as saved; every process measures its shard of the test split
+            tensors, meta = distributed.on_main_then_share(lambda: read_checkpoint(path))
+            best = build_model(meta)
+            best.load_state_dict(split_namespace(tensors, "model"))
+            best.eval()
         best = best.to(self.device, memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
-        return evaluate(best, self.test_loader(), tta=self.config.tta)
+        return distributed.reduce_accuracy(evaluate(best, self.test_loader(), tta=self.config.tta))
 
     def _write_summary(self, result: TrainResult) -> None:
-        if self.run_dir is None or not self.writes_results:
+        if self.run_dir is None or not self.writes_results or not self.is_main:
             if self._tensorboard is not None:
                 self._tensorboard.close()
             return
@@ -515,6 +605,7 @@ class Trainer:
             "name": self.run_dir.name, "kind": "train", **asdict(result), "dataset": self.config.dataset,
             "model": getattr(self.model, "effdl_spec", {"name": self.config.model}),
             "device": str(self.device), "checkpoint": "best.safetensors",
+            "processes": self.dist.world_size if self.dist is not None else 1,
             # as quantize and prune say it, so `effdl report` marks accuracies measured on a subset
             "evaluated_on": "test" if self.config.test_limit is None else f"test (balanced subset of {result.total})",
             "selected_on": "val" if self.select_on_val else "last_epoch",
@@ -541,10 +632,17 @@ def _interrupt_deferred():
         return
     received = []
     previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    # SIGTERM too when someone made it interrupt (distributed.sigterm_as_interrupt, under torchrun).
+    term = signal.getsignal(signal.SIGTERM)
+    defer_term = callable(term) and distributed.current() is not None
+    if defer_term:
+        signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+        if defer_term:
+            signal.signal(signal.SIGTERM, term)
     if received:
         raise KeyboardInterrupt
 
