@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import re
 import sys
@@ -86,11 +87,19 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
         return int(args.func(args) or 0)
     except EffdlError as exc:
-        print(f"effdl: error: {exc}", file=sys.stderr)
+        if _reports_errors():
+            print(f"effdl: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:  # effdl.errors.Interrupted says what was saved and how to resume
-        print(f"effdl: {exc or 'interrupted'}", file=sys.stderr)
+        if _reports_errors():
+            print(f"effdl: {exc or 'interrupted'}", file=sys.stderr)
         return 130
+
+
+def _reports_errors() -> bool:
+    """Under torchrun every process meets the same errors: rank 0 alone reports them (a process's
+    own error is printed with its rank where it happens, effdl.train.run)."""
+    return os.environ.get("RANK", "0") in ("", "0")
 
 
 if __name__ == "__main__":
