@@ -240,7 +240,7 @@ def wrap(model: nn.Module) -> nn.Module:
             forward_sync_buffers=True,
         )
     except RuntimeError as exc:
-        if "shape" in str(exc) or "parameters" in str(exc):
+        if any(word in str(exc) for word in ("shape", "params", "parameters", "across all ranks")):
             raise AgreedError(f"the processes' models differ: {str(exc).splitlines()[0]}") from None
         raise
 
