@@ -25,10 +25,11 @@ def register(subparsers) -> None:
     p.add_argument("space", help="search space YAML file")
     p.add_argument("--objective", default="accuracy", help="accuracy[,COST]: COST one of macs, params, imt2024, "
                    "micronet, peak_kb, latency_ms (default: accuracy)")
-    p.add_argument("--strategy", choices=("random", "evolution", "nsga2"), default="random")
+    p.add_argument("--strategy", choices=("random", "evolution", "nsga2"), default="random",
+                   help="random, evolution (regularized, aging) or nsga2 (multi-objective)")
     p.add_argument("--trials", type=int, default=20, help="candidates sampled (default 20)")
-    p.add_argument("--max-macs", type=float, default=None)
-    p.add_argument("--max-params", type=float, default=None)
+    p.add_argument("--max-macs", type=float, default=None, help="largest multiply-accumulates per image allowed")
+    p.add_argument("--max-params", type=float, default=None, help="largest parameter count allowed")
     p.add_argument("--max-score", type=float, default=None, help="limit on --scorer's score at --bits")
     p.add_argument("--scorer", default="imt2024", help="scorer of --max-score (imt2024, micronet...)")
     p.add_argument("--bits", type=int, default=32, help="bits assumed for weights and activations (score, peak)")
@@ -42,9 +43,9 @@ def register(subparsers) -> None:
                    help="training key of the front's full trainings (default epochs=30)")
     p.add_argument("--full-top", type=int, default=3, help="front members trained fully (0: none)")
     p.add_argument("--population", type=int, default=8, help="evolution / NSGA-II population")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampler and of the evolution")
     p.add_argument("--name", default=None, help="the search's folder name (default: the space file's name)")
-    p.add_argument("--out", default="runs", metavar="DIR")
+    p.add_argument("--out", default="runs", metavar="DIR", help="parent folder of the search's folder (default: runs)")
     p.set_defaults(func=run)
 
 
