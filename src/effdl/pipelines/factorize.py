@@ -106,48 +106,33 @@ def factorize_checkpoint(
     Bad options, patterns matching nothing and ranks out of range are refused before the run
     directory is created.
     """
-    from effdl.checkpoint import load_model
     from effdl.compress.distill import finetune_distiller
     from effdl.compress.factorize import factorize_, factorize_sensitivity
     from effdl.core.configs import config_to_dict
-    from effdl.data import limited, load_dataset_for
     from effdl.device import resolve_device
-    from effdl.measure.accuracy import Accuracy, check_model_fits_data
-    from effdl.models.registry import data_meta
-    from effdl.pipelines.finetune import FineTuneOptions, FineTuner
-    from effdl.pipelines.prune import _measure, _reestimate_batchnorm
+    from effdl.measure.accuracy import Accuracy
+    from effdl.pipelines.compression import (
+        load_for_compression, measure_compressed, reestimate_and_evaluate, technique_finetuner,
+    )
     from effdl.pipelines.run_dir import CompressedRun
 
     options.validate()
     config = options.config()
     run = CompressedRun(out_dir, kind="factorize", source=checkpoint, overwrite=overwrite)
     out_dir = run.path
-    model, meta = load_model(checkpoint)
+    model, meta, data = load_for_compression(checkpoint, data, train_limit=options.train_limit,
+                                             test_limit=options.test_limit, seed=options.seed)
     train_config = meta.get("config") or {}
-    if data is None:
-        record = data_meta(model) or {"dataset": train_config.get("dataset")}
-        if not record.get("dataset"):
-            raise EffdlError("the checkpoint does not name its dataset: pass --data NAME")
-        data = load_dataset_for(record, root=train_config.get("data_root"), train_limit=options.train_limit,
-                                test_limit=options.test_limit, limit_seed=options.seed)
-    check_model_fits_data(model, data)
-    data = limited(data, options.train_limit, options.test_limit, options.seed)
     device = resolve_device(options.device)
     model = model.to(device).eval()
     torch.manual_seed(options.seed)
 
-    before = _measure(model, data, device)
+    before = measure_compressed(model, data, device)
     # made before any change: the callback keeps its own copy of the unfactorized model as the teacher
     distillation = finetune_distiller(model, options.distill, options.distill_temperature, options.distill_method,
                                       input_size=data.image_shape) if options.distill else None
-    finetune = FineTuner(
-        data, train_config, meta["spec"]["name"],
-        FineTuneOptions(epochs=options.epochs, lr=options.lr, batch_size=options.batch_size, compile=options.compile,
-                        device=options.device, seed=options.seed, train_limit=options.train_limit,
-                        test_limit=options.test_limit),
-        callbacks=[distillation] if distillation is not None else [], run_dir=out_dir,
-        resume_hint=f"the fine-tune stopped; start it again with --overwrite --out {out_dir}",
-        model_kwargs=meta["spec"].get("kwargs"))
+    finetune = technique_finetuner(data, meta, options, callbacks=[distillation] if distillation is not None else [],
+                                   run_dir=out_dir)
 
     selection = {"include": tuple(options.layers), "exclude": tuple(options.exclude)}
     calibration = [x for x, _ in _batches(data, options.calibration_images, device)]
@@ -176,10 +161,10 @@ def factorize_checkpoint(
         run.create()
         scan.plot(out_dir / "sensitivity.png")
         details["sensitivity"] = scan.to_json()
-    before_finetune = _reestimate_batchnorm(model, data, device)
+    before_finetune = reestimate_and_evaluate(model, data, device)
     model = finetune(model, options.epochs, [])
     model.eval()
-    after = _measure(model, data, device, acc=before_finetune if options.epochs == 0 else None)
+    after = measure_compressed(model, data, device, before_finetune if options.epochs == 0 else None)
     details.update({
         "method": options.method, "options": dataclasses.asdict(options), "config": config_to_dict(config),
         "layers": {n: dataclasses.asdict(layer) for n, layer in report.layers.items()},

@@ -19,9 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
-from effdl.checkpoint import load_model, read_checkpoint, split_namespace
+from effdl.checkpoint import read_checkpoint, split_namespace
 from effdl.compress.distill import check_distill_options, finetune_distiller
 from effdl.compress.prune.schedules import AGPCallback, iterative_pruning, lottery_ticket
 from effdl.compress.prune.configs import ChannelPruneConfig, MagnitudePruneConfig, prune_
@@ -29,13 +28,14 @@ from effdl.compress.prune.selection import check_fraction
 from effdl.compress.prune.sensitivity import sensitivity_scan
 from effdl.compress.prune.slimming import SlimmingPenalty
 from effdl.compress.prune.unstructured import MaskCallback, make_permanent, measure_sparsity
-from effdl.data import BatchLoader, ImageDataset, limited
+from effdl.data import BatchLoader, ImageDataset
 from effdl.core.configs import config_to_dict
 from effdl.device import resolve_device
 from effdl.errors import EffdlError, unknown_name_error
-from effdl.measure.accuracy import Accuracy, check_model_fits_data, evaluate
-from effdl.measure.counting import profile
-from effdl.pipelines.finetune import FineTuneOptions, FineTuner
+from effdl.measure.accuracy import Accuracy, evaluate
+from effdl.pipelines.compression import (
+    load_for_compression, measure_compressed, reestimate_and_evaluate, technique_finetuner, training_batches,
+)
 from effdl.pipelines.run_dir import CompressedRun
 
 UNSTRUCTURED = ("magnitude", "agp", "lottery")
@@ -107,39 +107,6 @@ class PruneOptions:
             raise EffdlError("structured pruning takes --exclude (layers whose outputs are kept), not --include")
 
 
-def _measure(model: nn.Module, data: ImageDataset, device: torch.device, acc: Accuracy | None = None) -> dict[str, Any]:
-    """Accuracy, counts, size, score and sparsity of `model`; `acc` is its accuracy when already measured."""
-    from effdl.measure.scoring import score
-
-    prof = profile(model, (1, *data.image_shape))
-    acc = acc or _accuracy(model.to(device), data, device)
-    try:
-        imt2024 = score(prof, "imt2024").score
-    except EffdlError:
-        imt2024 = None
-    return {"accuracy": acc.top1, "correct": acc.correct, "total": acc.total, "loss": acc.loss, "macs": prof.macs,
-            "params": prof.params, "size_bytes": prof.size_bytes, "score_imt2024": imt2024,
-            "sparsity": measure_sparsity(model).sparsity}
-
-
-def _calibration(data: ImageDataset, batches: int, device: torch.device) -> list[torch.Tensor]:
-    loader = BatchLoader.for_split(data, "train", batch_size=64, device=device)
-    return [images for _, (images, _) in zip(range(max(1, batches)), loader)]
-
-
-def _accuracy(model: nn.Module, data: ImageDataset, device: torch.device) -> Accuracy:
-    return evaluate(model, BatchLoader.for_split(data, "test", batch_size=500, device=device))
-
-
-def _reestimate_batchnorm(model: nn.Module, data: ImageDataset, device: torch.device, batches: int = 8) -> Accuracy:
-    """Re-estimate BatchNorm statistics on training batches (removing channels or weights leaves
-    them stale); returns the test accuracy after it, the accuracy before fine-tuning."""
-    from effdl.train import reestimate_batchnorm
-
-    reestimate_batchnorm(model, _calibration(data, batches, device))
-    return _accuracy(model, data, device)
-
-
 def prune_checkpoint(
     checkpoint: str | Path, options: PruneOptions, out_dir: str | Path, data: ImageDataset | None = None,
     *, overwrite: bool = False,
@@ -148,41 +115,24 @@ def prune_checkpoint(
 
     An existing run in `out_dir` is refused (EffdlError) unless `overwrite`, which deletes it first.
     """
-    from effdl.data import load_dataset_for
-    from effdl.models.registry import data_meta
-
     options.validate()
     run = CompressedRun(out_dir, kind="prune", source=checkpoint, overwrite=overwrite,
                         other_sources=(options.rewind_to,) if options.rewind_to else ())
     out_dir = run.path
-    model, meta = load_model(checkpoint)
+    model, meta, data = load_for_compression(checkpoint, data, train_limit=options.train_limit,
+                                             test_limit=options.test_limit, seed=options.seed)
     train_config = meta.get("config") or {}
-    if data is None:
-        record = data_meta(model) or {"dataset": train_config.get("dataset")}
-        if not record.get("dataset"):
-            raise EffdlError("the checkpoint does not name its dataset: pass --data NAME")
-        # the data as the model saw it (size, resize policy, normalisation); limits applied while loading
-        data = load_dataset_for(record, root=train_config.get("data_root"), train_limit=options.train_limit,
-                                test_limit=options.test_limit, limit_seed=options.seed)
-    check_model_fits_data(model, data)
-    data = limited(data, options.train_limit, options.test_limit, options.seed)
     device = resolve_device(options.device)
     model = model.to(device)
     early = split_namespace(read_checkpoint(options.rewind_to)[0], "model") if options.rewind_to else None
     torch.manual_seed(options.seed)
 
-    before = _measure(model, data, device)
+    before = measure_compressed(model, data, device)
     # Made before any pruning: the callback keeps its own copy of the unpruned model as the teacher.
     distillation = finetune_distiller(model, options.distill, options.distill_temperature, options.distill_method,
                                       input_size=data.image_shape) if options.distill else None
-    finetune = FineTuner(
-        data, train_config, meta["spec"]["name"],
-        FineTuneOptions(epochs=options.epochs, lr=options.lr, batch_size=options.batch_size, compile=options.compile,
-                        device=options.device, seed=options.seed, train_limit=options.train_limit,
-                        test_limit=options.test_limit),
-        callbacks=[distillation] if distillation is not None else [], run_dir=out_dir,
-        resume_hint=f"the fine-tune stopped; start it again with --overwrite --out {out_dir}",
-        model_kwargs=meta["spec"].get("kwargs"))
+    finetune = technique_finetuner(data, meta, options, callbacks=[distillation] if distillation is not None else [],
+                                   run_dir=out_dir)
     tuning_epochs = max(options.epochs, options.penalty_epochs if options.method == "slimming" else 0)
     if tuning_epochs:
         run.write_config(finetune.config(tuning_epochs))
@@ -211,7 +161,7 @@ def prune_checkpoint(
             config = MagnitudePruneConfig(target, scope, tuple(options.include), tuple(options.exclude))
             details["config"] = config_to_dict(config)
             masks = prune_(model, config)
-            before_finetune = _reestimate_batchnorm(model, data, device)
+            before_finetune = reestimate_and_evaluate(model, data, device)
             model = finetune(model, options.epochs, [MaskCallback(masks)])
         make_permanent(model, masks)
     elif options.method == "agp":
@@ -232,7 +182,7 @@ def prune_checkpoint(
             criterion=criterion, scope=scope, round_to=options.round_to, exclude=tuple(options.exclude),
             layer_ratios=dict(options.layer_ratios or {}),
         )
-        calibration = _calibration(data, options.calibration_batches, device) if criterion == "thinet" else None
+        calibration = training_batches(data, options.calibration_batches, device) if criterion == "thinet" else None
         model.eval()
         pruned = prune_(model, config, example_inputs=torch.randn(1, *data.image_shape, device=device),
                         calibration=calibration)
@@ -240,14 +190,14 @@ def prune_checkpoint(
         details["channel_ratio"] = pruned.ratio
         # Layers the ratio asked to shrink but whose channels could not be removed correctly.
         details["channels_left_whole"] = pruned.skipped
-        before_finetune = _reestimate_batchnorm(model, data, device)
+        before_finetune = reestimate_and_evaluate(model, data, device)
         model = finetune(model, options.epochs, [])
 
     if before_finetune is not None:
         details["accuracy_before_finetune"] = before_finetune.top1
     model.eval()
     # Without fine-tuning the model has not changed since that evaluation.
-    after = _measure(model, data, device, acc=before_finetune if options.epochs == 0 else None)
+    after = measure_compressed(model, data, device, before_finetune if options.epochs == 0 else None)
     details.update({
         "method": options.method, "options": dataclasses.asdict(options), "scope": scope,
         "sparsity": after["sparsity"], "sparsity_before": before["sparsity"],

@@ -74,6 +74,11 @@ class QuantizeOptions:
         check_distill_options(self.distill, self.distill_temperature, self.distill_method)
         if self.distill and not self.epochs:
             raise EffdlError("--distill acts during fine-tuning: give --epochs too")
+        from effdl.compress.quantize.api import MIN_CALIBRATION_IMAGES
+
+        if self.calibration_images < MIN_CALIBRATION_IMAGES:
+            raise EffdlError(f"--calibration-images must be >= {MIN_CALIBRATION_IMAGES} (a few hundred is best), "
+                             f"got {self.calibration_images}")
 
 
 def quantization_config(options: QuantizeOptions):
@@ -141,21 +146,10 @@ def quantize_model(
 
 
 def _load(source: str | Path, options: QuantizeOptions, data: ImageDataset | None):
-    from effdl.checkpoint import load_model
-    from effdl.data import load_dataset_for
-    from effdl.measure.accuracy import check_model_fits_data
-    from effdl.models.registry import data_meta
+    from effdl.pipelines.compression import load_for_compression
 
-    model, meta = load_model(source)
-    if data is None:
-        record = data_meta(model) or {"dataset": (meta.get("config") or {}).get("dataset")}
-        if not record.get("dataset"):
-            raise EffdlError("the checkpoint does not name its dataset: pass --data NAME")
-        data = load_dataset_for(record, root=options.data_root or (meta.get("config") or {}).get("data_root"),
-                                train_limit=options.train_limit, test_limit=options.test_limit,
-                                limit_seed=options.seed)
-    check_model_fits_data(model, data)
-    return model, meta, data
+    return load_for_compression(source, data, train_limit=options.train_limit, test_limit=options.test_limit,
+                                seed=options.seed, data_root=options.data_root)
 
 
 def quantize_run(
@@ -174,7 +168,7 @@ def quantize_run(
     from effdl.data import BatchLoader
     from effdl.device import resolve_device
     from effdl.measure import evaluate
-    from effdl.pipelines.finetune import FineTuneOptions, FineTuner
+    from effdl.pipelines.compression import technique_finetuner
     from effdl.pipelines.run_dir import CompressedRun
 
     options.validate()
@@ -186,13 +180,7 @@ def quantize_run(
         raise EffdlError(f"{source} is already quantized; quantize the float checkpoint instead")
     source_config = meta.get("config") or {}
     run = CompressedRun(out_dir, kind="quantize", source=source, overwrite=overwrite)
-    finetune = FineTuner(
-        data, source_config, meta["spec"]["name"],
-        FineTuneOptions(epochs=options.epochs, lr=options.lr, batch_size=options.batch_size, bf16=options.bf16,
-                        compile=options.compile, device=options.device, seed=options.seed,
-                        train_limit=options.train_limit, test_limit=options.test_limit, data_root=options.data_root),
-        run_dir=run.path, resume_hint=f"the fine-tune stopped; start it again with --overwrite --out {run.path}",
-        model_kwargs=meta["spec"].get("kwargs"))
+    finetune = technique_finetuner(data, meta, options, run_dir=run.path)
     device = resolve_device(options.device)
     model = model.to(device)
     run.create()
