@@ -115,3 +115,30 @@ def benchmark_model(
             if session is not None:
                 result.latencies.append(onnx_latency(path, b, session=session, **timing))
     return result
+
+
+def onnx_deploy_latency(model: nn.Module, input_size: Sequence[int], threads: int | None = 1) -> tuple[float, str, int]:
+    """Median batch-1 ONNX Runtime latency (ms) of `model` as it would be deployed, the graph timed
+    ("fp32"; "int8" for a model quantized on grids int8 QDQ expresses; "fp32 fake-quant" for other
+    quantized models, whose float graph computes the fake-quant arithmetic) and the threads used.
+
+    The file is exported to a temporary folder without the export check: this is a timing, the
+    export stage (effdl.deploy.onnx.verify_onnx) is where a graph is verified.
+    """
+    from effdl.compress.quantize import is_quantized
+    from effdl.deploy.int8 import export_int8_onnx
+    from effdl.deploy.onnx import export_onnx
+
+    model = model.cpu().eval()
+    with tempfile.TemporaryDirectory(prefix="effdl-latency-") as tmp:
+        path, graph = Path(tmp) / "model.onnx", "fp32"
+        if is_quantized(model):
+            try:
+                export_int8_onnx(model, path, verify=False, input_size=input_size)
+                graph = "int8"
+            except EffdlError:
+                graph = "fp32 fake-quant"
+        if graph != "int8":
+            export_onnx(model, path, input_size)
+        timed = onnx_latency(path, 1, threads=threads, warmup=5, repeats=50, max_seconds=5.0)
+    return timed.median_ms, graph, timed.threads

@@ -50,7 +50,7 @@ def make_report(
     dataset (no line when the dataset has no track). A row's "pareto" is True when it was measured
     on the full test split and no such run of the same dataset dominates it. Counts use
     `input_size` (C, H, W) when given, else each run's model's own input size. `latency_backend`:
-    "pytorch" (eager) or "onnx" (ONNX Runtime, as the model deploys; see table.onnx_deploy_latency).
+    "pytorch" (eager) or "onnx" (ONNX Runtime, as the model deploys; see effdl.deploy.bench.onnx_deploy_latency).
     """
     runs = find_runs(list(run_paths))
     chosen = choose_scorers(runs, scorers)

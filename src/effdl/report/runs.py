@@ -36,7 +36,7 @@ class RunSummary(BaseModel):
 
     model_config = ConfigDict(extra="allow")
     name: str
-    kind: Literal["train", "prune", "quantize"] = "train"
+    kind: Literal["train", "distill", "prune", "factorize", "quantize"] = "train"
     accuracy: float = Field(ge=0, le=1)
     correct: int = Field(ge=0)
     total: int = Field(gt=0)

@@ -64,7 +64,7 @@ def measure_run(
     With `latency`, the median batch-1 CPU latency with `latency_threads` threads (one by
     default: on a busy machine multi-threaded timings mostly measure the scheduler), in PyTorch
     eager (`latency_backend` "pytorch") or in ONNX Runtime as the model deploys ("onnx", see
-    `onnx_deploy_latency`; the row's "latency_graph" says which graph was timed).
+    `effdl.deploy.bench.onnx_deploy_latency`; the row's "latency_graph" says which graph was timed).
     """
     s = run.summary
     model, _ = load_model(run.checkpoint)
@@ -84,6 +84,8 @@ def measure_run(
         row[f"{name}_threshold"] = float(result.threshold)
         row[f"{name}_qualifies"] = result.qualifies(s.correct, s.total)
     if latency and latency_backend == "onnx":
+        from effdl.deploy.bench import onnx_deploy_latency
+
         row["latency_ms"], row["latency_graph"], row["latency_threads"] = onnx_deploy_latency(
             model, input_size, latency_threads)
     elif latency:
@@ -92,37 +94,6 @@ def measure_run(
         row["latency_ms"] = timed.median_ms
         row["latency_threads"] = timed.threads
     return row
-
-
-def onnx_deploy_latency(model, input_size: Sequence[int], threads: int | None = 1) -> tuple[float, str, int]:
-    """Median batch-1 ONNX Runtime latency (ms) of `model` as it would be deployed, the graph timed
-    ("fp32"; "int8" for a model quantized on grids int8 QDQ expresses; "fp32 fake-quant" for other
-    quantized models, whose float graph computes the fake-quant arithmetic) and the threads used.
-
-    The file is exported to a temporary folder without the export check: this is a timing, the
-    export stage (effdl.deploy.onnx.verify_onnx) is where a graph is verified.
-    """
-    import tempfile
-
-    from effdl.compress.quantize import is_quantized
-    from effdl.deploy.int8 import export_int8_onnx
-    from effdl.deploy.onnx import export_onnx
-    from effdl.errors import EffdlError
-    from effdl.measure.latency import onnx_latency
-
-    model = model.cpu().eval()
-    with tempfile.TemporaryDirectory(prefix="effdl-latency-") as tmp:
-        path, graph = Path(tmp) / "model.onnx", "fp32"
-        if is_quantized(model):
-            try:
-                export_int8_onnx(model, path, verify=False, input_size=input_size)
-                graph = "int8"
-            except EffdlError:
-                graph = "fp32 fake-quant"
-        if graph != "int8":
-            export_onnx(model, path, input_size)
-        timed = onnx_latency(path, 1, threads=threads, warmup=5, repeats=50, max_seconds=5.0)
-    return timed.median_ms, graph, timed.threads
 
 
 def write_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:

@@ -216,7 +216,7 @@ def measure_candidate(model: Any, input_size: tuple[int, int, int], constraints:
         track = "cifar100" if scorer == "micronet" else None
         metrics[scorer] = float(score(at_bits, scorer, track).score)
     if "latency_ms" in wanted:
-        from effdl.report.table import onnx_deploy_latency
+        from effdl.deploy.bench import onnx_deploy_latency
 
         metrics["latency_ms"] = float(onnx_deploy_latency(model, input_size, threads=1)[0])
     return metrics
