@@ -64,7 +64,7 @@ def test_bad_recipes_name_the_file_line_stage_and_key(tmp_path, source):
 def test_impossible_chains_are_refused_up_front(tmp_path, source):
     refused("stages:\n  - prune: {method: magnitude, sparsity: 0.5}\n", tmp_path, "prune needs a model")
     refused("stages:\n  - quantize: {method: ptq-int8}\n  - quantize: {method: qat}\n", tmp_path,
-            r"stage 2 \(quantize\): cannot quantize a quantized model \(stage 1 \(quantize\) quantized it",
+            r"stage 2 \(quantize\): cannot quantize a quantized model: stage 1 \(quantize\) is already quantized",
             **{"from": source})
     refused("stages:\n  - quantize: {method: qat, bits: 4}\n  - prune: {method: l1-filter, sparsity: 0.3}\n",
             tmp_path, r"cannot prune a quantized model .*qat 4-bit", **{"from": source})
@@ -74,6 +74,25 @@ def test_impossible_chains_are_refused_up_front(tmp_path, source):
             **{"from": source})
     refused("stages:\n  - quantize: {method: sensitivity}\n", tmp_path, "writes a per-layer scan",
             **{"from": source})
+    refused("stages:\n  - quantize: {method: ptq-int8, calibration_images: 32}\n", tmp_path,
+            "calibration_images: 32}|calibration-images must be >= 64", **{"from": source})
+
+
+def test_factorize_then_quantize_runs_and_the_reverse_is_refused(tmp_path, source):
+    refused("stages:\n  - quantize: {method: qat, bits: 4}\n  - factorize: {method: tucker, ratio: 0.5}\n", tmp_path,
+            "cannot factorize a quantized model", **{"from": source})
+    outcome = run_recipe(recipe("""
+        stages:
+          - factorize: {method: tucker, ratio: 0.5, exclude: [features.0.0]}
+          - quantize: {method: qat, bits: 8, act_bits: null}
+        report: {latency: false}
+    """, tmp_path, **{"from": source}))
+    quantized = outcome.results["02-quantize"]
+    factorized = outcome.results["01-factorize"]
+    assert factorized["details"]["macs_after"] < factorized["details"]["macs_before"]
+    assert quantized["details"]["layer_bits"]  # bits read back from the factorized, quantized layers
+    lineage = read_checkpoint_meta(tmp_path / "runs" / "r" / "02-quantize" / "best.safetensors")["lineage"]
+    assert [e["stage"] for e in lineage[-2:]] == ["factorize", "quantize"]
 
 
 def test_a_quantized_from_checkpoint_is_known_to_the_plan(tmp_path, source):
@@ -83,7 +102,7 @@ def test_a_quantized_from_checkpoint_is_known_to_the_plan(tmp_path, source):
     quantize_(model, Int8StaticConfig())
     path = tmp_path / "q.safetensors"
     save_model(path, model, config=SOURCE_CONFIG, extra_meta={"quantize": {"method": "ptq-int8"}})
-    refused("stages:\n  - quantize: {method: qat}\n", tmp_path, "cannot quantize a quantized model .*the checkpoint",
+    refused("stages:\n  - quantize: {method: qat}\n", tmp_path, "cannot quantize a quantized model: the checkpoint .* is already quantized",
             **{"from": path})
 
 
@@ -223,11 +242,14 @@ def test_effdl_run_cli_dry_run_and_errors(tmp_path, source, capsys):
     assert "long-project" in capsys.readouterr().out
 
 
-def test_every_shipped_recipe_plans(tmp_path):
+def test_every_shipped_recipe_plans(source):
     from effdl.recipes import shipped_recipes
 
     shipped = shipped_recipes()
     assert {"long-project", "micronet", "cpu-deployment", "demo"} <= set(shipped)
     for name, path in shipped.items():
-        plan = make_plan(recipe_from_text(path.read_text(), path=path))
+        parsed = recipe_from_text(path.read_text(), path=path)
+        if parsed.stages[0].kind != "train":  # a recipe for your own checkpoint: `effdl run NAME --from CKPT`
+            parsed.source = str(source)
+        plan = make_plan(parsed)
         assert plan.branches, name

@@ -74,7 +74,8 @@ def layer_ratio(text: str) -> tuple[str, float]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from effdl.pipelines.prune import PruneOptions, prune_checkpoint
+    from effdl.pipelines.prune import PruneOptions
+    from effdl.recipes.stages import run_single_stage
 
     options = PruneOptions(
         method=args.method, sparsity=args.sparsity, target_macs=args.target_macs, scope=args.scope,
@@ -91,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
 
     # the data flags (limits included, applied while loading), else the checkpoint's recorded data
     data = dataset_from_args(args, read_checkpoint_meta(args.checkpoint))
-    summary = prune_checkpoint(args.checkpoint, options, args.out, data=data, overwrite=args.overwrite)
+    # a one-stage recipe: the prune stage, with the same input check a recipe's plan makes
+    summary = run_single_stage("prune", options, args.out, source=args.checkpoint, overwrite=args.overwrite, data=data)
     s = summary["details"]  # the pruning's own measurements
     print(f"pruned with {s['method']} ({s['scope']} scope) -> {args.out}/best.safetensors")
     print(f"accuracy     {summary['source_accuracy']:.2%} -> {summary['accuracy']:.2%} "

@@ -113,7 +113,8 @@ def options_from_args(args: argparse.Namespace) -> QuantizeOptions:
 
 def run(args: argparse.Namespace) -> int:
     from effdl.checkpoint import read_checkpoint_meta
-    from effdl.pipelines.quantize import quantization_config, quantize_run, quantize_sensitivity
+    from effdl.pipelines.quantize import quantization_config, quantize_sensitivity
+    from effdl.recipes.stages import run_single_stage
 
     options = options_from_args(args)
     options.validate()
@@ -127,7 +128,8 @@ def run(args: argparse.Namespace) -> int:
         baseline, results = quantize_sensitivity(args.checkpoint, options, args.out, data, overwrite=args.overwrite)
         Console().print(sensitivity_table(baseline, results))
         return 0
-    s = quantize_run(args.checkpoint, options, args.out, data, overwrite=args.overwrite)
+    # a one-stage recipe: the quantize stage, with the same input check a recipe's plan makes
+    s = run_single_stage("quantize", options, args.out, source=args.checkpoint, overwrite=args.overwrite, data=data)
     print(json.dumps({"method": s["details"]["method"], "accuracy": s["accuracy"], "correct": s["correct"],
                       "total": s["total"], "source_accuracy": s["source_accuracy"],
                       "drop_points": s["details"]["drop_points"], "score": s["details"]["score"],

@@ -79,14 +79,21 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from effdl.train import resume, train
-
     if args.resume:
+        from effdl.train import resume
+
         epochs = getattr(args, "cfg:epochs")
-        result = resume(args.resume, epochs=int(epochs) if epochs is not None else None)
+        result = vars(resume(args.resume, epochs=int(epochs) if epochs is not None else None))
     else:
-        result = train(config_from_args(args), overwrite=args.overwrite)
-    print(json.dumps({"accuracy": result.accuracy, "correct": result.correct, "total": result.total,
-                      "epochs": result.epochs, "time_s": round(result.time_s, 1),
-                      "images_per_s": round(result.images_per_s, 1), "run_dir": result.run_dir}))
+        # A one-stage recipe: the train stage of effdl.recipes, placed where the flags say.
+        from effdl.recipes.stages import run_single_stage
+
+        result = run_single_stage("train", config_from_args(args), None, overwrite=args.overwrite)
+    from effdl.train.distributed import is_main
+
+    if not is_main():  # under torchrun every process has the result; one prints it
+        return 0
+    print(json.dumps({"accuracy": result["accuracy"], "correct": result["correct"], "total": result["total"],
+                      "epochs": result["epochs"], "time_s": round(result["time_s"], 1),
+                      "images_per_s": round(result["images_per_s"], 1), "run_dir": str(result["run_dir"])}))
     return 0

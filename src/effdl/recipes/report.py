@@ -1,7 +1,7 @@
 """A recipe's final report: every branch's stages measured the same way, on one plot and in one table.
 
 Written to `<out>/<recipe>/report/` by effdl.report.make_report over every stage that made a
-checkpoint (the same measuring as `effdl report`): runs.csv / runs.json (accuracy, parameters,
+checkpoint, and over the recipe's `from:` run when it is one (the same measuring as `effdl report`): runs.csv / runs.json (accuracy, parameters,
 MACs, size, each score, batch-1 ONNX Runtime latency as the model deploys) and
 accuracy_vs_score.png (every stage of every branch, the Pareto front, the track's threshold),
 plus stages.md: one table per branch in stage order, with each measuring stage's own result
@@ -77,9 +77,21 @@ def _measure_note(kind: str, result: dict[str, Any]) -> str:
     return "done"
 
 
+def _source_run(plan: Plan) -> Path | None:
+    """The run folder of the recipe's `from:` checkpoint, when it is a run's best.safetensors next
+    to its summary.json (then the report measures the start too)."""
+    if not plan.recipe.source:
+        return None
+    source = Path(plan.recipe.source)
+    if source.name == "best.safetensors" and (source.parent / "summary.json").is_file():
+        return source.parent
+    return None
+
+
 def write_report(plan: Plan, outcome: RecipeResult) -> dict[str, Any] | None:
     """Measure every finished checkpoint stage and write the report files (module docstring);
-    returns {"rows": [...], "files": {...}} or None when no stage made a checkpoint."""
+    returns {"rows": [...], "start": the `from:` run's row or None, "files": {...}} or None when no
+    stage made a checkpoint."""
     from rich.console import Console
     from rich.table import Table
 
@@ -93,10 +105,15 @@ def write_report(plan: Plan, outcome: RecipeResult) -> dict[str, Any] | None:
     print(f"measuring {len(finished)} checkpoint(s) for the report (counts, scores"
           f"{', ONNX Runtime batch-1 latency' if options.latency else ''})...", flush=True,
           file=__import__("sys").stderr)
-    report = make_report([plan.directory(s) for s in finished], out, scorers=options.scorers,
+    paths = [plan.directory(s) for s in finished]
+    start = _source_run(plan)
+    if start is not None:  # the starting point, measured the same way, in the same run
+        paths.insert(0, start)
+    report = make_report(paths, out, scorers=options.scorers,
                          threshold=options.threshold, latency=options.latency, latency_threads=options.threads,
                          latency_backend="onnx")
     rows = {Path(row["path"]).name: row for row in report.rows}
+    start_row = rows.get(start.name) if start is not None else None
     scorer = report.plotted_scorer
     columns = [("stage", None), ("accuracy", "pct"), (f"{scorer}", "score"), ("MACs", "int"), ("params", "int"),
                ("size bytes", "int"), ("ONNX ms (b=1)", "ms"), ("graph", None), ("pareto", None)]
@@ -112,6 +129,14 @@ def write_report(plan: Plan, outcome: RecipeResult) -> dict[str, Any] | None:
         for column, _ in columns:
             table.add_column(column, justify="left" if column in ("stage", "graph") else "right")
         notes = []
+        if start_row is not None:
+            cells = [f"from {start.name}", _cell(start_row.get("accuracy"), "pct"),
+                     _cell(start_row.get(f"{scorer}_score"), "score"), _cell(start_row.get("macs"), "int"),
+                     _cell(start_row.get("params"), "int"), _cell(start_row.get("size_bytes"), "int"),
+                     _cell(start_row.get("latency_ms"), "ms"), _cell(start_row.get("latency_graph"), ""),
+                     "yes" if start_row.get("pareto") else ""]
+            lines.append("| " + " | ".join(cells) + " |")
+            table.add_row(*cells)
         for stage in branch:
             result = outcome.results.get(stage.folder)
             if result is None:
@@ -138,4 +163,4 @@ def write_report(plan: Plan, outcome: RecipeResult) -> dict[str, Any] | None:
     (out / "stages.md").write_text("\n".join(lines) + "\n")
     files = {k: str(v) for k, v in report.files.items()} | {"md": str(out / "stages.md")}
     console.print(f"report: {out}/ (stages.md, runs.csv, runs.json, accuracy_vs_score.png)")
-    return {"rows": report.rows, "files": files}
+    return {"rows": [r for r in report.rows if r is not start_row], "start": start_row, "files": files}

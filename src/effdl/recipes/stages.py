@@ -50,9 +50,11 @@ class StageRun:
 
     options: Any
     source: Path | None  # the input checkpoint (None for train)
-    out_dir: Path  # the stage's folder, <recipe dir>/<NN-kind...>
+    out_dir: Path | None  # the stage's folder, <recipe dir>/<NN-kind...> (train alone: None, the config's)
     resume: bool = False  # continue an interrupted stage inside it (training stages)
     values: dict[str, Any] = field(default_factory=dict)  # the keys as the recipe wrote them
+    overwrite: bool = False  # replace a run already in out_dir (a command's --overwrite; recipes clear it first)
+    data: Any = None  # an ImageDataset to use instead of the checkpoint's recorded data (a command's data flags)
 
 
 @dataclass(frozen=True)
@@ -163,13 +165,17 @@ def _placed(options: Any, out_dir: Path) -> Any:
 
 
 def _run_train(run: StageRun) -> dict[str, Any]:
+    """Train into `run.out_dir` (None: where the config's out_dir and name say, the name chosen by
+    train() itself, agreed across processes under torchrun)."""
     from effdl.train.run import resume, train
 
     if run.resume:
-        resume(run.out_dir)
+        result = resume(run.out_dir)
     else:
-        train(_placed(run.options, run.out_dir))
-    return _summary(run.out_dir)
+        config = _placed(run.options, run.out_dir) if run.out_dir is not None else run.options
+        result = train(config, overwrite=run.overwrite)
+    # Every process has the result; only rank 0 wrote summary.json (on its own filesystem).
+    return {**_summary(Path(result.run_dir)), **dataclasses.asdict(result)}
 
 
 def _check_train(state: ModelState, options: Any) -> None:
@@ -183,9 +189,11 @@ def _fresh(state: ModelState, options: Any) -> ModelState:
 
 
 def _distill_options(run: StageRun) -> Any:
-    """The distill stage's config, completed from its teacher: the teacher is the stage's input
-    unless the recipe names one; the student's architecture and dataset default to the teacher's."""
-    from effdl.checkpoint import checkpoint_data_meta, read_checkpoint_meta
+    """The distill stage's config, completed from its input: the teacher is the stage's input
+    checkpoint unless the recipe names teachers, and the student's architecture is the teacher's
+    unless the recipe names one (born-again distillation). The dataset defaults to the teacher's
+    in effdl.pipelines.distill itself."""
+    from effdl.checkpoint import read_checkpoint_meta
 
     update: dict[str, Any] = {}
     if "teacher" not in run.values:
@@ -193,13 +201,9 @@ def _distill_options(run: StageRun) -> Any:
     meta = read_checkpoint_meta(Path(update.get("teacher", run.options.teacher)[0]))
     if "model" not in run.values:
         update["model"] = meta["spec"]["name"]
-        if meta["spec"].get("kwargs") and "model_kwargs" not in run.values:
-            update["model_kwargs"] = meta["spec"]["kwargs"]
-    data = checkpoint_data_meta(meta) or {}
-    if "dataset" not in run.values and data.get("dataset"):
-        update["dataset"] = data["dataset"]
-        if data.get("input_size") and "image_size" not in run.values and not str(data["dataset"]).startswith("cifar"):
-            update["image_size"] = list(data["input_size"][1:])
+        kwargs = {k: v for k, v in (meta["spec"].get("kwargs") or {}).items() if k != "num_classes"}
+        if kwargs and "model_kwargs" not in run.values:
+            update["model_kwargs"] = kwargs
     if "data_root" not in run.values and (meta.get("config") or {}).get("data_root"):
         update["data_root"] = meta["config"]["data_root"]
     return _placed(run.options.model_copy(update=update), run.out_dir)
@@ -208,12 +212,7 @@ def _distill_options(run: StageRun) -> Any:
 def _run_distill(run: StageRun) -> dict[str, Any]:
     from effdl.pipelines.distill import distill
 
-    if run.resume:
-        from effdl.pipelines.distill import resume_distill
-
-        resume_distill(run.out_dir)
-    else:
-        distill(_distill_options(run))
+    distill(_distill_options(run), overwrite=run.overwrite)
     return _summary(run.out_dir)
 
 
@@ -233,13 +232,13 @@ def _refuse_quantized(verb: str) -> Callable[[ModelState, Any], None]:
 def _run_prune(run: StageRun) -> dict[str, Any]:
     from effdl.pipelines.prune import prune_checkpoint
 
-    return prune_checkpoint(run.source, run.options, run.out_dir)
+    return prune_checkpoint(run.source, run.options, run.out_dir, data=run.data, overwrite=run.overwrite)
 
 
 def _run_factorize(run: StageRun) -> dict[str, Any]:
     from effdl.pipelines.factorize import factorize_checkpoint
 
-    return factorize_checkpoint(run.source, run.options, run.out_dir)
+    return factorize_checkpoint(run.source, run.options, run.out_dir, data=run.data, overwrite=run.overwrite)
 
 
 BINARY_METHODS = ("binaryconnect", "xnor")
@@ -249,7 +248,9 @@ def _check_quantize(state: ModelState, options: Any) -> None:
     if options.method == "sensitivity":
         raise EffdlError("method sensitivity writes a per-layer scan, not a model: run "
                          "`effdl quantize CKPT --method sensitivity` on a stage's checkpoint instead")
-    _refuse_quantized("quantize")(state, options)
+    if state.quantized:
+        raise EffdlError(f"cannot quantize a quantized model: {state.made_by} is already quantized "
+                         f"({state.quantized}); quantize the float checkpoint instead")
 
 
 def _quantized(state: ModelState, options: Any) -> ModelState:
@@ -265,7 +266,7 @@ def _quantized(state: ModelState, options: Any) -> ModelState:
 def _run_quantize(run: StageRun) -> dict[str, Any]:
     from effdl.pipelines.quantize import quantize_run
 
-    return quantize_run(run.source, run.options, run.out_dir)
+    return quantize_run(run.source, run.options, run.out_dir, data=run.data, overwrite=run.overwrite)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -308,7 +309,7 @@ register_stage(StageKind("train", "effdl.train.config:TrainConfig", _run_train,
                          set_by_runner=("name", "out_dir"), check=_check_train, after=_fresh, resumable=True))
 register_stage(StageKind("distill", "effdl.pipelines.distill:DistillConfig", _run_distill,
                          "train a student from the input model as teacher (the keys of `effdl distill`)",
-                         set_by_runner=("name", "out_dir"), after=_fresh, resumable=True))
+                         set_by_runner=("name", "out_dir"), after=_fresh))
 register_stage(StageKind("prune", "effdl.pipelines.prune:PruneOptions", _run_prune,
                          "prune the input model (the keys of `effdl prune`)", check=_refuse_quantized("prune"),
                          after=lambda state, options: replace(state, exists=True)))
@@ -327,6 +328,34 @@ register_stage(StageKind("bench", "effdl.pipelines.bench:BenchOptions", _run_ben
 register_stage(StageKind("score", "effdl.pipelines.score:ScoreOptions", _run_score,
                          "count and score the input model (the keys of `effdl score`)", makes_checkpoint=False,
                          after=_unchanged))
+
+
+def run_single_stage(kind: str, options: Any, out_dir: str | Path | None, *, source: str | Path | None = None,
+                     overwrite: bool = False, data: Any = None) -> dict[str, Any]:
+    """Run one stage outside a recipe, as the command of the same name does (`effdl prune ...`):
+    the same stage function, after the same check of its input the recipe plan makes. `out_dir`
+    None lets a train stage place its run as its config says. `data`: the
+    dataset the command's data flags chose (None: the checkpoint's recorded one).
+
+    Returns the stage's result (a run's summary, an export's report...). Raises EffdlError when the
+    kind is unknown, a checkpoint is missing or the stage cannot take it (a quantized model to prune).
+    """
+    from effdl.errors import unknown_name_error
+
+    if kind not in STAGES:
+        raise unknown_name_error("stage kind", kind, STAGES)
+    stage = STAGES[kind]
+    state = ModelState()
+    if source is not None:
+        from effdl.checkpoint import read_checkpoint_meta
+
+        state = state_of_checkpoint(read_checkpoint_meta(source), source)
+    if stage.takes_checkpoint and not state.exists:
+        raise EffdlError(f"{kind} needs a checkpoint to start from")
+    if stage.check is not None:
+        stage.check(state, options)
+    return stage.function(StageRun(options, Path(source) if source is not None else None,
+                                   Path(out_dir) if out_dir is not None else None, overwrite=overwrite, data=data))
 
 
 def state_of_checkpoint(meta: dict[str, Any], path: str | Path) -> ModelState:
