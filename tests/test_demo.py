@@ -18,7 +18,8 @@ def test_demo_trains_scores_exports_and_checks_int8(cifar10_root, tmp_path, caps
     int8 = summary["int8"]
     assert abs(int8["onnx_accuracy"] - int8["accuracy"]) <= 0.003  # int8 export keeps the accuracy
     assert int8["imt2024"] < summary["scores"]["imt2024"] / 3  # 8-bit weights and activations
-    assert (run / "model.onnx").is_file() and (run / "model_int8.onnx").is_file()
+    assert (run / "02-export" / "model.onnx").is_file() and (run / "04-export" / "model-int8.onnx").is_file()
+    assert (run / "report" / "accuracy_vs_score.png").is_file()
 
 
 def test_demo_never_deletes_a_run_it_did_not_create(tmp_path, capsys):

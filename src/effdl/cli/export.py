@@ -57,6 +57,8 @@ def register(subparsers) -> None:
     p.add_argument("--exporter", default="auto", choices=["auto", *EXPORTER_NAMES],
                    help="torch exporter: auto (dynamo, falling back to torchscript tracing; default)")
     add_int8_args(p)
+    p.add_argument("--evaluate", action="store_true",
+                   help="also measure the file's top-1 in ONNX Runtime on the test split (--test-limit for a subset)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run)
 
@@ -64,7 +66,8 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     shape = int_list(args.input_size, "--input-size", length=3) if args.input_size else None
     options = ExportOptions(input_size=list(shape) if shape else None, dynamic_batch=not args.static_batch,
-                            opset=args.opset, exporter=args.exporter, **int8_options_from_args(args))
+                            opset=args.opset, exporter=args.exporter, evaluate=args.evaluate,
+                            **int8_options_from_args(args))
     result = export_checkpoint(args.model, options, args.out, num_classes=args.num_classes)
     if args.json:
         print(json.dumps(result))
@@ -78,4 +81,7 @@ def run(args: argparse.Namespace) -> int:
     if result["int8"]:
         print(f"ONNX Runtime runs {result['integer_convs']} convolutions on integers (QLinearConv), "
               f"{result['float_convs']} in float")
+    if "onnx_accuracy" in result:
+        print(f"top-1 in ONNX Runtime: {result['onnx_accuracy']:.2%} ({result['onnx_correct']:,} / "
+              f"{result['onnx_total']:,} test images)")
     return 0

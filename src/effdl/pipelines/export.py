@@ -52,6 +52,7 @@ class ExportOptions(Int8Options):
     dynamic_batch: bool = True  # symbolic batch axis; False: batch 1
     opset: int | None = None  # None: the exporter's
     exporter: str = "auto"  # auto (dynamo, falling back to torchscript) | dynamo | torchscript
+    evaluate: bool = False  # also measure the file's top-1 in ONNX Runtime on the test split
 
     def validate(self) -> None:
         """EffdlError (one line) for a value that cannot work."""
@@ -138,7 +139,22 @@ def export_model(model: nn.Module, meta: dict[str, Any], options: ExportOptions,
         ops = optimized_op_counts(path)
         result["integer_convs"] = ops.get("QLinearConv", 0)
         result["float_convs"] = ops.get("Conv", 0) + ops.get("FusedConv", 0)
+    if options.evaluate:
+        result.update(onnx_test_accuracy(path, model, meta, options))
     return result
+
+
+def onnx_test_accuracy(path: Path, model: nn.Module, meta: dict[str, Any], options: DataOptions) -> dict[str, Any]:
+    """The exported file's top-1 in ONNX Runtime on the test split of the model's data (the whole
+    split unless `options.test_limit`): {"onnx_accuracy", "onnx_correct", "onnx_total"}."""
+    from effdl.data import BatchLoader
+    from effdl.measure.accuracy import check_model_fits_data, evaluate_onnx
+
+    data = options.dataset(data_config(model, meta), model)
+    check_model_fits_data(model, data)
+    print(f"evaluating {path.name} in ONNX Runtime on {len(data.test_labels):,} test images...", file=sys.stderr)
+    accuracy = evaluate_onnx(path, BatchLoader.for_split(data, "test", batch_size=500))
+    return {"onnx_accuracy": accuracy.top1, "onnx_correct": accuracy.correct, "onnx_total": accuracy.total}
 
 
 def export_checkpoint(source: str | Path, options: ExportOptions, out_path: str | Path, *,

@@ -23,7 +23,6 @@ import torch
 from torch import nn
 
 from effdl.compress.distill.layers import RELU_TYPES, bare_module, check_paths, feature_shapes
-from effdl.compress.distill.losses import Connector
 from effdl.core.hooks import Callback, FeatureTap, TrainingState
 from effdl.errors import EffdlError
 
