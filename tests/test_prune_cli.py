@@ -60,10 +60,10 @@ def test_structured_pruning_to_a_mac_budget_reloads(checkpoint, tmp_path, capsys
 
 
 def test_without_fine_tuning_the_test_split_is_evaluated_once_per_model(checkpoint, tmp_path, monkeypatch):
-    from effdl.pipelines import prune as pipeline
+    import effdl.measure.accuracy as accuracy
 
-    calls = []
-    monkeypatch.setattr(pipeline, "evaluate", lambda *a, **kw: calls.append(1) or evaluate(*a, **kw))
+    calls = []  # every test-split evaluation of the pipelines goes through effdl.measure.accuracy.evaluate
+    monkeypatch.setattr(accuracy, "evaluate", lambda *a, **kw: calls.append(1) or evaluate(*a, **kw))
     s = run_prune(checkpoint, tmp_path / "once", "--method", "l1-filter", "--target-macs", "0.5", "--test-limit", "64")
     assert len(calls) == 2  # the source model, and the pruned model after BatchNorm re-estimation
     assert s["accuracy"] == s["details"]["accuracy_before_finetune"]

@@ -166,7 +166,7 @@ def test_cli_qat_can_distill_from_the_float_model(checkpoint, tmp_path, monkeypa
     original, _ = load_model(checkpoint)
     assert all(torch.equal(teacher.state_dict()[k].cpu(), v) for k, v in original.state_dict().items())
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["details"]["training"]["distill"] == {"alpha": 0.8, "temperature": 4.0}
+    assert summary["details"]["training"]["distill"] == {"alpha": 0.8, "temperature": 4.0, "method": "kd"}
 
 
 @pytest.mark.parametrize(

@@ -77,8 +77,8 @@ class QuantizeOptions:
         from effdl.compress.quantize.api import MIN_CALIBRATION_IMAGES
 
         if self.calibration_images < MIN_CALIBRATION_IMAGES:
-            raise EffdlError(f"--calibration-images must be >= {MIN_CALIBRATION_IMAGES} (a few hundred is best), "
-                             f"got {self.calibration_images}")
+            raise EffdlError(f"calibration needs at least {MIN_CALIBRATION_IMAGES} images (a few hundred is best): "
+                             f"--calibration-images {self.calibration_images}")
 
 
 def quantization_config(options: QuantizeOptions):
