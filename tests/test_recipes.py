@@ -253,3 +253,84 @@ def test_every_shipped_recipe_plans(source):
             parsed.source = str(source)
         plan = make_plan(parsed)
         assert plan.branches, name
+
+
+def test_values_names_and_keys_are_checked_before_anything_runs(tmp_path, source):
+    fields = {"from": source}
+    refused("stages:\n  - prune:\n      method: magnitude\n      sparsity: 0.5\n      epochs: 1.5\n", tmp_path,
+            r":8: stage 1 \(prune\): epochs: input should be a valid integer", **fields)
+    refused("stages:\n  - bench: {batch_sizes: 1}\n", tmp_path, "batch_sizes: input should be a valid list", **fields)
+    refused("stages:\n  - export: {int8: yes please}\n", tmp_path, "int8: input should be a valid boolean", **fields)
+    refused("stages:\n  - quantize: {method: qat, bits: 9}\n", tmp_path, r"stage 1 \(quantize\): .*from 1 to 8", **fields)
+    refused("stages:\n  - train: {model: resnet21}\n", tmp_path, "unknown model 'resnet21'; did you mean .*resnet20")
+    refused("stages:\n  - train: {dataset: cifar11}\n", tmp_path, "unknown dataset 'cifar11'")
+    refused("stages:\n  - train: {model: resnet20, model_kwargs: {widht: 0.5}}\n", tmp_path, "has no option widht")
+    refused("stages:\n  - distill: {method: nosuch}\n", tmp_path, r"stage 1 \(distill\): .*nosuch", **fields)
+    refused("stages:\n  - score: {scorer: nosuch}\n", tmp_path, "unknown scorer 'nosuch'", **fields)
+    refused("stages:\n  - score: {}\nreport: {scorers: [imt2042]}\n", tmp_path, "unknown report scorer 'imt2042'",
+            **fields)
+    refused("stages:\n  - prune:\n      method: magnitude\n      sparsity: 0.5\n      sparsity: 0.6\n", tmp_path,
+            r":8: 'sparsity' is given twice \(first on line 7\)", **fields)
+    refused("stages:\n  - prune: {method: magnitude, sparsity: [0.5, 0.50]}\n", tmp_path, "the same config twice",
+            **fields)
+    refused("stages:\n  - prune: {method: l1-filter, sparsity: 0.3, target_macs: 0.5}\n", tmp_path,
+            "give one", **fields)
+    refused("stages:\n  - prune: {method: magnitude, sparsity: 0.5}\n", tmp_path, "did you mean .*best.safetensors",
+            **{"from": _run_folder(tmp_path, source)})
+
+
+def _run_folder(tmp_path, source):
+    folder = tmp_path / "a-run"
+    folder.mkdir(exist_ok=True)
+    (folder / "best.safetensors").write_bytes(source.read_bytes())
+    return folder
+
+
+def test_a_measuring_fan_out_does_not_repeat_what_follows_and_presentation_keys_keep_the_hash(tmp_path, source):
+    plan = make_plan(recipe("""
+        stages:
+          - export: {int8: [false, true]}
+          - prune: {method: magnitude, sparsity: 0.5}
+    """, tmp_path, **{"from": source}))
+    assert sorted(s.folder for s in plan.stages) == ["01-export+int8=false", "01-export+int8=true", "02-prune"]
+    assert plan.branches[0][1] is plan.branches[1][1]
+    text = "stages:\n  - train: {dataset: synthetic, model: tiny_cnn, epochs: 1%s}\n"
+    quiet = make_plan(recipe(text % ", progress: false", tmp_path)).stages[0].hash
+    assert quiet == make_plan(recipe(text % "", tmp_path)).stages[0].hash
+    assert quiet != make_plan(recipe(text % ", lr: 0.2", tmp_path)).stages[0].hash
+    long = make_plan(recipe("stages:\n  - prune: {method: magnitude, sparsity: 0.5, include: [[%s]]}\n"
+                            % ", ".join(f"layer{i}.conv" for i in range(40)), tmp_path, **{"from": source}))
+    assert len(long.stages[0].folder) < 40
+
+
+def test_a_rebuilt_input_reruns_what_follows_and_foreign_folders_are_never_deleted(tmp_path, source):
+    from effdl.recipes.runner import describe_plan
+
+    text = ("stages:\n  - prune: {method: magnitude, sparsity: 0.4}\n  - quantize: {method: ptq-int8, "
+            "calibration_images: 64}\nreport: {latency: false}\n")
+    run_recipe(recipe(text, tmp_path, **{"from": source}), report=False)
+    root = tmp_path / "runs" / "r"
+    (root / "01-prune" / "stage.json").unlink()  # the pruned checkpoint will be made again
+    lines = describe_plan(make_plan(recipe(text, tmp_path, **{"from": source})))
+    assert any("01-prune  [rerun]" in line for line in lines) and any("02-quantize  [rerun]" in line for line in lines)
+    with pytest.raises(EffdlError, match="did not write .*nothing was deleted"):
+        run_recipe(recipe(text, tmp_path, **{"from": source}), report=False)
+    assert (root / "01-prune" / "best.safetensors").is_file()
+
+
+def test_factorize_and_prune_refuse_a_quantized_checkpoint_as_commands_too(tmp_path, source, capsys):
+    from effdl.cli import main
+    from effdl.compress.quantize import Int8StaticConfig, quantize_
+
+    model = create_model("tiny_cnn")
+    quantize_(model, Int8StaticConfig())
+    path = tmp_path / "q.safetensors"
+    save_model(path, model, config=SOURCE_CONFIG)
+    for command in (["factorize", str(path), "--method", "tucker", "--ratio", "0.5"],
+                    ["prune", str(path), "--method", "magnitude", "--sparsity", "0.5"]):
+        assert main([*command, "--out", str(tmp_path / command[0])]) == 2
+        assert "quantized" in capsys.readouterr().err
+        assert not (tmp_path / command[0]).exists()
+    recipe("stages:\n  - prune: {method: magnitude, sparsity: 0.5}\n", tmp_path, **{"from": source})
+    assert main(["run", str(tmp_path / "recipe.yaml"), "--name", "../escape"]) == 2
+    assert "must be a folder name" in capsys.readouterr().err

@@ -55,7 +55,8 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from effdl.pipelines.factorize import FactorizeOptions, factorize_checkpoint
+    from effdl.pipelines.factorize import FactorizeOptions
+    from effdl.recipes.stages import run_single_stage
 
     options = FactorizeOptions(
         method=args.method, rank=args.rank, energy=args.energy, ratio=args.ratio, target_macs=args.target_macs,
@@ -71,7 +72,9 @@ def run(args: argparse.Namespace) -> int:
     from effdl.cli.common import dataset_from_args
 
     data = dataset_from_args(args, read_checkpoint_meta(args.checkpoint))
-    summary = factorize_checkpoint(args.checkpoint, options, args.out, data=data, overwrite=args.overwrite)
+    # a one-stage recipe: the factorize stage, with the same input check a recipe's plan makes
+    summary = run_single_stage("factorize", options, args.out, source=args.checkpoint, overwrite=args.overwrite,
+                               data=data)
     s = summary["details"]
     if s.get("sensitivity"):
         from rich.console import Console

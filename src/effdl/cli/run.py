@@ -28,7 +28,7 @@ def register(subparsers) -> None:
     p.add_argument("recipe", nargs="?", help="recipe YAML file, or the name of a shipped recipe")
     p.add_argument("--dry-run", action="store_true", help="check the recipe and print the plan; run nothing")
     p.add_argument("--out", default=None, metavar="DIR", help="parent folder of the recipe's folder (default: "
-                   "the recipe's 'out', else runs)")
+                   "the recipe's 'out', else runs; relative paths, here and in the file, are from the current folder)")
     p.add_argument("--from", dest="source", default=None, metavar="CKPT",
                    help="the checkpoint the first stage takes (overrides the recipe's 'from')")
     p.add_argument("--name", default=None, help="the recipe's folder name (default: its 'name', else the file's)")
@@ -56,6 +56,8 @@ def run(args: argparse.Namespace) -> int:
         recipe.source = args.source
         recipe.key_lines.pop("from", None)
     if args.name is not None:
-        recipe.name = args.name
+        from effdl.recipes.spec import check_name
+
+        recipe.name = check_name(args.name, "--name")
     run_recipe(recipe, dry_run=args.dry_run, report=args.report)
     return 0

@@ -223,6 +223,21 @@ def _cifar_from_image_folder(
     )  # fmt: skip
 
 
+def dataset_reader(name: str, root: str | Path | None = None) -> tuple[Callable[..., ImageDataset], tuple]:
+    """The reader of dataset `name` and its leading arguments; EffdlError naming the known datasets
+    for an unknown name (the check a recipe's plan makes before anything loads)."""
+    if name.startswith(IMAGEFOLDER_PREFIX):
+        path = name[len(IMAGEFOLDER_PREFIX) :]
+        if not path:
+            raise EffdlError("imagefolder: needs a path, as in imagefolder:PATH")
+        return image_folder_dataset, (path,)
+    if name in CIFAR:
+        return cifar_dataset, (name, root)
+    if name == "synthetic":
+        return synthetic_dataset, ()
+    raise unknown_name_error("dataset", name, ["synthetic", *CIFAR, f"{IMAGEFOLDER_PREFIX}PATH"])
+
+
 def load_dataset(
     name: str,
     root: str | Path | None = None,
@@ -238,18 +253,7 @@ def load_dataset(
     (None or 0: the whole split), selected with `limit_seed` as `effdl.data.limited` does; readers that
     can (image folders, CIFAR) apply them while loading. An unknown option is an EffdlError.
     """
-    reader: Callable[..., ImageDataset]
-    if name.startswith(IMAGEFOLDER_PREFIX):
-        path = name[len(IMAGEFOLDER_PREFIX) :]
-        if not path:
-            raise EffdlError("imagefolder: needs a path, as in imagefolder:PATH")
-        reader, args = image_folder_dataset, (path,)
-    elif name in CIFAR:
-        reader, args = cifar_dataset, (name, root)
-    elif name == "synthetic":
-        reader, args = synthetic_dataset, ()
-    else:
-        raise unknown_name_error("dataset", name, ["synthetic", *CIFAR, f"{IMAGEFOLDER_PREFIX}PATH"])
+    reader, args = dataset_reader(name, root)
     parameters = inspect.signature(reader).parameters
     accepted = [p for p in list(parameters)[len(args) :] if parameters[p].kind is not inspect.Parameter.VAR_KEYWORD]
     unknown = sorted(set(options) - set(accepted))

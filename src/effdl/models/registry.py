@@ -51,8 +51,9 @@ def model_factory(name: str) -> Callable[..., nn.Module]:
     return _REGISTRY[name]
 
 
-def create_model(name: str, num_classes: int = 10, **kwargs: Any) -> nn.Module:
-    """Build model `name` for `num_classes` classes; extra kwargs go to its factory."""
+def check_model_options(name: str, kwargs: dict[str, Any]) -> Callable[..., nn.Module]:
+    """The factory of model `name` after checking its keyword options (EffdlError for an unknown
+    model, with close names, or an option its factory does not take), without building anything."""
     factory = model_factory(name)
     accepted = inspect.signature(factory).parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
@@ -62,6 +63,12 @@ def create_model(name: str, num_classes: int = 10, **kwargs: Any) -> nn.Module:
             f"model '{name}' has no option {', '.join(unknown)}; "
             f"options: {', '.join(k for k in accepted if k != 'num_classes') or 'none'}"
         )
+    return factory
+
+
+def create_model(name: str, num_classes: int = 10, **kwargs: Any) -> nn.Module:
+    """Build model `name` for `num_classes` classes; extra kwargs go to its factory."""
+    factory = check_model_options(name, kwargs)
     model = factory(num_classes=num_classes, **kwargs)
     model.effdl_spec = {"name": name, "kwargs": {"num_classes": num_classes, **kwargs}}
     return model

@@ -26,22 +26,32 @@ if TYPE_CHECKING:
 
 def load_for_compression(
     checkpoint: str | Path, data: ImageDataset | None, *, train_limit: int | None, test_limit: int | None,
-    seed: int = 0, data_root: str | None = None,
+    seed: int = 0, data_root: str | None = None, verb: str = "compress",
 ) -> tuple[nn.Module, dict[str, Any], ImageDataset]:
     """(model, checkpoint metadata, dataset): `data` when given (limits applied), else the dataset the
     checkpoint records, loaded as the model saw it (size, resize policy, normalisation) with the
-    class-balanced limits applied while loading, from `data_root` or the run's.
+    class-balanced limits applied while loading, from `data_root` or the run's. The training limit
+    defaults to the source run's (a model trained on a subset is fine-tuned on that subset); the
+    test split is the whole one unless `test_limit`.
 
-    Raises EffdlError for a missing or corrupt checkpoint, a checkpoint that names no dataset, or
-    data whose classes or image size do not fit the model.
+    Raises EffdlError for a missing or corrupt checkpoint, a quantized one (no technique here takes
+    one: quantizing, pruning or factorizing happens before quantization; `verb` names the
+    technique in the message), a checkpoint that names no dataset, or data whose classes or image
+    size do not fit the model.
     """
     from effdl.checkpoint import load_model
+    from effdl.compress.quantize import is_quantized
     from effdl.data import limited, load_dataset_for
     from effdl.measure.accuracy import check_model_fits_data
     from effdl.models.registry import data_meta
 
     model, meta = load_model(checkpoint)
+    if is_quantized(model):
+        raise EffdlError(f"{checkpoint} is already quantized; {verb} the float checkpoint instead"
+                         + ("" if verb == "quantize" else f" ({verb} first, then quantize)"))
     train_config = meta.get("config") or {}
+    if train_limit is None:
+        train_limit = train_config.get("train_limit") or None
     if data is None:
         record = data_meta(model) or {"dataset": train_config.get("dataset")}
         if not record.get("dataset"):
@@ -58,12 +68,15 @@ def technique_finetuner(
 ) -> FineTuner:
     """The FineTuner of a compression run: the source run's training config (`meta["config"]`)
     with what the technique's `options` set (epochs, lr, batch_size, compile, device, seed,
-    train_limit, test_limit; bf16 and data_root when the options have them)."""
+    train_limit (default: the source run's), test_limit; bf16 and data_root when the options have
+    them)."""
     from effdl.pipelines.finetune import FineTuneOptions, FineTuner
 
+    source_limit = (meta.get("config") or {}).get("train_limit") or None  # what load_for_compression applied
     tune = FineTuneOptions(
         epochs=options.epochs, lr=options.lr, batch_size=options.batch_size, compile=options.compile,
-        device=options.device, seed=options.seed, train_limit=options.train_limit, test_limit=options.test_limit,
+        device=options.device, seed=options.seed, test_limit=options.test_limit,
+        train_limit=options.train_limit if options.train_limit is not None else source_limit,
         bf16=getattr(options, "bf16", None), data_root=getattr(options, "data_root", None),
     )
     return FineTuner(data, meta.get("config") or {}, meta["spec"]["name"], tune, callbacks=callbacks, run_dir=run_dir,

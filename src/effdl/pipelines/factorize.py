@@ -121,7 +121,7 @@ def factorize_checkpoint(
     run = CompressedRun(out_dir, kind="factorize", source=checkpoint, overwrite=overwrite)
     out_dir = run.path
     model, meta, data = load_for_compression(checkpoint, data, train_limit=options.train_limit,
-                                             test_limit=options.test_limit, seed=options.seed)
+                                             test_limit=options.test_limit, seed=options.seed, verb="factorize")
     train_config = meta.get("config") or {}
     device = resolve_device(options.device)
     model = model.to(device).eval()

@@ -88,6 +88,8 @@ class PruneOptions:
             raise EffdlError(f"--sparsity is required for method {self.method}")
         if self.sparsity is not None:
             check_fraction(self.sparsity)
+        if self.target_macs is not None and self.sparsity is not None:
+            raise EffdlError("--target-macs and --sparsity both set how much to remove: give one")
         if self.target_macs is not None and not structured:
             raise EffdlError("--target-macs applies to structured methods (l1-filter, l2-filter, slimming, thinet)")
         if self.scope not in (None, "global", "layer"):
@@ -120,7 +122,7 @@ def prune_checkpoint(
                         other_sources=(options.rewind_to,) if options.rewind_to else ())
     out_dir = run.path
     model, meta, data = load_for_compression(checkpoint, data, train_limit=options.train_limit,
-                                             test_limit=options.test_limit, seed=options.seed)
+                                             test_limit=options.test_limit, seed=options.seed, verb="prune")
     train_config = meta.get("config") or {}
     device = resolve_device(options.device)
     model = model.to(device)

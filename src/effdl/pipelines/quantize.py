@@ -149,7 +149,7 @@ def _load(source: str | Path, options: QuantizeOptions, data: ImageDataset | Non
     from effdl.pipelines.compression import load_for_compression
 
     return load_for_compression(source, data, train_limit=options.train_limit, test_limit=options.test_limit,
-                                seed=options.seed, data_root=options.data_root)
+                                seed=options.seed, data_root=options.data_root, verb="quantize")
 
 
 def quantize_run(
@@ -164,7 +164,7 @@ def quantize_run(
     first); a refused run leaves nothing behind.
     """
     from effdl.compress.distill import finetune_distiller
-    from effdl.compress.quantize import QuantizationCallback, is_quantized, verify_model_bits
+    from effdl.compress.quantize import QuantizationCallback, verify_model_bits
     from effdl.data import BatchLoader
     from effdl.device import resolve_device
     from effdl.measure import evaluate
@@ -175,9 +175,7 @@ def quantize_run(
     if options.method == "sensitivity":
         raise EffdlError("the sensitivity method writes a scan, not a run: call quantize_sensitivity")
     config = quantization_config(options)
-    model, meta, data = _load(source, options, data)
-    if is_quantized(model):  # before out_dir is claimed: nothing is left behind
-        raise EffdlError(f"{source} is already quantized; quantize the float checkpoint instead")
+    model, meta, data = _load(source, options, data)  # refuses a quantized checkpoint before out_dir is claimed
     source_config = meta.get("config") or {}
     run = CompressedRun(out_dir, kind="quantize", source=source, overwrite=overwrite)
     finetune = technique_finetuner(data, meta, options, run_dir=run.path)

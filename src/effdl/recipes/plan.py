@@ -38,6 +38,12 @@ PLAN_FORMAT = 1  # part of every hash: bump it when what a stage's folder holds 
 # Keys a stage may leave out because the runner fills them from its input (see stages._distill_options).
 FILLED_FROM_INPUT = {"distill": ("teacher",)}
 
+# Keys that change how a stage reports, not what it computes: left out of its hash, so turning a
+# progress bar off does not retrain a chain.
+PRESENTATION_KEYS = ("progress", "tensorboard")
+
+MAX_FOLDER_NAME = 120  # longer fan-out names become NN-kind+<hash of the choices> (file systems allow 255)
+
 
 @dataclass(eq=False)
 class PlannedStage:
@@ -153,6 +159,36 @@ def _options(recipe: Recipe, spec: StageSpec, kind: StageKind, values: dict[str,
         raise _fail(recipe, spec, text, key) from None
 
 
+def _folder(spec: StageSpec, choices: tuple[tuple[str, Any], ...]) -> str:
+    """NN-kind, then every fan-out choice that made its input and its own (short-hashed when long)."""
+    base = f"{spec.index:02d}-{spec.kind}"
+    folder = base + "".join(f"+{k}={_format(v)}" for k, v in choices)
+    if len(folder) > MAX_FOLDER_NAME:
+        digest = hashlib.sha256(json.dumps(choices, default=str).encode()).hexdigest()[:12]
+        folder = f"{base}+{digest}"
+    return folder
+
+
+def _stage_hash(kind: str, options: Any, input_hash: str | None) -> str:
+    data = {k: v for k, v in options_data(options).items() if k not in PRESENTATION_KEYS}
+    text = json.dumps({"format": PLAN_FORMAT, "kind": kind, "options": data, "input": input_hash}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _refuse_repeated(recipe: Recipe, spec: StageSpec, variants: list) -> None:
+    """A fan-out whose values give the same config twice (0.5 and 0.50) would run it twice."""
+    seen: dict[str, tuple] = {}
+    for choices, _, options in variants:
+        key = json.dumps(options_data(options), sort_keys=True, default=str)
+        if key in seen:
+            first = ", ".join(f"{k}={v!r}" for k, v in seen[key])
+            again = ", ".join(f"{k}={v!r}" for k, v in choices)
+            where = choices[0][0] if choices else None
+            raise _fail(recipe, spec, f"the fan-out gives the same config twice ({first} and {again}); "
+                        "list each value once", where)
+        seen[key] = choices
+
+
 def make_plan(recipe: Recipe) -> Plan:
     """Validate `recipe` and expand it into branches of hashed stages (see the module docstring).
 
@@ -172,39 +208,47 @@ def make_plan(recipe: Recipe) -> Plan:
 
         where = recipe.where(key="from")
         if not Path(recipe.source).is_file():
-            raise EffdlError(f"{where}: no checkpoint {recipe.source}")
+            inside = Path(recipe.source) / "best.safetensors"
+            hint = f" (a run folder: did you mean {inside}?)" if inside.is_file() else ""
+            raise EffdlError(f"{where}: no checkpoint {recipe.source}{hint}")
         try:
             state = state_of_checkpoint(read_checkpoint_meta(recipe.source), recipe.source)
         except EffdlError as exc:
             raise EffdlError(f"{where}: {exc}") from None
         source_hash = file_hash(recipe.source)
-    # Each branch: its stages so far, its choices, the model state it hands on, its last checkpoint stage.
-    branches: list[tuple[list[PlannedStage], tuple, ModelState, PlannedStage | None]] = [([], (), state, None)]
-    for spec in recipe.stages:
+    # Each branch: its stages so far, its choices, the model state it hands on, its last checkpoint
+    # stage, and the choices that made that checkpoint (what names the folders after it).
+    branches: list[tuple[list[PlannedStage], tuple, ModelState, PlannedStage | None, tuple]] = [
+        ([], (), state, None, ())]
+    planned: dict[str, PlannedStage] = {}  # folder -> stage: branches that differ only in a measuring
+    for spec in recipe.stages:            # stage's choice share what follows it
         kind = _kind(recipe, spec)
         variants = [(choices, values, _options(recipe, spec, kind, values))
                     for choices, values in _variants(recipe, spec, kind)]
+        _refuse_repeated(recipe, spec, variants)
         grown = []
-        for stages, choices_so_far, state, producer in branches:
+        for stages, choices_so_far, state, producer, input_choices in branches:
             if kind.takes_checkpoint and not state.exists:
                 raise _fail(recipe, spec, f"{spec.kind} needs a model: start the recipe with a train stage, "
-                            "or give 'from: CHECKPOINT' at its top")
+                            "or give one with 'from: CHECKPOINT' in the recipe or `effdl run RECIPE --from CHECKPOINT`")
             for choices, values, options in variants:
-                if kind.check is not None:
-                    try:
+                try:
+                    if kind.check is not None:
                         kind.check(state, options)
-                    except EffdlError as exc:
-                        raise _fail(recipe, spec, str(exc)) from None
-                all_choices = choices_so_far + choices
-                folder = f"{spec.index:02d}-{spec.kind}" + "".join(f"+{k}={_format(v)}" for k, v in all_choices)
-                stage = PlannedStage(spec, kind, values, options, folder, all_choices, producer, state_before=state)
-                input_hash = producer.hash if producer is not None else source_hash
-                stage.hash = hashlib.sha256(json.dumps(
-                    {"format": PLAN_FORMAT, "kind": spec.kind, "options": options_data(options), "input": input_hash},
-                    sort_keys=True).encode()).hexdigest()[:16]
-                after = kind.after(state, options) if kind.after is not None else state
+                    after = kind.after(state, options) if kind.after is not None else state
+                except EffdlError as exc:
+                    raise _fail(recipe, spec, str(exc)) from None
                 if after != state:
                     after = replace(after, made_by=spec.label())
-                grown.append(([*stages, stage], all_choices, after, stage if kind.makes_checkpoint else producer))
+                folder = _folder(spec, input_choices + choices)
+                stage = planned.get(folder)
+                if stage is None:
+                    stage = PlannedStage(spec, kind, values, options, folder, input_choices + choices, producer,
+                                         state_before=state)
+                    stage.hash = _stage_hash(spec.kind, options, producer.hash if producer else source_hash)
+                    planned[folder] = stage
+                made = kind.makes_checkpoint
+                grown.append(([*stages, stage], choices_so_far + choices, after, stage if made else producer,
+                              input_choices + choices if made else input_choices))
         branches = grown
     return Plan(recipe, [stages for stages, *_ in branches], source_hash)

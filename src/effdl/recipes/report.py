@@ -35,6 +35,13 @@ class ReportOptions:
             raise EffdlError(f"report threads must be >= 1, got {self.threads}")
         if not self.scorers:
             raise EffdlError("report scorers must name at least one scorer, such as imt2024")
+        from effdl.measure.scoring import scorer_names
+
+        for name in self.scorers:
+            if name not in scorer_names():
+                from effdl.errors import unknown_name_error
+
+                raise unknown_name_error("report scorer", name, scorer_names())
         if self.threshold is not None and not 0 < self.threshold < 1:
             raise EffdlError(f"report threshold is a fraction in (0, 1), got {self.threshold}")
 
@@ -67,7 +74,7 @@ def _measure_note(kind: str, result: dict[str, Any]) -> str:
         return (f"{Path(str(result.get('onnx', '?'))).name}, {result.get('bytes', 0) / 1e6:.2f} MB"
                 + (f"; check: {note}" if note else ""))
     if kind == "bench":
-        lat = [r for r in result.get("latencies", []) if r.get("batch_size") == 1]
+        lat = [r for r in result.get("latency") or result.get("latencies") or [] if r.get("batch_size") == 1]
         return "; ".join(f"{r['backend']} batch 1: {r['median_ms']:.3f} ms" for r in lat) or "timed"
     if kind == "score":
         scores = result.get("scores") or result.get("results") or []
@@ -118,7 +125,7 @@ def write_report(plan: Plan, outcome: RecipeResult) -> dict[str, Any] | None:
     columns = [("stage", None), ("accuracy", "pct"), (f"{scorer}", "score"), ("MACs", "int"), ("params", "int"),
                ("size bytes", "int"), ("ONNX ms (b=1)", "ms"), ("graph", None), ("pareto", None)]
     lines = [f"# recipe {plan.recipe.name}", ""]
-    console = Console(stderr=True)
+    console = Console()  # the report is the command's result: stdout (progress went to stderr)
     if not console.is_terminal:
         console.width = max(console.width, 150)
     for number, branch in enumerate(plan.branches, start=1):

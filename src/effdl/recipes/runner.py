@@ -7,9 +7,11 @@ ONNX file...) plus `stage.json`, the runner's record: the stage's hash, config, 
 
 Resuming (running the same recipe again):
 - a stage whose stage.json says "done" with the same hash, and whose outputs are there, is skipped;
-- a training stage (train, distill) interrupted with the same hash continues inside itself from
-  its last.safetensors; any other interrupted, failed or changed stage runs again from its start
-  (its folder is replaced; the stages before it are kept).
+- a train stage interrupted with the same hash continues inside itself from its last.safetensors;
+  any other interrupted, failed or changed stage (distill included: its teacher and connectors are
+  not in the training state) runs again from its start (its folder is replaced; the stages before
+  it are kept), and so does every stage after it;
+- a folder the runner did not write (no stage.json) is never deleted: the run stops and says so.
 A stage that fails marks its branch failed; the other branches go on, and the run ends with one
 error naming every failure and how to resume. Ctrl-C stops at once, keeping what is finished.
 """
@@ -26,7 +28,7 @@ from typing import Any
 
 from effdl.errors import EffdlError, Interrupted
 from effdl.fileio import atomic_write
-from effdl.recipes.plan import Plan, PlannedStage, make_plan
+from effdl.recipes.plan import Plan, PlannedStage, file_hash, make_plan
 from effdl.recipes.spec import Recipe
 from effdl.recipes.stages import StageRun, options_data
 
@@ -64,14 +66,24 @@ def _outputs_present(plan: Plan, stage: PlannedStage) -> bool:
     return (path / "best.safetensors").is_file() if stage.kind.makes_checkpoint else True
 
 
-def stage_status(plan: Plan, stage: PlannedStage) -> str:
+def _input_hash(plan: Plan, stage: PlannedStage) -> str | None:
+    source = plan.input_checkpoint(stage)
+    return file_hash(source) if source is not None and source.is_file() else None
+
+
+def stage_status(plan: Plan, stage: PlannedStage, statuses: dict[str, str] | None = None) -> str:
     """What running the plan would do with `stage`: done (skip), resume, rerun (changed, failed or
-    interrupted: its folder is replaced) or run (new)."""
+    interrupted: its folder is replaced) or run (new). A stage whose input stage will run again, or
+    whose input checkpoint is no longer the file it was made from, runs again too. `statuses`: the
+    statuses already decided for earlier stages, by folder."""
     path = plan.directory(stage)
     state = read_state(path)
     if state is None:
         return "rerun" if path.exists() and any(path.iterdir()) else "run"
     same = state.get("hash") == stage.hash
+    upstream = (statuses or {}).get(stage.input.folder, "done") if stage.input is not None else "done"
+    if upstream != "done" or state.get("input_sha") not in (None, _input_hash(plan, stage)):
+        same = False  # its input is (or will be) another checkpoint than the one it was made from
     if same and state.get("status") == "done" and _outputs_present(plan, stage):
         return "done"
     if same and state.get("status") == "running" and stage.kind.resumable and (path / "last.safetensors").is_file():
@@ -84,6 +96,7 @@ def describe_plan(plan: Plan) -> list[str]:
     lines = [f"recipe {plan.recipe.name}: {len(plan.recipe.stages)} stage(s), {len(plan.branches)} branch(es), "
              f"in {plan.recipe.directory}/" + (f", from {plan.recipe.source}" if plan.recipe.source else "")]
     shown: set[int] = set()
+    statuses: dict[str, str] = {}
     for number, branch in enumerate(plan.branches, start=1):
         choices = ", ".join(f"{k}={v}" for k, v in branch[-1].choices) or "no fan-out"
         lines.append(f"branch {number} ({choices}):")
@@ -93,7 +106,8 @@ def describe_plan(plan: Plan) -> list[str]:
                 continue
             shown.add(id(stage))
             keys = ", ".join(f"{k}={v}" for k, v in stage.values.items()) or "defaults"
-            lines.append(f"  {stage.folder}  [{stage_status(plan, stage)}]  {keys}")
+            statuses[stage.folder] = stage_status(plan, stage, statuses)
+            lines.append(f"  {stage.folder}  [{statuses[stage.folder]}]  {keys}")
     return lines
 
 
@@ -101,15 +115,17 @@ def _prepare(plan: Plan, stage: PlannedStage, status: str) -> Path:
     """Make `stage`'s folder ready for a fresh run (an old one's content goes) and mark it running."""
     path = plan.directory(stage)
     if status == "rerun" and path.exists():
-        # Only ever a folder the runner owns: <out>/<recipe>/<NN-...>.
-        if path.resolve().parent != plan.recipe.directory.resolve():
-            raise EffdlError(f"refusing to replace {path}: not a stage folder of {plan.recipe.directory}")
+        # Only ever a folder the runner made: <out>/<recipe>/<NN-...> with its stage.json.
+        if path.resolve().parent != plan.recipe.directory.resolve() or read_state(path) is None:
+            raise EffdlError(f"{path} holds something this recipe did not write (no {STATE_FILE}); nothing was "
+                             "deleted: move it away, or give the recipe another name (--name)")
         shutil.rmtree(path)
     path.mkdir(parents=True, exist_ok=True)
     source = plan.input_checkpoint(stage)
     _write_state(path, {"status": "running", "hash": stage.hash, "kind": stage.spec.kind, "stage": stage.spec.index,
                         "values": stage.values, "options": options_data(stage.options),
-                        "input": str(source) if source else None, "started": time.time()})
+                        "input": str(source) if source else None, "input_sha": _input_hash(plan, stage),
+                        "started": time.time()})
     return path
 
 
@@ -151,8 +167,12 @@ def run_recipe(recipe: Recipe, *, dry_run: bool = False, report: bool = True) ->
     outcome = RecipeResult(plan)
     if dry_run:
         return outcome
-    recipe.directory.mkdir(parents=True, exist_ok=True)
+    try:
+        recipe.directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise EffdlError(f"cannot create the recipe's folder {recipe.directory}: {exc.strerror or exc}") from None
     failed_ids: set[int] = set()
+    statuses: dict[str, str] = {}
     for branch in plan.branches:
         for stage in branch:
             if stage.folder in outcome.results or id(stage) in failed_ids:
@@ -160,7 +180,7 @@ def run_recipe(recipe: Recipe, *, dry_run: bool = False, report: bool = True) ->
             if any(id(s) in failed_ids for s in branch[: branch.index(stage)]):
                 failed_ids.add(id(stage))  # an earlier stage of this branch failed
                 continue
-            status = stage_status(plan, stage)
+            status = statuses[stage.folder] = stage_status(plan, stage, statuses)
             if status == "done":
                 _say(f"== {stage.folder}: done before, skipped")
                 outcome.results[stage.folder] = (read_state(plan.directory(stage)) or {}).get("result", {})

@@ -76,11 +76,25 @@ def _line(node: yaml.Node) -> int:
     return node.start_mark.line + 1
 
 
-def _keys(node: yaml.Node) -> dict[str, int]:
-    """The lines of a mapping node's keys (nothing for other nodes)."""
+def _keys(node: yaml.Node, file: str = "<recipe>") -> dict[str, int]:
+    """The lines of a mapping node's keys (nothing for other nodes). A key given twice is refused:
+    YAML would silently keep the last value."""
     if not isinstance(node, yaml.MappingNode):
         return {}
-    return {str(k.value): _line(k) for k, _ in node.value}
+    lines: dict[str, int] = {}
+    for key, _ in node.value:
+        name = str(key.value)
+        if name in lines:
+            raise EffdlError(f"{file}:{_line(key)}: '{name}' is given twice (first on line {lines[name]})")
+        lines[name] = _line(key)
+    return lines
+
+
+def check_name(name: object, where: str) -> str:
+    """A recipe name is one folder name: no path separator, not empty, not '.' or '..'."""
+    if not isinstance(name, str) or not name.strip() or "/" in name or "\\" in name or name in (".", ".."):
+        raise EffdlError(f"{where}: the recipe's name must be a folder name, got {name!r}")
+    return name
 
 
 def recipe_from_text(text: str, *, path: Path | None = None, default_name: str = "recipe") -> Recipe:
@@ -101,7 +115,7 @@ def recipe_from_text(text: str, *, path: Path | None = None, default_name: str =
         raise EffdlError(f"{where}: not valid YAML: {problem}") from None
     if not isinstance(data, dict):
         raise EffdlError(f"{file}: a recipe is a YAML mapping with a 'stages' list, got {type(data).__name__}")
-    top_lines = _keys(node)
+    top_lines = _keys(node, file)
     for key in data:
         if key not in TOP_LEVEL_KEYS:
             raise EffdlError(f"{file}:{top_lines.get(str(key), 0)}: unknown recipe key '{key}'; "
@@ -126,10 +140,8 @@ def recipe_from_text(text: str, *, path: Path | None = None, default_name: str =
         if not isinstance(values, dict):
             raise EffdlError(f"{file}:{line}: the keys of stage {i} ({kind}) must be a mapping, got {values!r:.60}")
         stages.append(StageSpec(i, str(kind), {str(k): v for k, v in values.items()}, line,
-                                _keys(value_node) if value_node is not None else {}))
-    name = data.get("name", default_name)
-    if not isinstance(name, str) or not name or "/" in name or "\\" in name or name in (".", ".."):
-        raise EffdlError(f"{file}:{top_lines.get('name', 1)}: the recipe's name must be a folder name, got {name!r}")
+                                _keys(value_node, file) if value_node is not None else {}))
+    name = check_name(data.get("name", default_name), f"{file}:{top_lines.get('name', 1)}")
     out = data.get("out", "runs")
     source = data.get("from")
     report = data.get("report") or {}

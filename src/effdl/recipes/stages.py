@@ -22,6 +22,7 @@ never imports factorization.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib
 import json
 import typing
@@ -123,20 +124,35 @@ def accepts_list(annotation: Any) -> bool:
 
 
 def build_options(cls: type, values: dict[str, Any]) -> Any:
-    """An instance of config class `cls` from `values`, validated (its own `validate()` when it has one).
+    """An instance of config class `cls` from `values`, validated: each value against its field's
+    type (pydantic's rules: "3" may be 3, "yes please" is no boolean, 1.5 no integer), then by the
+    config's own `validate()` when it has one.
 
-    Raises EffdlError with the config's own message; the caller adds where it comes from."""
+    Raises EffdlError naming the key (with close names for an unknown one); the caller adds where
+    it comes from."""
+    from pydantic import TypeAdapter, ValidationError
+
+    annotations = field_annotations(cls)
+    unknown = [k for k in values if k not in annotations]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], annotations, n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else f"; its keys: {', '.join(sorted(annotations))}"
+        raise EffdlError(f"unknown key '{unknown[0]}'{hint}")
     if dataclasses.is_dataclass(cls):
-        try:
-            options = cls(**values)
-        except TypeError as exc:
-            raise EffdlError(str(exc).split(".__init__() ")[-1]) from None
+        checked = {}
+        for key, value in values.items():
+            try:
+                checked[key] = TypeAdapter(annotations[key]).validate_python(value)
+            except ValidationError as exc:
+                raise EffdlError(f"{key}: {exc.errors()[0]['msg'].lower()} (got {value!r:.60})") from None
+        missing = [k for k in required_fields(cls) if k not in checked]
+        if missing:
+            raise EffdlError(f"missing key '{missing[0]}'")
+        options = cls(**checked)
         validate = getattr(options, "validate", None)
         if validate is not None:
             validate()
         return options
-    from pydantic import ValidationError
-
     try:
         return cls.model_validate(values)
     except ValidationError as exc:
@@ -178,10 +194,27 @@ def _run_train(run: StageRun) -> dict[str, Any]:
     return {**_summary(Path(result.run_dir)), **dataclasses.asdict(result)}
 
 
+def _check_names(options: Any) -> None:
+    """The model and dataset a training stage names exist (before any stage runs)."""
+    from effdl.data.datasets import dataset_reader
+    from effdl.models.registry import check_model_options
+
+    check_model_options(options.model, options.model_kwargs)
+    if "dataset" in options.model_fields_set:  # a distill stage's default is its teacher's
+        dataset_reader(options.dataset)
+
+
 def _check_train(state: ModelState, options: Any) -> None:
     if state.exists:
         raise EffdlError(f"train builds a new model from scratch, but it would receive {state.made_by}'s; "
                          "put train first (without 'from:'), or use distill to train a student from that model")
+    _check_names(options)
+
+
+def _check_distill(state: ModelState, options: Any) -> None:
+    options.method_config()  # an unknown method or a weight out of range
+    if "model" in options.model_fields_set:
+        _check_names(options)
 
 
 def _fresh(state: ModelState, options: Any) -> ModelState:
@@ -294,6 +327,15 @@ def _run_bench(run: StageRun) -> dict[str, Any]:
     return bench_checkpoint(run.source, run.options, run.out_dir)
 
 
+def _check_score(state: ModelState, options: Any) -> None:
+    from effdl.measure.scoring import scorer_names
+
+    if options.scorer != "all" and options.scorer not in scorer_names():
+        from effdl.errors import unknown_name_error
+
+        raise unknown_name_error("scorer", options.scorer, [*scorer_names(), "all"])
+
+
 def _run_score(run: StageRun) -> dict[str, Any]:
     from effdl.pipelines.score import score_checkpoint
 
@@ -309,7 +351,7 @@ register_stage(StageKind("train", "effdl.train.config:TrainConfig", _run_train,
                          set_by_runner=("name", "out_dir"), check=_check_train, after=_fresh, resumable=True))
 register_stage(StageKind("distill", "effdl.pipelines.distill:DistillConfig", _run_distill,
                          "train a student from the input model as teacher (the keys of `effdl distill`)",
-                         set_by_runner=("name", "out_dir"), after=_fresh))
+                         set_by_runner=("name", "out_dir"), check=_check_distill, after=_fresh))
 register_stage(StageKind("prune", "effdl.pipelines.prune:PruneOptions", _run_prune,
                          "prune the input model (the keys of `effdl prune`)", check=_refuse_quantized("prune"),
                          after=lambda state, options: replace(state, exists=True)))
@@ -327,7 +369,7 @@ register_stage(StageKind("bench", "effdl.pipelines.bench:BenchOptions", _run_ben
                          makes_checkpoint=False, check=_check_export, after=_unchanged))
 register_stage(StageKind("score", "effdl.pipelines.score:ScoreOptions", _run_score,
                          "count and score the input model (the keys of `effdl score`)", makes_checkpoint=False,
-                         after=_unchanged))
+                         check=_check_score, after=_unchanged))
 
 
 def run_single_stage(kind: str, options: Any, out_dir: str | Path | None, *, source: str | Path | None = None,
