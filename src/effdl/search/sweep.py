@@ -227,11 +227,12 @@ def _objective(spec: SweepSpec, params: list[Param]) -> Any:
     return objective
 
 
-def _sampler(spec: SweepSpec, stream: int = 0) -> Any:
-    """The sampler; `stream` shifts its seed, so that workers (and later joins) draw different values."""
+def _sampler(spec: SweepSpec, stream: int = 0, trials_so_far: int = 0) -> Any:
+    """The sampler. Its seed moves with the worker's `stream` and with the trials the study held when
+    the worker joined, by two different primes, so no two workers (nor a later join) share a seed."""
     import optuna
 
-    seed = spec.seed + 7919 * stream
+    seed = spec.seed + 7919 * stream + 104729 * trials_so_far
     if spec.sampler == "tpe":
         return optuna.samplers.TPESampler(seed=seed)
     return optuna.samplers.RandomSampler(seed=seed)  # grid: the combinations are enqueued
@@ -271,7 +272,7 @@ def load_study(spec: SweepSpec, *, workers: int = 1, create: bool = False, strea
                                        sampler=_sampler(spec), pruner=_pruner(spec))
         study = optuna.load_study(study_name=spec.name, storage=storage, pruner=_pruner(spec))
         # A worker (or a later join) draws its own stream: the seed moves with the worker and the trials so far.
-        study.sampler = _sampler(spec, stream + len(study.get_trials(deepcopy=False)) if stream else 0)
+        study.sampler = _sampler(spec, stream, len(study.get_trials(deepcopy=False))) if stream else _sampler(spec)
         return study
     except optuna.exceptions.DuplicatedStudyError:
         raise EffdlError(f"study {spec.name} already exists in {where}; join it with `effdl sweep --resume "
