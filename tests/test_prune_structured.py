@@ -491,3 +491,15 @@ def test_sample_inputs_default_to_the_models_own_input_size():
     assert prune_channels(copy.deepcopy(model), 0.5) == {"conv1": (8, 4), "conv2": (16, 8)}
     prune_channels_to_macs(model, 0.6, steps=4)
     assert profile(model, (1, 1, 20, 20)).macs <= 0.6 * macs
+
+
+def test_a_mac_target_the_rounding_overshoots_says_so():
+    # resnet20's 16-channel stage in multiples of 8: only 8 or 16, so 0.5x of the MACs lands on 0.25x
+    from effdl.compress.prune.structured import prune_channels_to_macs
+    from effdl.measure.counting import profile
+
+    model = create_model("resnet20").eval()
+    before = profile(model, (1, 3, 32, 32)).macs
+    with pytest.warns(UserWarning, match=r"kept 0\.\d\dx of the MACs for a 0\.50x target.*round_to=8"):
+        prune_channels_to_macs(model, 0.5, round_to=8)
+    assert profile(model, (1, 3, 32, 32)).macs < 0.4 * before

@@ -544,4 +544,12 @@ def prune_channels_to_macs(
             low = ratio
     if fitting is None:
         raise EffdlError(f"could not reach {keep_macs:.0%} of the MACs by channel pruning")
-    return prune_channels(model, fitting, criterion=criterion, example_inputs=example_inputs, **kwargs)
+    result = prune_channels(model, fitting, criterion=criterion, example_inputs=example_inputs, **kwargs)
+    reached = profile(model, shape).macs / base
+    if reached < 0.8 * keep_macs:
+        # Rounding channel counts (round_to) can make the budget jump: on 16-channel layers,
+        # multiples of 8 allow only 8 or 16, so the next step down may halve a whole stage.
+        warnings.warn(f"channel pruning kept {reached:.2f}x of the MACs for a {keep_macs:.2f}x target: the channel "
+                      f"counts allowed{' by round_to=' + str(kwargs['round_to']) if kwargs.get('round_to') else ''} "
+                      "are too coarse to land closer; a smaller round_to, or layer_ratios, gets nearer", stacklevel=2)
+    return result
