@@ -18,7 +18,6 @@ recognised on the next run and skipped (effdl.recipes.runner).
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import itertools
 import json
@@ -29,8 +28,7 @@ from typing import Any
 from effdl.errors import EffdlError, unknown_name_error
 from effdl.recipes.spec import Recipe, StageSpec
 from effdl.recipes.stages import (
-    STAGES, ModelState, StageKind, accepts_list, build_options, field_annotations, options_data, required_fields,
-    state_of_checkpoint,
+    STAGES, ModelState, StageKind, accepts_list, build_options, field_annotations, options_data, state_of_checkpoint,
 )
 
 PLAN_FORMAT = 1  # part of every hash: bump it when what a stage's folder holds changes meaning
@@ -125,19 +123,13 @@ def _variants(recipe: Recipe, spec: StageSpec, kind: StageKind) -> list[tuple[tu
         if key in kind.set_by_runner:
             raise _fail(recipe, spec, f"'{key}' is set by the runner (each stage writes to "
                         f"{recipe.directory}/NN-{spec.kind}/); remove it", key)
-        if key not in annotations:
-            close = difflib.get_close_matches(key, annotations, n=3, cutoff=0.6)
-            hint = f"; did you mean {', '.join(close)}?" if close else f"; its keys: {', '.join(sorted(annotations))}"
-            raise _fail(recipe, spec, f"unknown key '{key}'{hint}", key)
-    missing = [k for k in required_fields(cls) if k not in spec.values and k not in FILLED_FROM_INPUT.get(spec.kind, ())]
-    if missing:
-        raise _fail(recipe, spec, f"missing key '{missing[0]}'")
     fanned = []
     for key, value in spec.values.items():
         if not isinstance(value, list):
             continue
         nested = bool(value) and all(isinstance(v, list) for v in value)
-        if accepts_list(annotations[key]) and not nested:
+        if key not in annotations or (accepts_list(annotations[key]) and not nested):
+            # unknown keys are refused, with close names, when the options are built (stages.build_options)
             continue  # one list value for a list field
         if not value:
             raise _fail(recipe, spec, f"'{key}' lists no value to branch on", key)
