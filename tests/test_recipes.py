@@ -334,3 +334,33 @@ def test_factorize_and_prune_refuse_a_quantized_checkpoint_as_commands_too(tmp_p
     recipe("stages:\n  - prune: {method: magnitude, sparsity: 0.5}\n", tmp_path, **{"from": source})
     assert main(["run", str(tmp_path / "recipe.yaml"), "--name", "../escape"]) == 2
     assert "must be a folder name" in capsys.readouterr().err
+
+
+def test_a_finished_stage_survives_an_upgrade_and_a_change_keeps_its_old_run_aside(tmp_path, source, capsys):
+    """A stage recorded by an older effdl (another hash, a key it did not have yet) is still done;
+    a real change says which key changed and keeps the finished run beside the new one."""
+    text = "stages:\n  - prune: {method: magnitude, sparsity: 0.3}\nreport: {latency: false}\n"
+    run_recipe(recipe(text, tmp_path, **{"from": source}), report=False)
+    folder = tmp_path / "runs" / "r" / "01-prune"
+    state = json.loads((folder / "stage.json").read_text())
+    assert "epochs" in state["options"]
+    del state["options"]["epochs"]  # a key added since, left at its default
+    state["hash"] = "from-an-older-effdl"
+    (folder / "stage.json").write_text(json.dumps(state))
+    again = run_recipe(recipe(text, tmp_path, **{"from": source}), report=False)
+    assert again.skipped == ["01-prune"]
+
+    capsys.readouterr()
+    run_recipe(recipe(text.replace("0.3", "0.5"), tmp_path, **{"from": source}), report=False)
+    captured = capsys.readouterr()
+    out = captured.out + captured.err
+    assert "its config changed (sparsity 0.3 -> 0.5)" in out
+    aside = folder.with_name("01-prune.replaced-from-an-older-effdl")
+    assert (aside / "best.safetensors").is_file() and f"kept in {aside}" in out
+    assert json.loads((folder / "stage.json").read_text())["options"]["sparsity"] == 0.5
+    # a failed or interrupted stage is not worth keeping: replaced in place, nothing set aside
+    state = json.loads((folder / "stage.json").read_text())
+    (folder / "stage.json").write_text(json.dumps({**state, "status": "failed"}))
+    run_recipe(recipe(text.replace("0.3", "0.5"), tmp_path, **{"from": source}), report=False)
+    assert [p.name for p in folder.parent.iterdir() if ".replaced-" in p.name] == [aside.name]
+    assert json.loads((folder / "stage.json").read_text())["status"] == "done"

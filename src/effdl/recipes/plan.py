@@ -31,7 +31,7 @@ from effdl.recipes.stages import (
     STAGES, ModelState, StageKind, accepts_list, build_options, field_annotations, options_data, state_of_checkpoint,
 )
 
-PLAN_FORMAT = 1  # part of every hash: bump it when what a stage's folder holds changes meaning
+PLAN_FORMAT = 2  # part of every hash: bump it when what a stage's folder holds changes meaning
 
 # Keys a stage may leave out because the runner fills them from its input (see stages._distill_options).
 FILLED_FROM_INPUT = {"distill": ("teacher",)}
@@ -161,8 +161,14 @@ def _folder(spec: StageSpec, choices: tuple[tuple[str, Any], ...]) -> str:
     return folder
 
 
+def hashed_options(options: Any) -> dict[str, Any]:
+    """What of a stage's config its hash covers: the keys set away from their defaults (so a key
+    that a newer effdl adds, with a default, does not rerun finished stages), less presentation."""
+    return {k: v for k, v in options_data(options, changed_only=True).items() if k not in PRESENTATION_KEYS}
+
+
 def _stage_hash(kind: str, options: Any, input_hash: str | None) -> str:
-    data = {k: v for k, v in options_data(options).items() if k not in PRESENTATION_KEYS}
+    data = hashed_options(options)
     text = json.dumps({"format": PLAN_FORMAT, "kind": kind, "options": data, "input": input_hash}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -9,8 +9,10 @@ Resuming (running the same recipe again):
 - a stage whose stage.json says "done" with the same hash, and whose outputs are there, is skipped;
 - a train stage interrupted with the same hash continues inside itself from its last.safetensors;
   any other interrupted, failed or changed stage (distill included: its teacher and connectors are
-  not in the training state) runs again from its start (its folder is replaced; the stages before
-  it are kept), and so does every stage after it;
+  not in the training state) runs again from its start, and so does every stage after it; the
+  runner says why, and a finished stage's old folder is kept aside as `NN-kind.replaced-<hash>`
+  (an unfinished one is replaced); "changed" compares the config key by key with the recorded one,
+  so a key a newer effdl adds with its default value changes nothing;
 - a folder the runner did not write (no stage.json) is never deleted: the run stops and says so.
 A stage that fails marks its branch failed; the other branches go on, and the run ends with one
 error naming every failure and how to resume. Ctrl-C stops at once, keeping what is finished.
@@ -28,7 +30,7 @@ from typing import Any
 
 from effdl.errors import EffdlError, Interrupted
 from effdl.fileio import atomic_write
-from effdl.recipes.plan import Plan, PlannedStage, file_hash, make_plan
+from effdl.recipes.plan import PRESENTATION_KEYS, Plan, PlannedStage, file_hash, hashed_options, make_plan
 from effdl.recipes.spec import Recipe
 from effdl.recipes.stages import StageRun, options_data
 
@@ -73,22 +75,55 @@ def _input_hash(plan: Plan, stage: PlannedStage) -> str | None:
 
 def stage_status(plan: Plan, stage: PlannedStage, statuses: dict[str, str] | None = None) -> str:
     """What running the plan would do with `stage`: done (skip), resume, rerun (changed, failed or
-    interrupted: its folder is replaced) or run (new). A stage whose input stage will run again, or
-    whose input checkpoint is no longer the file it was made from, runs again too. `statuses`: the
-    statuses already decided for earlier stages, by folder."""
+    interrupted: its folder is replaced, a finished one kept aside) or run (new). A stage whose input
+    stage will run again, or whose input checkpoint is no longer the file it was made from, runs
+    again too. `statuses`: the statuses already decided for earlier stages, by folder."""
+    return judge_stage(plan, stage, statuses)[0]
+
+
+def judge_stage(plan: Plan, stage: PlannedStage, statuses: dict[str, str] | None = None) -> tuple[str, str]:
+    """(`stage_status`, why: empty for done and run, else the reason a user reads)."""
     path = plan.directory(stage)
     state = read_state(path)
     if state is None:
-        return "rerun" if path.exists() and any(path.iterdir()) else "run"
-    same = state.get("hash") == stage.hash
+        return ("rerun", f"its folder has no {STATE_FILE}") if path.exists() and any(path.iterdir()) else ("run", "")
     upstream = (statuses or {}).get(stage.input.folder, "done") if stage.input is not None else "done"
-    if upstream != "done" or state.get("input_sha") not in (None, _input_hash(plan, stage)):
-        same = False  # its input is (or will be) another checkpoint than the one it was made from
-    if same and state.get("status") == "done" and _outputs_present(plan, stage):
-        return "done"
-    if same and state.get("status") == "running" and stage.kind.resumable and (path / "last.safetensors").is_file():
-        return "resume"
-    return "rerun"
+    if upstream != "done":
+        return "rerun", f"its input stage {stage.input.folder} runs again"
+    if state.get("input_sha") not in (None, _input_hash(plan, stage)):
+        return "rerun", "its input checkpoint is no longer the file it was made from"
+    changes = config_changes(state, stage)
+    if changes:
+        return "rerun", "its config changed (" + ", ".join(changes) + ")"
+    if state.get("status") == "done":
+        return ("done", "") if _outputs_present(plan, stage) else ("rerun", "its outputs are missing")
+    if state.get("status") == "running" and stage.kind.resumable and (path / "last.safetensors").is_file():
+        return "resume", ""
+    return "rerun", "it failed before" if state.get("status") == "failed" else "it was interrupted"
+
+
+def config_changes(state: dict[str, Any], stage: PlannedStage) -> list[str]:
+    """How `stage`'s config differs from the one its stage.json recorded ("key old -> new"), empty
+    when it is the same run: the same hash, or the same values key by key, where a key the record
+    lacks (added to effdl since) counts as unchanged when it holds its default. Presentation keys
+    never count."""
+    if state.get("hash") == stage.hash and state.get("kind") == stage.spec.kind:
+        return []
+    recorded = state.get("options")
+    if state.get("kind") != stage.spec.kind or not isinstance(recorded, dict):
+        return ["another kind of stage" if state.get("kind") != stage.spec.kind else "no recorded config"]
+    current = options_data(stage.options)
+    set_away_from_default = hashed_options(stage.options)
+    changes = []
+    for key, value in current.items():
+        if key in PRESENTATION_KEYS:
+            continue
+        if key in recorded:
+            if recorded[key] != value:
+                changes.append(f"{key} {recorded[key]!r} -> {value!r}")
+        elif key in set_away_from_default:
+            changes.append(f"{key} (new) {value!r}")
+    return changes
 
 
 def describe_plan(plan: Plan) -> list[str]:
@@ -106,20 +141,28 @@ def describe_plan(plan: Plan) -> list[str]:
                 continue
             shown.add(id(stage))
             keys = ", ".join(f"{k}={v}" for k, v in stage.values.items()) or "defaults"
-            statuses[stage.folder] = stage_status(plan, stage, statuses)
-            lines.append(f"  {stage.folder}  [{statuses[stage.folder]}]  {keys}")
+            status, why = judge_stage(plan, stage, statuses)
+            statuses[stage.folder] = status
+            lines.append(f"  {stage.folder}  [{status}]  {keys}" + (f"  ({why})" if why else ""))
     return lines
 
 
 def _prepare(plan: Plan, stage: PlannedStage, status: str) -> Path:
-    """Make `stage`'s folder ready for a fresh run (an old one's content goes) and mark it running."""
+    """Make `stage`'s folder ready for a fresh run and mark it running. An old folder's content
+    goes, except a finished stage's, which is kept aside (`kept_aside`): work is never lost."""
     path = plan.directory(stage)
     if status == "rerun" and path.exists():
         # Only ever a folder the runner made: <out>/<recipe>/<NN-...> with its stage.json.
-        if path.resolve().parent != plan.recipe.directory.resolve() or read_state(path) is None:
+        state = read_state(path)
+        if path.resolve().parent != plan.recipe.directory.resolve() or state is None:
             raise EffdlError(f"{path} holds something this recipe did not write (no {STATE_FILE}); nothing was "
                              "deleted: move it away, or give the recipe another name (--name)")
-        shutil.rmtree(path)
+        if state.get("status") == "done":
+            aside = kept_aside(path, state)
+            path.rename(aside)
+            _say(f"   the finished run it replaces is kept in {aside}")
+        else:
+            shutil.rmtree(path)
     path.mkdir(parents=True, exist_ok=True)
     source = plan.input_checkpoint(stage)
     _write_state(path, {"status": "running", "hash": stage.hash, "kind": stage.spec.kind, "stage": stage.spec.index,
@@ -127,6 +170,18 @@ def _prepare(plan: Plan, stage: PlannedStage, status: str) -> Path:
                         "input": str(source) if source else None, "input_sha": _input_hash(plan, stage),
                         "started": time.time()})
     return path
+
+
+def kept_aside(path: Path, state: dict[str, Any]) -> Path:
+    """Where a finished stage's folder goes when its stage runs again: beside it, named by its
+    hash (`02-prune.replaced-<hash>`, a number added when that name is taken). The recipe's plan and
+    report ignore these folders (`effdl report` on the recipe's folder lists them as runs)."""
+    base = path.with_name(f"{path.name}.replaced-{state.get('hash') or 'unknown'}")
+    aside, number = base, 1
+    while aside.exists():
+        number += 1
+        aside = base.with_name(f"{base.name}-{number}")
+    return aside
 
 
 def _json_safe(value: Any) -> Any:
@@ -180,14 +235,14 @@ def run_recipe(recipe: Recipe, *, dry_run: bool = False, report: bool = True) ->
             if any(id(s) in failed_ids for s in branch[: branch.index(stage)]):
                 failed_ids.add(id(stage))  # an earlier stage of this branch failed
                 continue
-            status = statuses[stage.folder] = stage_status(plan, stage, statuses)
+            status, why = judge_stage(plan, stage, statuses)
+            statuses[stage.folder] = status
             if status == "done":
                 _say(f"== {stage.folder}: done before, skipped")
                 outcome.results[stage.folder] = (read_state(plan.directory(stage)) or {}).get("result", {})
                 outcome.skipped.append(stage.folder)
                 continue
-            what = {"resume": "resuming inside the stage", "rerun": "running again (changed, failed or interrupted)",
-                    "run": "running"}[status]
+            what = {"resume": "resuming inside the stage", "rerun": f"running again: {why}", "run": "running"}[status]
             _say(f"== {stage.folder}: {what}")
             try:
                 outcome.results[stage.folder] = _run_stage(plan, stage, status)

@@ -161,10 +161,31 @@ def build_options(cls: type, values: dict[str, Any]) -> Any:
         raise EffdlError(f"{key}: {error['msg']} (got {error.get('input')!r:.60})") from None
 
 
-def options_data(options: Any) -> dict[str, Any]:
-    """A config as JSON data (what the stage's hash covers and stage.json records)."""
-    data = dataclasses.asdict(options) if dataclasses.is_dataclass(options) else options.model_dump(mode="json")
-    return json.loads(json.dumps(data, default=str))
+def options_data(options: Any, *, changed_only: bool = False) -> dict[str, Any]:
+    """A config as JSON data (what stage.json records). With `changed_only`, only the fields whose
+    value differs from the field's default (what the stage's hash covers: a field added to a config
+    class later, with a default that keeps the old behaviour, then leaves finished stages' hashes
+    as they were)."""
+    if dataclasses.is_dataclass(options):
+        data = _json(dataclasses.asdict(options))
+        if changed_only:
+            for f in dataclasses.fields(options):
+                if f.default is not dataclasses.MISSING:
+                    default = f.default
+                elif f.default_factory is not dataclasses.MISSING:
+                    default = f.default_factory()
+                else:
+                    continue  # a required field always counts
+                if dataclasses.is_dataclass(default):
+                    default = dataclasses.asdict(default)
+                if data.get(f.name) == _json(default):
+                    del data[f.name]
+        return data
+    return _json(options.model_dump(mode="json", exclude_defaults=changed_only))
+
+
+def _json(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
 
 
 def _summary(out_dir: Path) -> dict[str, Any]:
