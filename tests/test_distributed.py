@@ -262,3 +262,54 @@ def test_torchrun_cli_reports_one_line(tmp_path):
     assert errors == ["effdl: error: batch size 63 is not divisible by the 2 training processes: "
                       "give a multiple of 2 (the batch size is the global one, split evenly)"]
     assert not (tmp_path / "run").exists()
+
+
+def test_torchrun_runs_a_compression_recipe_as_one_job(tmp_path):
+    """`torchrun -m effdl run`: prune and QAT fine-tune data-parallel, rank 0 alone writes, measuring
+    stages run once; the recorded accuracy is what one process measures on the saved weights."""
+    from effdl.checkpoint import load_model, save_model
+    from effdl.data import load_dataset_for
+    from effdl.measure import evaluate
+    from effdl.models import create_model
+
+    torch.manual_seed(0)
+    source = tmp_path / "source.safetensors"
+    save_model(source, create_model("tiny_cnn"),
+               config={"dataset": "synthetic", "model": "tiny_cnn", "batch_size": 64, "device": "cpu"})
+    (tmp_path / "recipe.yaml").write_text(
+        f"name: r\nout: {tmp_path / 'runs'}\nfrom: {source}\nstages:\n"
+        "  - prune: {method: l1-filter, sparsity: 0.5, epochs: 1, device: cpu}\n"
+        "  - quantize: {method: qat, bits: 4, epochs: 1, device: cpu, calibration_images: 64}\n"
+        "  - export: {}\nreport: {latency: false}\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node", "2", "--master_port",
+         str(_free_port()), "-m", "effdl", "run", str(tmp_path / "recipe.yaml")],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    root = tmp_path / "runs" / "r"
+    for folder in ("01-prune", "02-quantize", "03-export"):
+        assert json.loads((root / folder / "stage.json").read_text())["status"] == "done"
+        assert proc.stderr.count(f"== {folder}: running") == 1  # rank 0 alone speaks
+    # one fine-tune epoch written once, not once per process
+    assert len((root / "01-prune" / "metrics.jsonl").read_text().splitlines()) == 1
+    assert (root / "report" / "runs.csv").is_file()
+    summary = json.loads((root / "02-quantize" / "summary.json").read_text())
+    model, _ = load_model(root / "02-quantize" / "best.safetensors")
+    data = load_dataset_for({"dataset": "synthetic"})
+    measured = evaluate(model.eval(), BatchLoader.for_split(data, "test", batch_size=100))
+    assert (measured.correct, measured.total) == (summary["correct"], summary["total"])
+
+
+def test_torchrun_refuses_a_measuring_command_in_one_line(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node", "2", "--master_port",
+         str(_free_port()), "-m", "effdl", "score", "resnet20"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if "effdl: error" in line]
+    assert errors == ["effdl: error: `effdl score` runs in one process: start it without torchrun (torchrun runs "
+                      "train, distill, prune, quantize, factorize, run)"]

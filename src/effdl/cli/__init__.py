@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # inside the try: argument types (e.g. a checkpoint that must exist) may raise EffdlError
         args = parser.parse_args(argv)
+        _check_data_parallel(args.command)
         return int(args.func(args) or 0)
     except EffdlError as exc:
         if _reports_errors():
@@ -94,6 +95,19 @@ def main(argv: list[str] | None = None) -> int:
         if _reports_errors():
             print(f"effdl: {exc or 'interrupted'}", file=sys.stderr)
         return 130
+
+
+# The commands that train, and so run as one data-parallel job under torchrun; the others measure
+# or orchestrate their own workers, and N copies of them would only write the same files N times.
+DATA_PARALLEL_COMMANDS = ("train", "distill", "prune", "quantize", "factorize", "run")
+
+
+def _check_data_parallel(command: str) -> None:
+    """Refuse, in one line, a command torchrun started several copies of that is not data-parallel."""
+    world = os.environ.get("WORLD_SIZE", "")
+    if world.isdigit() and int(world) > 1 and command not in DATA_PARALLEL_COMMANDS:
+        raise EffdlError(f"`effdl {command}` runs in one process: start it without torchrun (torchrun runs "
+                         f"{', '.join(DATA_PARALLEL_COMMANDS)})")
 
 
 def _reports_errors() -> bool:

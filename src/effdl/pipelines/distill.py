@@ -152,6 +152,7 @@ def distill(config: DistillConfig, *, overwrite: bool = False) -> TrainResult:
     from effdl.fileio import atomic_write
     from effdl.measure import evaluate
     from effdl.models import create_model
+    from effdl.train import distributed
     from effdl.train.run import prepare_data, train
     from effdl.train.trainer import default_run_name
 
@@ -159,6 +160,7 @@ def distill(config: DistillConfig, *, overwrite: bool = False) -> TrainResult:
         raise EffdlError(f"the student is an architecture to train from scratch (one of `effdl models`), not a "
                          f"checkpoint: {config.model}")
     method = config.method_config()  # an unknown method or a bad weight fails before anything loads
+    distributed.init_from_env(config.device)  # under torchrun: every process distils; the teacher stays unwrapped
     models, metas = _load_teachers(config.teacher)
     config = _teacher_data_defaults(config, checkpoint_data_meta(metas[0]))
     name = config.name or "distill-" + default_run_name(config)
@@ -196,12 +198,14 @@ def distill(config: DistillConfig, *, overwrite: bool = False) -> TrainResult:
                           run=run_dir.name, source=config.teacher[0], teachers=list(config.teacher),
                           method=config.method, dataset=data.name, model=config.model, epochs=result.epochs,
                           accuracy=result.accuracy, teacher_accuracy=teacher_accuracy)
-    lineage = [*source_lineage(read_checkpoint_meta(config.teacher[0]), config.teacher[0]), entry]
-    update_checkpoint_meta(run_dir / "best.safetensors", lineage=lineage, distill=record)
-    summary_path = run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    summary.update(kind="distill", source=config.teacher[0], source_accuracy=teacher_accuracy,
-                   teacher_accuracy=teacher_accuracy, details=record)
-    text = json.dumps(summary, indent=2) + "\n"
-    atomic_write(summary_path, lambda tmp: Path(tmp).write_text(text))
+    if distributed.is_main():  # under torchrun, rank 0 alone writes the run (as train() did)
+        lineage = [*source_lineage(read_checkpoint_meta(config.teacher[0]), config.teacher[0]), entry]
+        update_checkpoint_meta(run_dir / "best.safetensors", lineage=lineage, distill=record)
+        summary_path = run_dir / "summary.json"
+        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+        summary.update(kind="distill", source=config.teacher[0], source_accuracy=teacher_accuracy,
+                       teacher_accuracy=teacher_accuracy, details=record)
+        text = json.dumps(summary, indent=2) + "\n"
+        atomic_write(summary_path, lambda tmp: Path(tmp).write_text(text))
+    distributed.barrier()
     return result

@@ -118,7 +118,7 @@ def factorize_checkpoint(
 
     options.validate()
     config = options.config()
-    run = CompressedRun(out_dir, kind="factorize", source=checkpoint, overwrite=overwrite)
+    run = CompressedRun(out_dir, kind="factorize", source=checkpoint, overwrite=overwrite, device=options.device)
     out_dir = run.path
     model, meta, data = load_for_compression(checkpoint, data, train_limit=options.train_limit,
                                              test_limit=options.test_limit, seed=options.seed, verb="factorize")
@@ -158,8 +158,7 @@ def factorize_checkpoint(
     if options.epochs:
         run.write_config(finetune.config(options.epochs))
     if scan is not None:
-        run.create()
-        scan.plot(out_dir / "sensitivity.png")
+        run.write_file("sensitivity.png", scan.plot)
         details["sensitivity"] = scan.to_json()
     before_finetune = reestimate_and_evaluate(model, data, device)
     model = finetune(model, options.epochs, [])

@@ -119,7 +119,7 @@ def prune_checkpoint(
     """
     options.validate()
     run = CompressedRun(out_dir, kind="prune", source=checkpoint, overwrite=overwrite,
-                        other_sources=(options.rewind_to,) if options.rewind_to else ())
+                        other_sources=(options.rewind_to,) if options.rewind_to else (), device=options.device)
     out_dir = run.path
     model, meta, data = load_for_compression(checkpoint, data, train_limit=options.train_limit,
                                              test_limit=options.test_limit, seed=options.seed, verb="prune")
@@ -151,8 +151,7 @@ def prune_checkpoint(
             loader = BatchLoader.for_split(scan_data, "test", batch_size=500, device=device)
             scan = sensitivity_scan(model, lambda m: evaluate(m, loader).top1, **selection)
             target = scan.layer_targets(options.sensitivity_drop)
-            run.create()
-            scan.plot(out_dir / "sensitivity.png")
+            run.write_file("sensitivity.png", scan.plot)
             details["sensitivity"] = scan.to_json()
             scope = "layer"
         if options.rounds > 1 and options.epochs:

@@ -177,7 +177,7 @@ def quantize_run(
     config = quantization_config(options)
     model, meta, data = _load(source, options, data)  # refuses a quantized checkpoint before out_dir is claimed
     source_config = meta.get("config") or {}
-    run = CompressedRun(out_dir, kind="quantize", source=source, overwrite=overwrite)
+    run = CompressedRun(out_dir, kind="quantize", source=source, overwrite=overwrite, device=options.device)
     finetune = technique_finetuner(data, meta, options, run_dir=run.path)
     device = resolve_device(options.device)
     model = model.to(device)

@@ -13,15 +13,22 @@
 
 An existing run is refused unless `overwrite` (effdl.fileio.claim_run_dir); the source checkpoint's
 folder is never replaced.
+
+Under torchrun every process runs the same pipeline (the same deterministic compression of the same
+checkpoint, then a data-parallel fine-tune): creating the run joins the process group
+(effdl.train.distributed), and only rank 0 claims, creates and writes the directory; the others
+wait for its files and return the same summary.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from effdl.fileio import atomic_write, claim_run_dir
+from effdl.train import distributed
 
 if TYPE_CHECKING:
     from torch import nn
@@ -44,16 +51,20 @@ class CompressedRun:
     """A compressed run's directory, claimed on creation (nothing is written until asked)."""
 
     def __init__(self, out_dir: str | Path, *, kind: str, source: str | Path, overwrite: bool = False,
-                 other_sources: tuple[str | Path, ...] = ()):
+                 other_sources: tuple[str | Path, ...] = (), device: str = "auto"):
         """Claim `out_dir` for a run of `kind` ("prune", "quantize"...) made from checkpoint `source`.
+        Under torchrun, join the process group first (`device`: the run's device option) and claim
+        on rank 0 alone.
 
         Raises EffdlError if `out_dir` holds a run (unless `overwrite`, which deletes it first) or
         holds `source` or one of `other_sources` (e.g. a lottery rewind checkpoint).
         """
+        distributed.init_from_env(device)
         self.kind = kind
         self.source = str(source)
-        self.path = claim_run_dir(out_dir, overwrite=overwrite,
-                                  sources=tuple(s for s in (source, *other_sources) if s))
+        self.writes = distributed.is_main()  # the one process that writes the directory
+        self.path = distributed.on_main_then_share(lambda: claim_run_dir(
+            out_dir, overwrite=overwrite, sources=tuple(s for s in (source, *other_sources) if s)))
         from effdl.checkpoint import read_checkpoint_meta, source_lineage
 
         # read now, as the source was when the run began (a clear EffdlError if it is not a checkpoint)
@@ -65,16 +76,23 @@ class CompressedRun:
 
     def create(self) -> Path:
         """Create the folder (after the checks that may refuse the job, so nothing is left behind)."""
-        self.path.mkdir(parents=True, exist_ok=True)
+        if self.writes:
+            self.path.mkdir(parents=True, exist_ok=True)
         return self.path
+
+    def write_file(self, name: str, write: Callable[[Path], Any]) -> Path:
+        """Write `name` in the run's folder by calling `write(path)` (a plot's savefig, say), on the
+        writing process only; returns the path."""
+        path = self.create() / name
+        if self.writes:
+            write(path)
+        return path
 
     def write_config(self, config: TrainConfig) -> Path:
         """config.yaml: the fine-tune's resolved configuration (what `effdl train` writes for a run)."""
         from effdl.train.config import save_config
 
-        self.create()
-        save_config(config, self.path / "config.yaml")
-        return self.path / "config.yaml"
+        return self.write_file("config.yaml", lambda path: save_config(config, path))
 
     def finish(
         self, model: nn.Module, accuracy: Accuracy, *, dataset: str, test_limit: int | None,
@@ -88,13 +106,16 @@ class CompressedRun:
         from effdl.checkpoint import lineage_entry, save_model
         from effdl.models import model_spec
 
-        self.create()
         summary = {
             "name": self.name, "kind": self.kind, "dataset": dataset, "model": model_spec(model),
             "accuracy": accuracy.top1, "correct": accuracy.correct, "total": accuracy.total,
             "checkpoint": "best.safetensors", "evaluated_on": evaluated_on(test_limit, accuracy.total),
             "source": self.source, "source_accuracy": source_accuracy, "details": details,
         }
+        if not self.writes:
+            distributed.barrier()  # returns once rank 0's files are written
+            return summary
+        self.create()
         entry = lineage_entry(self.kind, config=details.get("options"), run=self.name, source=self.source,
                               method=details.get("method"), accuracy=accuracy.top1)
         save_model(self.path / "best.safetensors", model.cpu(), config={**(checkpoint_config or {}), "dataset": dataset},
@@ -103,4 +124,5 @@ class CompressedRun:
                                **({self.kind: checkpoint_meta} if checkpoint_meta is not None else {})})
         text = json.dumps(summary, indent=2) + "\n"
         atomic_write(self.path / "summary.json", lambda tmp: Path(tmp).write_text(text))
+        distributed.barrier()
         return summary

@@ -21,6 +21,7 @@ error naming every failure and how to resume. Ctrl-C stops at once, keeping what
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import time
@@ -47,7 +48,8 @@ class RecipeResult:
 
 
 def _say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    if os.environ.get("RANK", "0") in ("", "0"):  # under torchrun, rank 0 speaks for every process
+        print(message, file=sys.stderr, flush=True)
 
 
 def read_state(path: Path) -> dict[str, Any] | None:
@@ -184,22 +186,39 @@ def kept_aside(path: Path, state: dict[str, Any]) -> Path:
     return aside
 
 
+def _make_folder(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise EffdlError(f"cannot create the recipe's folder {path}: {exc.strerror or exc}") from None
+
+
 def _json_safe(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
 def _run_stage(plan: Plan, stage: PlannedStage, status: str) -> dict[str, Any]:
+    """Run one stage. Under torchrun a stage that makes a checkpoint (and so may train) runs in
+    every process, data-parallel; a measuring stage (export, bench, score) runs on rank 0 alone;
+    rank 0 alone writes the runner's files."""
+    from effdl.train import distributed
+
     path = plan.directory(stage)
     if status != "resume":
-        _prepare(plan, stage, status)
+        distributed.on_main_then_share(lambda: _prepare(plan, stage, status))
     source = plan.input_checkpoint(stage)
     run = StageRun(options=stage.options, source=source, out_dir=path, resume=status == "resume", values=stage.values)
-    result = _json_safe(stage.kind.function(run) or {})
-    if not stage.kind.makes_checkpoint:
-        text = json.dumps(result, indent=2) + "\n"
-        atomic_write(path / "result.json", lambda tmp: Path(tmp).write_text(text))
-    state = read_state(path) or {}
-    _write_state(path, {**state, "status": "done", "finished": time.time(), "result": result})
+    if stage.kind.makes_checkpoint:
+        result = _json_safe(stage.kind.function(run) or {})
+    else:
+        result = distributed.on_main_then_share(lambda: _json_safe(stage.kind.function(run) or {}))
+    if distributed.is_main():
+        if not stage.kind.makes_checkpoint:
+            text = json.dumps(result, indent=2) + "\n"
+            atomic_write(path / "result.json", lambda tmp: Path(tmp).write_text(text))
+        state = read_state(path) or {}
+        _write_state(path, {**state, "status": "done", "finished": time.time(), "result": result})
+    distributed.barrier()
     return result
 
 
@@ -215,17 +234,21 @@ def run_recipe(recipe: Recipe, *, dry_run: bool = False, report: bool = True) ->
     With `dry_run`, only plans and prints the plan (nothing is written). Raises EffdlError when a
     stage failed (after the other branches ran) and effdl.errors.Interrupted on Ctrl-C; both keep
     every finished stage and say how to resume.
+
+    Under torchrun (`torchrun --nproc_per_node N -m effdl run RECIPE`) every process calls this:
+    rank 0 judges each stage and writes every file, the stages that make a checkpoint train
+    data-parallel in all processes, and measuring stages and the report run on rank 0 alone.
     """
+    from effdl.train import distributed
+
     plan = make_plan(recipe)
     for line in describe_plan(plan):
         _say(line)
     outcome = RecipeResult(plan)
     if dry_run:
         return outcome
-    try:
-        recipe.directory.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise EffdlError(f"cannot create the recipe's folder {recipe.directory}: {exc.strerror or exc}") from None
+    distributed.init_from_env()  # under torchrun: one data-parallel job, rank 0 decides and writes
+    distributed.on_main_then_share(lambda: _make_folder(recipe.directory))
     failed_ids: set[int] = set()
     statuses: dict[str, str] = {}
     for branch in plan.branches:
@@ -235,7 +258,7 @@ def run_recipe(recipe: Recipe, *, dry_run: bool = False, report: bool = True) ->
             if any(id(s) in failed_ids for s in branch[: branch.index(stage)]):
                 failed_ids.add(id(stage))  # an earlier stage of this branch failed
                 continue
-            status, why = judge_stage(plan, stage, statuses)
+            status, why = distributed.on_main_then_share(lambda: judge_stage(plan, stage, statuses))
             statuses[stage.folder] = status
             if status == "done":
                 _say(f"== {stage.folder}: done before, skipped")
@@ -253,9 +276,10 @@ def run_recipe(recipe: Recipe, *, dry_run: bool = False, report: bool = True) ->
                 failed_ids.add(id(stage))
                 outcome.failed[stage.folder] = str(exc)
                 path = plan.directory(stage)
-                _write_state(path, {**(read_state(path) or {}), "status": "failed", "error": str(exc)})
+                if distributed.is_main():
+                    _write_state(path, {**(read_state(path) or {}), "status": "failed", "error": str(exc)})
                 _say(f"== {stage.folder} failed: {exc}")
-    if report:
+    if report and distributed.is_main():
         from effdl.recipes.report import write_report
 
         outcome.report = write_report(plan, outcome)
