@@ -364,3 +364,70 @@ def test_a_finished_stage_survives_an_upgrade_and_a_change_keeps_its_old_run_asi
     run_recipe(recipe(text.replace("0.3", "0.5"), tmp_path, **{"from": source}), report=False)
     assert [p.name for p in folder.parent.iterdir() if ".replaced-" in p.name] == [aside.name]
     assert json.loads((folder / "stage.json").read_text())["status"] == "done"
+
+
+class _StopInEpoch2(Callback):
+    def on_after_step(self, trainer):
+        if trainer.step == trainer.steps_per_epoch + 1:
+            raise KeyboardInterrupt
+
+
+def _stop_fine_tunes(monkeypatch):
+    """Make every compression fine-tune stop (Ctrl-C) one step into its second epoch."""
+    from effdl.pipelines.finetune import FineTuner
+
+    real = FineTuner.__init__
+
+    def stopping(self, *args, callbacks=None, **kwargs):
+        real(self, *args, callbacks=[*(callbacks or []), _StopInEpoch2()], **kwargs)
+
+    monkeypatch.setattr(FineTuner, "__init__", stopping)
+    return lambda: monkeypatch.setattr(FineTuner, "__init__", real)
+
+
+def test_an_interrupted_compression_fine_tune_resumes_exactly(tmp_path, source, monkeypatch):
+    """`prune --resume`: the same pruning again, then the fine-tune from last.safetensors; the
+    result is the uninterrupted run's, bit for bit, and each epoch is logged once."""
+    from effdl.checkpoint import read_checkpoint
+    from effdl.pipelines.prune import PruneOptions, prune_checkpoint
+    from effdl.recipes.stages import run_single_stage
+
+    options = PruneOptions(method="l1-filter", sparsity=0.5, epochs=2, lr=0.05, device="cpu", distill=0.5)
+    whole = prune_checkpoint(source, options, tmp_path / "whole")
+    restore = _stop_fine_tunes(monkeypatch)
+    with pytest.raises(Interrupted, match="--resume --out"):
+        prune_checkpoint(source, options, tmp_path / "cut")
+    restore()
+    with pytest.raises(EffdlError, match="other options"):
+        run_single_stage("prune", PruneOptions(**{**options.__dict__, "lr": 0.1}), tmp_path / "cut",
+                         source=source, resume=True)
+    resumed = run_single_stage("prune", options, tmp_path / "cut", source=source, resume=True)
+    assert resumed["accuracy"] == whole["accuracy"]
+    a, _ = read_checkpoint(tmp_path / "whole" / "best.safetensors")
+    b, _ = read_checkpoint(tmp_path / "cut" / "best.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    epochs = [json.loads(line)["epoch"] for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2]
+    with pytest.raises(EffdlError, match="finished run"):
+        run_single_stage("prune", options, tmp_path / "cut", source=source, resume=True)
+    with pytest.raises(EffdlError, match="several phases"):
+        prune_checkpoint(source, PruneOptions(method="magnitude", sparsity=0.5, epochs=1, rounds=2), tmp_path / "x",
+                         resume=True)
+
+
+def test_a_recipe_resumes_an_interrupted_quantize_fine_tune(tmp_path, source, monkeypatch):
+    from effdl.recipes.runner import stage_status
+
+    text = ("stages:\n  - quantize: {method: qat, bits: 4, epochs: 2, device: cpu, calibration_images: 64}\n"
+            "report: {latency: false}\n")
+    restore = _stop_fine_tunes(monkeypatch)
+    with pytest.raises(Interrupted, match="stopped during 01-quantize"):
+        run_recipe(recipe(text, tmp_path, **{"from": source}))
+    restore()
+    plan = make_plan(recipe(text, tmp_path, **{"from": source}))
+    assert stage_status(plan, plan.stages[0]) == "resume"
+    run_recipe(recipe(text, tmp_path, **{"from": source}), report=False)
+    folder = tmp_path / "runs" / "r" / "01-quantize"
+    epochs = [json.loads(line)["epoch"] for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2]
+    assert json.loads((folder / "stage.json").read_text())["status"] == "done"

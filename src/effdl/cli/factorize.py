@@ -49,6 +49,8 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the fine-tuning and of sampled images (default 0)")
     p.add_argument("--out", required=True, help="run directory to create, e.g. runs/resnet20-tucker")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run at --out (default: refuse)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted fine-tune of the run at --out (started with the same checkpoint and options)")
     add_data_args(p)
     add_device_arg(p)
     p.set_defaults(func=run)
@@ -74,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     data = dataset_from_args(args, read_checkpoint_meta(args.checkpoint))
     # a one-stage recipe: the factorize stage, with the same input check a recipe's plan makes
     summary = run_single_stage("factorize", options, args.out, source=args.checkpoint, overwrite=args.overwrite,
-                               data=data)
+                               data=data, resume=args.resume)
     s = summary["details"]
     if s.get("sensitivity"):
         from rich.console import Console

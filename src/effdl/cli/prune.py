@@ -56,6 +56,8 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the fine-tuning and of sampled images (default 0)")
     p.add_argument("--out", required=True, help="run directory to create, e.g. runs/resnet20-pruned")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run at --out (default: refuse)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted fine-tune of the run at --out (started with the same checkpoint and options)")
     add_data_args(p)
     add_device_arg(p)
     p.set_defaults(func=run)
@@ -93,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
     # the data flags (limits included, applied while loading), else the checkpoint's recorded data
     data = dataset_from_args(args, read_checkpoint_meta(args.checkpoint))
     # a one-stage recipe: the prune stage, with the same input check a recipe's plan makes
-    summary = run_single_stage("prune", options, args.out, source=args.checkpoint, overwrite=args.overwrite, data=data)
+    summary = run_single_stage("prune", options, args.out, source=args.checkpoint, overwrite=args.overwrite, data=data,
+                               resume=args.resume)
     s = summary["details"]  # the pruning's own measurements
     print(f"pruned with {s['method']} ({s['scope']} scope) -> {args.out}/best.safetensors")
     print(f"accuracy     {summary['source_accuracy']:.2%} -> {summary['accuracy']:.2%} "

@@ -75,6 +75,8 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="run directory to write, e.g. runs/r20-int8")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing run at --out (default: refuse, nothing is deleted)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted fine-tune of the run at --out (started with the same checkpoint and options)")
     add_data_args(p)
     add_device_arg(p)
     p.set_defaults(func=run)
@@ -129,7 +131,8 @@ def run(args: argparse.Namespace) -> int:
         Console().print(sensitivity_table(baseline, results))
         return 0
     # a one-stage recipe: the quantize stage, with the same input check a recipe's plan makes
-    s = run_single_stage("quantize", options, args.out, source=args.checkpoint, overwrite=args.overwrite, data=data)
+    s = run_single_stage("quantize", options, args.out, source=args.checkpoint, overwrite=args.overwrite, data=data,
+                         resume=args.resume)
     print(json.dumps({"method": s["details"]["method"], "accuracy": s["accuracy"], "correct": s["correct"],
                       "total": s["total"], "source_accuracy": s["source_accuracy"],
                       "drop_points": s["details"]["drop_points"], "score": s["details"]["score"],

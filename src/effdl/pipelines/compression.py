@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from effdl.data import ImageDataset
     from effdl.measure.accuracy import Accuracy
     from effdl.pipelines.finetune import FineTuner
+    from effdl.pipelines.run_dir import CompressedRun
 
 
 def load_for_compression(
@@ -64,12 +65,12 @@ def load_for_compression(
 
 def technique_finetuner(
     data: ImageDataset, meta: dict[str, Any], options: Any, *, callbacks: list[Callback] | None = None,
-    run_dir: str | Path | None = None,
+    run: CompressedRun | None = None,
 ) -> FineTuner:
-    """The FineTuner of a compression run: the source run's training config (`meta["config"]`)
-    with what the technique's `options` set (epochs, lr, batch_size, compile, device, seed,
-    train_limit (default: the source run's), test_limit; bf16 and data_root when the options have
-    them)."""
+    """The FineTuner of compressed run `run` (None: nothing written): the source run's training
+    config (`meta["config"]`) with what the technique's `options` set (epochs, lr, batch_size,
+    compile, device, seed, train_limit (default: the source run's), test_limit; bf16 and data_root
+    when the options have them); it continues the run's interrupted fine-tune when `run` resumes."""
     from effdl.pipelines.finetune import FineTuneOptions, FineTuner
 
     source_limit = (meta.get("config") or {}).get("train_limit") or None  # what load_for_compression applied
@@ -79,9 +80,11 @@ def technique_finetuner(
         train_limit=options.train_limit if options.train_limit is not None else source_limit,
         bf16=getattr(options, "bf16", None), data_root=getattr(options, "data_root", None),
     )
+    run_dir = run.path if run is not None else None
     return FineTuner(data, meta.get("config") or {}, meta["spec"]["name"], tune, callbacks=callbacks, run_dir=run_dir,
-                     resume_hint=f"the fine-tune stopped; start it again with --overwrite --out {run_dir}",
-                     model_kwargs=meta["spec"].get("kwargs"))
+                     resume_hint=f"the fine-tune stopped; continue it with --resume --out {run_dir} (the same "
+                     "options), or start again with --overwrite",
+                     model_kwargs=meta["spec"].get("kwargs"), resume_from=run.resume_from if run is not None else None)
 
 
 def test_accuracy(model: nn.Module, data: ImageDataset, device: torch.device) -> Accuracy:

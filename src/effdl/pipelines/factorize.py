@@ -99,10 +99,12 @@ def _batches(data, images: int, device: torch.device, batch: int = 64) -> list[t
 
 def factorize_checkpoint(
     checkpoint: str | Path, options: FactorizeOptions, out_dir: str | Path, data=None, *, overwrite: bool = False,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Factorize `checkpoint` as `options` say into run directory `out_dir`; returns the summary.
 
     An existing run in `out_dir` is refused (EffdlError) unless `overwrite`, which deletes it first.
+    `resume`: continue the interrupted fine-tune of the run in `out_dir` (same source and options).
     Bad options, patterns matching nothing and ranks out of range are refused before the run
     directory is created.
     """
@@ -118,7 +120,8 @@ def factorize_checkpoint(
 
     options.validate()
     config = options.config()
-    run = CompressedRun(out_dir, kind="factorize", source=checkpoint, overwrite=overwrite, device=options.device)
+    run = CompressedRun(out_dir, kind="factorize", source=checkpoint, overwrite=overwrite, device=options.device,
+                        options=options, resume=resume)
     out_dir = run.path
     model, meta, data = load_for_compression(checkpoint, data, train_limit=options.train_limit,
                                              test_limit=options.test_limit, seed=options.seed, verb="factorize")
@@ -132,7 +135,7 @@ def factorize_checkpoint(
     distillation = finetune_distiller(model, options.distill, options.distill_temperature, options.distill_method,
                                       input_size=data.image_shape) if options.distill else None
     finetune = technique_finetuner(data, meta, options, callbacks=[distillation] if distillation is not None else [],
-                                   run_dir=out_dir)
+                                   run=run)
 
     selection = {"include": tuple(options.layers), "exclude": tuple(options.exclude)}
     calibration = [x for x, _ in _batches(data, options.calibration_images, device)]

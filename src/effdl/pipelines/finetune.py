@@ -93,15 +93,18 @@ class FineTuner:
     `run_dir`: the compressed run's directory; the trainer appends each epoch to its metrics.jsonl
     and keeps its resumable state there, but never writes config.yaml, best.safetensors or
     summary.json (effdl.pipelines.run_dir does, once). `callbacks` are added to every stage's own
-    (distillation from the uncompressed model, for instance).
+    (distillation from the uncompressed model, for instance). `resume_from`: a last.safetensors
+    the first fine-tune continues from (an interrupted run's; only for techniques that fine-tune
+    once, since the file holds the latest fine-tune's state alone).
     """
 
     def __init__(
         self, data: ImageDataset, source_config: dict[str, Any] | None, model_name: str, options: FineTuneOptions,
         *, callbacks: list[Callback] | None = None, run_dir: str | Path | None = None, resume_hint: str | None = None,
-        model_kwargs: dict[str, Any] | None = None,
+        model_kwargs: dict[str, Any] | None = None, resume_from: str | Path | None = None,
     ):
         options.validate()
+        self.resume_from = Path(resume_from) if resume_from is not None else None
         self.data = data
         self.options = options
         self.source_config = source_config or {}
@@ -132,6 +135,12 @@ class FineTuner:
               f"{' (compiling the step first: minutes)' if config.compile else ''}...", file=sys.stderr)
         trainer = Trainer(model, self.data, config, callbacks=[*callbacks, *self.callbacks], run_dir=self.run_dir,
                           resume_hint=self.resume_hint, writes_results=False)
+        if self.resume_from is not None:
+            if self.results:
+                raise EffdlError("only a technique's first fine-tune can resume")
+            print(f"continuing the interrupted fine-tune from {self.resume_from}...", file=sys.stderr)
+            trainer.resume(self.resume_from)  # a model compressed otherwise fails here, naming the tensor
+            self.resume_from = None
         result = trainer.fit()
         # Each epoch's test accuracy shows whether the fine-tune stopped while still improving.
         self.results.append({

@@ -108,18 +108,30 @@ class PruneOptions:
         if structured and self.include:
             raise EffdlError("structured pruning takes --exclude (layers whose outputs are kept), not --include")
 
+    def fine_tunes_once(self) -> bool:
+        """Whether the method fine-tunes in one phase (what an interrupted run can resume): not the
+        lottery's rounds, iterative magnitude rounds, or slimming's penalty phase before its fine-tune."""
+        return not (self.method == "lottery" or (self.rounds > 1 and self.epochs)
+                    or (self.method == "slimming" and self.penalty_epochs))
+
 
 def prune_checkpoint(
     checkpoint: str | Path, options: PruneOptions, out_dir: str | Path, data: ImageDataset | None = None,
-    *, overwrite: bool = False,
+    *, overwrite: bool = False, resume: bool = False,
 ) -> dict[str, Any]:
     """Prune `checkpoint` as `options` say into run directory `out_dir`; returns the summary.
 
     An existing run in `out_dir` is refused (EffdlError) unless `overwrite`, which deletes it first.
+    `resume`: continue the interrupted fine-tune of the run in `out_dir`, started with the same
+    checkpoint and options (methods that fine-tune once; EffdlError for the others).
     """
     options.validate()
+    if resume and not options.fine_tunes_once():
+        raise EffdlError(f"--method {options.method} fine-tunes in several phases, which cannot be resumed: "
+                         "start it again with --overwrite")
     run = CompressedRun(out_dir, kind="prune", source=checkpoint, overwrite=overwrite,
-                        other_sources=(options.rewind_to,) if options.rewind_to else (), device=options.device)
+                        other_sources=(options.rewind_to,) if options.rewind_to else (), device=options.device,
+                        options=options, resume=resume)
     out_dir = run.path
     model, meta, data = load_for_compression(checkpoint, data, train_limit=options.train_limit,
                                              test_limit=options.test_limit, seed=options.seed, verb="prune")
@@ -134,7 +146,7 @@ def prune_checkpoint(
     distillation = finetune_distiller(model, options.distill, options.distill_temperature, options.distill_method,
                                       input_size=data.image_shape) if options.distill else None
     finetune = technique_finetuner(data, meta, options, callbacks=[distillation] if distillation is not None else [],
-                                   run_dir=out_dir)
+                                   run=run)
     tuning_epochs = max(options.epochs, options.penalty_epochs if options.method == "slimming" else 0)
     if tuning_epochs:
         run.write_config(finetune.config(tuning_epochs))

@@ -154,9 +154,10 @@ def _load(source: str | Path, options: QuantizeOptions, data: ImageDataset | Non
 
 def quantize_run(
     source: str | Path, options: QuantizeOptions, out_dir: str | Path, data: ImageDataset | None = None,
-    *, overwrite: bool = False,
+    *, overwrite: bool = False, resume: bool = False,
 ) -> dict[str, Any]:
     """Quantize checkpoint `source` as `options` say into run directory `out_dir`; returns the summary.
+    `resume`: continue the interrupted fine-tune of the run in `out_dir` (same source and options).
 
     `data`: the dataset to calibrate, fine-tune and evaluate on, limits applied (default: the one
     the checkpoint records, with `options`' limits). Raises EffdlError for bad options, a checkpoint
@@ -177,8 +178,9 @@ def quantize_run(
     config = quantization_config(options)
     model, meta, data = _load(source, options, data)  # refuses a quantized checkpoint before out_dir is claimed
     source_config = meta.get("config") or {}
-    run = CompressedRun(out_dir, kind="quantize", source=source, overwrite=overwrite, device=options.device)
-    finetune = technique_finetuner(data, meta, options, run_dir=run.path)
+    run = CompressedRun(out_dir, kind="quantize", source=source, overwrite=overwrite, device=options.device,
+                        options=options, resume=resume)
+    finetune = technique_finetuner(data, meta, options, run=run)
     device = resolve_device(options.device)
     model = model.to(device)
     run.create()

@@ -1,5 +1,7 @@
 """The one writer of a compressed run's directory (prune, quantize, and what recipes compose).
 
+    compression.json   the run's kind, source and technique options, written first (what `resume`
+                       checks an interrupted run against)
     config.yaml        the fine-tune's resolved TrainConfig (only when the run fine-tunes)
     metrics.jsonl      one line per fine-tuning epoch, written by the trainer
     last.safetensors   the trainer's resumable state during a fine-tune
@@ -12,7 +14,10 @@
                        and the kind's own measurements under `details`
 
 An existing run is refused unless `overwrite` (effdl.fileio.claim_run_dir); the source checkpoint's
-folder is never replaced.
+folder is never replaced. An interrupted one (a fine-tune's last.safetensors, no summary.json) can be
+continued with `resume`: the pipeline compresses the source again the same way (every technique
+here is deterministic for a given checkpoint, options and seed) and the fine-tune continues from
+last.safetensors (effdl.pipelines.finetune), epoch, optimizer and data order included.
 
 Under torchrun every process runs the same pipeline (the same deterministic compression of the same
 checkpoint, then a data-parallel fine-tune): creating the run joins the process group
@@ -27,6 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from effdl.errors import EffdlError
 from effdl.fileio import atomic_write, claim_run_dir
 from effdl.train import distributed
 
@@ -38,8 +44,17 @@ if TYPE_CHECKING:
 
 # The fields every compressed run's summary.json holds at its top level (effdl.report.runs.RunSummary
 # reads the first nine); everything else the kind measured is under "details".
+RECORD_FILE = "compression.json"
+
 CORE_FIELDS = ("name", "kind", "dataset", "model", "accuracy", "correct", "total", "checkpoint", "evaluated_on",
                "source", "source_accuracy", "details")
+
+
+def _json_data(options: Any) -> Any:
+    import dataclasses
+
+    data = dataclasses.asdict(options) if dataclasses.is_dataclass(options) else options
+    return json.loads(json.dumps(data, default=str))
 
 
 def evaluated_on(test_limit: int | None, total: int) -> str:
@@ -51,33 +66,62 @@ class CompressedRun:
     """A compressed run's directory, claimed on creation (nothing is written until asked)."""
 
     def __init__(self, out_dir: str | Path, *, kind: str, source: str | Path, overwrite: bool = False,
-                 other_sources: tuple[str | Path, ...] = (), device: str = "auto"):
-        """Claim `out_dir` for a run of `kind` ("prune", "quantize"...) made from checkpoint `source`.
-        Under torchrun, join the process group first (`device`: the run's device option) and claim
-        on rank 0 alone.
+                 other_sources: tuple[str | Path, ...] = (), device: str = "auto", options: Any = None,
+                 resume: bool = False):
+        """Claim `out_dir` for a run of `kind` ("prune", "quantize"...) made from checkpoint `source`
+        with technique `options` (a dataclass, recorded in compression.json). Under torchrun, join
+        the process group first (`device`: the run's device option) and claim on rank 0 alone.
 
-        Raises EffdlError if `out_dir` holds a run (unless `overwrite`, which deletes it first) or
-        holds `source` or one of `other_sources` (e.g. a lottery rewind checkpoint).
+        `resume`: continue the interrupted run in `out_dir` instead (`resume_from` is then its
+        last.safetensors). Raises EffdlError if `out_dir` holds a run (unless `overwrite`, which
+        deletes it first) or holds `source` or one of `other_sources` (e.g. a lottery rewind
+        checkpoint); with `resume`, if it holds no interrupted run of the same kind, source and options.
         """
         distributed.init_from_env(device)
         self.kind = kind
         self.source = str(source)
         self.writes = distributed.is_main()  # the one process that writes the directory
-        self.path = distributed.on_main_then_share(lambda: claim_run_dir(
-            out_dir, overwrite=overwrite, sources=tuple(s for s in (source, *other_sources) if s)))
+        self.record = {"kind": kind, "source": self.source,
+                       "options": _json_data(options) if options is not None else None}
+        self.resume_from: Path | None = None
+        if resume:
+            self.path = Path(out_dir)
+            self.resume_from = distributed.on_main_then_share(self._check_resumable)
+        else:
+            self.path = distributed.on_main_then_share(lambda: claim_run_dir(
+                out_dir, overwrite=overwrite, sources=tuple(s for s in (source, *other_sources) if s)))
         from effdl.checkpoint import read_checkpoint_meta, source_lineage
 
         # read now, as the source was when the run began (a clear EffdlError if it is not a checkpoint)
         self.source_lineage = source_lineage(read_checkpoint_meta(source), source)
+
+    def _check_resumable(self) -> Path:
+        last = self.path / "last.safetensors"
+        if (self.path / "summary.json").is_file():
+            raise EffdlError(f"{self.path} holds a finished run (summary.json): nothing to resume")
+        if not last.is_file():
+            raise EffdlError(f"{self.path} holds no interrupted fine-tune (no last.safetensors) to resume: "
+                             "start the run again without --resume")
+        record_path = self.path / RECORD_FILE
+        recorded = json.loads(record_path.read_text()) if record_path.is_file() else None
+        if recorded != self.record:
+            what = "no record of how it was started" if recorded is None else "other " + ", ".join(
+                key for key in self.record if recorded.get(key) != self.record[key])
+            raise EffdlError(f"{self.path} was started with {what} ({RECORD_FILE}): resume it with the same "
+                             "source and options, or start again with --overwrite")
+        return last
 
     @property
     def name(self) -> str:
         return self.path.name
 
     def create(self) -> Path:
-        """Create the folder (after the checks that may refuse the job, so nothing is left behind)."""
-        if self.writes:
+        """Create the folder (after the checks that may refuse the job, so nothing is left behind)
+        with its compression.json."""
+        if self.writes and not (self.path / RECORD_FILE).is_file():
             self.path.mkdir(parents=True, exist_ok=True)
+            text = json.dumps(self.record, indent=2) + "\n"
+            atomic_write(self.path / RECORD_FILE, lambda tmp: Path(tmp).write_text(text))
         return self.path
 
     def write_file(self, name: str, write: Callable[[Path], Any]) -> Path:

@@ -99,7 +99,7 @@ def judge_stage(plan: Plan, stage: PlannedStage, statuses: dict[str, str] | None
         return "rerun", "its config changed (" + ", ".join(changes) + ")"
     if state.get("status") == "done":
         return ("done", "") if _outputs_present(plan, stage) else ("rerun", "its outputs are missing")
-    if state.get("status") == "running" and stage.kind.resumable and (path / "last.safetensors").is_file():
+    if state.get("status") == "running" and stage.kind.can_resume(stage.options, path):
         return "resume", ""
     return "rerun", "it failed before" if state.get("status") == "failed" else "it was interrupted"
 

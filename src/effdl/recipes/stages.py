@@ -52,7 +52,7 @@ class StageRun:
     options: Any
     source: Path | None  # the input checkpoint (None for train)
     out_dir: Path | None  # the stage's folder, <recipe dir>/<NN-kind...> (train alone: None, the config's)
-    resume: bool = False  # continue an interrupted stage inside it (training stages)
+    resume: bool = False  # continue an interrupted stage inside it (StageKind.can_resume)
     values: dict[str, Any] = field(default_factory=dict)  # the keys as the recipe wrote them
     overwrite: bool = False  # replace a run already in out_dir (a command's --overwrite; recipes clear it first)
     data: Any = None  # an ImageDataset to use instead of the checkpoint's recorded data (a command's data flags)
@@ -69,7 +69,15 @@ class StageKind:
     set_by_runner: tuple[str, ...] = ()  # keys the runner fills (where the outputs go)
     check: Callable[[ModelState, Any], None] | None = None  # raises EffdlError when it cannot take the input
     after: Callable[[ModelState, Any], ModelState] | None = None  # the model it hands on
-    resumable: bool = False  # an interrupted run continues inside the stage
+    # Whether an interrupted run of these options continues inside the stage, given the files
+    # `resume_needs` in its folder: True/False, or a function of the options.
+    resumable: bool | Callable[[Any], bool] = False
+    resume_needs: tuple[str, ...] = ("last.safetensors",)
+
+    def can_resume(self, options: Any, folder: Path) -> bool:
+        """Whether an interrupted run of `options` in `folder` can continue inside the stage."""
+        able = self.resumable(options) if callable(self.resumable) else self.resumable
+        return able and all((folder / name).is_file() for name in self.resume_needs)
 
     def config_class(self) -> type:
         module, _, name = self.config.partition(":")
@@ -77,6 +85,9 @@ class StageKind:
 
 
 STAGES: Registry = Registry("recipe stage")
+
+# What a compression stage's folder holds when its fine-tune can continue (effdl.pipelines.run_dir).
+FINE_TUNE_RESUME = ("last.safetensors", "compression.json")
 
 
 def register_stage(kind: StageKind) -> StageKind:
@@ -286,13 +297,15 @@ def _refuse_quantized(verb: str) -> Callable[[ModelState, Any], None]:
 def _run_prune(run: StageRun) -> dict[str, Any]:
     from effdl.pipelines.prune import prune_checkpoint
 
-    return prune_checkpoint(run.source, run.options, run.out_dir, data=run.data, overwrite=run.overwrite)
+    return prune_checkpoint(run.source, run.options, run.out_dir, data=run.data, overwrite=run.overwrite,
+                            resume=run.resume)
 
 
 def _run_factorize(run: StageRun) -> dict[str, Any]:
     from effdl.pipelines.factorize import factorize_checkpoint
 
-    return factorize_checkpoint(run.source, run.options, run.out_dir, data=run.data, overwrite=run.overwrite)
+    return factorize_checkpoint(run.source, run.options, run.out_dir, data=run.data, overwrite=run.overwrite,
+                                resume=run.resume)
 
 
 BINARY_METHODS = ("binaryconnect", "xnor")
@@ -320,7 +333,8 @@ def _quantized(state: ModelState, options: Any) -> ModelState:
 def _run_quantize(run: StageRun) -> dict[str, Any]:
     from effdl.pipelines.quantize import quantize_run
 
-    return quantize_run(run.source, run.options, run.out_dir, data=run.data, overwrite=run.overwrite)
+    return quantize_run(run.source, run.options, run.out_dir, data=run.data, overwrite=run.overwrite,
+                        resume=run.resume)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -375,13 +389,17 @@ register_stage(StageKind("distill", "effdl.pipelines.distill:DistillConfig", _ru
                          set_by_runner=("name", "out_dir"), check=_check_distill, after=_fresh))
 register_stage(StageKind("prune", "effdl.pipelines.prune:PruneOptions", _run_prune,
                          "prune the input model (the keys of `effdl prune`)", check=_refuse_quantized("prune"),
-                         after=lambda state, options: replace(state, exists=True)))
+                         after=lambda state, options: replace(state, exists=True),
+                         resumable=lambda options: options.epochs >= 1 and options.fine_tunes_once(),
+                         resume_needs=FINE_TUNE_RESUME))
 register_stage(StageKind("factorize", "effdl.pipelines.factorize:FactorizeOptions", _run_factorize,
                          "factorize the input model's layers (the keys of `effdl factorize`)",
-                         check=_refuse_quantized("factorize"), after=lambda state, options: replace(state, exists=True)))
+                         check=_refuse_quantized("factorize"), after=lambda state, options: replace(state, exists=True),
+                         resumable=lambda options: options.epochs >= 1, resume_needs=FINE_TUNE_RESUME))
 register_stage(StageKind("quantize", "effdl.pipelines.quantize:QuantizeOptions", _run_quantize,
                          "quantize the input model (the keys of `effdl quantize`)", check=_check_quantize,
-                         after=_quantized))
+                         after=_quantized, resumable=lambda options: options.epochs >= 1,
+                         resume_needs=FINE_TUNE_RESUME))
 register_stage(StageKind("export", "effdl.pipelines.export:ExportOptions", _run_export,
                          "export the input model to ONNX and verify it (the keys of `effdl export`)",
                          makes_checkpoint=False, check=_check_export, after=_unchanged))
@@ -394,11 +412,12 @@ register_stage(StageKind("score", "effdl.pipelines.score:ScoreOptions", _run_sco
 
 
 def run_single_stage(kind: str, options: Any, out_dir: str | Path | None, *, source: str | Path | None = None,
-                     overwrite: bool = False, data: Any = None) -> dict[str, Any]:
+                     overwrite: bool = False, data: Any = None, resume: bool = False) -> dict[str, Any]:
     """Run one stage outside a recipe, as the command of the same name does (`effdl prune ...`):
     the same stage function, after the same check of its input the recipe plan makes. `out_dir`
     None lets a train stage place its run as its config says. `data`: the
-    dataset the command's data flags chose (None: the checkpoint's recorded one).
+    dataset the command's data flags chose (None: the checkpoint's recorded one). `resume`: continue
+    the interrupted run in `out_dir` (a command's --resume; kinds that can, StageKind.can_resume).
 
     Returns the stage's result (a run's summary, an export's report...). Raises EffdlError when the
     kind is unknown, a checkpoint is missing or the stage cannot take it (a quantized model to prune).
@@ -408,6 +427,11 @@ def run_single_stage(kind: str, options: Any, out_dir: str | Path | None, *, sou
     if kind not in STAGES:
         raise unknown_name_error("stage kind", kind, STAGES)
     stage = STAGES[kind]
+    if resume and overwrite:
+        raise EffdlError("--resume continues the run at --out and --overwrite replaces it: give one of them")
+    if resume and not stage.can_resume(options, Path(out_dir) if out_dir is not None else Path()):
+        raise EffdlError(f"nothing to resume at {out_dir}: no interrupted fine-tune of these options "
+                         f"({', '.join(stage.resume_needs)} and a method that fine-tunes once)")
     state = ModelState()
     if source is not None:
         from effdl.checkpoint import read_checkpoint_meta
@@ -418,7 +442,8 @@ def run_single_stage(kind: str, options: Any, out_dir: str | Path | None, *, sou
     if stage.check is not None:
         stage.check(state, options)
     return stage.function(StageRun(options, Path(source) if source is not None else None,
-                                   Path(out_dir) if out_dir is not None else None, overwrite=overwrite, data=data))
+                                   Path(out_dir) if out_dir is not None else None, overwrite=overwrite, data=data,
+                                   resume=resume))
 
 
 def state_of_checkpoint(meta: dict[str, Any], path: str | Path) -> ModelState:
