@@ -296,3 +296,38 @@ def test_cli_refuses_a_teacher_of_other_classes_and_an_empty_ensemble(teacher_ch
     err = capsys.readouterr().err.strip()
     assert code == 2 and "empty" in err
     assert not (tmp_path / "bad").exists()
+
+
+def test_an_interrupted_distillation_resumes_exactly_and_only_as_a_distillation(teacher_checkpoint, tmp_path,
+                                                                                  monkeypatch, capsys):
+    """`effdl distill --resume`: the teacher comes back, the connectors and optimizer continue from
+    last.safetensors, and the student ends bit for bit as the uninterrupted one; `effdl train
+    --resume` (which would drop the teacher) and other options are refused in one line."""
+    import effdl.train.run as run_module
+    from effdl.checkpoint import read_checkpoint
+    from effdl.core.hooks import Callback
+
+    class StopInEpoch2(Callback):
+        def on_after_step(self, trainer):
+            if trainer.step == trainer.steps_per_epoch + 1:
+                raise KeyboardInterrupt
+
+    args = ["distill", "--teacher", str(teacher_checkpoint), "--student", "tiny_cnn", "--method", "fitnets",
+            "--epochs", "2", "--batch-size", "64", "--device", "cpu", "--progress", "false"]
+    assert main([*args, "--out", str(tmp_path / "whole")]) == 0
+    real_train = run_module.train
+    monkeypatch.setattr(run_module, "train", lambda config, callbacks=None, **kw: real_train(
+        config, callbacks=[*(callbacks or []), StopInEpoch2()], **kw))
+    assert main([*args, "--out", str(tmp_path / "cut")]) == 130
+    assert "effdl distill --resume --out" in capsys.readouterr().err
+    monkeypatch.setattr(run_module, "train", real_train)
+    assert main(["train", "--resume", str(tmp_path / "cut")]) == 2
+    assert "resume it with `effdl distill --resume --out" in capsys.readouterr().err
+    other = [{"fitnets": "at", "kd": "dkd"}.get(a, a) for a in args]
+    assert main([*other, "--out", str(tmp_path / "cut"), "--resume"]) == 2
+    assert "was started with other method" in capsys.readouterr().err
+    assert main([*args, "--out", str(tmp_path / "cut"), "--resume"]) == 0
+    a, _ = read_checkpoint(tmp_path / "whole" / "best.safetensors")
+    b, _ = read_checkpoint(tmp_path / "cut" / "best.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((tmp_path / "cut" / "summary.json").read_text())["kind"] == "distill"

@@ -431,3 +431,18 @@ def test_a_recipe_resumes_an_interrupted_quantize_fine_tune(tmp_path, source, mo
     epochs = [json.loads(line)["epoch"] for line in (folder / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2]
     assert json.loads((folder / "stage.json").read_text())["status"] == "done"
+
+
+def test_a_quantize_run_with_feature_distillation_repeats_bit_for_bit(tmp_path, source):
+    """The connectors FitNets adds are initialised from the run's seed, not from whatever ran before."""
+    from effdl.checkpoint import read_checkpoint
+    from effdl.pipelines.quantize import QuantizeOptions, quantize_run
+
+    options = QuantizeOptions(method="qat", bits=4, epochs=1, device="cpu", calibration_images=64, distill=0.5,
+                              distill_method="fitnets")
+    quantize_run(source, options, tmp_path / "a")
+    torch.rand(1000)  # other work moves the global random stream
+    quantize_run(source, options, tmp_path / "b")
+    a, _ = read_checkpoint(tmp_path / "a" / "best.safetensors")
+    b, _ = read_checkpoint(tmp_path / "b" / "best.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -49,6 +49,8 @@ def register(subparsers) -> None:
                    help="alias of --dataset (default: the teacher's dataset)")
     p.add_argument("--out", metavar="RUN_DIR", default=None, help="the run directory: --out-dir PARENT --name NAME")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run of the same name")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run at --out (give the flags it was started with)")
     add_config_flags(p, TrainConfig)
     p.set_defaults(func=run)
 
@@ -82,7 +84,9 @@ def run(args: argparse.Namespace) -> int:
     from effdl.pipelines.distill import distill
 
     config = config_from_args(args)
-    result = distill(config, overwrite=args.overwrite)
+    if args.resume and args.overwrite:
+        raise EffdlError("--resume continues the run at --out and --overwrite replaces it: give one of them")
+    result = distill(config, overwrite=args.overwrite, resume=args.resume)
     summary = json.loads((Path(result.run_dir) / "summary.json").read_text())
     print(json.dumps({"accuracy": result.accuracy, "teacher_accuracy": summary.get("teacher_accuracy"),
                       "method": config.method, "epochs": result.epochs, "time_s": round(result.time_s, 1),

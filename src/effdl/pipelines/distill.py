@@ -71,6 +71,39 @@ class DistillConfig(TrainConfig):
         return TrainConfig.model_validate(self.model_dump(exclude=set(DISTILL_KEYS)))
 
 
+PRESENTATION_KEYS = {"progress", "tensorboard"}  # may differ when a run resumes
+
+
+def _record(config: DistillConfig) -> dict[str, Any]:
+    return config.model_dump(mode="json", exclude=PRESENTATION_KEYS)
+
+
+def _start(run_dir: Path, config: DistillConfig, overwrite: bool) -> None:
+    """Claim the run directory (as train() would) and write its resume record (effdl.train.run:
+    the whole DistillConfig, and the command that continues it, which `effdl train --resume` names)."""
+    from effdl.fileio import claim_run_dir
+    from effdl.train.run import write_resume_record
+
+    claim_run_dir(run_dir, overwrite=overwrite, hint="resume it with --resume, or pick another --name")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_resume_record(run_dir, f"effdl distill --resume --out {run_dir} (with the flags it was started with)",
+                        _record(config))
+
+
+def _check_resumable(run_dir: Path, config: DistillConfig) -> None:
+    from effdl.train.run import RESUME_RECORD, read_resume_record
+
+    if (run_dir / "summary.json").is_file():
+        raise EffdlError(f"{run_dir} holds a finished run (summary.json): nothing to resume")
+    if not (run_dir / "last.safetensors").is_file():
+        raise EffdlError(f"{run_dir} holds no interrupted run (no last.safetensors) to resume")
+    recorded = (read_resume_record(run_dir) or {}).get("config") or {}
+    changed = sorted(key for key, value in _record(config).items() if recorded.get(key) != value)
+    if changed:
+        raise EffdlError(f"{run_dir} was started with other {', '.join(changed)} ({RESUME_RECORD}): resume it with "
+                         "the same teacher, student and options, or start again with --overwrite")
+
+
 def make_distill_config(values: dict[str, Any], source: str = "arguments") -> DistillConfig:
     """Validate `values` into a DistillConfig, turning validation errors into one clear line."""
     try:
@@ -136,11 +169,14 @@ def build_teacher(models: list, data) -> Any:
     return Teacher(models, *(change or (None, None)))
 
 
-def distill(config: DistillConfig, *, overwrite: bool = False) -> TrainResult:
+def distill(config: DistillConfig, *, overwrite: bool = False, resume: bool = False) -> TrainResult:
     """Train `config.model` from scratch on `config.dataset` (default: the teacher's) while it
     learns from `config.teacher` by `config.method`; returns the TrainResult of the run written to
     `<out_dir>/<name>/` (see the module docstring). Refuses (EffdlError, before any training) bad
-    teachers, methods, layers, weights, or an existing run unless `overwrite`."""
+    teachers, methods, layers, weights, or an existing run unless `overwrite`.
+
+    `resume`: continue the interrupted run `<out_dir>/<name>/` (its last.safetensors: student,
+    connectors, optimizer, data order) with the same config, which its resume.json must match."""
     import torch
 
     from effdl.checkpoint import checkpoint_data_meta, lineage_entry, read_checkpoint_meta, source_lineage
@@ -154,6 +190,7 @@ def distill(config: DistillConfig, *, overwrite: bool = False) -> TrainResult:
     from effdl.models import create_model
     from effdl.train import distributed
     from effdl.train.run import prepare_data, train
+    from effdl.train.run import resume as resume_run
     from effdl.train.trainer import default_run_name
 
     if config.model.endswith(".safetensors"):
@@ -163,14 +200,19 @@ def distill(config: DistillConfig, *, overwrite: bool = False) -> TrainResult:
     distributed.init_from_env(config.device)  # under torchrun: every process distils; the teacher stays unwrapped
     models, metas = _load_teachers(config.teacher)
     config = _teacher_data_defaults(config, checkpoint_data_meta(metas[0]))
-    name = config.name or "distill-" + default_run_name(config)
+    if resume and not config.name:
+        raise EffdlError("--resume continues a named run: give its --out RUN_DIR (or --out-dir and --name)")
+    name = distributed.broadcast_object(config.name or "distill-" + default_run_name(config))  # rank 0's clock
     config = config.model_copy(update={"name": name})
+    run_dir = Path(config.out_dir) / name
     data, val = prepare_data(config)
     for model, path in zip(models, config.teacher):
         _check_teacher_fits(model, path, data)
     teacher = build_teacher(models, data)
 
     # The student's layer shapes come from a model built like it (train() builds the one it trains).
+    # Seeded first: the connectors' initial weights follow the run's seed, not what ran before.
+    torch.manual_seed(config.seed)
     probe = create_model(config.model, num_classes=data.num_classes, **config.model_kwargs)
     callback = distiller(method, probe, teacher, input_size=data.image_shape)
     del probe
@@ -183,9 +225,13 @@ def distill(config: DistillConfig, *, overwrite: bool = False) -> TrainResult:
     torch.manual_seed(config.seed)
 
     train_config = config.train_config()
-    # With a validation split train() reloads the data to hold it out; otherwise it uses ours.
-    result = train(train_config, callbacks=[callback], data=None if config.val_size else data, overwrite=overwrite)
-
+    if resume:
+        distributed.on_main_then_share(lambda: _check_resumable(run_dir, config))
+        result = resume_run(run_dir, callbacks=[callback])
+    else:
+        distributed.on_main_then_share(lambda: _start(run_dir, config, overwrite))
+        # With a validation split train() reloads the data to hold it out; otherwise it uses ours.
+        result = train(train_config, callbacks=[callback], data=None if config.val_size else data)
     run_dir = Path(result.run_dir)
     record = {
         "method": config.method, "config": config_to_dict(method), "teachers": list(config.teacher),

@@ -164,6 +164,8 @@ def quantize_run(
     that is already quantized, or an existing run at `out_dir` (unless `overwrite`, which deletes it
     first); a refused run leaves nothing behind.
     """
+    import torch
+
     from effdl.compress.distill import finetune_distiller
     from effdl.compress.quantize import QuantizationCallback, verify_model_bits
     from effdl.data import BatchLoader
@@ -188,6 +190,7 @@ def quantize_run(
 
     print(f"evaluating the float model on {len(loader.labels):,} test images...", file=sys.stderr)
     source_accuracy = evaluate(model, loader).top1
+    torch.manual_seed(options.seed)  # what is initialised at random (distillation connectors) follows the seed
     # Made before quantize_model changes the model in place: the callback copies the float model as teacher.
     if options.distill:
         finetune.callbacks.append(finetune_distiller(model, options.distill, options.distill_temperature,

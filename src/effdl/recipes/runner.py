@@ -7,9 +7,11 @@ ONNX file...) plus `stage.json`, the runner's record: the stage's hash, config, 
 
 Resuming (running the same recipe again):
 - a stage whose stage.json says "done" with the same hash, and whose outputs are there, is skipped;
-- a train stage interrupted with the same hash continues inside itself from its last.safetensors;
-  any other interrupted, failed or changed stage (distill included: its teacher and connectors are
-  not in the training state) runs again from its start, and so does every stage after it; the
+- a train or distill stage interrupted with the same config continues inside itself from its
+  last.safetensors, and so does a prune, factorize or quantize stage's fine-tune (methods that
+  fine-tune in one phase: the compression is redone, then the fine-tune continues);
+  any other interrupted, failed or changed stage runs again from its start, and so does every
+  stage after it; the
   runner says why, and a finished stage's old folder is kept aside as `NN-kind.replaced-<hash>`
   (an unfinished one is replaced); "changed" compares the config key by key with the recorded one,
   so a key a newer effdl adds with its default value changes nothing;

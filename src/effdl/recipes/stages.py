@@ -277,7 +277,7 @@ def _distill_options(run: StageRun) -> Any:
 def _run_distill(run: StageRun) -> dict[str, Any]:
     from effdl.pipelines.distill import distill
 
-    distill(_distill_options(run), overwrite=run.overwrite)
+    distill(_distill_options(run), overwrite=run.overwrite, resume=run.resume)
     return _summary(run.out_dir)
 
 
@@ -386,7 +386,8 @@ register_stage(StageKind("train", "effdl.train.config:TrainConfig", _run_train,
                          set_by_runner=("name", "out_dir"), check=_check_train, after=_fresh, resumable=True))
 register_stage(StageKind("distill", "effdl.pipelines.distill:DistillConfig", _run_distill,
                          "train a student from the input model as teacher (the keys of `effdl distill`)",
-                         set_by_runner=("name", "out_dir"), check=_check_distill, after=_fresh))
+                         set_by_runner=("name", "out_dir"), check=_check_distill, after=_fresh, resumable=True,
+                         resume_needs=("last.safetensors", "resume.json")))
 register_stage(StageKind("prune", "effdl.pipelines.prune:PruneOptions", _run_prune,
                          "prune the input model (the keys of `effdl prune`)", check=_refuse_quantized("prune"),
                          after=lambda state, options: replace(state, exists=True),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import sys
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from effdl.core.hooks import Callback
 from effdl.train import distributed
 from effdl.data import ImageDataset, load_dataset, subset, train_val_split
 from effdl.errors import EffdlError
-from effdl.fileio import claim_run_dir
+from effdl.fileio import atomic_write, claim_run_dir
 from effdl.models import create_model
 from effdl.train.config import TrainConfig, make_config, read_config_file
 from effdl.train.trainer import Trainer, TrainResult, default_run_name
@@ -46,8 +47,32 @@ def prepare_data(config: TrainConfig) -> tuple[ImageDataset, tuple | None]:
     return data, val
 
 
+# A run that needs more than its training state to continue (a distillation's teacher) holds this
+# file: {"command": how to continue it, "config": what a resume must match}; `resume` without the
+# run's callbacks refuses it, naming the command.
+RESUME_RECORD = "resume.json"
+
+
 def _resume_hint(run_dir: Path) -> str:
+    record = run_dir / RESUME_RECORD
+    if record.is_file():
+        with contextlib.suppress(OSError, ValueError):
+            return f"resume with `{json.loads(record.read_text())['command']}`"
     return f"resume with `effdl train --resume {run_dir}`"
+
+
+def write_resume_record(run_dir: Path, command: str, config: dict) -> None:
+    """Write `run_dir`'s RESUME_RECORD (before training starts; see above)."""
+    text = json.dumps({"command": command, "config": config}, indent=2) + "\n"
+    atomic_write(run_dir / RESUME_RECORD, lambda tmp: Path(tmp).write_text(text))
+
+
+def read_resume_record(run_dir: Path) -> dict | None:
+    """`run_dir`'s RESUME_RECORD, None when it has none (or an unreadable one)."""
+    try:
+        return json.loads((run_dir / RESUME_RECORD).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def train(
@@ -90,6 +115,10 @@ def resume(run_dir: str | Path, callbacks: list[Callback] | None = None, epochs:
     (the number of processes may differ from the interrupted run's; the data order then does too).
     """
     run_dir = Path(run_dir)
+    record = read_resume_record(run_dir)
+    if callbacks is None and record is not None:
+        raise EffdlError(f"{run_dir} needs more than its training state to continue: "
+                         f"resume it with `{record.get('command')}`")
     distributed.init_from_env(_resume_device(run_dir))
     with _reported_once():
         config = distributed.on_main_then_share(lambda: _resume_config(run_dir, epochs))
