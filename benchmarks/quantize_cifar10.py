@@ -29,27 +29,16 @@ from pathlib import Path
 
 import torch
 
-from common import EpochLog, write_result
+from common import write_result
 from effdl.checkpoint import load_model
-from effdl.compress.distill import Distillation
-from effdl.compress.quantize import (
-    BinaryConnectConfig,
-    FakeQuantConfig,
-    Int8StaticConfig,
-    QuantizationCallback,
-    calibration_images,
-    verify_model_bits,
-    XnorConfig,
-)
+from effdl.compress.quantize import Int8StaticConfig, calibration_images, verify_model_bits
 from effdl.data import BatchLoader, limited, load_dataset
-from effdl.device import resolve_device
 from effdl.deploy.int8 import export_int8_onnx, optimized_op_counts
 from effdl.deploy.onnx import export_onnx
 from effdl.measure import evaluate, evaluate_onnx
 from effdl.measure.latency import onnx_latency
-from effdl.models import create_model, model_spec
-from effdl.pipelines.finetune import FineTuneOptions, FineTuner
-from effdl.pipelines.quantize import quantize_model
+from effdl.models import create_model
+from effdl.pipelines.quantize import QuantizeOptions, quantize_model, quantize_run
 
 
 def ptq(model, data, loader, images, method: str):
@@ -64,45 +53,35 @@ def load_fresh(model):
     return copy.deepcopy(model).eval()
 
 
-def qat(model, source_config, data, loader, images, bits: int, epochs: int, args) -> dict:
-    config = FakeQuantConfig(weight_bits=bits, act_bits=bits, method="lsq", first_last_bits=8)
-    return {"bits": bits, **fine_tune_quantized(model, source_config, data, loader, images, config, epochs, args)}
+def qat(data, bits: int, epochs: int, args, workdir: Path) -> dict:
+    options = QuantizeOptions(method="qat", bits=bits, qat_method="lsq", first_last_bits=8, epochs=epochs,
+                              **fine_tune_options(args))
+    return {"bits": bits, **fine_tune_quantized(data, options, args, workdir / f"qat{bits}")}
 
 
-def binary(model, source_config, data, loader, images, args) -> dict:
-    if args.binary_method == "xnor":
-        config = XnorConfig(binary_acts=False, skip_first_last=True)
-    else:
-        config = BinaryConnectConfig(skip_first_last=True)
+def binary(data, args, workdir: Path) -> dict:
+    options = QuantizeOptions(method=args.binary_method, binary_acts=False, float_first_last=True,
+                              epochs=args.binary_epochs, **fine_tune_options(args))
     return {"method": args.binary_method, "weights": "binary (first and last layer float)", "activations": "float",
-            **fine_tune_quantized(model, source_config, data, loader, images, config, args.binary_epochs, args)}
+            **fine_tune_quantized(data, options, args, workdir / "binary")}
 
 
-def fine_tune_quantized(model, source_config, data, loader, images, config, epochs: int, args) -> dict:
-    # the library's steps: activation ranges calibrated, BatchNorm statistics re-estimated after binarising
-    q = quantize_model(load_fresh(model), config, data, calibration_images=len(images))
-    device = resolve_device(args.device)
-    if device.type != "cpu":  # evaluate where it trains: a CPU pass over the test split is slow for resnet18
-        loader = BatchLoader.for_split(data, "test", batch_size=1000, device=device)
-        q = q.to(device)
-    before = evaluate(q, loader).top1
-    spec = model_spec(model) or {}
-    hooks = [EpochLog()]
-    if args.distill:  # the float checkpoint teaches its quantized copy
-        hooks.append(Distillation(model, args.distill))
-    # the library's one fine-tuning path: the checkpoint's own training config (augmentation, weight
-    # decay, label smoothing, batch size unless --batch-size), this script's epochs and learning rate
-    finetune = FineTuner(data, source_config, spec.get("name", "resnet20"),
-                         FineTuneOptions(epochs=epochs, lr=args.lr, batch_size=args.batch_size, bf16=args.bf16,
-                                         compile=args.compile, device=args.device, overrides={"progress": False}),
-                         callbacks=hooks, model_kwargs=spec.get("kwargs"))
+def fine_tune_options(args) -> dict:
+    return {"lr": args.lr, "batch_size": args.batch_size, "bf16": args.bf16, "compile": args.compile,
+            "distill": args.distill, "device": args.device, "calibration_images": args.calibration_images}
+
+
+def fine_tune_quantized(data, options: QuantizeOptions, args, out: Path) -> dict:
+    """The `effdl quantize` pipeline itself (quantize_run): calibration, the one fine-tuning path
+    (the checkpoint's own training config, this script's epochs and learning rate), distillation
+    from the float checkpoint with --distill, the model's bits verified, the full test split."""
     start = time.perf_counter()
-    q = finetune(q, epochs, [QuantizationCallback()]).eval()
-    verify_model_bits(q)
-    return {"accuracy_before_training": before, "accuracy": evaluate(q, loader).top1,
-            "accuracy_per_epoch": finetune.results[-1]["accuracy_per_epoch"], "epochs": epochs, "distill": args.distill,
-            "bf16_training": args.bf16, "compiled": args.compile,
-            "train_time_s": round(time.perf_counter() - start, 1)}
+    summary = quantize_run(args.checkpoint, options, out, data=data)
+    training = summary["details"]["training"] or {}
+    return {"accuracy_before_training": summary["details"]["accuracy_before_finetune"],
+            "accuracy": summary["accuracy"], "accuracy_per_epoch": training.get("accuracy_per_epoch"),
+            "epochs": options.epochs, "distill": args.distill, "bf16_training": training.get("bf16"),
+            "compiled": args.compile, "train_time_s": round(time.perf_counter() - start, 1)}
 
 
 def latency_pair(model, images, repeats: int, workdir: Path, name: str) -> dict:
@@ -145,8 +124,7 @@ def main() -> None:
     parser.add_argument("--skip-latency", action="store_true")
     args = parser.parse_args()
 
-    model, meta = load_model(args.checkpoint)
-    source_config = meta.get("config") or {}
+    model, _ = load_model(args.checkpoint)
     model = model.cpu().eval()
     data = limited(load_dataset(args.data, root=args.data_root), args.limit_train, args.limit_test)
     loader = BatchLoader.for_split(data, "test", batch_size=256)
@@ -172,12 +150,12 @@ def main() -> None:
             if len(epochs) != len(args.bits):
                 parser.error("--epochs takes one number or one per --bits entry")
             for bits, n in zip(args.bits, epochs):
-                entry = qat(model, source_config, data, loader, images, bits, n, args)
+                entry = qat(data, bits, n, args, workdir)
                 entry["drop_points"] = 100 * (baseline - entry["accuracy"])
                 result["qat"].append(entry)
                 write_result("quantize_cifar10", result)
         if args.binary_epochs:
-            result["binary"] = binary(model, source_config, data, loader, images, args)
+            result["binary"] = binary(data, args, workdir)
             result["binary"]["meets_target"] = result["binary"]["accuracy"] >= 0.85
             write_result("quantize_cifar10", result)
         if args.skip_latency:

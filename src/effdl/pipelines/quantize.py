@@ -197,8 +197,11 @@ def quantize_run(
                                                      options.distill_method, input_size=data.image_shape))
     quantize_model(model, config, data, calibration_images=options.calibration_images, device=device,
                    replaced_weights=options.method in WEIGHT_REPLACING)
+    before_finetune = None
     if finetune.planned is not None:
         run.write_config(finetune.planned)
+        print(f"evaluating the {options.method} model before fine-tuning...", file=sys.stderr)
+        before_finetune = evaluate(model.eval(), loader).top1
     model = finetune(model, options.epochs, [QuantizationCallback()])
     model = model.to(device).eval()
     print(f"evaluating the {options.method} model on {len(loader.labels):,} test images...", file=sys.stderr)
@@ -214,6 +217,7 @@ def quantize_run(
     details = {
         "method": options.method, "config": config_to_dict(config), "options": asdict(options),
         "drop_points": round(100 * (source_accuracy - accuracy.top1), 3),
+        "accuracy_before_finetune": accuracy.top1 if before_finetune is None else before_finetune,
         "layer_bits": verify_model_bits(model), "training": training, "score": _score(model),
     }
     return run.finish(model, accuracy, dataset=data.name, test_limit=options.test_limit,
