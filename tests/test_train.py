@@ -88,6 +88,39 @@ def test_interrupted_run_resumes_to_the_same_weights(synthetic, tmp_path):
     assert all(m["train_loss"] > 0 and m["images_per_s"] > 0 for m in metrics)
 
 
+def test_a_ctrl_c_inside_a_step_resumes_exactly(synthetic, tmp_path):
+    """SIGINT arriving in the middle of a step (the forward pass has moved the BatchNorm statistics,
+    the optimizer has not stepped) stops after that step, so the resumed run is the uninterrupted one."""
+    import os
+    import signal
+
+    def model_with(at):  # sends Ctrl-C to this process right after its at-th training BatchNorm forward
+        torch.manual_seed(1)
+        model = small_model()
+        calls = []
+
+        def hook(module, inputs, output):
+            if module.training:
+                calls.append(1)
+                if len(calls) == at:
+                    os.kill(os.getpid(), signal.SIGINT)
+
+        model.bn1.register_forward_hook(hook)
+        return model
+
+    reference = model_with(None)
+    Trainer(reference, synthetic, quick_config(epochs=2)).fit()
+    with pytest.raises(Interrupted):
+        Trainer(model_with(11), synthetic, quick_config(epochs=2), run_dir=tmp_path / "r").fit()
+    resumed_model = model_with(None)
+    resumed = Trainer(resumed_model, synthetic, quick_config(epochs=2), run_dir=tmp_path / "r")
+    resumed.resume(tmp_path / "r" / "last.safetensors")
+    assert resumed.step == 11  # the interrupted step was finished, then saved
+    resumed.fit()
+    for key, value in reference.state_dict().items():
+        assert torch.equal(value, resumed_model.state_dict()[key]), key
+
+
 def test_interrupt_during_evaluation_logs_the_epoch_once_with_its_real_values(synthetic, tmp_path):
     torch.manual_seed(1)
     init = small_model().state_dict()

@@ -322,42 +322,45 @@ class Trainer:
             if i < self._skip_batches:  # resuming mid-epoch: replay the data order, skip the work
                 progress.advance(task)
                 continue
-            lr = self.set_lr()
-            logits, loss = self.train_step(images, targets)
-            for cb in self.callbacks:
-                extra = cb.extra_loss(self, images, targets, logits, loss)
-                if extra is not None:
-                    loss = loss + extra
-            if (i + 1) % check_every == 0 and not torch.isfinite(loss):
-                raise NonFiniteLoss(
-                    f"loss became {loss.item()} at epoch {self.epoch + 1}, step {self.step}; stopped. "
-                    f"Last good checkpoint: {self.run_dir / 'last.safetensors' if self.run_dir else 'none'}"
-                    " (try a lower --lr or --grad-clip)"
-                )
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if self.dist is not None and self._hook_params:  # DDP averages the model's gradients only
-                distributed.average_gradients(self._hook_params)
-            if self.config.grad_clip:
-                nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]],
-                                         self.config.grad_clip)
-            self.optimizer.step()
-            if not self._state_synced:
-                # Modules that initialise themselves from their first batch (lazy quantizers) did so
-                # on each process's own shard: rank 0's state becomes everyone's, once.
-                distributed.sync_module_state(self.model)
-                self._state_synced = True
-            self.step += 1
-            for cb in self.callbacks:  # before the EMA update, so weight constraints reach it at once
-                cb.on_after_step(self)
-            if self.ema is not None:
-                self.ema.update_parameters(self.model)
-            hard = targets if targets.ndim == 1 else targets.argmax(1)
-            loss_sum += loss.detach() * len(hard)
-            correct += (logits.detach().argmax(1) == hard).sum()
-            seen += len(hard)
-            trained_time = done_before + time.perf_counter() - start
-            self._partial.update(seen=seen, train_time_s=trained_time)
+            # One step is whole or not at all: a Ctrl-C mid-step (after the forward pass updated the
+            # BatchNorm statistics, before the optimizer step) would save a state no resume can repeat.
+            with _interrupt_deferred():
+                lr = self.set_lr()
+                logits, loss = self.train_step(images, targets)
+                for cb in self.callbacks:
+                    extra = cb.extra_loss(self, images, targets, logits, loss)
+                    if extra is not None:
+                        loss = loss + extra
+                if (i + 1) % check_every == 0 and not torch.isfinite(loss):
+                    raise NonFiniteLoss(
+                        f"loss became {loss.item()} at epoch {self.epoch + 1}, step {self.step}; stopped. "
+                        f"Last good checkpoint: {self.run_dir / 'last.safetensors' if self.run_dir else 'none'}"
+                        " (try a lower --lr or --grad-clip)"
+                    )
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if self.dist is not None and self._hook_params:  # DDP averages the model's gradients only
+                    distributed.average_gradients(self._hook_params)
+                if self.config.grad_clip:
+                    nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]],
+                                             self.config.grad_clip)
+                self.optimizer.step()
+                if not self._state_synced:
+                    # Modules that initialise themselves from their first batch (lazy quantizers) did so
+                    # on each process's own shard: rank 0's state becomes everyone's, once.
+                    distributed.sync_module_state(self.model)
+                    self._state_synced = True
+                self.step += 1
+                for cb in self.callbacks:  # before the EMA update, so weight constraints reach it at once
+                    cb.on_after_step(self)
+                if self.ema is not None:
+                    self.ema.update_parameters(self.model)
+                hard = targets if targets.ndim == 1 else targets.argmax(1)
+                loss_sum += loss.detach() * len(hard)
+                correct += (logits.detach().argmax(1) == hard).sum()
+                seen += len(hard)
+                trained_time = done_before + time.perf_counter() - start
+                self._partial.update(seen=seen, train_time_s=trained_time)
             progress.update(
                 task, advance=1,
                 description=(
