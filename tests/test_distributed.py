@@ -292,6 +292,7 @@ def test_torchrun_runs_a_compression_recipe_as_one_job(tmp_path):
     for folder in ("01-prune", "02-quantize", "03-export"):
         assert json.loads((root / folder / "stage.json").read_text())["status"] == "done"
         assert proc.stderr.count(f"== {folder}: running") == 1  # rank 0 alone speaks
+    assert proc.stderr.count("fine-tuning for 1 epoch(s)") == 2  # prune's and quantize's, from rank 0 alone
     # one fine-tune epoch written once, not once per process
     assert len((root / "01-prune" / "metrics.jsonl").read_text().splitlines()) == 1
     assert (root / "report" / "runs.csv").is_file()

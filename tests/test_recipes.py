@@ -398,7 +398,7 @@ def test_an_interrupted_compression_fine_tune_resumes_exactly(tmp_path, source, 
     with pytest.raises(Interrupted, match="--resume --out"):
         prune_checkpoint(source, options, tmp_path / "cut")
     restore()
-    with pytest.raises(EffdlError, match="other options"):
+    with pytest.raises(EffdlError, match=r"started otherwise \(lr 0.05 -> 0.1\)"):
         run_single_stage("prune", PruneOptions(**{**options.__dict__, "lr": 0.1}), tmp_path / "cut",
                          source=source, resume=True)
     resumed = run_single_stage("prune", options, tmp_path / "cut", source=source, resume=True)
@@ -446,3 +446,64 @@ def test_a_quantize_run_with_feature_distillation_repeats_bit_for_bit(tmp_path, 
     a, _ = read_checkpoint(tmp_path / "a" / "best.safetensors")
     b, _ = read_checkpoint(tmp_path / "b" / "best.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_checks_the_source_by_its_bytes_and_names_what_differs(tmp_path, source, monkeypatch, capsys):
+    """A resume from a checkpoint rewritten since is refused; the same bytes under another path are
+    the same source; `effdl train --resume` on a compression run names the command that resumes it;
+    a multi-phase method's interruption does not promise a resume."""
+    import shutil
+
+    from effdl.cli import main
+    from effdl.pipelines.prune import PruneOptions, prune_checkpoint
+    from effdl.recipes.stages import run_single_stage
+
+    copy = tmp_path / "copy.safetensors"
+    shutil.copy(source, copy)
+    options = PruneOptions(method="l1-filter", sparsity=0.5, epochs=2, device="cpu")
+    restore = _stop_fine_tunes(monkeypatch)
+    with pytest.raises(Interrupted):
+        prune_checkpoint(copy, options, tmp_path / "cut")
+    with pytest.raises(Interrupted, match="several phases, which cannot resume: start it again with --overwrite"):
+        prune_checkpoint(copy, PruneOptions(method="magnitude", sparsity=0.5, epochs=2, rounds=2),
+                         tmp_path / "rounds")
+    restore()
+    assert main(["train", "--resume", str(tmp_path / "cut")]) == 2
+    assert "resume it with `effdl prune" in capsys.readouterr().err
+    with pytest.raises(EffdlError, match=r"lr 0.01 -> 0.2"):
+        run_single_stage("prune", PruneOptions(**{**options.__dict__, "lr": 0.2}), tmp_path / "cut", source=copy,
+                         resume=True)
+    with pytest.raises(EffdlError, match="already holds a run .*continue it with --resume"):
+        prune_checkpoint(copy, options, tmp_path / "cut")
+    torch.manual_seed(5)
+    save_model(tmp_path / "retrained.safetensors", create_model("tiny_cnn"), config=SOURCE_CONFIG)
+    with pytest.raises(EffdlError, match="another source checkpoint"):
+        prune_checkpoint(tmp_path / "retrained.safetensors", options, tmp_path / "cut", resume=True)
+    assert prune_checkpoint(source, options, tmp_path / "cut", resume=True)["accuracy"] >= 0  # same bytes
+
+
+def test_a_batch_the_data_cannot_take_is_refused_before_any_work_and_leaves_nothing(tmp_path, source):
+    from effdl.pipelines.quantize import QuantizeOptions, quantize_run
+
+    with pytest.raises(EffdlError, match="batch size 4096 is larger than the"):
+        quantize_run(source, QuantizeOptions(method="qat", epochs=1, batch_size=4096, device="cpu"), tmp_path / "q")
+    assert not (tmp_path / "q").exists()
+
+
+def test_odd_folders_and_state_files_are_refused_in_one_line_and_left_untouched(tmp_path, source):
+    text = "stages:\n  - prune: {method: magnitude, sparsity: 0.4}\nreport: {latency: false}\n"
+    folder = tmp_path / "runs" / "r" / "01-prune"
+    folder.mkdir(parents=True)
+    (folder / "notes.txt").write_text("mine")
+    for _ in range(2):  # refused every time, and nothing is written into the user's folder
+        with pytest.raises(EffdlError, match="did not write"):
+            run_recipe(recipe(text, tmp_path, **{"from": source}), report=False)
+        assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
+    (folder / "stage.json").write_text("[1, 2]")  # not a record the runner wrote
+    from effdl.recipes.runner import describe_plan
+
+    lines = describe_plan(make_plan(recipe(text, tmp_path, **{"from": source})))
+    assert any("its stage.json is unreadable" in line for line in lines)
+    with pytest.raises(EffdlError, match="no readable stage.json"):
+        run_recipe(recipe(text, tmp_path, **{"from": source}), report=False)
+    assert (folder / "notes.txt").read_text() == "mine"

@@ -1,11 +1,23 @@
-"""Atomic file writes: a reader never sees a half-written checkpoint, ONNX file or cache entry."""
+"""Atomic file writes (a reader never sees a half-written checkpoint, ONNX file or cache entry),
+run directories' one claiming rule, and the content hash that says whether a file is the same one."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+
+def file_hash(path: str | Path) -> str:
+    """sha256 of a file's bytes (16 hex digits): the same file however its path is spelled, and
+    another one once it is rewritten (a retrained checkpoint at the same path)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
 
 
 def atomic_write(path: str | Path, write: Callable[[str], object]) -> Path:

@@ -15,11 +15,13 @@ abbreviations: `--epoch 2` is an error, not `--epochs 2`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import pkgutil
 import re
 import sys
+from collections.abc import Iterator
 from types import ModuleType
 
 from effdl import __version__
@@ -86,14 +88,15 @@ def main(argv: list[str] | None = None) -> int:
         # inside the try: argument types (e.g. a checkpoint that must exist) may raise EffdlError
         args = parser.parse_args(argv)
         _check_data_parallel(args.command)
-        return int(args.func(args) or 0)
+        with _quiet_unless_rank_zero():
+            return int(args.func(args) or 0)
     except EffdlError as exc:
         if _reports_errors():
             print(f"effdl: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:  # effdl.errors.Interrupted says what was saved and how to resume
         if _reports_errors():
-            print(f"effdl: {exc or 'interrupted'}", file=sys.stderr)
+            print(f"effdl: {str(exc) or 'interrupted'}", file=sys.stderr)
         return 130
 
 
@@ -108,6 +111,18 @@ def _check_data_parallel(command: str) -> None:
     if world.isdigit() and int(world) > 1 and command not in DATA_PARALLEL_COMMANDS:
         raise EffdlError(f"`effdl {command}` runs in one process: start it without torchrun (torchrun runs "
                          f"{', '.join(DATA_PARALLEL_COMMANDS)})")
+
+
+@contextlib.contextmanager
+def _quiet_unless_rank_zero() -> Iterator[None]:
+    """Under torchrun, the processes other than rank 0 print nothing (rank 0 speaks for the job: its
+    progress, its result on stdout); a process's own error still reaches the terminal (written to
+    sys.__stderr__, effdl.train.run), and so does a crash's traceback, printed after this block."""
+    if _reports_errors():
+        yield
+        return
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        yield
 
 
 def _reports_errors() -> bool:

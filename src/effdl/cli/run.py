@@ -13,8 +13,8 @@ underscores: target_macs), and each stage takes the checkpoint the previous one 
 
 Stages go to runs/<name>/<NN-stage>/, and a report with every branch on one accuracy-against-score
 plot to runs/<name>/report/. The whole recipe is checked before anything runs (`--dry-run` prints
-the plan); running it again skips the finished stages and continues an interrupted training inside
-itself. RECIPE may also name a shipped recipe (`effdl run --list`).
+the plan); running it again skips the finished stages and continues an interrupted training or
+fine-tune inside its stage. RECIPE may also name a shipped recipe (`effdl run --list`).
 """
 
 from __future__ import annotations

@@ -81,9 +81,14 @@ def technique_finetuner(
         bf16=getattr(options, "bf16", None), data_root=getattr(options, "data_root", None),
     )
     run_dir = run.path if run is not None else None
+    if getattr(options, "fine_tunes_once", lambda: True)():
+        hint = (f"the fine-tune stopped; continue it with --resume --out {run_dir} (the same options), or start "
+                "again with --overwrite")
+    else:
+        hint = (f"the fine-tune stopped; this method fine-tunes in several phases, which cannot resume: start it "
+                f"again with --overwrite --out {run_dir}")
     return FineTuner(data, meta.get("config") or {}, meta["spec"]["name"], tune, callbacks=callbacks, run_dir=run_dir,
-                     resume_hint=f"the fine-tune stopped; continue it with --resume --out {run_dir} (the same "
-                     "options), or start again with --overwrite",
+                     resume_hint=hint,
                      model_kwargs=meta["spec"].get("kwargs"), resume_from=run.resume_from if run is not None else None)
 
 

@@ -75,7 +75,13 @@ PRESENTATION_KEYS = {"progress", "tensorboard"}  # may differ when a run resumes
 
 
 def _record(config: DistillConfig) -> dict[str, Any]:
-    return config.model_dump(mode="json", exclude=PRESENTATION_KEYS)
+    """What a resume must match: the config, less where it runs and is written (the run folder is
+    the one resumed, however its path was spelled), with the teachers by their bytes."""
+    from effdl.fileio import file_hash
+
+    data = config.model_dump(mode="json", exclude=PRESENTATION_KEYS | {"out_dir", "name", "teacher", "device"})
+    data["teacher_sha256"] = [file_hash(path) if Path(path).is_file() else None for path in config.teacher]
+    return data
 
 
 def _start(run_dir: Path, config: DistillConfig, overwrite: bool) -> None:
@@ -191,7 +197,7 @@ def distill(config: DistillConfig, *, overwrite: bool = False, resume: bool = Fa
     from effdl.train import distributed
     from effdl.train.run import prepare_data, train
     from effdl.train.run import resume as resume_run
-    from effdl.train.trainer import default_run_name
+    from effdl.train.trainer import check_batch_fits, default_run_name
 
     if config.model.endswith(".safetensors"):
         raise EffdlError(f"the student is an architecture to train from scratch (one of `effdl models`), not a "
@@ -205,9 +211,12 @@ def distill(config: DistillConfig, *, overwrite: bool = False, resume: bool = Fa
     name = distributed.broadcast_object(config.name or "distill-" + default_run_name(config))  # rank 0's clock
     config = config.model_copy(update={"name": name})
     run_dir = Path(config.out_dir) / name
+    if resume:  # before any work: a run that cannot resume is refused at once
+        distributed.on_main_then_share(lambda: _check_resumable(run_dir, config))
     data, val = prepare_data(config)
     for model, path in zip(models, config.teacher):
         _check_teacher_fits(model, path, data)
+    distributed.agree(lambda: check_batch_fits(config.batch_size, len(data.train_labels)))
     teacher = build_teacher(models, data)
 
     # The student's layer shapes come from a model built like it (train() builds the one it trains).
@@ -226,7 +235,6 @@ def distill(config: DistillConfig, *, overwrite: bool = False, resume: bool = Fa
 
     train_config = config.train_config()
     if resume:
-        distributed.on_main_then_share(lambda: _check_resumable(run_dir, config))
         result = resume_run(run_dir, callbacks=[callback])
     else:
         distributed.on_main_then_share(lambda: _start(run_dir, config, overwrite))

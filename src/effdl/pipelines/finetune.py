@@ -114,8 +114,13 @@ class FineTuner:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.resume_hint = resume_hint
         self.results: list[dict[str, Any]] = []
-        # Validated now, so a bad source config or override fails before any compression work.
+        # Validated now, so a bad source config or override, or a batch the training images (or the
+        # torchrun processes) cannot take, fails before any compression work.
         self.planned = self.config() if options.epochs >= 1 else None
+        if self.planned is not None:
+            from effdl.train.trainer import check_batch_fits
+
+            check_batch_fits(self.planned.batch_size, len(data.train_labels))
 
     def config(self, epochs: int | None = None) -> TrainConfig:
         """The fine-tune's TrainConfig for `epochs` (default: the options' epochs)."""

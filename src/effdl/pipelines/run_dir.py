@@ -1,7 +1,8 @@
 """The one writer of a compressed run's directory (prune, quantize, and what recipes compose).
 
-    compression.json   the run's kind, source and technique options, written first (what `resume`
-                       checks an interrupted run against)
+    resume.json        written first: how to continue the run and what a resume must match (its
+                       kind, the source checkpoint's bytes, the technique options but the device;
+                       effdl.train.run.RESUME_RECORD, so `effdl train --resume` refuses the run)
     config.yaml        the fine-tune's resolved TrainConfig (only when the run fine-tunes)
     metrics.jsonl      one line per fine-tuning epoch, written by the trainer
     last.safetensors   the trainer's resumable state during a fine-tune
@@ -33,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from effdl.errors import EffdlError
-from effdl.fileio import atomic_write, claim_run_dir
+from effdl.fileio import atomic_write, claim_run_dir, file_hash
 from effdl.train import distributed
 
 if TYPE_CHECKING:
@@ -44,17 +45,32 @@ if TYPE_CHECKING:
 
 # The fields every compressed run's summary.json holds at its top level (effdl.report.runs.RunSummary
 # reads the first nine); everything else the kind measured is under "details".
-RECORD_FILE = "compression.json"
-
 CORE_FIELDS = ("name", "kind", "dataset", "model", "accuracy", "correct", "total", "checkpoint", "evaluated_on",
                "source", "source_accuracy", "details")
+
+
+# Options a resumed fine-tune may change: where it runs does not change what it computes.
+RESUME_FREE_OPTIONS = ("device",)
 
 
 def _json_data(options: Any) -> Any:
     import dataclasses
 
-    data = dataclasses.asdict(options) if dataclasses.is_dataclass(options) else options
-    return json.loads(json.dumps(data, default=str))
+    data = dataclasses.asdict(options) if dataclasses.is_dataclass(options) else dict(options or {})
+    return {k: v for k, v in json.loads(json.dumps(data, default=str)).items() if k not in RESUME_FREE_OPTIONS}
+
+
+def _differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """What differs between a run's recorded start and this call, for a user to read."""
+    changes = []
+    if recorded.get("kind") != current["kind"]:
+        changes.append(f"it is a {recorded.get('kind')} run, not a {current['kind']} run")
+    if recorded.get("source_sha256") != current["source_sha256"]:
+        changes.append("another source checkpoint (its bytes differ from those the run started from)")
+    old, new = recorded.get("options") or {}, current["options"] or {}
+    changes += [f"{key} {old.get(key)!r} -> {new.get(key)!r}" for key in sorted(set(old) | set(new))
+                if old.get(key) != new.get(key)]
+    return changes
 
 
 def evaluated_on(test_limit: int | None, total: int) -> str:
@@ -69,7 +85,7 @@ class CompressedRun:
                  other_sources: tuple[str | Path, ...] = (), device: str = "auto", options: Any = None,
                  resume: bool = False):
         """Claim `out_dir` for a run of `kind` ("prune", "quantize"...) made from checkpoint `source`
-        with technique `options` (a dataclass, recorded in compression.json). Under torchrun, join
+        with technique `options` (a dataclass, recorded in resume.json). Under torchrun, join
         the process group first (`device`: the run's device option) and claim on rank 0 alone.
 
         `resume`: continue the interrupted run in `out_dir` instead (`resume_from` is then its
@@ -81,15 +97,18 @@ class CompressedRun:
         self.kind = kind
         self.source = str(source)
         self.writes = distributed.is_main()  # the one process that writes the directory
-        self.record = {"kind": kind, "source": self.source,
-                       "options": _json_data(options) if options is not None else None}
+        self.record = {"kind": kind, "source_sha256": file_hash(source) if Path(source).is_file() else None,
+                       "options": _json_data(options)}
         self.resume_from: Path | None = None
+        self.path = Path(out_dir)
         if resume:
-            self.path = Path(out_dir)
             self.resume_from = distributed.on_main_then_share(self._check_resumable)
         else:
-            self.path = distributed.on_main_then_share(lambda: claim_run_dir(
-                out_dir, overwrite=overwrite, sources=tuple(s for s in (source, *other_sources) if s)))
+            interrupted = (self.path / "last.safetensors").is_file() and not (self.path / "summary.json").is_file()
+            hint = ("it holds an interrupted run: continue it with --resume (the same options), or pick another --out"
+                    if interrupted else "pick another --out")
+            distributed.on_main_then_share(lambda: claim_run_dir(
+                out_dir, overwrite=overwrite, hint=hint, sources=tuple(s for s in (source, *other_sources) if s)))
         from effdl.checkpoint import read_checkpoint_meta, source_lineage
 
         # read now, as the source was when the run began (a clear EffdlError if it is not a checkpoint)
@@ -102,13 +121,16 @@ class CompressedRun:
         if not last.is_file():
             raise EffdlError(f"{self.path} holds no interrupted fine-tune (no last.safetensors) to resume: "
                              "start the run again without --resume")
-        record_path = self.path / RECORD_FILE
-        recorded = json.loads(record_path.read_text()) if record_path.is_file() else None
-        if recorded != self.record:
-            what = "no record of how it was started" if recorded is None else "other " + ", ".join(
-                key for key in self.record if recorded.get(key) != self.record[key])
-            raise EffdlError(f"{self.path} was started with {what} ({RECORD_FILE}): resume it with the same "
-                             "source and options, or start again with --overwrite")
+        from effdl.train.run import RESUME_RECORD, read_resume_record
+
+        recorded = (read_resume_record(self.path) or {}).get("config")
+        if not isinstance(recorded, dict):
+            raise EffdlError(f"{self.path} has no readable {RESUME_RECORD} saying how it was started: start it "
+                             "again with --overwrite")
+        changes = _differences(recorded, self.record)
+        if changes:
+            raise EffdlError(f"{self.path} was started otherwise ({'; '.join(changes)}): resume it with the same "
+                             "source checkpoint and options, or start again with --overwrite")
         return last
 
     @property
@@ -117,11 +139,13 @@ class CompressedRun:
 
     def create(self) -> Path:
         """Create the folder (after the checks that may refuse the job, so nothing is left behind)
-        with its compression.json."""
-        if self.writes and not (self.path / RECORD_FILE).is_file():
+        with its resume record."""
+        from effdl.train.run import RESUME_RECORD, write_resume_record
+
+        if self.writes and not (self.path / RESUME_RECORD).is_file():
             self.path.mkdir(parents=True, exist_ok=True)
-            text = json.dumps(self.record, indent=2) + "\n"
-            atomic_write(self.path / RECORD_FILE, lambda tmp: Path(tmp).write_text(text))
+            write_resume_record(self.path, f"effdl {self.kind} {self.source} ... --resume --out {self.path} (the "
+                                "options it was started with)", self.record)
         return self.path
 
     def write_file(self, name: str, write: Callable[[Path], Any]) -> Path:

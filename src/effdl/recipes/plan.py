@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from effdl.errors import EffdlError, unknown_name_error
+from effdl.fileio import file_hash
 from effdl.recipes.spec import Recipe, StageSpec
 from effdl.recipes.stages import (
     STAGES, ModelState, StageKind, accepts_list, build_options, field_annotations, options_data, state_of_checkpoint,
@@ -85,15 +86,6 @@ class Plan:
         if stage.input is not None:
             return self.directory(stage.input) / "best.safetensors"
         return Path(self.recipe.source) if self.recipe.source else None
-
-
-def file_hash(path: str | Path) -> str:
-    """sha256 of a file's bytes (16 hex digits)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
 
 
 def _format(value: Any) -> str:

@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from effdl.errors import EffdlError, Interrupted
-from effdl.fileio import atomic_write
-from effdl.recipes.plan import PRESENTATION_KEYS, Plan, PlannedStage, file_hash, hashed_options, make_plan
+from effdl.fileio import atomic_write, file_hash
+from effdl.recipes.plan import PRESENTATION_KEYS, Plan, PlannedStage, hashed_options, make_plan
 from effdl.recipes.spec import Recipe
 from effdl.recipes.stages import StageRun, options_data
 
@@ -57,9 +57,10 @@ def _say(message: str) -> None:
 def read_state(path: Path) -> dict[str, Any] | None:
     """A stage folder's stage.json (None when missing or unreadable: the stage runs again)."""
     try:
-        return json.loads((path / STATE_FILE).read_text())
+        state = json.loads((path / STATE_FILE).read_text())
     except (OSError, ValueError):
         return None
+    return state if isinstance(state, dict) else None
 
 
 def _write_state(path: Path, state: dict[str, Any]) -> None:
@@ -90,6 +91,8 @@ def judge_stage(plan: Plan, stage: PlannedStage, statuses: dict[str, str] | None
     path = plan.directory(stage)
     state = read_state(path)
     if state is None:
+        if (path / STATE_FILE).exists():
+            return "rerun", f"its {STATE_FILE} is unreadable"
         return ("rerun", f"its folder has no {STATE_FILE}") if path.exists() and any(path.iterdir()) else ("run", "")
     upstream = (statuses or {}).get(stage.input.folder, "done") if stage.input is not None else "done"
     if upstream != "done":
@@ -159,7 +162,7 @@ def _prepare(plan: Plan, stage: PlannedStage, status: str) -> Path:
         # Only ever a folder the runner made: <out>/<recipe>/<NN-...> with its stage.json.
         state = read_state(path)
         if path.resolve().parent != plan.recipe.directory.resolve() or state is None:
-            raise EffdlError(f"{path} holds something this recipe did not write (no {STATE_FILE}); nothing was "
+            raise EffdlError(f"{path} holds something this recipe did not write (no readable {STATE_FILE}); nothing was "
                              "deleted: move it away, or give the recipe another name (--name)")
         if state.get("status") == "done":
             aside = kept_aside(path, state)
@@ -278,13 +281,17 @@ def run_recipe(recipe: Recipe, *, dry_run: bool = False, report: bool = True) ->
                 failed_ids.add(id(stage))
                 outcome.failed[stage.folder] = str(exc)
                 path = plan.directory(stage)
-                if distributed.is_main():
-                    _write_state(path, {**(read_state(path) or {}), "status": "failed", "error": str(exc)})
+                state = read_state(path) if distributed.is_main() else None
+                if state is not None:  # never write into a folder the runner did not make (no stage.json)
+                    _write_state(path, {**state, "status": "failed", "error": str(exc)})
                 _say(f"== {stage.folder} failed: {exc}")
     if report and distributed.is_main():
         from effdl.recipes.report import write_report
 
         outcome.report = write_report(plan, outcome)
+    # Every process leaves together: one that exits while rank 0 still writes the report tears the
+    # process group down under it (gloo aborts the process).
+    distributed.barrier()
     if outcome.failed:
         first, message = next(iter(outcome.failed.items()))
         others = f" (and {len(outcome.failed) - 1} more stage(s); see their stage.json)" if len(outcome.failed) > 1 else ""

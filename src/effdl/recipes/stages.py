@@ -87,7 +87,7 @@ class StageKind:
 STAGES: Registry = Registry("recipe stage")
 
 # What a compression stage's folder holds when its fine-tune can continue (effdl.pipelines.run_dir).
-FINE_TUNE_RESUME = ("last.safetensors", "compression.json")
+FINE_TUNE_RESUME = ("last.safetensors", "resume.json")
 
 
 def register_stage(kind: StageKind) -> StageKind:
@@ -430,6 +430,8 @@ def run_single_stage(kind: str, options: Any, out_dir: str | Path | None, *, sou
     stage = STAGES[kind]
     if resume and overwrite:
         raise EffdlError("--resume continues the run at --out and --overwrite replaces it: give one of them")
+    if resume and out_dir is not None and (Path(out_dir) / "summary.json").is_file():
+        raise EffdlError(f"{out_dir} holds a finished run (summary.json): nothing to resume")
     if resume and not stage.can_resume(options, Path(out_dir) if out_dir is not None else Path()):
         raise EffdlError(f"nothing to resume at {out_dir}: no interrupted fine-tune of these options "
                          f"({', '.join(stage.resume_needs)} and a method that fine-tunes once)")

@@ -70,9 +70,10 @@ def write_resume_record(run_dir: Path, command: str, config: dict) -> None:
 def read_resume_record(run_dir: Path) -> dict | None:
     """`run_dir`'s RESUME_RECORD, None when it has none (or an unreadable one)."""
     try:
-        return json.loads((run_dir / RESUME_RECORD).read_text())
+        record = json.loads((run_dir / RESUME_RECORD).read_text())
     except (OSError, ValueError):
         return None
+    return record if isinstance(record, dict) else None
 
 
 def train(
@@ -177,5 +178,6 @@ def _reported_once():
         raise
     except EffdlError as exc:
         if distributed.current() is not None and not distributed.is_main():
-            print(f"effdl: error (rank {distributed.rank()}): {exc}", file=sys.stderr, flush=True)
+            # the real stderr: the command line silences the other ranks' output (effdl.cli)
+            print(f"effdl: error (rank {distributed.rank()}): {exc}", file=sys.__stderr__, flush=True)
         raise

@@ -190,7 +190,7 @@ class Trainer:
         self.model = model.to(self.device, memory_format=memory_format)
         # Each process holds its shard of the data; the config's batch is the global one.
         self.shard = (self.dist.rank, self.dist.world_size) if self.dist is not None else None
-        per_process_batch = distributed.per_process_batch(config.batch_size)
+        per_process_batch = check_batch_fits(config.batch_size, len(data.train_labels))
         self.train_loader = BatchLoader.for_split(
             data, "train", batch_size=per_process_batch, train=True, augment=config.augment,
             device=self.device, channels_last=self.channels_last, seed=config.seed, shard=self.shard,
@@ -207,11 +207,6 @@ class Trainer:
         else:
             self.eval_loader = self.test_loader()
         self.steps_per_epoch = len(self.train_loader)
-        if self.steps_per_epoch == 0:
-            shards = f" (split over {self.dist.world_size} processes)" if self.dist is not None else ""
-            raise EffdlError(
-                f"batch size {config.batch_size} is larger than the {len(data.train_labels)} training images{shards}"
-            )
         self.total_steps = config.epochs * self.steps_per_epoch
         warmup = default_warmup_epochs(config.schedule, config.epochs, config.warmup_epochs)
         self.warmup_steps = int(warmup * self.steps_per_epoch)
@@ -548,7 +543,12 @@ class Trainer:
         # Under torchrun rank 0 reads the file and every process gets the same state.
         tensors, meta = distributed.on_main_then_share(read)
         state = meta["train_state"]
-        self.model.load_state_dict(split_namespace(tensors, "model"))
+        try:
+            self.model.load_state_dict(split_namespace(tensors, "model"))
+        except RuntimeError as exc:  # another architecture: a pruned, factorized or quantized run's state
+            detail = " ".join(str(exc).split())[:200]
+            raise EffdlError(f"{checkpoint} holds the state of another model than this run's ({detail}); "
+                             "resume a run with the command that started it") from None
         self._restore_hook_parameters(checkpoint, split_namespace(tensors, "hooks"))  # before their optimizer state
         optimizer_from_checkpoint(self.optimizer, tensors, state["optimizer"])
         if self.ema is not None:
@@ -624,6 +624,19 @@ def _bare(model: nn.Module, original: nn.Module) -> nn.Module:
         if hasattr(original, attr):
             setattr(model, attr, getattr(original, attr))
     return model
+
+
+def check_batch_fits(batch_size: int, train_images: int) -> int:
+    """The per-process batch of the global `batch_size` (all of it without torchrun). Raises
+    EffdlError when the processes do not divide it, or when a process's share of the
+    `train_images` is smaller than its batch (an epoch would have no step). Callers that do work
+    before building a Trainer call it first, so a run they cannot train is refused before that work."""
+    per_process = distributed.per_process_batch(batch_size)
+    world = distributed.world_size()
+    if train_images // world < per_process:
+        shards = f" (split over {world} processes)" if world > 1 else ""
+        raise EffdlError(f"batch size {batch_size} is larger than the {train_images} training images{shards}")
+    return per_process
 
 
 @contextlib.contextmanager
