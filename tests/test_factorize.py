@@ -22,6 +22,7 @@ from effdl.compress.factorize import (
     factorize_sensitivity,
 )
 from effdl.compress.factorize import decompose as dec
+from effdl.compress.factorize.configs import SCAN_RATIOS
 from effdl.errors import EffdlError
 from effdl.measure.counting import profile
 
@@ -195,6 +196,19 @@ def test_mac_target_scans_and_allocates():
     assert profile(model, (1, 3, 16, 16)).macs <= 0.6 * total and report.scan is not None
     with pytest.raises(EffdlError, match="cannot reach"):
         factorize_(Tiny().eval(), SpatialSVDConfig(target_macs=0.01), calibration=calibration)
+
+
+def test_a_mac_target_is_used_not_undershot_when_every_layer_scores_alike():
+    """Flat scores (a near-chance model) made every layer take its cheapest scanned ratio: a 0.6
+    target kept 0.36x. The spare budget goes back to the layers, and the result stays within it."""
+    calibration = [torch.randn(8, 3, 16, 16)]
+    total = profile(Tiny().eval(), (1, 3, 16, 16)).macs
+    cheapest = Tiny().eval()
+    factorize_(cheapest, SpatialSVDConfig(ratio=min(SCAN_RATIOS)), calibration=calibration)
+    model = Tiny().eval()
+    factorize_(model, SpatialSVDConfig(target_macs=0.6), calibration=calibration, accuracy=lambda m: 0.5)
+    kept = profile(model, (1, 3, 16, 16)).macs
+    assert profile(cheapest, (1, 3, 16, 16)).macs < kept <= 0.6 * total
 
 
 def test_save_reload_onnx_and_quantization(tmp_path):

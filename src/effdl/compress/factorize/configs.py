@@ -335,7 +335,8 @@ def _allocate(
     options: dict[str, dict[float, tuple[Any, int]]], scan: SensitivityScan, layer_macs: dict[str, int],
     model_macs: int, target: float,
 ) -> dict[str, Any]:
-    """The ranks of the highest score level whose per-layer smallest admissible ratios meet the budget."""
+    """The ranks of the highest score level whose per-layer smallest admissible ratios meet the budget,
+    then MACs the budget still allows given back to the layers that lose most (`_give_back`)."""
     budget = target * model_macs
     fixed = model_macs - sum(layer_macs.values())
     accuracy = {p.layer: {} for p in scan.points}
@@ -343,20 +344,48 @@ def _allocate(
         accuracy[p.layer][p.setting] = p.accuracy
     levels = sorted({p.accuracy for p in scan.points}, reverse=True)
     for level in levels:
-        ranks: dict[str, Any] = {}
+        chosen: dict[str, float | None] = {}  # layer -> ratio (None: left whole)
         macs = fixed
         for name, by_ratio in options.items():
             ok = [r for r in sorted(by_ratio) if accuracy[name][r] >= level]
-            if ok:
-                ranks[name], layer_cost = by_ratio[ok[0]]
-                macs += layer_cost
-            else:
-                macs += layer_macs[name]
+            chosen[name] = ok[0] if ok else None
+            macs += by_ratio[ok[0]][1] if ok else layer_macs[name]
         if macs <= budget:
-            return ranks
+            chosen = _give_back(chosen, options, accuracy, layer_macs, budget - macs)
+            return {name: options[name][ratio][0] for name, ratio in chosen.items() if ratio is not None}
     smallest = fixed + sum(min(c for _, c in by_ratio.values()) for by_ratio in options.values())
     raise EffdlError(f"factorizing the selected layers cannot reach {target:.0%} of the MACs: at most down to "
                      f"{smallest / model_macs:.0%} (the other layers cost {fixed / model_macs:.0%})")
+
+
+def _give_back(
+    chosen: dict[str, float | None], options: dict[str, dict[float, tuple[Any, int]]],
+    accuracy: dict[str, dict[float, float]], layer_macs: dict[str, int], spare: float,
+) -> dict[str, float | None]:
+    """Raise layers to their next larger ratio (or whole) while `spare` MACs allow, the layer whose
+    scanned score is lowest at its ratio first. A level's cheapest admissible ratios can land far
+    under the budget (every layer of a model whose scores are flat takes its smallest ratio: a 0.6
+    target reached 0.36x), and the budget is what the user asked to keep."""
+    chosen = dict(chosen)
+
+    def cost(name: str, ratio: float | None) -> int:
+        return layer_macs[name] if ratio is None else options[name][ratio][1]
+
+    while True:
+        steps = []
+        for name, ratio in chosen.items():
+            if ratio is None:
+                continue
+            larger = [r for r in sorted(options[name]) if r > ratio]
+            step = larger[0] if larger else None  # beyond the largest scanned ratio: the layer whole
+            extra = cost(name, step) - cost(name, ratio)
+            if extra <= spare:
+                steps.append((accuracy[name][ratio], name, step, extra))
+        if not steps:
+            return chosen
+        _, name, step, extra = min(steps, key=lambda s: (s[0], s[1]))
+        chosen[name] = step
+        spare -= extra
 
 
 def _default_batches(model: nn.Module, calibration: Iterable[torch.Tensor] | None) -> list[torch.Tensor]:
@@ -406,6 +435,12 @@ def _factorize(
         options, report.scan = _greedy_ranks(model, method, layers, shapes, config.target_macs, score)
         model_macs = _model_macs(model, batches[0])
         ranks = _allocate(options, report.scan, layer_macs, model_macs, config.target_macs)
+        planned = model_macs - sum(layer_macs[n] - m.chain_macs(method.specs(layers[n], rank), shapes[n])
+                                   for n, rank in ranks.items())
+        if planned < 0.8 * config.target_macs * model_macs:
+            warnings.warn(f"{method.name} keeps {planned / model_macs:.2f}x of the MACs for a "
+                          f"{config.target_macs:.2f}x target: the scanned ranks are too coarse to land closer; "
+                          "give ranks or a ratio per layer to get nearer", stacklevel=3)
         for name in layers:
             if name not in ranks:
                 report.skipped[name] = "left whole by the MAC budget (too sensitive for its savings)"
