@@ -507,3 +507,14 @@ def test_odd_folders_and_state_files_are_refused_in_one_line_and_left_untouched(
     with pytest.raises(EffdlError, match="no readable stage.json"):
         run_recipe(recipe(text, tmp_path, **{"from": source}), report=False)
     assert (folder / "notes.txt").read_text() == "mine"
+
+
+def test_a_boolean_for_a_number_and_a_device_this_machine_lacks_are_refused_while_planning(tmp_path, source):
+    refused("stages:\n  - prune: {method: magnitude, sparsity: 0.5, epochs: true}\n", tmp_path,
+            "epochs: True is a boolean", **{"from": source})
+    refused("stages:\n  - train: {dataset: synthetic, model: tiny_cnn, epochs: yes}\n", tmp_path,
+            "epochs: True is a boolean")
+    refused("stages:\n  - prune: {method: magnitude, sparsity: 0.5, device: gpu9}\n", tmp_path,
+            "unknown device 'gpu9'", **{"from": source})
+    make_plan(recipe("stages:\n  - quantize: {method: qat, epochs: 1, stochastic: true}\n", tmp_path,
+                     **{"from": source}))  # a boolean where one is due

@@ -136,8 +136,9 @@ def accepts_list(annotation: Any) -> bool:
 
 def build_options(cls: type, values: dict[str, Any]) -> Any:
     """An instance of config class `cls` from `values`, validated: each value against its field's
-    type (pydantic's rules: "3" may be 3, "yes please" is no boolean, 1.5 no integer), then by the
-    config's own `validate()` when it has one.
+    type (pydantic's rules: "3" may be 3, "yes please" is no boolean, 1.5 no integer; but true is
+    no number), a `device` against the devices this machine has, then by the config's own
+    `validate()` when it has one.
 
     Raises EffdlError naming the key (with close names for an unknown one); the caller adds where
     it comes from."""
@@ -149,6 +150,16 @@ def build_options(cls: type, values: dict[str, Any]) -> Any:
         close = difflib.get_close_matches(unknown[0], annotations, n=3, cutoff=0.6)
         hint = f"; did you mean {', '.join(close)}?" if close else f"; its keys: {', '.join(sorted(annotations))}"
         raise EffdlError(f"unknown key '{unknown[0]}'{hint}")
+    for key, value in values.items():
+        if isinstance(value, bool):  # YAML's true/yes: pydantic would take it as 1 where a number is due
+            try:
+                TypeAdapter(annotations[key]).validate_python(value, strict=True)
+            except ValidationError:
+                raise EffdlError(f"{key}: {value!r} is a boolean, not a value this key takes") from None
+    if isinstance(values.get("device"), str):  # refused while planning, not when the stage starts
+        from effdl.device import resolve_device
+
+        resolve_device(values["device"])
     if dataclasses.is_dataclass(cls):
         checked = {}
         for key, value in values.items():
