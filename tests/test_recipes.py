@@ -514,6 +514,8 @@ def test_a_boolean_for_a_number_and_a_device_this_machine_lacks_are_refused_whil
             "epochs: True is a boolean", **{"from": source})
     refused("stages:\n  - train: {dataset: synthetic, model: tiny_cnn, epochs: yes}\n", tmp_path,
             "epochs: True is a boolean")
+    refused("stages:\n  - distill: {student: resnet20, epochs: 1}\n", tmp_path, "unknown key 'student'; did you mean model",
+            **{"from": source})
     refused("stages:\n  - prune: {method: magnitude, sparsity: 0.5, device: gpu9}\n", tmp_path,
             "unknown device 'gpu9'", **{"from": source})
     make_plan(recipe("stages:\n  - quantize: {method: qat, epochs: 1, stochastic: true}\n", tmp_path,

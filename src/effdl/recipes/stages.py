@@ -134,6 +134,10 @@ def accepts_list(annotation: Any) -> bool:
     return origin in (abc.Sequence, abc.Iterable)
 
 
+# Command-line spellings whose recipe key has another name (`effdl distill --student` is `model`).
+KEY_ALIASES = {"student": "model", "data": "dataset", "out": "out_dir"}
+
+
 def build_options(cls: type, values: dict[str, Any]) -> Any:
     """An instance of config class `cls` from `values`, validated: each value against its field's
     type (pydantic's rules: "3" may be 3, "yes please" is no boolean, 1.5 no integer; but true is
@@ -147,7 +151,8 @@ def build_options(cls: type, values: dict[str, Any]) -> Any:
     annotations = field_annotations(cls)
     unknown = [k for k in values if k not in annotations]
     if unknown:
-        close = difflib.get_close_matches(unknown[0], annotations, n=3, cutoff=0.6)
+        alias = KEY_ALIASES.get(unknown[0])
+        close = [alias] if alias in annotations else difflib.get_close_matches(unknown[0], annotations, n=3, cutoff=0.6)
         hint = f"; did you mean {', '.join(close)}?" if close else f"; its keys: {', '.join(sorted(annotations))}"
         raise EffdlError(f"unknown key '{unknown[0]}'{hint}")
     for key, value in values.items():
