@@ -386,3 +386,25 @@ def test_cli_export_and_bench_default_to_the_models_input_size(tmp_path, capsys)
                  "--device", "cpu", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["input_shape"] == [3, 64, 64]
+
+
+def test_a_4_bit_model_is_allowed_its_coarser_grid_but_a_shift_of_every_output_is_caught(tmp_path):
+    """A k-bit activation grid's rounding flips move outputs 2**(8-k) times further than int8's, so
+    the largest-error bound scales with it; a systematic error moves most outputs and fails the
+    median bound, whatever the bit-width, even when every prediction still agrees."""
+    from effdl.compress.quantize import FakeQuantConfig, calibrate, quantize_
+    from effdl.deploy.int8 import export_int8_onnx
+    from effdl.deploy.onnx import MAX_STEPS, MEDIAN_STEPS, step_limit, verify_onnx
+
+    torch.manual_seed(0)
+    model = quantize_(create_model("tiny_cnn").eval(), FakeQuantConfig(weight_bits=4, act_bits=4, first_last_bits=8))
+    images = torch.randn(64, 3, 32, 32)
+    calibrate(model, images)
+    assert step_limit(model) == MAX_STEPS * 16 and step_limit(create_model("tiny_cnn")) == MAX_STEPS
+    path = export_int8_onnx(model, tmp_path / "q4.onnx", verify=False)
+    check = verify_onnx(model, path, images)
+    assert check.limit_steps == MAX_STEPS * 16 and check.median_steps <= MEDIAN_STEPS
+    with torch.no_grad():
+        model.fc.bias.add_(4 * check.step)  # every logit moves 4 steps; the ranking does not change
+    with pytest.raises(EffdlError, match="median"):
+        verify_onnx(model, path, images)
