@@ -325,7 +325,7 @@ def test_an_interrupted_distillation_resumes_exactly_and_only_as_a_distillation(
     assert "resume it with `effdl distill --resume --out" in capsys.readouterr().err
     other = [{"fitnets": "at", "kd": "dkd"}.get(a, a) for a in args]
     assert main([*other, "--out", str(tmp_path / "cut"), "--resume"]) == 2
-    assert "was started with other method" in capsys.readouterr().err
+    assert "was started otherwise (method 'fitnets' -> 'at')" in capsys.readouterr().err
     assert main([*args, "--out", str(tmp_path / "cut"), "--resume"]) == 0
     a, _ = read_checkpoint(tmp_path / "whole" / "best.safetensors")
     b, _ = read_checkpoint(tmp_path / "cut" / "best.safetensors")

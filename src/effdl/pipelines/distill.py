@@ -96,20 +96,6 @@ def _start(run_dir: Path, config: DistillConfig, overwrite: bool) -> None:
                         _record(config))
 
 
-def _check_resumable(run_dir: Path, config: DistillConfig) -> None:
-    from effdl.train.run import RESUME_RECORD, read_resume_record
-
-    if (run_dir / "summary.json").is_file():
-        raise EffdlError(f"{run_dir} holds a finished run (summary.json): nothing to resume")
-    if not (run_dir / "last.safetensors").is_file():
-        raise EffdlError(f"{run_dir} holds no interrupted run (no last.safetensors) to resume")
-    recorded = (read_resume_record(run_dir) or {}).get("config") or {}
-    changed = sorted(key for key, value in _record(config).items() if recorded.get(key) != value)
-    if changed:
-        raise EffdlError(f"{run_dir} was started with other {', '.join(changed)} ({RESUME_RECORD}): resume it with "
-                         "the same teacher, student and options, or start again with --overwrite")
-
-
 def make_distill_config(values: dict[str, Any], source: str = "arguments") -> DistillConfig:
     """Validate `values` into a DistillConfig, turning validation errors into one clear line."""
     try:
@@ -196,6 +182,7 @@ def distill(config: DistillConfig, *, overwrite: bool = False, resume: bool = Fa
     from effdl.models import create_model
     from effdl.train import distributed
     from effdl.train.run import prepare_data, train
+    from effdl.train.run import check_resumable
     from effdl.train.run import resume as resume_run
     from effdl.train.trainer import check_batch_fits, default_run_name
 
@@ -212,7 +199,8 @@ def distill(config: DistillConfig, *, overwrite: bool = False, resume: bool = Fa
     config = config.model_copy(update={"name": name})
     run_dir = Path(config.out_dir) / name
     if resume:  # before any work: a run that cannot resume is refused at once
-        distributed.on_main_then_share(lambda: _check_resumable(run_dir, config))
+        distributed.on_main_then_share(lambda: check_resumable(run_dir, _record(config),
+                                                               same="teacher, student and options"))
     data, val = prepare_data(config)
     for model, path in zip(models, config.teacher):
         _check_teacher_fits(model, path, data)

@@ -33,7 +33,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from effdl.errors import EffdlError
 from effdl.fileio import atomic_write, claim_run_dir, file_hash
 from effdl.train import distributed
 
@@ -115,23 +114,9 @@ class CompressedRun:
         self.source_lineage = source_lineage(read_checkpoint_meta(source), source)
 
     def _check_resumable(self) -> Path:
-        last = self.path / "last.safetensors"
-        if (self.path / "summary.json").is_file():
-            raise EffdlError(f"{self.path} holds a finished run (summary.json): nothing to resume")
-        if not last.is_file():
-            raise EffdlError(f"{self.path} holds no interrupted fine-tune (no last.safetensors) to resume: "
-                             "start the run again without --resume")
-        from effdl.train.run import RESUME_RECORD, read_resume_record
+        from effdl.train.run import check_resumable
 
-        recorded = (read_resume_record(self.path) or {}).get("config")
-        if not isinstance(recorded, dict):
-            raise EffdlError(f"{self.path} has no readable {RESUME_RECORD} saying how it was started: start it "
-                             "again with --overwrite")
-        changes = _differences(recorded, self.record)
-        if changes:
-            raise EffdlError(f"{self.path} was started otherwise ({'; '.join(changes)}): resume it with the same "
-                             "source checkpoint and options, or start again with --overwrite")
-        return last
+        return check_resumable(self.path, self.record, _differences, same="source checkpoint and options")
 
     @property
     def name(self) -> str:

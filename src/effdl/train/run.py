@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -65,6 +66,34 @@ def write_resume_record(run_dir: Path, command: str, config: dict) -> None:
     """Write `run_dir`'s RESUME_RECORD (before training starts; see above)."""
     text = json.dumps({"command": command, "config": config}, indent=2) + "\n"
     atomic_write(run_dir / RESUME_RECORD, lambda tmp: Path(tmp).write_text(text))
+
+
+def record_differences(recorded: dict, expected: dict) -> list[str]:
+    """Key by key, how `expected` differs from a recorded config ("key old -> new")."""
+    return [f"{key} {recorded.get(key)!r} -> {expected.get(key)!r}" for key in sorted(set(recorded) | set(expected))
+            if recorded.get(key) != expected.get(key)]
+
+
+def check_resumable(run_dir: Path, expected: dict, describe: Callable[[dict, dict], list[str]] = record_differences,
+                    same: str = "options") -> Path:
+    """`run_dir`'s last.safetensors, after checking that the run is interrupted (not finished) and
+    that its RESUME_RECORD's config is `expected`. Raises EffdlError for a finished run, no
+    last.safetensors, no readable record, or a different config, naming each difference
+    (`describe(recorded, expected)`; `same`: what a user must give again, for the message)."""
+    if (run_dir / "summary.json").is_file():
+        raise EffdlError(f"{run_dir} holds a finished run (summary.json): nothing to resume")
+    last = run_dir / "last.safetensors"
+    if not last.is_file():
+        raise EffdlError(f"{run_dir} holds no interrupted run (no last.safetensors) to resume")
+    recorded = (read_resume_record(run_dir) or {}).get("config")
+    if not isinstance(recorded, dict):
+        raise EffdlError(f"{run_dir} has no readable {RESUME_RECORD} saying how it was started: start it again "
+                         "with --overwrite")
+    changes = describe(recorded, expected)
+    if changes:
+        raise EffdlError(f"{run_dir} was started otherwise ({'; '.join(changes)}): resume it with the same {same}, "
+                         "or start again with --overwrite")
+    return last
 
 
 def read_resume_record(run_dir: Path) -> dict | None:
