@@ -66,10 +66,9 @@ def _differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]
         changes.append(f"it is a {recorded.get('kind')} run, not a {current['kind']} run")
     if recorded.get("source_sha256") != current["source_sha256"]:
         changes.append("another source checkpoint (its bytes differ from those the run started from)")
-    old, new = recorded.get("options") or {}, current["options"] or {}
-    changes += [f"{key} {old.get(key)!r} -> {new.get(key)!r}" for key in sorted(set(old) | set(new))
-                if old.get(key) != new.get(key)]
-    return changes
+    from effdl.train.run import record_differences
+
+    return changes + record_differences(recorded.get("options") or {}, current["options"] or {})
 
 
 def evaluated_on(test_limit: int | None, total: int) -> str:

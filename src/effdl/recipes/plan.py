@@ -28,6 +28,7 @@ from typing import Any
 from effdl.errors import EffdlError, unknown_name_error
 from effdl.fileio import file_hash
 from effdl.recipes.spec import Recipe, StageSpec
+from effdl.train.config import PRESENTATION_KEYS
 from effdl.recipes.stages import (
     STAGES, ModelState, StageKind, accepts_list, build_options, field_annotations, options_data, state_of_checkpoint,
 )
@@ -36,10 +37,6 @@ PLAN_FORMAT = 2  # part of every hash: bump it when what a stage's folder holds 
 
 # Keys a stage may leave out because the runner fills them from its input (see stages._distill_options).
 FILLED_FROM_INPUT = {"distill": ("teacher",)}
-
-# Keys that change how a stage reports, not what it computes: left out of its hash, so turning a
-# progress bar off does not retrain a chain.
-PRESENTATION_KEYS = ("progress", "tensorboard")
 
 MAX_FOLDER_NAME = 120  # longer fan-out names become NN-kind+<hash of the choices> (file systems allow 255)
 
@@ -155,7 +152,8 @@ def _folder(spec: StageSpec, choices: tuple[tuple[str, Any], ...]) -> str:
 
 def hashed_options(options: Any) -> dict[str, Any]:
     """What of a stage's config its hash covers: the keys set away from their defaults (so a key
-    that a newer effdl adds, with a default, does not rerun finished stages), less presentation."""
+    that a newer effdl adds, with a default, does not rerun finished stages), less presentation
+    keys (turning a progress bar off does not retrain a chain)."""
     return {k: v for k, v in options_data(options, changed_only=True).items() if k not in PRESENTATION_KEYS}
 
 

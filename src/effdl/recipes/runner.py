@@ -11,10 +11,9 @@ Resuming (running the same recipe again):
   last.safetensors, and so does a prune, factorize or quantize stage's fine-tune (methods that
   fine-tune in one phase: the compression is redone, then the fine-tune continues);
   any other interrupted, failed or changed stage runs again from its start, and so does every
-  stage after it; the
-  runner says why, and a finished stage's old folder is kept aside as `NN-kind.replaced-<hash>`
-  (an unfinished one is replaced); "changed" compares the config key by key with the recorded one,
-  so a key a newer effdl adds with its default value changes nothing;
+  stage after it; the runner says why, and a finished stage's old folder is kept aside as
+  `NN-kind.replaced-<hash>` (an unfinished one is replaced); "changed" compares the config key by
+  key with the recorded one, so a key a newer effdl adds with its default value changes nothing;
 - a folder the runner did not write (no stage.json) is never deleted: the run stops and says so.
 A stage that fails marks its branch failed; the other branches go on, and the run ends with one
 error naming every failure and how to resume. Ctrl-C stops at once, keeping what is finished.
@@ -33,9 +32,10 @@ from typing import Any
 
 from effdl.errors import EffdlError, Interrupted
 from effdl.fileio import atomic_write, file_hash
-from effdl.recipes.plan import PRESENTATION_KEYS, Plan, PlannedStage, hashed_options, make_plan
+from effdl.recipes.plan import Plan, PlannedStage, hashed_options, make_plan
 from effdl.recipes.spec import Recipe
 from effdl.recipes.stages import StageRun, options_data
+from effdl.train.config import PRESENTATION_KEYS
 
 STATE_FILE = "stage.json"
 

@@ -16,6 +16,11 @@ from effdl.data import AugmentConfig
 from effdl.errors import EffdlError
 
 
+# Keys that change how a run reports, not what it computes: a resumed run or a recipe's rerun may
+# change them (a progress bar turned off does not make another run).
+PRESENTATION_KEYS = ("progress", "tensorboard")
+
+
 class TrainConfig(BaseModel):
     """Everything that determines a training run."""
 

@@ -55,11 +55,8 @@ RESUME_RECORD = "resume.json"
 
 
 def _resume_hint(run_dir: Path) -> str:
-    record = run_dir / RESUME_RECORD
-    if record.is_file():
-        with contextlib.suppress(OSError, ValueError):
-            return f"resume with `{json.loads(record.read_text())['command']}`"
-    return f"resume with `effdl train --resume {run_dir}`"
+    command = (read_resume_record(run_dir) or {}).get("command")
+    return f"resume with `{command or f'effdl train --resume {run_dir}'}`"
 
 
 def write_resume_record(run_dir: Path, command: str, config: dict) -> None:
