@@ -23,7 +23,7 @@ import torch
 from effdl.checkpoint import read_checkpoint, split_namespace
 from effdl.compress.distill import check_distill_options, finetune_distiller
 from effdl.compress.prune.schedules import AGPCallback, iterative_pruning, lottery_ticket
-from effdl.compress.prune.configs import ChannelPruneConfig, MagnitudePruneConfig, prune_
+from effdl.compress.prune.configs import BlockPruneConfig, ChannelPruneConfig, MagnitudePruneConfig, prune_
 from effdl.compress.prune.selection import check_fraction
 from effdl.compress.prune.sensitivity import sensitivity_scan
 from effdl.compress.prune.slimming import SlimmingPenalty
@@ -40,13 +40,16 @@ from effdl.pipelines.run_dir import CompressedRun
 
 UNSTRUCTURED = ("magnitude", "agp", "lottery")
 STRUCTURED = {"l1-filter": "l1", "l2-filter": "l2", "slimming": "bn-scale", "thinet": "thinet"}
-METHODS = (*UNSTRUCTURED, *STRUCTURED)
+DEPTH = "block"  # whole residual blocks removed (effdl.compress.prune.blocks)
+METHODS = (*UNSTRUCTURED, *STRUCTURED, DEPTH)
 
 UNSTRUCTURED_NOTE = (
     "unstructured sparsity shrinks storage (and the scores, which count only non-zero weights) "
     "but not dense latency: dense kernels still multiply the zeros, and the MACs above are dense MACs"
 )
 STRUCTURED_NOTE = "channels were physically removed: MACs, parameters and dense latency all drop"
+DEPTH_NOTE = ("residual blocks were removed whole: their MACs, parameters and operators are gone, which lowers "
+              "batch-1 latency where per-operator cost dominates")
 
 
 @dataclass
@@ -55,7 +58,8 @@ class PruneOptions:
 
     method: str
     sparsity: float | None = None  # fraction of weights (unstructured) or of channels (structured)
-    target_macs: float | None = None  # structured: keep this fraction of the MACs instead
+    target_macs: float | None = None  # structured and block: keep this fraction of the MACs instead
+    blocks: int | None = None  # block: how many residual blocks to remove
     scope: str | None = None  # global | layer (default: global unstructured, layer structured)
     round_to: int | None = None
     epochs: int = 0
@@ -84,14 +88,27 @@ class PruneOptions:
         if self.method not in METHODS:
             raise unknown_name_error("pruning method", self.method, METHODS)
         structured = self.method in STRUCTURED
-        if self.sparsity is None and not (structured and self.target_macs is not None) and self.sensitivity_drop is None:
+        if self.method == DEPTH:
+            if (self.blocks is None) == (self.target_macs is None):
+                raise EffdlError("method block takes one of --blocks (how many residual blocks to remove) "
+                                 "or --target-macs")
+            if self.sparsity is not None or self.layer_ratios or self.round_to is not None:
+                raise EffdlError("method block removes whole blocks: --sparsity, --layer-ratio and --round-to "
+                                 "are for channel pruning (run a channel-pruning stage after it)")
+            if isinstance(self.blocks, bool) or (self.blocks is not None and
+                                                 (not isinstance(self.blocks, int) or self.blocks < 1)):
+                raise EffdlError(f"--blocks must be a whole number >= 1, got {self.blocks!r}")
+        elif self.blocks is not None:
+            raise EffdlError("--blocks applies to method block")
+        elif self.sparsity is None and not (structured and self.target_macs is not None) and self.sensitivity_drop is None:
             raise EffdlError(f"--sparsity is required for method {self.method}")
         if self.sparsity is not None:
             check_fraction(self.sparsity)
         if self.target_macs is not None and self.sparsity is not None:
             raise EffdlError("--target-macs and --sparsity both set how much to remove: give one")
-        if self.target_macs is not None and not structured:
-            raise EffdlError("--target-macs applies to structured methods (l1-filter, l2-filter, slimming, thinet)")
+        if self.target_macs is not None and not (structured or self.method == DEPTH):
+            raise EffdlError("--target-macs applies to structured methods (l1-filter, l2-filter, slimming, thinet, "
+                             "block)")
         if self.scope not in (None, "global", "layer"):
             raise EffdlError(f"unknown scope '{self.scope}'; use global or layer")
         check_distill_options(self.distill, self.distill_temperature, self.distill_method)
@@ -150,7 +167,7 @@ def prune_checkpoint(
     tuning_epochs = max(options.epochs, options.penalty_epochs if options.method == "slimming" else 0)
     if tuning_epochs:
         run.write_config(finetune.config(tuning_epochs))
-    scope = options.scope or ("layer" if options.method in STRUCTURED else "global")
+    scope = options.scope or ("layer" if options.method in (*STRUCTURED, DEPTH) else "global")
     selection = {"include": options.include or None, "exclude": options.exclude or None}
     details: dict[str, Any] = {}
     before_finetune: Accuracy | None = None
@@ -186,6 +203,17 @@ def prune_checkpoint(
                                lambda m, masks: finetune(m, options.epochs, [MaskCallback(masks)]),
                                rounds=options.rounds, scope=scope, **selection)
         make_permanent(model, masks)
+    elif options.method == DEPTH:
+        config = BlockPruneConfig(blocks=options.blocks, target_macs=options.target_macs,
+                                  include=tuple(options.include), exclude=tuple(options.exclude))
+        model.eval()
+        removed = prune_(model, config, example_inputs=torch.randn(1, *data.image_shape, device=device),
+                         calibration=training_batches(data, options.calibration_batches, device))
+        details["config"] = config_to_dict(config)
+        details["blocks_removed"] = removed.removed
+        details["block_distortion"] = removed.distortion
+        before_finetune = reestimate_and_evaluate(model, data, device)
+        model = finetune(model, options.epochs, [])
     else:
         criterion = STRUCTURED[options.method]
         if options.method == "slimming" and options.penalty_epochs:
@@ -220,7 +248,8 @@ def prune_checkpoint(
         "size_bytes_before": before["size_bytes"], "size_bytes_after": after["size_bytes"],
         "score_imt2024_before": before["score_imt2024"], "score_imt2024_after": after["score_imt2024"],
         "finetune": finetune.results,
-        "note": STRUCTURED_NOTE if options.method in STRUCTURED else UNSTRUCTURED_NOTE,
+        "note": (DEPTH_NOTE if options.method == DEPTH else STRUCTURED_NOTE if options.method in STRUCTURED
+                 else UNSTRUCTURED_NOTE),
     })
     prune_meta = {k: v for k, v in details.items() if k not in ("sparsity_per_layer", "sensitivity")}
     accuracy = Accuracy(correct=after["correct"], total=after["total"], loss=after["loss"])

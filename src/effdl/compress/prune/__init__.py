@@ -1,10 +1,11 @@
-"""Pruning: unstructured magnitude masks and schedules, and structured channel removal.
+"""Pruning: unstructured magnitude masks and schedules, structured channel removal, block removal.
 
 Importing this package registers the `prune_channels` checkpoint replay and the pruning configs
 (`MagnitudePruneConfig`, `ChannelPruneConfig`), applied by the one verb `prune_(model, config)`.
 """
 
-from effdl.compress.prune.configs import ChannelPruneConfig, MagnitudePruneConfig, prune_
+from effdl.compress.prune.blocks import PrunedBlocks, block_distortion, prune_blocks, removable_blocks
+from effdl.compress.prune.configs import BlockPruneConfig, ChannelPruneConfig, MagnitudePruneConfig, prune_
 from effdl.compress.prune.criteria import FilterNormImportance, ThiNetImportance, make_importance, register_criterion
 from effdl.compress.prune.schedules import (
     AGPCallback,
@@ -32,8 +33,8 @@ from effdl.compress.prune.unstructured import (
 )
 
 __all__ = [
-    "AGPCallback", "ChannelPruneConfig", "FilterNormImportance", "MagnitudePruneConfig", "MaskCallback", "Masks",
-    "SensitivityScan", "SlimmingPenalty", "SparsityReport",
+    "AGPCallback", "BlockPruneConfig", "ChannelPruneConfig", "FilterNormImportance", "MagnitudePruneConfig", "MaskCallback", "Masks",
+    "PrunedBlocks", "SensitivityScan", "block_distortion", "prune_blocks", "removable_blocks", "SlimmingPenalty", "SparsityReport",
     "ThiNetImportance", "WeightSnapshot", "agp_sparsity", "apply_masks", "bn_scale_l1",
     "current_masks", "iterative_pruning", "iterative_sparsities", "lottery_ticket", "magnitude_masks",
     "make_importance", "make_permanent", "measure_sparsity", "prune_channels", "prune_channels_to_macs",

@@ -2,6 +2,7 @@
 
     masks = prune_(model, MagnitudePruneConfig(sparsity=0.8))                 # unstructured
     pruned = prune_(model, ChannelPruneConfig(ratio=0.3, criterion="thinet"), calibration=batches)
+    removed = prune_(model, BlockPruneConfig(blocks=3), calibration=batches)      # depth
 
 `prune_` dispatches on the config's type to the handler registered for it (effdl.core.configs), so
 a new method is a config class and a handler; a new channel criterion is one `register_criterion`
@@ -19,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from effdl.compress.prune.blocks import PrunedBlocks, prune_blocks
 from effdl.compress.prune.criteria import CRITERIA
 from effdl.compress.prune.selection import check_fraction
 from effdl.compress.prune.structured import PrunedChannels, prune_channels, prune_channels_to_macs
@@ -113,6 +115,34 @@ def prune_(
     return dispatch("prune", config, model, example_inputs=example_inputs, calibration=calibration)
 
 
+@technique_config("prune.blocks", version=1)
+@dataclass(frozen=True)
+class BlockPruneConfig:
+    """Depth pruning: remove whole residual blocks with an identity shortcut (effdl.compress.prune.blocks),
+    so their operators go too: what lowers batch-1 latency on CPUs when thinner layers do not.
+
+    blocks: how many to remove; or target_macs: remove until MACs are at most this fraction (one of the
+    two). Blocks go in order of output distortion on `prune_`'s `calibration` batches (pass real
+    images). include / exclude: names or globs among the removable blocks.
+    """
+
+    blocks: int | None = None
+    target_macs: float | None = None
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "include", tuple(self.include))
+        object.__setattr__(self, "exclude", tuple(self.exclude))
+        if (self.blocks is None) == (self.target_macs is None):
+            raise EffdlError("a block pruning config takes exactly one of blocks and target_macs")
+        if self.blocks is not None and (isinstance(self.blocks, bool) or not isinstance(self.blocks, int)
+                                        or self.blocks < 1):
+            raise EffdlError(f"blocks must be a whole number >= 1, got {self.blocks!r}")
+        if self.target_macs is not None and not 0.0 < self.target_macs < 1.0:
+            raise EffdlError(f"the MAC fraction to keep must be in (0, 1), got {self.target_macs}")
+
+
 @register_handler(MagnitudePruneConfig)
 def _prune_magnitude(config: MagnitudePruneConfig, model: nn.Module, **_: Any) -> Masks:
     return prune_magnitude(model, config.sparsity, scope=config.scope, include=config.include or None,
@@ -130,3 +160,12 @@ def _prune_channels(
         input_size = tuple(example_inputs.shape) if example_inputs is not None else None
         return prune_channels_to_macs(model, config.target_macs, input_size=input_size, **options)
     return prune_channels(model, config.ratio, example_inputs=example_inputs, **options)
+
+
+@register_handler(BlockPruneConfig)
+def _prune_blocks(
+    config: BlockPruneConfig, model: nn.Module, *, example_inputs: torch.Tensor | None = None,
+    calibration: Iterable[torch.Tensor] | None = None,
+) -> PrunedBlocks:
+    return prune_blocks(model, blocks=config.blocks, target_macs=config.target_macs, include=config.include,
+                        exclude=config.exclude, calibration=calibration, example_inputs=example_inputs)
