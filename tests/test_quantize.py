@@ -3,6 +3,7 @@ behaviour, BatchNorm folding, calibration, checkpoint round-trips and bad input.
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import pytest
@@ -29,6 +30,7 @@ from effdl.compress.quantize import (
     quantized_layers,
     verify_model_bits,
 )
+from effdl.compress.quantize.layers import SharedInputQuant
 from effdl.compress.quantize.quantizers import fake_quantize_float
 from effdl.data import load_dataset
 from effdl.errors import EffdlError
@@ -482,6 +484,45 @@ def test_int8_static_quantizes_the_outputs_that_feed_residual_adds(tmp_path):
         assert torch.equal(loaded(X), expected_out)
     unquantized_outputs = quantize_(tiny_resnet(), Int8StaticConfig(quantize_outputs=False))
     assert all(layer.output_quantizer is None for layer in quantized_layers(unquantized_outputs).values())
+
+
+def test_int8_static_rounds_a_residual_block_input_where_it_is_made_for_the_shortcut_too(tmp_path):
+    model = tiny_resnet()
+    randomize_batchnorm(model)
+    fold_batchnorm(model)
+    quantize_(model, Int8StaticConfig())
+    shared = {name: m.layer for name, m in model.named_modules() if isinstance(m, SharedInputQuant)}
+    # the stem's ReLU and each block's final ReLU whose output goes to an identity-shortcut block
+    # (the projection blocks' inputs are read by two convolutions and no float op: left alone)
+    assert set(shared) == {"relu", "layers.0.0.relu2", "layers.0.1.relu2", "layers.1.0.relu2", "layers.1.1.relu2",
+                           "layers.2.0.relu2", "layers.2.1.relu2"}
+    assert shared["layers.0.0.relu2"] is model.layers[0][1].conv1
+    calibrate(model, torch.randn(64, 3, 16, 16))
+    seen = {}
+    model.layers[0][1].register_forward_pre_hook(lambda m, args: seen.setdefault("block input", args[0]))
+    with torch.no_grad():
+        expected = model(X)
+    scale, zero_point = model.layers[0][1].conv1.act_quantizer.qparams()
+    steps = seen["block input"] / scale  # what the shortcut adds is on the reading conv's grid
+    assert torch.allclose(steps, torch.round(steps), atol=1e-3)
+    # the quantizer lives in the conv only: no new state_dict keys, and a round trip is exact
+    plain = tiny_resnet()
+    fold_batchnorm(plain)
+    quantize_(plain, Int8StaticConfig(quantize_outputs=False))
+    assert set(model.state_dict()) == set(plain.state_dict()) | {
+        k for k in model.state_dict() if "output_quantizer" in k}
+    save_model(tmp_path / "q.safetensors", model)
+    loaded, _ = load_model(tmp_path / "q.safetensors")
+    assert isinstance(loaded.layers[0][0].relu2, SharedInputQuant)
+    with torch.no_grad():
+        assert torch.equal(loaded(X), expected)
+    copied = copy.deepcopy(model)  # the wrapper follows the copy's conv, not the original's
+    assert copied.layers[0][0].relu2.layer is copied.layers[0][1].conv1
+    # torchvision's BasicBlock calls one ReLU twice: no block output is wrapped (only the stem's
+    # max-pool, which layer1.0's conv and shortcut read)
+    resnet18 = torchvision.models.resnet18(num_classes=10).eval()
+    quantize_(resnet18, Int8StaticConfig())
+    assert [n for n, m in resnet18.named_modules() if isinstance(m, SharedInputQuant)] == ["maxpool"]
 
 
 def test_output_analysis_looks_through_relu_pool_and_flatten_only():

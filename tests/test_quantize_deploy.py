@@ -47,6 +47,9 @@ def test_int8_onnx_has_int8_weights_runs_every_conv_on_integers_and_matches_the_
     assert not any(i.name.endswith(".weight") for i in graph.initializer)  # no float copies left
     optimized = optimized_op_counts(path)
     assert optimized.get("QLinearConv") == 21 and "Conv" not in optimized and "FusedConv" not in optimized
+    # both inputs of every residual Add are integers (the shortcut reads the rounded block input), so
+    # each Add runs as QLinearAdd but the last, whose sum feeds the float average pool
+    assert optimized.get("QLinearAdd") == 8 and optimized.get("Add") == 1
     x = torch.randn(16, 3, 32, 32)
     got = ort_session(path).run(None, {"input": x.numpy()})[0]
     with torch.no_grad():
@@ -66,7 +69,13 @@ def test_without_output_quantizers_only_exact_output_points_are_quantized(tmp_pa
     proto = onnx_model(float_model)
     points = output_quantization_points(proto.graph, qparams)
     conv2_grids = {q.input_grid for name, q in qparams.items() if name.endswith("conv2")}
-    assert len(points) == 9 and set(points.values()) == conv2_grids
+    assert sum(grid in conv2_grids for grid in points.values()) == 9
+    # the inputs of the two downsampling blocks, read by conv1 and the projection shortcut on one
+    # grid, are rounded once for both
+    shared = {qparams[f"layers.{i}.0.conv1"].input_grid for i in (1, 2)}
+    assert shared == {qparams[f"layers.{i}.0.shortcut.0"].input_grid for i in (1, 2)}
+    # (the classifier's input too: its only reader is fc, so rounding it there is fc's own rounding)
+    assert len(points) == 12 and set(points.values()) == conv2_grids | shared | {qparams["fc"].input_grid}
     path = save_onnx(insert_qdq(proto, qparams), tmp_path / "int8.onnx")
     assert optimized_op_counts(path).get("QLinearConv") == 9
     x = torch.randn(8, 3, 32, 32)

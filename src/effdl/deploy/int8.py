@@ -10,7 +10,11 @@ post-processing step rewrites the graph:
   own output quantizer's grid when it has one (layers feeding a residual Add), otherwise with the
   grid of the layers it feeds, where that is exact (see `output_quantization_points`).
 ONNX Runtime only turns DQ -> Conv -> Q into an integer convolution (QLinearConv) when the
-output is quantized; with the three rules every convolution of a ResNet becomes one.
+output is quantized; with the three rules every convolution of a ResNet becomes one. A residual
+block's input that the PyTorch model rounds where it is made (`SharedInputQuant`, so the shortcut
+reads integers too) is quantized for every reader, and so is a tensor read only by quantized layers
+on one grid: both inputs of each residual Add are then integers and its output is quantized, which
+ONNX Runtime runs as QLinearAdd (resnet20: 8 of its 9 Adds; the last feeds the float average pool).
 
 Which models: a float model (BatchNorm folded, then Int8StaticConfig and calibration), or a
 model already quantized whose every quantized layer sits on uniform grids of at most 8 bits
@@ -63,6 +67,7 @@ from torch import nn
 from effdl.compress.quantize import Int8StaticConfig, calibrate, fold_batchnorm, is_quantized, quantize_
 from effdl.compress.quantize.api import quantized_layers
 from effdl.compress.quantize.fold import find_conv_bn_pairs, fold_pair
+from effdl.compress.quantize.layers import SharedInputQuant
 from effdl.compress.quantize.quantizers import LSQAct, LSQWeight, MinMaxWeight, PACTAct, RangeAct
 from effdl.core.modules import replace_submodule
 from effdl.deploy.onnx import OnnxCheck, export_onnx, export_verified
@@ -86,6 +91,7 @@ class LayerQParams:
     input_zero_point: int
     output_grid: ActGrid | None = None  # when the layer quantizes its output
     input_codes: tuple[int, int] = UINT8_CODES  # uint8 codes the input's integers occupy
+    shared_input: bool = False  # the input is rounded where it is made, for every reader (SharedInputQuant)
 
     @property
     def input_grid(self) -> ActGrid:
@@ -191,6 +197,11 @@ def dequantized_float_model(model: nn.Module) -> tuple[nn.Module, dict[str, Laye
     (module docstring).
     """
     float_model = copy.deepcopy(model).eval()
+    layer_names = {layer: name for name, layer in quantized_layers(float_model).items()}
+    shared = set()
+    for name, wrapper in [(n, m) for n, m in float_model.named_modules() if isinstance(m, SharedInputQuant)]:
+        shared.add(layer_names[wrapper.layer])  # the graph rounds that tensor itself: see output_quantization_points
+        replace_submodule(float_model, name, wrapper.module)
     qparams = {}
     for name, layer in quantized_layers(float_model).items():
         with torch.no_grad():
@@ -198,7 +209,7 @@ def dequantized_float_model(model: nn.Module) -> tuple[nn.Module, dict[str, Laye
         output_grid = act_grid(layer.output_quantizer) if layer.output_quantizer is not None else None
         scale, zero_point, lowest, highest = act_grid(layer.act_quantizer)
         qparams[name] = LayerQParams(weight_grid(layer), float(scale), int(zero_point), output_grid,
-                                     (int(lowest), int(highest)))
+                                     (int(lowest), int(highest)), name in shared)
         if isinstance(layer, nn.Conv2d):
             plain = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
                               layer.dilation, layer.groups, layer.bias is not None, layer.padding_mode)
@@ -251,6 +262,11 @@ def output_quantization_points(
     rounding first gives exactly the same numbers. Other outputs (reaching a residual Add, an
     average pool or the graph output) stay float. The grid's clip to its codes commutes with
     those ops as its rounding does (clipping is monotone too), so a k-bit grid is exact there as well.
+    A layer whose input the PyTorch model rounds where it is made (`shared_input`: a residual
+    block's input, read by the shortcut too) has that input tensor quantized for every reader, so
+    both inputs of the residual Add are integers and ONNX Runtime adds them as such (QLinearAdd);
+    so is an input that only quantized layers on one grid read (one QuantizeLinear for all of them,
+    which ONNX Runtime needs to fuse the Add before them).
     """
     initializers = {init.name for init in graph.initializer}
     readers = _consumers(graph)
@@ -278,6 +294,14 @@ def output_quantization_points(
         layer = _layer_of(node, qparams, initializers)
         if layer is None:
             continue
+        if qparams[layer].shared_input:  # rounded where it is made in PyTorch: every reader sees the grid
+            points[node.input[0]] = qparams[layer].input_grid
+        elif node.input[0] not in points:
+            # An input read only by quantized layers on one grid (a block's input feeding its conv and its
+            # projection shortcut) is rounded once for all of them: one QuantizeLinear, exact.
+            readers_grids = {qparams[name].input_grid for name in reached_layers(node.input[0]) or []}
+            if len(readers_grids) == 1 and node.input[0] not in {i.name for i in graph.input}:
+                points[node.input[0]] = readers_grids.pop()
         if qparams[layer].output_grid is not None:
             points[node.output[0]] = qparams[layer].output_grid  # the PyTorch layer rounds it there
             continue

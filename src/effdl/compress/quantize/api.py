@@ -27,8 +27,8 @@ from effdl.compress.quantize.config import (
     TernaryConfig,
     XnorConfig,
 )
-from effdl.compress.quantize.layers import QUANTIZABLE, is_quantized_layer, quantize_layer
-from effdl.compress.quantize.outputs import layers_with_float_readers
+from effdl.compress.quantize.layers import QUANTIZABLE, SharedInputQuant, is_quantized_layer, quantize_layer
+from effdl.compress.quantize.outputs import layers_with_float_readers, shared_input_producers
 from effdl.compress.quantize.quantizers import RangeAct, LazyAct
 from effdl.core.configs import config_from_dict, config_to_dict, dispatch, register_handler
 from effdl.core.edits import model_transforms, record_transform, register_transform
@@ -114,6 +114,9 @@ def quantize_by_layer_spec(config: Any, model: nn.Module, filter_fn: FilterFn | 
         for name in layers_with_float_readers(model, list(specs)):
             if specs[name].get("act"):
                 specs[name] = {**specs[name], "output": dict(specs[name]["act"])}
+        for name, producer in shared_input_producers(model, list(specs)).items():
+            if specs[name].get("act"):
+                specs[name] = {**specs[name], "shares_input": producer}
     _apply_specs(model, specs, fit=True)
     record = {"layers": specs}
     if getattr(type(config), "config_name", None) is not None:
@@ -130,6 +133,15 @@ for _layer_spec_config in (Int8WeightOnlyConfig, Int8StaticConfig, FakeQuantConf
 def _apply_specs(model: nn.Module, specs: dict[str, dict[str, Any]], fit: bool) -> None:
     for name, spec in specs.items():
         replace_submodule(model, name, quantize_layer(model.get_submodule(name), spec, fit=fit))
+    for name, spec in specs.items():
+        if spec.get("shares_input"):  # the producer's output is rounded by this layer's input quantizer
+            producer = spec["shares_input"]
+            try:
+                module = model.get_submodule(producer)
+            except AttributeError:
+                raise EffdlError(f"quantized layer {name} names '{producer}' as the maker of its input, "
+                                 "which the architecture lacks") from None
+            replace_submodule(model, producer, SharedInputQuant(module, model.get_submodule(name)))
     clip_latent_weights_(model)
 
 

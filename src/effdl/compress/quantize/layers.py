@@ -4,7 +4,9 @@ They subclass nn.Conv2d / nn.Linear, so counting, pruning and export still see a
 they implement the bit-width interface of `effdl.measure.bits` (weight_bits, act_bits,
 weight_per_channel, quantized_weight()). `spec` is the JSON description the layer was built from.
 A layer may also quantize its output (spec key "output"), for integer inference where the output
-feeds a float operation such as a residual Add (see outputs.py).
+feeds a float operation such as a residual Add, and its input where that input is made, for every
+reader of it (spec key "shares_input": the producing module, wrapped in `SharedInputQuant`; see
+outputs.py).
 """
 
 from __future__ import annotations
@@ -95,6 +97,26 @@ class QuantLinear(QuantMixin, nn.Linear):
 
 
 QUANTIZABLE = {nn.Conv2d: QuantConv2d, nn.Linear: QuantLinear}
+
+
+class SharedInputQuant(nn.Module):
+    """A parameterless module (say the ReLU ending a residual block) whose output is rounded by the input
+    quantizer of the quantized `layer` reading it, so that the other readers of that tensor (the next
+    block's shortcut) see the same integers the layer does. The layer rounding its input again changes
+    nothing (it is on the grid already). The layer is referenced, not registered: its quantizer's state
+    stays in the layer's state_dict only, and a deepcopy of the whole model keeps the two together.
+    """
+
+    def __init__(self, module: nn.Module, layer: nn.Module):
+        super().__init__()
+        self.module = module
+        object.__setattr__(self, "layer", layer)
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return self.layer.quantized_input(self.module(*args, **kwargs))
+
+    def extra_repr(self) -> str:
+        return "rounded by the reading layer's input quantizer"
 
 
 def quantize_layer(module: nn.Module, spec: dict[str, Any], fit: bool = True) -> nn.Module:

@@ -9,6 +9,13 @@ float operation, such as a residual Add or a concatenation, needs its own output
 the PyTorch model too, or the exported graph would not compute what the PyTorch model computes.
 `layers_with_float_readers` finds those layers in the torch.fx graph of the float model. The
 model's output is not counted as a float reader: quantizing the logits gains nothing.
+
+The other side of a residual Add is the block's input, which the block's first layer quantizes
+for itself while the shortcut reads it in float: an integer runtime then adds in float, with a
+dequantize and a quantize around every Add. `shared_input_producers` finds, for such a layer, the
+parameterless module (the previous block's final ReLU) producing that input, so the quantizer can
+round the tensor where it is made (`SharedInputQuant`) and every reader, the shortcut included,
+sees the same integers: then the Add itself runs on integers (ONNX Runtime's QLinearAdd).
 """
 
 from __future__ import annotations
@@ -55,6 +62,18 @@ def _reaches_float_op(node: fx.Node, model: nn.Module, layers: set[str]) -> bool
     return False
 
 
+def _trace(model: nn.Module, layers: list[str]) -> fx.Graph | None:
+    try:
+        return _LayerLeafTracer(set(layers)).trace(model)
+    except Exception as exc:  # noqa: BLE001  any tracing failure means: no graph to analyse
+        warnings.warn(
+            f"torch.fx could not trace {type(model).__name__} ({type(exc).__name__}); "
+            "layer outputs are left unquantized",
+            stacklevel=4,
+        )
+        return None
+
+
 def layers_with_float_readers(model: nn.Module, layers: list[str]) -> list[str]:
     """The names among `layers` whose output reaches an operation other than a layer in `layers`.
 
@@ -63,14 +82,42 @@ def layers_with_float_readers(model: nn.Module, layers: list[str]) -> list[str]:
     fewer outputs and runs those convolutions in float).
     """
     candidates = set(layers)
-    try:
-        graph = _LayerLeafTracer(candidates).trace(model)
-    except Exception as exc:  # noqa: BLE001  any tracing failure means: no graph to analyse
-        warnings.warn(
-            f"torch.fx could not trace {type(model).__name__} ({type(exc).__name__}); "
-            "layer outputs are left unquantized",
-            stacklevel=3,
-        )
+    graph = _trace(model, layers)
+    if graph is None:
         return []
     calls = [n for n in graph.nodes if n.op == "call_module" and n.target in candidates]
     return sorted({n.target for n in calls if _reaches_float_op(n, model, candidates)}, key=layers.index)
+
+
+def shared_input_producers(model: nn.Module, layers: list[str]) -> dict[str, str]:
+    """{layer: producer} for the layers among `layers` whose input is also read by a float operation
+    (a residual Add's shortcut), where that input is made by a parameterless module called once
+    (a ReLU, not a function call or a module shared between calls) and no other layer in `layers`
+    reads it. Rounding the producer's output with the layer's input quantizer then changes nothing
+    for the layer and puts the shortcut on the same grid. Empty when torch.fx cannot trace the model
+    (a warning says so).
+    """
+    candidates = set(layers)
+    graph = _trace(model, layers)
+    if graph is None:
+        return {}
+    calls: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    shared = {}
+    for node in graph.nodes:
+        if node.op != "call_module" or node.target not in candidates or not node.args:
+            continue
+        source = node.args[0]
+        if not isinstance(source, fx.Node) or source.op != "call_module" or calls.get(source.target) != 1:
+            continue
+        producer = model.get_submodule(source.target)
+        if source.target in candidates or any(True for _ in producer.parameters()) or any(
+                True for _ in producer.buffers()):
+            continue
+        readers = [u for u in source.users if u is not node]
+        layer_readers = [u for u in readers if u.op == "call_module" and u.target in candidates]
+        if readers and not layer_readers and _reaches_float_op(source, model, candidates):
+            shared[node.target] = source.target
+    return shared

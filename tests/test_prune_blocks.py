@@ -1,0 +1,138 @@
+"""Block (depth) pruning: which blocks are removable, the distortion ranking, MAC targets, reload,
+export, and the `effdl prune --method block` command."""
+
+import json
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from effdl.checkpoint import load_model, save_model
+from effdl.cli import main
+from effdl.compress.prune import BlockPruneConfig, block_distortion, prune_, prune_blocks, removable_blocks
+from effdl.deploy.onnx import check_onnx, export_onnx
+from effdl.errors import EffdlError
+from effdl.measure.counting import profile
+from effdl.models import create_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+X = torch.randn(2, 3, 32, 32)
+
+
+def resnet20(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return create_model("resnet20", width=0.25).eval()
+
+
+def test_identity_blocks_are_found_in_effdl_and_torchvision_models():
+    # resnet20: 3 stages x 3 blocks; the first block of stages 2 and 3 has a projection shortcut.
+    assert removable_blocks(resnet20(), X) == [
+        "layers.0.0", "layers.0.1", "layers.0.2", "layers.1.1", "layers.1.2", "layers.2.1", "layers.2.2"]
+    # torchvision resnet18: layer1 keeps its width and stride, so both its blocks are identity blocks.
+    assert removable_blocks(torchvision.models.resnet18(num_classes=10), X) == [
+        "layer1.0", "layer1.1", "layer2.1", "layer3.1", "layer4.1"]
+    found = removable_blocks(torchvision.models.mobilenet_v2(num_classes=10), X)
+    model = torchvision.models.mobilenet_v2(num_classes=10)
+    assert found and all(model.get_submodule(name).use_res_connect for name in found)
+    # a plain chain of convolutions has no shortcut to fall back on
+    assert removable_blocks(nn.Sequential(nn.Conv2d(3, 3, 3, padding=1), nn.ReLU()), X) == []
+
+
+def test_the_least_disruptive_blocks_go_and_the_model_keeps_its_function_elsewhere(tmp_path):
+    model = resnet20()
+    # make one block nearly a no-op: its output distortion is then the smallest, so it goes first
+    nn.init.zeros_(model.layers[1][2].bn2.weight)
+    nn.init.zeros_(model.layers[1][2].bn2.bias)
+    batches = [torch.randn(16, 3, 32, 32)]
+    scores = block_distortion(model, removable_blocks(model, X), batches)
+    assert min(scores, key=scores.get) == "layers.1.2" and scores["layers.1.2"] < 1e-6
+    reference = model(X)
+    before = profile(model).macs
+    result = prune_(model, BlockPruneConfig(blocks=1), calibration=batches)
+    assert result.removed == ["layers.1.2"] and isinstance(model.layers[1][2], nn.Identity)
+    # removing a block whose residual branch is zero changes nothing
+    torch.testing.assert_close(model(X), reference)
+    assert result.macs_before == before and profile(model).macs == result.macs_after < before
+    assert torch.equal(roundtrip(model, tmp_path)(X), model(X))
+
+
+def test_a_mac_target_removes_blocks_until_it_is_met_and_the_model_exports(tmp_path):
+    model = resnet20()
+    before = profile(model).macs
+    result = prune_(model, BlockPruneConfig(target_macs=0.7), calibration=[torch.randn(8, 3, 32, 32)])
+    after = profile(model).macs
+    assert after <= 0.7 * before and after == result.macs_after
+    # each of resnet20's identity blocks holds under a seventh of its MACs: 0.7x needs at least two
+    assert len(result.removed) >= 2
+    path = export_onnx(model, tmp_path / "blocks.onnx")
+    assert check_onnx(model, path) < 1e-4  # the largest |ONNX Runtime - PyTorch| output difference
+
+
+def test_include_and_exclude_choose_among_removable_blocks():
+    model = resnet20()
+    result = prune_blocks(model, blocks=2, include=["layers.0.*"], exclude=["layers.0.0"])
+    assert sorted(result.removed) == ["layers.0.1", "layers.0.2"]
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"blocks": 8}, "has 7 removable"),
+    ({"blocks": 0}, "whole number >= 1"),
+    ({"blocks": True}, "whole number >= 1"),
+    ({"target_macs": 1.5}, "(0, 1)"),
+    ({"target_macs": 0.05}, "combine with channel pruning"),
+    ({}, "exactly one of"),
+    ({"blocks": 1, "include": ["layer.9.*"]}, "matches no removable block"),
+])
+def test_bad_block_options_are_refused_and_leave_the_model_whole(kwargs, message):
+    model = resnet20()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(EffdlError) as info:
+        prune_blocks(model, **kwargs)
+    assert message in str(info.value)
+    assert not any(isinstance(m, nn.Identity) for m in model.modules())
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+
+
+def roundtrip(model: nn.Module, tmp_path) -> nn.Module:
+    save_model(tmp_path / "blocks.safetensors", model)
+    loaded, _ = load_model(tmp_path / "blocks.safetensors")
+    return loaded.eval()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "model.safetensors"
+    save_model(path, create_model("resnet20", width=0.25), config={"dataset": "synthetic", "model": "resnet20",
+                                                                     "model_kwargs": {"width": 0.25}})
+    return path
+
+
+def test_the_prune_command_removes_blocks_fine_tunes_and_records_them(checkpoint, tmp_path, capsys):
+    out = tmp_path / "blocks"
+    assert main(["prune", str(checkpoint), "--out", str(out), "--device", "cpu", "--method", "block",
+                 "--blocks", "3", "--epochs", "1", "--batch-size", "64", "--train-limit", "128",
+                 "--calibration-batches", "1"]) == 0
+    s = json.loads((out / "summary.json").read_text())["details"]
+    assert len(s["blocks_removed"]) == 3 and set(s["blocks_removed"]) <= set(s["block_distortion"])
+    assert s["macs_after"] < s["macs_before"] and s["params_after"] < s["params_before"]
+    model, meta = load_model(out / "best.safetensors")
+    assert sum(isinstance(m, nn.Identity) for m in model.modules()) >= 3
+    assert profile(model).macs == s["macs_after"]
+    assert "blocks       removed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--method", "block"], "--blocks"),
+    (["--method", "block", "--blocks", "2", "--sparsity", "0.5"], "channel pruning"),
+    (["--method", "l1-filter", "--blocks", "2"], "--blocks applies to method block"),
+    (["--method", "block", "--blocks", "2", "--target-macs", "0.5"], "one of --blocks"),
+])
+def test_bad_block_flags_are_one_line(checkpoint, tmp_path, capsys, args, message):
+    out = tmp_path / "bad"
+    assert main(["prune", str(checkpoint), "--out", str(out), "--device", "cpu", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not (out / "best.safetensors").exists()
