@@ -98,6 +98,7 @@ def test_export_checkpoint_int8_calibrates_a_float_checkpoint(tiny, tmp_path):
     result = export_checkpoint(tiny, ExportOptions(int8=True, data="synthetic", calibration_images=64,
                                                    exporter="torchscript"), tmp_path / "int8.onnx")
     assert result["int8"] and (result["integer_convs"], result["float_convs"]) == (3, 0)
+    assert (result["integer_adds"], result["float_adds"]) == (0, 0)  # a plain chain: no residual Add
     assert result["check"]["inputs"] == "images" and result["check"]["agreement"] >= 0.95
 
 

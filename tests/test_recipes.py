@@ -273,6 +273,8 @@ def test_values_names_and_keys_are_checked_before_anything_runs(tmp_path, source
             r":8: 'sparsity' is given twice \(first on line 7\)", **fields)
     refused("stages:\n  - prune: {method: magnitude, sparsity: [0.5, 0.50]}\n", tmp_path, "the same config twice",
             **fields)
+    refused("stages:\n  - prune: {method: block, blocks: 2, round_to: 8}\n", tmp_path,
+            r"stage 1 \(prune\): .*--round-to are for channel pruning", **fields)
     refused("stages:\n  - prune: {method: l1-filter, sparsity: 0.3, target_macs: 0.5}\n", tmp_path,
             "give one", **fields)
     refused("stages:\n  - prune: {method: magnitude, sparsity: 0.5}\n", tmp_path, "did you mean .*best.safetensors",

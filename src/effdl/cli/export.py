@@ -80,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
           f"{'x'.join(map(str, result['input_size']))}); ONNX Runtime matches PyTorch: {check.summary()}")
     if result["int8"]:
         print(f"ONNX Runtime runs {result['integer_convs']} convolutions on integers (QLinearConv), "
-              f"{result['float_convs']} in float")
+              f"{result['float_convs']} in float; {result['integer_adds']} Adds on integers (QLinearAdd), "
+              f"{result['float_adds']} in float")
     if "onnx_accuracy" in result:
         print(f"top-1 in ONNX Runtime: {result['onnx_accuracy']:.2%} ({result['onnx_correct']:,} / "
               f"{result['onnx_total']:,} test images)")

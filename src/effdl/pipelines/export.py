@@ -139,6 +139,7 @@ def export_model(model: nn.Module, meta: dict[str, Any], options: ExportOptions,
         ops = optimized_op_counts(path)
         result["integer_convs"] = ops.get("QLinearConv", 0)
         result["float_convs"] = ops.get("Conv", 0) + ops.get("FusedConv", 0)
+        result["integer_adds"], result["float_adds"] = ops.get("QLinearAdd", 0), ops.get("Add", 0)
     if options.evaluate:
         result.update(onnx_test_accuracy(path, model, meta, options))
     return result
@@ -163,8 +164,8 @@ def export_checkpoint(source: str | Path, options: ExportOptions, out_path: str 
 
     Returns {"onnx": path, "bytes", "max_abs_diff", "input_size": [C,H,W], "exporter", "int8",
     "check": the OnnxCheck as a dict (rule, agreement, max_steps in output-grid steps...)}, plus
-    "integer_convs" / "float_convs" (convolutions ONNX Runtime runs as QLinearConv / in float)
-    with `options.int8`. `num_classes` sizes a model built from a name. Raises EffdlError for bad
+    "integer_convs" / "float_convs" (convolutions ONNX Runtime runs as QLinearConv / in float) and
+    "integer_adds" / "float_adds" (QLinearAdd / Add) with `options.int8`. `num_classes` sizes a model built from a name. Raises EffdlError for bad
     options, a missing checkpoint or dataset, data of other classes, a model int8 QDQ cannot
     express, or a file that fails the check (it is deleted; an existing file at `out_path` stays).
     """
