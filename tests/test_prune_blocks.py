@@ -1,7 +1,5 @@
-"""Block (depth) pruning: which blocks are removable, the distortion ranking, MAC targets, reload,
-export, and the `effdl prune --method block` command."""
-
-import json
+"""Block (depth) pruning: which blocks are removable, the distortion ranking, MAC targets, reload and
+export (the `effdl prune --method block` command is tested in test_prune_cli.py)."""
 
 import pytest
 import torch
@@ -9,7 +7,6 @@ import torchvision
 from torch import nn
 
 from effdl.checkpoint import load_model, save_model
-from effdl.cli import main
 from effdl.compress.prune import BlockPruneConfig, block_distortion, prune_, prune_blocks, removable_blocks
 from effdl.deploy.onnx import check_onnx, export_onnx
 from effdl.errors import EffdlError
@@ -99,40 +96,3 @@ def roundtrip(model: nn.Module, tmp_path) -> nn.Module:
     save_model(tmp_path / "blocks.safetensors", model)
     loaded, _ = load_model(tmp_path / "blocks.safetensors")
     return loaded.eval()
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "model.safetensors"
-    save_model(path, create_model("resnet20", width=0.25), config={"dataset": "synthetic", "model": "resnet20",
-                                                                     "model_kwargs": {"width": 0.25}})
-    return path
-
-
-def test_the_prune_command_removes_blocks_fine_tunes_and_records_them(checkpoint, tmp_path, capsys):
-    out = tmp_path / "blocks"
-    assert main(["prune", str(checkpoint), "--out", str(out), "--device", "cpu", "--method", "block",
-                 "--blocks", "3", "--epochs", "1", "--batch-size", "64", "--train-limit", "128",
-                 "--calibration-batches", "1"]) == 0
-    s = json.loads((out / "summary.json").read_text())["details"]
-    assert len(s["blocks_removed"]) == 3 and set(s["blocks_removed"]) <= set(s["block_distortion"])
-    assert s["macs_after"] < s["macs_before"] and s["params_after"] < s["params_before"]
-    model, meta = load_model(out / "best.safetensors")
-    assert sum(isinstance(m, nn.Identity) for m in model.modules()) >= 3
-    assert profile(model).macs == s["macs_after"]
-    assert "blocks       removed" in capsys.readouterr().out
-
-
-@pytest.mark.parametrize("args,message", [
-    (["--method", "block"], "--blocks"),
-    (["--method", "block", "--blocks", "2", "--sparsity", "0.5"], "channel pruning"),
-    (["--method", "l1-filter", "--blocks", "2"], "--blocks applies to method block"),
-    (["--method", "block", "--blocks", "2", "--target-macs", "0.5"], "one of --blocks"),
-])
-def test_bad_block_flags_are_one_line(checkpoint, tmp_path, capsys, args, message):
-    out = tmp_path / "bad"
-    assert main(["prune", str(checkpoint), "--out", str(out), "--device", "cpu", *args]) == 2
-    err = capsys.readouterr().err.strip()
-    assert message in err and len(err.splitlines()) == 1
-    assert not (out / "best.safetensors").exists()

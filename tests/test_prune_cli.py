@@ -8,6 +8,7 @@ import torch
 from effdl.checkpoint import load_model, save_model
 from effdl.cli import main
 from effdl.measure import evaluate
+from effdl.measure.counting import profile
 from effdl.compress.prune import measure_sparsity
 from effdl.models import create_model
 
@@ -143,6 +144,11 @@ def test_distillation_fine_tunes_against_the_unpruned_model(checkpoint, tmp_path
     (["--method", "magnitude", "--sparsity", "0.5", "--layer-ratio", "fc=0.5"], "structured methods"),
     (["--method", "l1-filter", "--sparsity", "0.5", "--layer-ratio", "fc=1.5"], "ratio"),
     (["--method", "l1-filter", "--sparsity", "0.5", "--distill", "1.5"], "--distill"),
+    (["--method", "block"], "--blocks"),
+    (["--method", "block", "--blocks", "2", "--sparsity", "0.5"], "channel pruning"),
+    (["--method", "l1-filter", "--blocks", "2"], "--blocks applies to method block"),
+    (["--method", "block", "--blocks", "2", "--target-macs", "0.5"], "one of --blocks"),
+    (["--method", "block", "--blocks", "9"], "has 7 removable"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(checkpoint, tmp_path, capsys, args, message):
     out = tmp_path / "bad"
@@ -150,6 +156,17 @@ def test_bad_input_is_one_line_and_writes_nothing(checkpoint, tmp_path, capsys, 
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert not (out / "best.safetensors").exists()
+
+
+def test_block_pruning_removes_blocks_fine_tunes_and_records_them(checkpoint, tmp_path, capsys):
+    s = run_prune(checkpoint, tmp_path / "blocks", "--method", "block", "--blocks", "3", "--epochs", "1",
+                  "--batch-size", "64", "--train-limit", "128", "--calibration-batches", "1")["details"]
+    assert len(s["blocks_removed"]) == 3 and set(s["blocks_removed"]) <= set(s["block_distortion"])
+    assert s["macs_after"] < s["macs_before"] and s["params_after"] < s["params_before"]
+    model, _ = load_model(tmp_path / "blocks" / "best.safetensors")
+    assert sum(isinstance(m, torch.nn.Identity) for m in model.modules()) >= 3
+    assert profile(model).macs == s["macs_after"]
+    assert "blocks       removed" in capsys.readouterr().out
 
 
 def test_layers_left_whole_are_listed_in_the_summary_and_output(tmp_path, capsys):
