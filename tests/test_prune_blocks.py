@@ -1,12 +1,16 @@
 """Block (depth) pruning: which blocks are removable, the distortion ranking, MAC targets, reload and
 export (the `effdl prune --method block` command is tested in test_prune_cli.py)."""
 
+import copy
+
+import numpy as np
 import pytest
 import torch
 import torchvision
 from torch import nn
 
 from effdl.checkpoint import load_model, save_model
+from effdl.compress.quantize import Int8StaticConfig, fold_batchnorm, quantize_
 from effdl.compress.prune import BlockPruneConfig, block_distortion, prune_, prune_blocks, removable_blocks
 from effdl.deploy.onnx import check_onnx, export_onnx
 from effdl.errors import EffdlError
@@ -71,6 +75,23 @@ def test_include_and_exclude_choose_among_removable_blocks():
     model = resnet20()
     result = prune_blocks(model, blocks=2, include=["layers.0.*"], exclude=["layers.0.0"])
     assert sorted(result.removed) == ["layers.0.1", "layers.0.2"]
+
+
+def test_natural_python_inputs_are_taken_and_a_quantized_model_is_refused():
+    model = resnet20()
+    images, labels = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    config = BlockPruneConfig(blocks=np.int64(1), include="layers.2.*")  # one pattern as a string
+    assert config.blocks == 1 and config.include == ("layers.2.*",)
+    # a tensor is one calibration batch; (inputs, labels) pairs, as a DataLoader yields, give their inputs
+    assert prune_(copy.deepcopy(model), config, calibration=images).removed == \
+        prune_(copy.deepcopy(model), config, calibration=[(images, labels)]).removed
+    with pytest.raises(EffdlError, match="target_macs must be a number"):
+        BlockPruneConfig(target_macs="0.5")
+    # a quantized model's quantizers are tied to its layers: prune the float model first
+    fold_batchnorm(model)
+    quantize_(model, Int8StaticConfig())
+    with pytest.raises(EffdlError, match="cannot prune a quantized model"):
+        prune_(model, config, calibration=images)
 
 
 @pytest.mark.parametrize("kwargs,message", [

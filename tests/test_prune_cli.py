@@ -149,6 +149,11 @@ def test_distillation_fine_tunes_against_the_unpruned_model(checkpoint, tmp_path
     (["--method", "l1-filter", "--blocks", "2"], "--blocks applies to method block"),
     (["--method", "block", "--blocks", "2", "--target-macs", "0.5"], "one of --blocks"),
     (["--method", "block", "--blocks", "9"], "has 7 removable"),
+    (["--method", "block", "--blocks", "3", "--include", "layers.2.*"], "include / exclude leave 2 removable"),
+    (["--method", "block", "--blocks", "1", "--include", "layers.1.0"], "identity shortcut"),
+    (["--method", "block", "--blocks", "1", "--scope", "global"], "--scope and --rounds do not apply"),
+    (["--method", "block", "--blocks", "1", "--calibration-batches", "0"], "--calibration-batches must be >= 1"),
+    (["--method", "l1-filter", "--target-macs", "1.2"], "in (0, 1); got 1.2"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(checkpoint, tmp_path, capsys, args, message):
     out = tmp_path / "bad"

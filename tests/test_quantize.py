@@ -525,6 +525,16 @@ def test_int8_static_rounds_a_residual_block_input_where_it_is_made_for_the_shor
     assert [n for n, m in resnet18.named_modules() if isinstance(m, SharedInputQuant)] == ["maxpool"]
 
 
+def test_calibration_takes_every_training_image_when_fewer_than_asked_and_says_so():
+    from effdl.compress.quantize import calibration_images
+
+    data = load_dataset("synthetic")
+    available = len(data.train_labels)
+    with pytest.warns(UserWarning, match=f"all {available} training images \\(asked for {available + 5}\\)"):
+        images = calibration_images(data, available + 5)
+    assert len(images) == available
+
+
 def test_output_analysis_looks_through_relu_pool_and_flatten_only():
     model = nn.Sequential(
         nn.Conv2d(3, 4, 3), nn.ReLU(), nn.MaxPool2d(2),  # -> conv: no output quantizer

@@ -188,7 +188,7 @@ def test_a_failing_branch_keeps_the_others_and_says_how_to_resume(tmp_path, sour
     monkeypatch.setattr(quantize_module, "quantize_run", fail_on_4_bits)
     text = "stages:\n  - quantize: {method: kmeans, bits: [4, 3]}\nreport: {latency: false}\n"
     with pytest.raises(EffdlError, match=r"stage 01-quantize\+bits=4 failed: simulated failure; the finished stages "
-                                         r"are kept .*`effdl run .*recipe.yaml` resumes"):
+                                         r"are kept .*`effdl run .*recipe.yaml --from .* --out .*runs` resumes"):
         run_recipe(recipe(text, tmp_path, **{"from": source}))
     root = tmp_path / "runs" / "r"
     assert json.loads((root / "01-quantize+bits=4" / "stage.json").read_text())["status"] == "failed"
@@ -255,6 +255,15 @@ def test_every_shipped_recipe_plans(source):
         assert plan.branches, name
 
 
+def test_the_resume_hint_of_a_shipped_recipe_names_it_and_its_checkpoint(source):
+    from effdl.recipes import shipped_recipes
+    from effdl.recipes.runner import _resume_hint
+
+    shipped = load_recipe(shipped_recipes()["cpu-deployment"])
+    shipped.source = str(source)  # what `effdl run cpu-deployment --from CKPT` sets
+    assert _resume_hint(make_plan(shipped)).startswith(f"`effdl run cpu-deployment --from {source}` resumes")
+
+
 def test_values_names_and_keys_are_checked_before_anything_runs(tmp_path, source):
     fields = {"from": source}
     refused("stages:\n  - prune:\n      method: magnitude\n      sparsity: 0.5\n      epochs: 1.5\n", tmp_path,
@@ -275,6 +284,8 @@ def test_values_names_and_keys_are_checked_before_anything_runs(tmp_path, source
             **fields)
     refused("stages:\n  - prune: {method: block, blocks: 2, round_to: 8}\n", tmp_path,
             r"stage 1 \(prune\): .*--round-to are for channel pruning", **fields)
+    refused("stages:\n  - prune: {method: block, target_macs: [0.9, 1.2]}\n", tmp_path,
+            r"stage 1 \(prune\): .*fraction of the MACs to keep, in \(0, 1\); got 1.2", **fields)
     refused("stages:\n  - prune: {method: l1-filter, sparsity: 0.3, target_macs: 0.5}\n", tmp_path,
             "give one", **fields)
     refused("stages:\n  - prune: {method: magnitude, sparsity: 0.5}\n", tmp_path, "did you mean .*best.safetensors",

@@ -104,12 +104,14 @@ def run(args: argparse.Namespace) -> int:
     summary = run_single_stage("prune", options, args.out, source=args.checkpoint, overwrite=args.overwrite, data=data,
                                resume=args.resume)
     s = summary["details"]  # the pruning's own measurements
-    print(f"pruned with {s['method']} ({s['scope']} scope) -> {args.out}/best.safetensors")
+    scope = f" ({s['scope']} scope)" if s["scope"] else ""
+    print(f"pruned with {s['method']}{scope} -> {args.out}/best.safetensors")
     print(f"accuracy     {summary['source_accuracy']:.2%} -> {summary['accuracy']:.2%} "
           f"({summary['correct']}/{summary['total']} test images)")
-    print(f"sparsity     {s['sparsity_before']:.2%} -> {s['sparsity']:.2%} (measured fraction of exact zeros)")
     if s.get("blocks_removed"):
         print(f"blocks       removed {', '.join(s['blocks_removed'])}")
+    else:
+        print(f"sparsity     {s['sparsity_before']:.2%} -> {s['sparsity']:.2%} (measured fraction of exact zeros)")
     print(f"MACs         {s['macs_before']:,} -> {s['macs_after']:,} ({s['macs_after'] / s['macs_before']:.2f}x)")
     print(f"params       {s['params_before']:,} -> {s['params_after']:,}")
     print(f"size         {s['size_bytes_before']:,} -> {s['size_bytes_after']:,} bytes")

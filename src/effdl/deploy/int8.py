@@ -467,7 +467,9 @@ def export_int8_onnx(
 def optimized_op_counts(path: str | Path) -> dict[str, int]:
     """Op type -> count in the graph ONNX Runtime actually runs (CPU provider, all optimizations).
 
-    Shows which QDQ patterns were fused into integer kernels (QLinearConv, QGemm...).
+    Shows which QDQ patterns were fused into integer kernels (QLinearConv, QGemm...). A float Add
+    that ONNX Runtime fused into a convolution (a FusedConv with a fourth, summed input) is counted
+    under "FusedConv+Add" as well.
     """
     import onnxruntime as ort
 
@@ -477,4 +479,8 @@ def optimized_op_counts(path: str | Path) -> dict[str, int]:
         options.log_severity_level = 3  # it warns that the saved graph is specific to this CPU
         options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
         ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-        return dict(Counter(node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node))
+        nodes = onnx.load(options.optimized_model_filepath).graph.node
+        counts = Counter(node.op_type for node in nodes)
+        counts["FusedConv+Add"] = sum(node.op_type == "FusedConv" and len(node.input) > 3 and bool(node.input[3])
+                                      for node in nodes)
+        return {op: count for op, count in counts.items() if count}

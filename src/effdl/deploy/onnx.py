@@ -67,7 +67,7 @@ from torch.utils import _pytree as pytree
 from effdl.core.modules import eval_mode, output_leaves
 from effdl.errors import EffdlError, unknown_name_error
 from effdl.fileio import atomic_write
-from effdl.measure.bits import act_bits, declared_weight_bits
+from effdl.measure.bits import act_bits, has_quantized_layers
 from effdl.models.registry import data_meta, example_input_shape, model_input_size
 
 INPUT_NAME = "input"
@@ -309,7 +309,7 @@ def onnx_input_shape(session, batch_size: int) -> tuple[int, ...]:
 def rounds(model: nn.Module) -> bool:
     """True when `model` computes on a grid coarser than float32 (quantized layers, half precision):
     its exports are judged on predictions and grid steps rather than float tolerance."""
-    quantized = any(declared_weight_bits(m) is not None for m in model.modules())
+    quantized = has_quantized_layers(model)
     return quantized or getattr(model, "effdl_half_dtype", None) is not None
 
 

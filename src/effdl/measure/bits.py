@@ -47,6 +47,11 @@ def declared_weight_bits(module: nn.Module) -> int | None:
     return getattr(module, "weight_bits", None)
 
 
+def has_quantized_layers(model: nn.Module) -> bool:
+    """True when a layer of `model` declares its weight bits (a quantized layer)."""
+    return any(declared_weight_bits(m) is not None for m in model.modules())
+
+
 def weight_bits(module: nn.Module) -> int:
     """Bits per weight: declared by a quantizer, else from the storage dtype (16 or 32)."""
     declared = declared_weight_bits(module)

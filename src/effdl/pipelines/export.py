@@ -139,7 +139,8 @@ def export_model(model: nn.Module, meta: dict[str, Any], options: ExportOptions,
         ops = optimized_op_counts(path)
         result["integer_convs"] = ops.get("QLinearConv", 0)
         result["float_convs"] = ops.get("Conv", 0) + ops.get("FusedConv", 0)
-        result["integer_adds"], result["float_adds"] = ops.get("QLinearAdd", 0), ops.get("Add", 0)
+        result["integer_adds"] = ops.get("QLinearAdd", 0)
+        result["float_adds"] = ops.get("Add", 0) + ops.get("FusedConv+Add", 0)
     if options.evaluate:
         result.update(onnx_test_accuracy(path, model, meta, options))
     return result

@@ -98,6 +98,9 @@ class PruneOptions:
             if isinstance(self.blocks, bool) or (self.blocks is not None and
                                                  (not isinstance(self.blocks, int) or self.blocks < 1)):
                 raise EffdlError(f"--blocks must be a whole number >= 1, got {self.blocks!r}")
+            if self.scope is not None or self.rounds != 1:
+                raise EffdlError("method block removes blocks in one step, least disruptive first: "
+                                 "--scope and --rounds do not apply")
         elif self.blocks is not None:
             raise EffdlError("--blocks applies to method block")
         elif self.sparsity is None and not (structured and self.target_macs is not None) and self.sensitivity_drop is None:
@@ -106,6 +109,10 @@ class PruneOptions:
             check_fraction(self.sparsity)
         if self.target_macs is not None and self.sparsity is not None:
             raise EffdlError("--target-macs and --sparsity both set how much to remove: give one")
+        if self.target_macs is not None and not 0.0 < self.target_macs < 1.0:
+            raise EffdlError(f"--target-macs is the fraction of the MACs to keep, in (0, 1); got {self.target_macs}")
+        if self.calibration_batches < 1:
+            raise EffdlError(f"--calibration-batches must be >= 1, got {self.calibration_batches}")
         if self.target_macs is not None and not (structured or self.method == DEPTH):
             raise EffdlError("--target-macs applies to structured methods (l1-filter, l2-filter, slimming, thinet, "
                              "block)")
@@ -167,7 +174,7 @@ def prune_checkpoint(
     tuning_epochs = max(options.epochs, options.penalty_epochs if options.method == "slimming" else 0)
     if tuning_epochs:
         run.write_config(finetune.config(tuning_epochs))
-    scope = options.scope or ("layer" if options.method in (*STRUCTURED, DEPTH) else "global")
+    scope = None if options.method == DEPTH else options.scope or ("layer" if options.method in STRUCTURED else "global")
     selection = {"include": options.include or None, "exclude": options.exclude or None}
     details: dict[str, Any] = {}
     before_finetune: Accuracy | None = None

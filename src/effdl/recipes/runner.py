@@ -33,7 +33,7 @@ from typing import Any
 from effdl.errors import EffdlError, Interrupted
 from effdl.fileio import atomic_write, file_hash
 from effdl.recipes.plan import Plan, PlannedStage, hashed_options, make_plan
-from effdl.recipes.spec import Recipe
+from effdl.recipes.spec import Recipe, shipped_recipes
 from effdl.recipes.stages import StageRun, options_data
 from effdl.train.config import PRESENTATION_KEYS
 
@@ -228,8 +228,13 @@ def _run_stage(plan: Plan, stage: PlannedStage, status: str) -> dict[str, Any]:
 
 
 def _resume_hint(plan: Plan) -> str:
-    where = plan.recipe.path if plan.recipe.path is not None else plan.recipe.name
-    return f"`effdl run {where}` resumes: finished stages are skipped"
+    """The command that continues `plan`: a shipped recipe by its name, with the checkpoint and the
+    output folder it was given (a shipped recipe names neither)."""
+    recipe = plan.recipe
+    shipped = recipe.path is not None and shipped_recipes().get(recipe.path.stem) == recipe.path
+    where = recipe.path.stem if shipped else recipe.path if recipe.path is not None else recipe.name
+    flags = (f" --from {recipe.source}" if recipe.source else "") + (f" --out {recipe.out}" if recipe.out != "runs" else "")
+    return f"`effdl run {where}{flags}` resumes: finished stages are skipped"
 
 
 def run_recipe(recipe: Recipe, *, dry_run: bool = False, report: bool = True) -> RecipeResult:

@@ -61,7 +61,7 @@ from effdl.data import BatchLoader, ImageDataset
 from effdl.device import default_bf16, resolve_device
 from effdl.errors import EffdlError, Interrupted
 from effdl.measure.accuracy import Accuracy, check_model_fits_data, evaluate
-from effdl.measure.bits import declared_weight_bits
+from effdl.measure.bits import has_quantized_layers
 from effdl.train import distributed
 from effdl.train.config import TrainConfig, save_config
 from effdl.train.schedule import default_warmup_epochs, lr_factor
@@ -177,7 +177,7 @@ class Trainer:
         self.is_main = self.dist is None or self.dist.is_main
         self.device = self.dist.device if self.dist is not None else resolve_device(config.device)
         # Automatic bf16 stays off for quantized models: bf16 rounding moves values off the quantizer grid.
-        quantized = any(declared_weight_bits(m) is not None for m in model.modules())
+        quantized = has_quantized_layers(model)
         self.bf16 = (default_bf16(self.device) and not quantized) if config.bf16 is None else config.bf16
         self.channels_last = config.channels_last
         if config.threads:

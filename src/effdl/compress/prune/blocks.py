@@ -19,6 +19,7 @@ calibration inputs (no labels needed); the least disruptive blocks go first. The
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -128,17 +129,20 @@ def prune_blocks(
 
     Give `blocks` (how many to remove) or `target_macs` (remove until the MACs are at most this
     fraction of the original, in (0, 1)). `include` / `exclude`: names or globs restricting the
-    candidates (the blocks `removable_blocks` finds); each must match one of them. `calibration`: input batches ranking the blocks by output
-    distortion (`block_distortion`); without them, random inputs of `example_inputs`' shape rank
-    them, which says little: pass real images. Raises EffdlError, with the model unchanged, when
+    candidates (the blocks `removable_blocks` finds); each must match one of them. `calibration`:
+    input batches (N, C, H, W) ranking the blocks by output distortion (`block_distortion`); a tensor
+    is one batch, (inputs, labels) pairs give their inputs; without them, random inputs of
+    `example_inputs`' shape rank them, which says little: pass real images. Raises EffdlError, with the model unchanged, when
     the model has no such block, when more blocks are asked than there are, or when the MAC target
     cannot be reached by removing them all.
     """
     if (blocks is None) == (target_macs is None):
         raise EffdlError("block pruning needs exactly one of blocks (how many) or target_macs")
+    if blocks is not None and not isinstance(blocks, bool) and hasattr(blocks, "__index__"):
+        blocks = operator.index(blocks)  # numpy integers too
     if blocks is not None and (isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 1):
         raise EffdlError(f"blocks must be a whole number >= 1, got {blocks!r}")
-    if target_macs is not None and not 0.0 < float(target_macs) < 1.0:
+    if target_macs is not None and (isinstance(target_macs, (bool, str)) or not 0.0 < float(target_macs) < 1.0):
         raise EffdlError(f"the MAC fraction to keep must be in (0, 1), got {target_macs}")
     device = next(model.parameters()).device
     shape = example_input_shape(model, tuple(example_inputs.shape[1:]) if example_inputs is not None else None)
@@ -147,18 +151,25 @@ def prune_blocks(
     found = removable_blocks(model, example_inputs)
     if not found:
         raise EffdlError(f"{type(model).__name__} has no residual block with an identity shortcut to remove")
-    if include:
-        chosen = match_patterns(found, include, what="removable block")
-        found = [n for n in found if n in chosen]
-    if exclude:
-        dropped = match_patterns(found, exclude, what="removable block")
-        found = [n for n in found if n not in dropped]
+    include = (include,) if isinstance(include, str) else tuple(include)
+    exclude = (exclude,) if isinstance(exclude, str) else tuple(exclude)
+    every = found
+    try:
+        if include:
+            chosen = match_patterns(found, include, what="removable block")
+            found = [n for n in found if n in chosen]
+        if exclude:
+            dropped = match_patterns(found, exclude, what="removable block")
+            found = [n for n in found if n not in dropped]
+    except EffdlError as exc:
+        raise EffdlError(f"{exc} (removable: blocks with an identity shortcut that keep their input's shape; "
+                         f"{type(model).__name__} has {', '.join(every)})") from None
     if not found:
         raise EffdlError("include / exclude leave no block to remove")
     if blocks is not None and blocks > len(found):
-        raise EffdlError(f"asked to remove {blocks} blocks; {type(model).__name__} has {len(found)} removable: "
-                         f"{', '.join(found)}")
-    batches = list(calibration) if calibration is not None else [torch.randn(64, *shape[1:], device=device)]
+        among = f"{type(model).__name__} has" if len(found) == len(every) else "include / exclude leave"
+        raise EffdlError(f"asked to remove {blocks} blocks; {among} {len(found)} removable: {', '.join(found)}")
+    batches = _input_batches(calibration) if calibration is not None else [torch.randn(64, *shape[1:], device=device)]
     distortion = block_distortion(model, found, batches)
     order = sorted(found, key=lambda n: distortion[n])
     macs_before = profile(model, shape).macs
@@ -179,6 +190,20 @@ def prune_blocks(
     remove_blocks(model, removed)
     record_transform(model, TRANSFORM, {"blocks": removed})
     return PrunedBlocks(removed, distortion, macs_before, profile(model, shape).macs)
+
+
+def _input_batches(calibration: Iterable[torch.Tensor] | torch.Tensor) -> list[torch.Tensor]:
+    """Calibration as a list of input batches: one tensor is one batch; (inputs, labels) pairs, as a
+    DataLoader yields them, give their inputs."""
+    if torch.is_tensor(calibration):
+        return [calibration if calibration.dim() == 4 else calibration.unsqueeze(0)]
+    batches = []
+    for item in calibration:
+        batch = item[0] if isinstance(item, (tuple, list)) else item
+        if not torch.is_tensor(batch):
+            raise EffdlError(f"calibration batches must be input tensors (N, C, H, W), got {type(batch).__name__}")
+        batches.append(batch)
+    return batches
 
 
 def _input_shape_of(model: nn.Module, name: str, example_inputs: torch.Tensor) -> tuple[int, ...]:

@@ -13,6 +13,8 @@ tickets, iterative pruning) take a training function and live in schedules.py.
 
 from __future__ import annotations
 
+import numbers
+import operator
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +29,7 @@ from effdl.compress.prune.structured import PrunedChannels, prune_channels, prun
 from effdl.compress.prune.unstructured import Masks, prune_magnitude
 from effdl.core.configs import dispatch, register_handler, technique_config
 from effdl.errors import EffdlError, unknown_name_error
+from effdl.measure.bits import has_quantized_layers
 
 SCOPES = ("global", "layer")
 
@@ -109,9 +112,11 @@ def prune_(
 
     The one pruning verb: it dispatches on the config's type. example_inputs: one input batch for
     structured methods (default: a random batch of `model_input_size(model)`). calibration: input
-    batches, for criteria that need data (thinet). Raises EffdlError if `config` is not a prune
-    config, and whatever the method raises for bad options or models.
+    batches, for criteria that need data (thinet, block). Raises EffdlError if `config` is not a
+    prune config or `model` is quantized, and whatever the method raises for bad options or models.
     """
+    if has_quantized_layers(model):  # its quantizers are tied to the layers and inputs it has now
+        raise EffdlError("cannot prune a quantized model: prune the float model, then quantize it")
     return dispatch("prune", config, model, example_inputs=example_inputs, calibration=calibration)
 
 
@@ -132,10 +137,16 @@ class BlockPruneConfig:
     exclude: tuple[str, ...] = ()
 
     def __post_init__(self):
-        object.__setattr__(self, "include", tuple(self.include))
-        object.__setattr__(self, "exclude", tuple(self.exclude))
+        for key in ("include", "exclude"):  # one pattern may be given as a string
+            value = getattr(self, key)
+            object.__setattr__(self, key, (value,) if isinstance(value, str) else tuple(value))
         if (self.blocks is None) == (self.target_macs is None):
             raise EffdlError("a block pruning config takes exactly one of blocks and target_macs")
+        if self.blocks is not None and not isinstance(self.blocks, bool) and hasattr(self.blocks, "__index__"):
+            object.__setattr__(self, "blocks", operator.index(self.blocks))  # numpy integers too
+        if self.target_macs is not None and (isinstance(self.target_macs, bool)
+                                             or not isinstance(self.target_macs, numbers.Real)):
+            raise EffdlError(f"target_macs must be a number in (0, 1), got {self.target_macs!r}")
         if self.blocks is not None and (isinstance(self.blocks, bool) or not isinstance(self.blocks, int)
                                         or self.blocks < 1):
             raise EffdlError(f"blocks must be a whole number >= 1, got {self.blocks!r}")

@@ -224,9 +224,12 @@ def _replay_half(model: nn.Module, dtype: str) -> None:
 
 
 def calibration_images(data: ImageDataset, count: int = 512, seed: int = 0) -> torch.Tensor:
-    """`count` normalised training images drawn at random (seeded), as the model takes them."""
+    """`count` normalised training images drawn at random (seeded), as the model takes them; all of
+    them, with a warning, when the training split has fewer (a model fine-tuned on a subset)."""
     if count > len(data.train_labels):
-        raise EffdlError(f"asked for {count} calibration images but the training split has {len(data.train_labels)}")
+        warnings.warn(f"calibrating on all {len(data.train_labels)} training images (asked for {count})",
+                      stacklevel=2)
+        count = len(data.train_labels)
     order = torch.randperm(len(data.train_labels), generator=torch.Generator().manual_seed(seed))[:count]
     loader = BatchLoader.for_split(data, "train")
     return loader.normalize(data.train_images[order])
