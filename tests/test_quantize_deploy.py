@@ -58,6 +58,15 @@ def test_int8_onnx_has_int8_weights_runs_every_conv_on_integers_and_matches_the_
     assert (got.argmax(1) == expected.argmax(1)).all()
 
 
+def test_a_part_cut_from_a_quantized_model_whose_output_a_missing_layer_rounds_is_refused(tmp_path):
+    torch.manual_seed(0)
+    quantized = int8_model(create_model("resnet20", width=0.25).eval(), torch.randn(64, 3, 32, 32))
+    first_block = quantized.layers[0][0]  # its final ReLU is rounded by the next block's conv
+    with pytest.raises(EffdlError, match="outside this model"):
+        export_int8_onnx(first_block, tmp_path / "part.onnx", verify=False, input_size=(4, 32, 32))
+    assert not (tmp_path / "part.onnx").exists()
+
+
 def test_without_output_quantizers_only_exact_output_points_are_quantized(tmp_path):
     """Block conv1 -> ReLU -> conv2: conv1's output may take conv2's input grid; the Add inputs may not."""
     torch.manual_seed(0)

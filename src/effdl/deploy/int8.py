@@ -200,6 +200,9 @@ def dequantized_float_model(model: nn.Module) -> tuple[nn.Module, dict[str, Laye
     layer_names = {layer: name for name, layer in quantized_layers(float_model).items()}
     shared = set()
     for name, wrapper in [(n, m) for n, m in float_model.named_modules() if isinstance(m, SharedInputQuant)]:
+        if wrapper.layer not in layer_names:  # a submodule cut from a quantized model
+            raise EffdlError(f"int8 export: {name} is rounded by the input quantizer of a layer outside this model; "
+                             "export the whole quantized model")
         shared.add(layer_names[wrapper.layer])  # the graph rounds that tensor itself: see output_quantization_points
         replace_submodule(float_model, name, wrapper.module)
     qparams = {}
