@@ -1,7 +1,8 @@
 """Pruning: unstructured magnitude masks and schedules, structured channel removal, block removal.
 
-Importing this package registers the `prune_channels` checkpoint replay and the pruning configs
-(`MagnitudePruneConfig`, `ChannelPruneConfig`), applied by the one verb `prune_(model, config)`.
+Importing this package registers the `prune_channels` and `remove_blocks` checkpoint replays and the
+pruning configs (`MagnitudePruneConfig`, `ChannelPruneConfig`, `BlockPruneConfig`), applied by the
+one verb `prune_(model, config)`.
 """
 
 from effdl.compress.prune.blocks import PrunedBlocks, block_distortion, prune_blocks, removable_blocks
