@@ -71,6 +71,40 @@ def test_a_mac_target_removes_blocks_until_it_is_met_and_the_model_exports(tmp_p
     assert check_onnx(model, path) < 1e-4  # the largest |ONNX Runtime - PyTorch| output difference
 
 
+class Inner(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.shortcut = nn.Conv2d(8, 8, 3, padding=1), nn.Sequential()
+
+    def forward(self, x):
+        return torch.relu(x + self.conv(x))
+
+
+class Outer(nn.Module):
+    """An identity block whose residual branch is two identity blocks."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.shortcut = Inner(), Inner(), nn.Sequential()
+
+    def forward(self, x):
+        return x + self.b(self.a(x))
+
+
+def test_nested_blocks_are_never_both_removed_and_their_macs_are_counted_once():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), Outer(), nn.Flatten(), nn.Linear(8 * 8 * 8, 10))
+    x = torch.randn(2, 3, 8, 8)
+    assert removable_blocks(model, x) == ["2", "2.a", "2.b"]
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(EffdlError, match="only 1 can go together"):
+        prune_blocks(model, blocks=2, include=["2", "2.a"], example_inputs=x)
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())  # left whole
+    result = prune_blocks(model, target_macs=0.5, example_inputs=x, calibration=[torch.randn(8, 3, 8, 8)])
+    assert result.macs_after == profile(model, (1, 3, 8, 8)).macs <= 0.5 * result.macs_before
+    assert not any(a != b and a.startswith(b + ".") for a in result.removed for b in result.removed)
+
+
 def test_include_and_exclude_choose_among_removable_blocks():
     model = resnet20()
     result = prune_blocks(model, blocks=2, include=["layers.0.*"], exclude=["layers.0.0"])

@@ -35,6 +35,7 @@ from effdl.compress.quantize.quantizers import fake_quantize_float
 from effdl.data import load_dataset
 from effdl.errors import EffdlError
 from effdl.measure.bits import act_bits, verify_weight_bits, weight_bits
+from effdl.measure.counting import profile
 from effdl.models import create_model
 
 
@@ -499,11 +500,12 @@ def test_int8_static_rounds_a_residual_block_input_where_it_is_made_for_the_shor
     assert shared["layers.0.0.relu2"] is model.layers[0][1].conv1
     calibrate(model, torch.randn(64, 3, 16, 16))
     seen = {}
-    model.layers[0][1].register_forward_pre_hook(lambda m, args: seen.setdefault("block input", args[0]))
+    handle = model.layers[0][1].register_forward_pre_hook(lambda m, args: seen.update(block_input=args[0]))
     with torch.no_grad():
         expected = model(X)
+    handle.remove()
     scale, zero_point = model.layers[0][1].conv1.act_quantizer.qparams()
-    steps = seen["block input"] / scale  # what the shortcut adds is on the reading conv's grid
+    steps = seen["block_input"] / scale  # what the shortcut adds is on the reading conv's grid
     assert torch.allclose(steps, torch.round(steps), atol=1e-3)
     # the quantizer lives in the conv only: no new state_dict keys, and a round trip is exact
     plain = tiny_resnet()
@@ -516,6 +518,10 @@ def test_int8_static_rounds_a_residual_block_input_where_it_is_made_for_the_shor
     assert isinstance(loaded.layers[0][0].relu2, SharedInputQuant)
     with torch.no_grad():
         assert torch.equal(loaded(X), expected)
+    # counted as the ReLU it wraps, under its name: the rounding is the runtime's quantize, no new operation
+    calibrate(plain, torch.randn(64, 3, 16, 16))
+    plain_records = [(r.name, r.kind, r.macs) for r in profile(plain).layers]
+    assert [(r.name, r.kind, r.macs) for r in profile(model).layers] == plain_records
     copied = copy.deepcopy(model)  # the wrapper follows the copy's conv, not the original's
     assert copied.layers[0][0].relu2.layer is copied.layers[0][1].conv1
     # torchvision's BasicBlock calls one ReLU twice: no block output is wrapped (only the stem's

@@ -58,6 +58,25 @@ def test_int8_onnx_has_int8_weights_runs_every_conv_on_integers_and_matches_the_
     assert (got.argmax(1) == expected.argmax(1)).all()
 
 
+def test_a_layer_reading_one_output_of_a_split_keeps_its_own_rounding(tmp_path):
+    class Halves(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem, self.relu = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU()
+            self.conv, self.fc = torch.nn.Conv2d(4, 4, 1), torch.nn.Linear(8 * 8 * 8, 10)
+
+        def forward(self, x):
+            a, b = self.relu(self.stem(x)).chunk(2, dim=1)
+            return self.fc(torch.cat([a, self.conv(b)], 1).flatten(1))
+
+    torch.manual_seed(0)
+    quantized = int8_model(Halves().eval(), torch.randn(64, 3, 8, 8))
+    float_model, qparams = dequantized_float_model(quantized)
+    proto = insert_qdq(onnx_model(float_model, input_size=(3, 8, 8)), qparams)
+    (conv,) = [n for n in proto.graph.node if n.op_type == "Conv" and n.input[1].startswith("conv.")]
+    assert conv.input[0] == "conv.quant.input_dq"  # the second half of the Split is rounded for it
+
+
 def test_a_part_cut_from_a_quantized_model_whose_output_a_missing_layer_rounds_is_refused(tmp_path):
     torch.manual_seed(0)
     quantized = int8_model(create_model("resnet20", width=0.25).eval(), torch.randn(64, 3, 32, 32))

@@ -292,19 +292,26 @@ def output_quantization_points(
                 return None
         return layers
 
+    # Points are placed on a node's first output (insert_qdq renames it): not on a graph input or
+    # another output of a multi-output node (a Split), where a reading layer would lose its rounding.
+    first_outputs = {n.output[0] for n in graph.node if n.output}
     points = {}
     for node in graph.node:
         layer = _layer_of(node, qparams, initializers)
         if layer is None:
             continue
+        tensor, grid = node.input[0], qparams[layer].input_grid
         if qparams[layer].shared_input:  # rounded where it is made in PyTorch: every reader sees the grid
-            points[node.input[0]] = qparams[layer].input_grid
-        elif node.input[0] not in points:
+            if tensor not in first_outputs or points.get(tensor, grid) != grid:
+                raise EffdlError(f"int8 export: the input of layer {layer}, which the model rounds where it is made, "
+                                 "is no single output the graph can round there; export without --int8")
+            points[tensor] = grid
+        elif tensor not in points and tensor in first_outputs:
             # An input read only by quantized layers on one grid (a block's input feeding its conv and its
             # projection shortcut) is rounded once for all of them: one QuantizeLinear, exact.
-            readers_grids = {qparams[name].input_grid for name in reached_layers(node.input[0]) or []}
-            if len(readers_grids) == 1 and node.input[0] not in {i.name for i in graph.input}:
-                points[node.input[0]] = readers_grids.pop()
+            readers_grids = {qparams[name].input_grid for name in reached_layers(tensor) or []}
+            if len(readers_grids) == 1:
+                points[tensor] = readers_grids.pop()
         if qparams[layer].output_grid is not None:
             points[node.output[0]] = qparams[layer].output_grid  # the PyTorch layer rounds it there
             continue

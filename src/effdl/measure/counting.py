@@ -284,8 +284,17 @@ def storage_bits(numel: int, nonzero: int, bits: int) -> int:
     return min(numel * bits, nonzero * bits + numel)
 
 
+def counted_module(module: nn.Module) -> nn.Module:
+    """The module `module` is counted as: a wrapper that only adds rounding at deployment (it names
+    the module it wraps in `effdl_counted_as`, e.g. a quantizing wrapper around a ReLU) counts as the
+    wrapped module, under the wrapper's name; any other module as itself."""
+    wrapped = getattr(module, "effdl_counted_as", None)
+    return wrapped if isinstance(wrapped, nn.Module) else module
+
+
 def module_kind(module: nn.Module) -> str | None:
     """The kind a module is counted as, or None when its inner calls are counted instead."""
+    module = counted_module(module)
     for cls, kind in MODULE_KINDS:
         if isinstance(module, cls):
             return kind
@@ -474,6 +483,8 @@ class _Tracer(TorchFunctionMode):
                        outputs: list[torch.Tensor]) -> None:
         if not outputs:
             return
+        prefix = self.names[module]
+        module = counted_module(module)
         weight = bias = None
         extra: dict[str, Any] = {}
         if kind in WEIGHTED_KINDS or kind in ("bn", "norm"):
@@ -491,7 +502,6 @@ class _Tracer(TorchFunctionMode):
             w_bits, a_bits = weight_bits(module), act_bits(module)
         elif weight is not None:
             w_bits = _float_bits(weight)
-        prefix = self.names[module]
         roles = {f"{prefix}.{n}" if prefix else n: self._role(module, n)
                  for n, _ in module.named_parameters()}
         inputs = [t for t in inputs if not self.is_state(t)][:1] or inputs[:1]

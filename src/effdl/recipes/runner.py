@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import sys
 import time
@@ -233,8 +234,9 @@ def _resume_hint(plan: Plan) -> str:
     recipe = plan.recipe
     shipped = recipe.path is not None and shipped_recipes().get(recipe.path.stem) == recipe.path
     where = recipe.path.stem if shipped else recipe.path if recipe.path is not None else recipe.name
-    flags = (f" --from {recipe.source}" if recipe.source else "") + (f" --out {recipe.out}" if recipe.out != "runs" else "")
-    return f"`effdl run {where}{flags}` resumes: finished stages are skipped"
+    flags = (f" --from {shlex.quote(str(recipe.source))}" if recipe.source else "") + (
+        f" --out {shlex.quote(str(recipe.out))}" if recipe.out != "runs" else "")
+    return f"`effdl run {shlex.quote(str(where))}{flags}` resumes: finished stages are skipped"
 
 
 def run_recipe(recipe: Recipe, *, dry_run: bool = False, report: bool = True) -> RecipeResult:

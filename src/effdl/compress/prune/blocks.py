@@ -56,7 +56,8 @@ def removable_blocks(model: nn.Module, example_inputs: torch.Tensor | None = Non
 
     Each is checked on `example_inputs` (default: one random input of the model's size): called
     exactly once, with an output of the input's shape. Blocks already removed are gone from the
-    model and so from the list.
+    model and so from the list. A block may hold others (both are listed); `prune_blocks` never
+    removes one nested in another it removes.
     """
     named = [(n, m) for n, m in model.named_modules() if n and _has_identity_shortcut(m)]
     if not named:
@@ -97,7 +98,8 @@ def block_distortion(
 ) -> dict[str, float]:
     """{block: mean KL(p_model || p_without_block)} in nats over the images of `batches` (inputs as
     the model takes them), each block removed alone, in eval mode; the model is left unchanged."""
-    batches = list(batches)
+    device = next(model.parameters()).device
+    batches = [x.to(device) for x in batches]
     if not batches:
         raise EffdlError("block pruning needs at least one calibration batch")
     scores: dict[str, float] = {}
@@ -145,7 +147,7 @@ def prune_blocks(
     if target_macs is not None and (isinstance(target_macs, (bool, str)) or not 0.0 < float(target_macs) < 1.0):
         raise EffdlError(f"the MAC fraction to keep must be in (0, 1), got {target_macs}")
     device = next(model.parameters()).device
-    shape = example_input_shape(model, tuple(example_inputs.shape[1:]) if example_inputs is not None else None)
+    shape = example_input_shape(model, (1, *example_inputs.shape[1:]) if example_inputs is not None else None)
     if example_inputs is None:
         example_inputs = torch.randn(shape, device=device)
     found = removable_blocks(model, example_inputs)
@@ -173,19 +175,22 @@ def prune_blocks(
     distortion = block_distortion(model, found, batches)
     order = sorted(found, key=lambda n: distortion[n])
     macs_before = profile(model, shape).macs
+    block_macs = {name: profile(model.get_submodule(name), (1, *input_shape[1:])).macs
+                  for name, input_shape in _input_shapes(model, found, example_inputs).items()}
     removed: list[str] = []
-    if blocks is not None:
-        removed = order[:blocks]
-    else:
-        macs = macs_before
-        for name in order:
-            if macs <= target_macs * macs_before:
-                break
-            macs -= profile(model.get_submodule(name), (1, *_input_shape_of(model, name, example_inputs)[1:])).macs
+    macs = macs_before
+    for name in order:  # a block nested in a removed one (or holding one) is no longer a choice
+        if (len(removed) == blocks if blocks is not None else macs <= target_macs * macs_before):
+            break
+        if not any(_nested(name, other) for other in removed):
             removed.append(name)
-        if macs > target_macs * macs_before:
-            raise EffdlError(f"removing every candidate block keeps {macs / macs_before:.2f}x of the MACs, "
-                             f"above the {target_macs} target; combine with channel pruning")
+            macs -= block_macs[name]
+    if blocks is not None and len(removed) < blocks:
+        raise EffdlError(f"asked to remove {blocks} blocks; only {len(removed)} can go together (the other candidates "
+                         f"hold or sit in them): {', '.join(sorted(removed, key=found.index))}")
+    if target_macs is not None and macs > target_macs * macs_before:
+        raise EffdlError(f"removing every candidate block keeps {macs / macs_before:.2f}x of the MACs, "
+                         f"above the {target_macs} target; combine with channel pruning")
     removed.sort(key=found.index)
     remove_blocks(model, removed)
     record_transform(model, TRANSFORM, {"blocks": removed})
@@ -196,7 +201,7 @@ def _input_batches(calibration: Iterable[torch.Tensor] | torch.Tensor) -> list[t
     """Calibration as a list of input batches: one tensor is one batch; (inputs, labels) pairs, as a
     DataLoader yields them, give their inputs."""
     if torch.is_tensor(calibration):
-        return [calibration if calibration.dim() == 4 else calibration.unsqueeze(0)]
+        return [calibration]
     batches = []
     for item in calibration:
         batch = item[0] if isinstance(item, (tuple, list)) else item
@@ -206,24 +211,37 @@ def _input_batches(calibration: Iterable[torch.Tensor] | torch.Tensor) -> list[t
     return batches
 
 
-def _input_shape_of(model: nn.Module, name: str, example_inputs: torch.Tensor) -> tuple[int, ...]:
-    shapes: list[tuple[int, ...]] = []
-    handle = model.get_submodule(name).register_forward_hook(lambda m, a, o: shapes.append(tuple(a[0].shape)))
+def _nested(name: str, other: str) -> bool:
+    return name.startswith(other + ".") or other.startswith(name + ".")
+
+
+def _input_shapes(model: nn.Module, names: list[str], example_inputs: torch.Tensor) -> dict[str, tuple[int, ...]]:
+    """{block: the shape of its input} in one forward pass of `example_inputs`."""
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def keep(name: str):
+        def hook(module, args, output) -> None:  # returns None: a forward hook's value would replace the output
+            shapes.setdefault(name, tuple(args[0].shape))
+        return hook
+
+    handles = [model.get_submodule(n).register_forward_hook(keep(n)) for n in names]
     try:
         with eval_mode(model), torch.no_grad():
             model(example_inputs[:1])
     finally:
-        handle.remove()
-    return shapes[0]
+        for handle in handles:
+            handle.remove()
+    return shapes
 
 
 @register_transform(TRANSFORM)
 def remove_blocks(model: nn.Module, blocks: list[str]) -> nn.Module:
     """Replace each named block of `model` by nn.Identity (also the replay of a saved removal)."""
-    for name in blocks:
+    for name in blocks:  # every name first: a bad record leaves the model whole
         try:
             model.get_submodule(name)
         except AttributeError:
             raise EffdlError(f"the checkpoint removes block '{name}', which the architecture lacks") from None
+    for name in blocks:
         replace_submodule(model, name, nn.Identity())
     return model

@@ -112,6 +112,12 @@ class SharedInputQuant(nn.Module):
         self.module = module
         object.__setattr__(self, "layer", layer)
 
+    @property
+    def effdl_counted_as(self) -> nn.Module:
+        """Counted as the module it wraps (effdl.measure.counting): the rounding is what an int8
+        runtime's quantize does on that tensor anyway, not another buffer or operation."""
+        return self.module
+
     def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         return self.layer.quantized_input(self.module(*args, **kwargs))
 

@@ -31,6 +31,7 @@ from torch.nn import functional as F
 GRID_PRESERVING_MODULES = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.MaxPool2d, nn.Identity, nn.Dropout, nn.Flatten)
 GRID_PRESERVING_FUNCTIONS = {F.relu, torch.relu, F.relu6, F.hardtanh, F.max_pool2d, F.dropout, torch.flatten}
 GRID_PRESERVING_METHODS = {"relu", "relu_", "flatten", "view", "reshape"}
+VANISHING_MODULES = (nn.Identity, nn.Dropout)  # no operation in an exported inference graph
 
 
 class _LayerLeafTracer(fx.Tracer):
@@ -113,8 +114,10 @@ def shared_input_producers(model: nn.Module, layers: list[str]) -> dict[str, str
         if not isinstance(source, fx.Node) or source.op != "call_module" or calls.get(source.target) != 1:
             continue
         producer = model.get_submodule(source.target)
-        if source.target in candidates or any(True for _ in producer.parameters()) or any(
-                True for _ in producer.buffers()):
+        # An identity-like producer (a BatchNorm folded away, a dropout) vanishes from an exported
+        # graph, leaving nothing to round at: those tensors keep today's rounding per reader.
+        if (source.target in candidates or isinstance(producer, VANISHING_MODULES)
+                or any(True for _ in producer.parameters()) or any(True for _ in producer.buffers())):
             continue
         readers = [u for u in source.users if u is not node]
         layer_readers = [u for u in readers if u.op == "call_module" and u.target in candidates]
