@@ -100,8 +100,9 @@ def test_every_registered_technique_config_round_trips():
     import effdl.compress.distill  # noqa: F401
     import effdl.compress.factorize  # noqa: F401
 
-    # Low-rank factorizations need one rank rule: they have no all-defaults config.
+    # Low-rank factorizations need one rank rule, block pruning a count: they have no all-defaults config.
     needs = {name: {"rank": 2} for name in ("factorize.svd", "factorize.spatial_svd", "factorize.tucker2", "factorize.cp")}
+    needs["prune.blocks"] = {"blocks": 2, "include": ("layers.*",)}  # how many blocks: no default either
     configs = registered_configs()
     assert {"quantize", "prune", "distill", "factorize"} <= {name.partition(".")[0] for name in configs}
     for name, cls in configs.items():
