@@ -12,6 +12,7 @@ from torch import nn
 from effdl.checkpoint import load_model, save_model
 from effdl.compress.quantize import Int8StaticConfig, fold_batchnorm, quantize_
 from effdl.compress.prune import BlockPruneConfig, block_distortion, prune_, prune_blocks, removable_blocks
+from effdl.deploy.int8 import export_int8_onnx, optimized_op_counts
 from effdl.deploy.onnx import check_onnx, export_onnx
 from effdl.errors import EffdlError
 from effdl.measure.counting import profile
@@ -103,6 +104,15 @@ def test_nested_blocks_are_never_both_removed_and_their_macs_are_counted_once():
     result = prune_blocks(model, target_macs=0.5, example_inputs=x, calibration=[torch.randn(8, 3, 8, 8)])
     assert result.macs_after == profile(model, (1, 3, 8, 8)).macs <= 0.5 * result.macs_before
     assert not any(a != b and a.startswith(b + ".") for a in result.removed for b in result.removed)
+
+
+def test_a_block_pruned_resnet_still_adds_on_integers_in_int8(tmp_path):
+    model = resnet20()
+    prune_blocks(model, blocks=2, include=["layers.0.0", "layers.2.1"])
+    path = export_int8_onnx(model, tmp_path / "int8.onnx", torch.randn(64, 3, 32, 32))
+    # the removed blocks are identities the graph drops: the shortcut after each still reads integers
+    counts = optimized_op_counts(path)
+    assert counts.get("QLinearAdd") == 6 and counts.get("Add") == 1 and counts.get("QLinearConv") == 17
 
 
 def test_include_and_exclude_choose_among_removable_blocks():

@@ -114,9 +114,12 @@ def shared_input_producers(model: nn.Module, layers: list[str]) -> dict[str, str
         if not isinstance(source, fx.Node) or source.op != "call_module" or calls.get(source.target) != 1:
             continue
         producer = model.get_submodule(source.target)
-        # An identity-like producer (a BatchNorm folded away, a dropout) vanishes from an exported
-        # graph, leaving nothing to round at: those tensors keep today's rounding per reader.
-        if (source.target in candidates or isinstance(producer, VANISHING_MODULES)
+        # An identity-like producer (a BatchNorm folded away, a removed block) vanishes from an exported
+        # graph, which then rounds its input instead: not when that input is a layer's output, which
+        # its own output quantizer may already round (on a grid of its own).
+        feeds_from_layer = bool(source.args) and isinstance(source.args[0], fx.Node) and (
+            source.args[0].op == "call_module" and source.args[0].target in candidates)
+        if (source.target in candidates or (isinstance(producer, VANISHING_MODULES) and feeds_from_layer)
                 or any(True for _ in producer.parameters()) or any(True for _ in producer.buffers())):
             continue
         readers = [u for u in source.users if u is not node]
