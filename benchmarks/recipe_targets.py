@@ -5,6 +5,11 @@ reads the runner's report, where the `from:` checkpoint and every stage were mea
 in the same run: full-test-split accuracy, imt2024 score, MACs, batch-1 ONNX Runtime latency of
 the graph as it deploys (1 thread). For each branch's last checkpoint it records the accuracy drop
 (points), the score ratio and the latency speed-up against the start, and checks the given targets.
+The report times each graph once, one after the other, and a shared machine's load can change in
+between (the same int8 graph read 0.209 and 0.288 ms in two runs minutes apart); so for the speed-up
+target the start's fp32 graph and the branch's exported graph (its export stage's file) are timed
+again in alternating rounds (--rounds), and the target is judged on the median of the per-round
+ratios (prune_cifar10.py measures its latencies the same way).
 
     EFFDL_DATA=../shared/data python benchmarks/recipe_targets.py benchmarks/recipes/long-project-cpu.yaml \\
         --from runs/base/best.safetensors --max-drop 1.5 --max-score-ratio 0.08
@@ -16,10 +21,32 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 from common import write_result
 from effdl.recipes import load_recipe, run_recipe
+from prune_cifar10 import alternate, paired_ratio
+
+
+def interleaved_speedup(start_checkpoint: str, final_onnx: str, rounds: int, repeats: int) -> dict:
+    """Batch-1, 1-thread ONNX Runtime latency (ms) of the start checkpoint's fp32 graph and of
+    `final_onnx`, timed in alternating rounds: best round of each, and the median per-round ratio."""
+    from effdl.checkpoint import load_model
+    from effdl.deploy.onnx import export_onnx
+    from effdl.measure.latency import onnx_latency
+
+    with tempfile.TemporaryDirectory(prefix="effdl-start-") as tmp:
+        start_onnx = export_onnx(load_model(start_checkpoint)[0].eval(), Path(tmp) / "start.onnx")
+        medians = alternate({
+            graph: lambda path=path: onnx_latency(path, 1, threads=1, repeats=repeats, warmup=20).median_ms
+            for graph, path in (("start_ms", start_onnx), ("final_ms", final_onnx))
+        }, rounds)
+    return {"start_ms": min(medians["start_ms"]), "final_ms": min(medians["final_ms"]),
+            "ratio_of_best": min(medians["start_ms"]) / min(medians["final_ms"]),
+            "ratio_paired_median": paired_ratio(medians["start_ms"], medians["final_ms"]),
+            "rounds": rounds, "repeats": repeats, "round_medians_ms": medians}
 
 
 def main() -> None:
@@ -30,6 +57,8 @@ def main() -> None:
     parser.add_argument("--max-drop", type=float, default=None, help="target: accuracy drop in points at most")
     parser.add_argument("--max-score-ratio", type=float, default=None, help="target: imt2024 final / start at most")
     parser.add_argument("--min-speedup", type=float, default=None, help="target: ORT batch-1 latency start / final")
+    parser.add_argument("--rounds", type=int, default=21, help="alternating latency rounds for the speed-up target")
+    parser.add_argument("--repeats", type=int, default=300, help="timed batch-1 calls per round and graph")
     args = parser.parse_args()
 
     recipe = load_recipe(args.recipe)
@@ -47,6 +76,12 @@ def main() -> None:
         score_ratio = final["imt2024_score"] / start["imt2024_score"]
         speedup = (start["latency_ms"] / final["latency_ms"]
                    if start.get("latency_ms") and final.get("latency_ms") else None)
+        exported = [outcome.results[s.folder]["onnx"] for s in branch
+                    if not s.kind.makes_checkpoint and s.folder in outcome.results and "onnx" in outcome.results[s.folder]]
+        interleaved = (interleaved_speedup(args.source, exported[-1], args.rounds, args.repeats)
+                       if args.min_speedup is not None and exported else None)
+        if interleaved is not None:  # the report's single reading stays in the record; the target uses these
+            speedup = interleaved["ratio_paired_median"]
         checks = {
             "drop": None if args.max_drop is None else drop <= args.max_drop,
             "score_ratio": None if args.max_score_ratio is None else score_ratio <= args.max_score_ratio,
@@ -60,7 +95,8 @@ def main() -> None:
             "exports": {s.folder: outcome.results[s.folder] for s in branch
                         if not s.kind.makes_checkpoint and s.folder in outcome.results},
             "drop_points": round(drop, 2), "score_ratio": round(score_ratio, 4),
-            "speedup": round(speedup, 2) if speedup else None, "targets_met": checks,
+            "speedup": round(speedup, 2) if speedup else None, "latency_interleaved": interleaved,
+            "targets_met": checks,
         })
         print(f"{final['name']}: {final['accuracy']:.2%} (start {start['accuracy']:.2%}, drop {drop:.2f} pt), "
               f"imt2024 {final['imt2024_score']:.4f} ({score_ratio:.3f}x start), ORT batch 1 "
