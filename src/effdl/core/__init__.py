@@ -5,7 +5,7 @@ and `effdl.errors`.
   its replay, imported on demand from an allow-list).
 - `hooks`: the training-hook protocol (`Callback`) and `FeatureTap`, to read activations by path.
 - `selection`: `LayerSelection`, the one way to say which layers a technique or command touches.
-- `modules`: small helpers over modules (`replace_submodule`, `eval_mode`).
+- `modules`: small helpers over modules (`replace_submodule`, `eval_mode`, `input_shapes`).
 - `registry`: `Registry`, a name -> entry table filled by a decorator (criteria, quantizer kinds).
 - `configs`: technique configs as versioned data (`technique_config`, `config_to_dict`,
   `config_from_dict`) and one handler per config type (`register_handler`, `dispatch`).
@@ -16,7 +16,7 @@ A test (tests/test_layers.py) keeps this package free of any other effdl import.
 from effdl.core.configs import config_from_dict, config_to_dict, dispatch, register_handler, technique_config
 from effdl.core.edits import model_transforms, record_transform, register_transform, replay_transforms
 from effdl.core.hooks import Callback, FeatureTap, TrainingState
-from effdl.core.modules import eval_mode, replace_submodule
+from effdl.core.modules import eval_mode, input_shapes, replace_submodule
 from effdl.core.registry import Registry
 from effdl.core.selection import LayerSelection, match_patterns
 
@@ -30,6 +30,7 @@ __all__ = [
     "config_to_dict",
     "dispatch",
     "eval_mode",
+    "input_shapes",
     "match_patterns",
     "model_transforms",
     "record_transform",

@@ -3,7 +3,7 @@ a model in eval mode without losing its training flag, and list the tensors of a
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -50,3 +50,23 @@ def output_leaves(output: Any) -> list[torch.Tensor]:
     """The tensors of a model's output (a tensor, tuple, list or dict of them), in the order the
     ONNX exporters write the graph's outputs (torch.utils._pytree's flattening order)."""
     return [leaf for leaf in pytree.tree_flatten(output)[0] if isinstance(leaf, torch.Tensor)]
+
+
+def input_shapes(model: nn.Module, names: Sequence[str], example: torch.Tensor) -> dict[str, tuple[int, ...]]:
+    """{name: the batch-1 shape of the input the named submodule receives}, from one forward pass of
+    `example` (its first item, eval mode, no autograd); a submodule called twice keeps its first input."""
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def keep(name: str):
+        def hook(module: nn.Module, args: tuple) -> None:  # None: a pre-hook's value would replace the input
+            shapes.setdefault(name, (1, *args[0].shape[1:]))
+        return hook
+
+    handles = [model.get_submodule(name).register_forward_pre_hook(keep(name)) for name in names]
+    try:
+        with eval_mode(model), torch.no_grad():
+            model(example[:1])
+    finally:
+        for handle in handles:
+            handle.remove()
+    return shapes

@@ -39,7 +39,7 @@ from effdl.compress.factorize.decompose import patch_gram
 from effdl.compress.factorize.layers import TRANSFORM, Factorized, make_factorized, spec_of
 from effdl.core.configs import dispatch, register_handler, technique_config
 from effdl.core.edits import record_transform
-from effdl.core.modules import eval_mode, replace_submodule
+from effdl.core.modules import eval_mode, input_shapes, replace_submodule
 from effdl.core.selection import LayerSelection, match_patterns
 from effdl.errors import EffdlError
 from effdl.measure.sensitivity import SensitivityScan
@@ -235,23 +235,6 @@ def select_layers(model: nn.Module, method: m.Method, selection: Any) -> tuple[d
     return take, skipped
 
 
-def _input_shapes(model: nn.Module, names: Sequence[str], example: torch.Tensor) -> dict[str, tuple[int, ...]]:
-    """The batch-1 input shape of each named layer, from one forward pass of `example`."""
-    shapes: dict[str, tuple[int, ...]] = {}
-    handles = []
-    for name in names:
-        def hook(module, args, _name=name):
-            shapes[_name] = (1, *args[0].shape[1:])
-        handles.append(model.get_submodule(name).register_forward_pre_hook(hook))
-    try:
-        with eval_mode(model), torch.no_grad():
-            model(example[:1])
-    finally:
-        for h in handles:
-            h.remove()
-    return shapes
-
-
 def _layer_inputs(model: nn.Module, name: str, batches: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """The inputs layer `name` receives when `model` runs on `batches` (eval mode)."""
     seen: list[torch.Tensor] = []
@@ -409,7 +392,7 @@ def _factorize(
     layers, skipped = select_layers(model, method, selection)
     given_calibration = calibration is not None
     batches = _default_batches(model, calibration)
-    shapes = _input_shapes(model, list(layers), batches[0])
+    shapes = input_shapes(model, list(layers), batches[0])
     report = FactorizeReport(method=method.name, skipped=skipped)
     layer_macs = {name: m.chain_macs([spec_of(layer)], shapes[name]) for name, layer in layers.items()}
 
@@ -501,7 +484,7 @@ def factorize_sensitivity(
     method = method_for(config)
     layers, _ = select_layers(model, method, selection)
     batches = _default_batches(model, calibration)
-    shapes = _input_shapes(model, list(layers), batches[0])
+    shapes = input_shapes(model, list(layers), batches[0])
     if isinstance(method, m.Grouped):
         raise EffdlError(f"{method.name} has no rank to scan")
     return _greedy_ranks(model, method, layers, shapes, 0.0, accuracy or _fidelity_score(model, batches))[1]

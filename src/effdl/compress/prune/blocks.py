@@ -28,7 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from effdl.core.edits import record_transform, register_transform
-from effdl.core.modules import eval_mode, replace_submodule
+from effdl.core.modules import eval_mode, input_shapes, replace_submodule
 from effdl.core.selection import match_patterns
 from effdl.errors import EffdlError
 from effdl.measure.counting import profile
@@ -175,8 +175,8 @@ def prune_blocks(
     distortion = block_distortion(model, found, batches)
     order = sorted(found, key=lambda n: distortion[n])
     macs_before = profile(model, shape).macs
-    block_macs = {name: profile(model.get_submodule(name), (1, *input_shape[1:])).macs
-                  for name, input_shape in _input_shapes(model, found, example_inputs).items()}
+    block_macs = {name: profile(model.get_submodule(name), input_shape).macs
+                  for name, input_shape in input_shapes(model, found, example_inputs).items()}
     removed: list[str] = []
     macs = macs_before
     for name in order:  # a block nested in a removed one (or holding one) is no longer a choice
@@ -213,25 +213,6 @@ def _input_batches(calibration: Iterable[torch.Tensor] | torch.Tensor) -> list[t
 
 def _nested(name: str, other: str) -> bool:
     return name.startswith(other + ".") or other.startswith(name + ".")
-
-
-def _input_shapes(model: nn.Module, names: list[str], example_inputs: torch.Tensor) -> dict[str, tuple[int, ...]]:
-    """{block: the shape of its input} in one forward pass of `example_inputs`."""
-    shapes: dict[str, tuple[int, ...]] = {}
-
-    def keep(name: str):
-        def hook(module, args, output) -> None:  # returns None: a forward hook's value would replace the output
-            shapes.setdefault(name, tuple(args[0].shape))
-        return hook
-
-    handles = [model.get_submodule(n).register_forward_hook(keep(n)) for n in names]
-    try:
-        with eval_mode(model), torch.no_grad():
-            model(example_inputs[:1])
-    finally:
-        for handle in handles:
-            handle.remove()
-    return shapes
 
 
 @register_transform(TRANSFORM)
