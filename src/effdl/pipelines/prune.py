@@ -23,6 +23,7 @@ import torch
 from effdl.checkpoint import read_checkpoint, split_namespace
 from effdl.compress.distill import check_distill_options, finetune_distiller
 from effdl.compress.prune.schedules import AGPCallback, iterative_pruning, lottery_ticket
+from effdl.compress.prune.blocks import check_block_amount
 from effdl.compress.prune.configs import BlockPruneConfig, ChannelPruneConfig, MagnitudePruneConfig, prune_
 from effdl.compress.prune.selection import check_fraction
 from effdl.compress.prune.sensitivity import sensitivity_scan
@@ -88,6 +89,8 @@ class PruneOptions:
         if self.method not in METHODS:
             raise unknown_name_error("pruning method", self.method, METHODS)
         structured = self.method in STRUCTURED
+        if self.target_macs is not None and not 0.0 < self.target_macs < 1.0:
+            raise EffdlError(f"--target-macs is the fraction of the MACs to keep, in (0, 1); got {self.target_macs}")
         if self.method == DEPTH:
             if (self.blocks is None) == (self.target_macs is None):
                 raise EffdlError("method block takes one of --blocks (how many residual blocks to remove) "
@@ -95,9 +98,7 @@ class PruneOptions:
             if self.sparsity is not None or self.layer_ratios or self.round_to is not None:
                 raise EffdlError("method block removes whole blocks: --sparsity, --layer-ratio and --round-to "
                                  "are for channel pruning (run a channel-pruning stage after it)")
-            if isinstance(self.blocks, bool) or (self.blocks is not None and
-                                                 (not isinstance(self.blocks, int) or self.blocks < 1)):
-                raise EffdlError(f"--blocks must be a whole number >= 1, got {self.blocks!r}")
+            check_block_amount(self.blocks, self.target_macs)
             if self.scope is not None or self.rounds != 1:
                 raise EffdlError("method block removes blocks in one step, least disruptive first: "
                                  "--scope and --rounds do not apply")
@@ -109,8 +110,6 @@ class PruneOptions:
             check_fraction(self.sparsity)
         if self.target_macs is not None and self.sparsity is not None:
             raise EffdlError("--target-macs and --sparsity both set how much to remove: give one")
-        if self.target_macs is not None and not 0.0 < self.target_macs < 1.0:
-            raise EffdlError(f"--target-macs is the fraction of the MACs to keep, in (0, 1); got {self.target_macs}")
         if self.calibration_batches < 1:
             raise EffdlError(f"--calibration-batches must be >= 1, got {self.calibration_batches}")
         if self.target_macs is not None and not (structured or self.method == DEPTH):

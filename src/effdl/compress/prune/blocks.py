@@ -19,9 +19,11 @@ calibration inputs (no labels needed); the least disruptive blocks go first. The
 
 from __future__ import annotations
 
+import numbers
 import operator
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -117,6 +119,24 @@ def block_distortion(
     return scores
 
 
+def check_block_amount(blocks: Any, target_macs: Any) -> tuple[int | None, float | None]:
+    """(blocks, target_macs) as `prune_blocks` takes them: exactly one given, blocks a whole number >= 1
+    (numpy integers too), target_macs a number in (0, 1). Raises EffdlError naming the bad value."""
+    if (blocks is None) == (target_macs is None):
+        raise EffdlError("block pruning takes exactly one of blocks (how many) and target_macs")
+    if blocks is not None:
+        if not isinstance(blocks, bool) and hasattr(blocks, "__index__"):
+            blocks = operator.index(blocks)
+        if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 1:
+            raise EffdlError(f"blocks must be a whole number >= 1, got {blocks!r}")
+    if target_macs is not None:
+        if isinstance(target_macs, bool) or not isinstance(target_macs, numbers.Real):
+            raise EffdlError(f"target_macs must be a number in (0, 1), got {target_macs!r}")
+        if not 0.0 < target_macs < 1.0:
+            raise EffdlError(f"the MAC fraction to keep must be in (0, 1), got {target_macs}")
+    return blocks, target_macs
+
+
 def prune_blocks(
     model: nn.Module,
     *,
@@ -138,14 +158,7 @@ def prune_blocks(
     the model has no such block, when more blocks are asked than there are, or when the MAC target
     cannot be reached by removing them all.
     """
-    if (blocks is None) == (target_macs is None):
-        raise EffdlError("block pruning needs exactly one of blocks (how many) or target_macs")
-    if blocks is not None and not isinstance(blocks, bool) and hasattr(blocks, "__index__"):
-        blocks = operator.index(blocks)  # numpy integers too
-    if blocks is not None and (isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 1):
-        raise EffdlError(f"blocks must be a whole number >= 1, got {blocks!r}")
-    if target_macs is not None and (isinstance(target_macs, (bool, str)) or not 0.0 < float(target_macs) < 1.0):
-        raise EffdlError(f"the MAC fraction to keep must be in (0, 1), got {target_macs}")
+    blocks, target_macs = check_block_amount(blocks, target_macs)
     device = next(model.parameters()).device
     shape = example_input_shape(model, (1, *example_inputs.shape[1:]) if example_inputs is not None else None)
     if example_inputs is None:

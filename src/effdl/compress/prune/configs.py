@@ -13,8 +13,6 @@ tickets, iterative pruning) take a training function and live in schedules.py.
 
 from __future__ import annotations
 
-import numbers
-import operator
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from effdl.compress.prune.blocks import PrunedBlocks, prune_blocks
+from effdl.compress.prune.blocks import PrunedBlocks, check_block_amount, prune_blocks
 from effdl.compress.prune.criteria import CRITERIA
 from effdl.compress.prune.selection import check_fraction
 from effdl.compress.prune.structured import PrunedChannels, prune_channels, prune_channels_to_macs
@@ -140,18 +138,8 @@ class BlockPruneConfig:
         for key in ("include", "exclude"):  # one pattern may be given as a string
             value = getattr(self, key)
             object.__setattr__(self, key, (value,) if isinstance(value, str) else tuple(value))
-        if (self.blocks is None) == (self.target_macs is None):
-            raise EffdlError("a block pruning config takes exactly one of blocks and target_macs")
-        if self.blocks is not None and not isinstance(self.blocks, bool) and hasattr(self.blocks, "__index__"):
-            object.__setattr__(self, "blocks", operator.index(self.blocks))  # numpy integers too
-        if self.target_macs is not None and (isinstance(self.target_macs, bool)
-                                             or not isinstance(self.target_macs, numbers.Real)):
-            raise EffdlError(f"target_macs must be a number in (0, 1), got {self.target_macs!r}")
-        if self.blocks is not None and (isinstance(self.blocks, bool) or not isinstance(self.blocks, int)
-                                        or self.blocks < 1):
-            raise EffdlError(f"blocks must be a whole number >= 1, got {self.blocks!r}")
-        if self.target_macs is not None and not 0.0 < self.target_macs < 1.0:
-            raise EffdlError(f"the MAC fraction to keep must be in (0, 1), got {self.target_macs}")
+        blocks, _ = check_block_amount(self.blocks, self.target_macs)
+        object.__setattr__(self, "blocks", blocks)  # numpy integers as int
 
 
 @register_handler(MagnitudePruneConfig)
