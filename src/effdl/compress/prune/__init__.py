@@ -34,10 +34,11 @@ from effdl.compress.prune.unstructured import (
 )
 
 __all__ = [
-    "AGPCallback", "BlockPruneConfig", "ChannelPruneConfig", "FilterNormImportance", "MagnitudePruneConfig", "MaskCallback", "Masks",
-    "PrunedBlocks", "SensitivityScan", "block_distortion", "prune_blocks", "removable_blocks", "SlimmingPenalty", "SparsityReport",
-    "ThiNetImportance", "WeightSnapshot", "agp_sparsity", "apply_masks", "bn_scale_l1",
+    "AGPCallback", "BlockPruneConfig", "ChannelPruneConfig", "FilterNormImportance", "MagnitudePruneConfig",
+    "MaskCallback", "Masks", "PrunedBlocks", "SensitivityScan", "SlimmingPenalty", "SparsityReport",
+    "ThiNetImportance", "WeightSnapshot", "agp_sparsity", "apply_masks", "block_distortion", "bn_scale_l1",
     "current_masks", "iterative_pruning", "iterative_sparsities", "lottery_ticket", "magnitude_masks",
-    "make_importance", "make_permanent", "measure_sparsity", "prune_channels", "prune_channels_to_macs",
-    "prune_", "prune_magnitude", "register_criterion", "rewind", "sensitivity_scan", "snapshot",
+    "make_importance", "make_permanent", "measure_sparsity", "prune_", "prune_blocks", "prune_channels",
+    "prune_channels_to_macs", "prune_magnitude", "register_criterion", "removable_blocks", "rewind",
+    "sensitivity_scan", "snapshot",
 ]

@@ -28,7 +28,7 @@ from effdl.compress.quantize.config import (
     XnorConfig,
 )
 from effdl.compress.quantize.layers import QUANTIZABLE, SharedInputQuant, is_quantized_layer, quantize_layer
-from effdl.compress.quantize.outputs import layers_with_float_readers, shared_input_producers
+from effdl.compress.quantize.outputs import layers_with_float_readers, shared_input_producers, trace_layers
 from effdl.compress.quantize.quantizers import RangeAct, LazyAct
 from effdl.core.configs import config_from_dict, config_to_dict, dispatch, register_handler
 from effdl.core.edits import model_transforms, record_transform, register_transform
@@ -110,11 +110,12 @@ def quantize_by_layer_spec(config: Any, model: nn.Module, filter_fn: FilterFn | 
             specs[name] = spec
     if not specs:
         raise EffdlError("no Conv2d or Linear layer to quantize (check filter_fn and the model)")
-    if getattr(config, "quantize_outputs", False):
-        for name in layers_with_float_readers(model, list(specs)):
+    graph = trace_layers(model, list(specs)) if getattr(config, "quantize_outputs", False) else None
+    if graph is not None:  # one trace for both analyses
+        for name in layers_with_float_readers(model, list(specs), graph):
             if specs[name].get("act"):
                 specs[name] = {**specs[name], "output": dict(specs[name]["act"])}
-        for name, producer in shared_input_producers(model, list(specs)).items():
+        for name, producer in shared_input_producers(model, list(specs), graph).items():
             if specs[name].get("act"):
                 specs[name] = {**specs[name], "shares_input": producer}
     _apply_specs(model, specs, fit=True)

@@ -63,45 +63,40 @@ def _reaches_float_op(node: fx.Node, model: nn.Module, layers: set[str]) -> bool
     return False
 
 
-def _trace(model: nn.Module, layers: list[str]) -> fx.Graph | None:
+def trace_layers(model: nn.Module, layers: list[str]) -> fx.Graph | None:
+    """The torch.fx graph of `model` with each of `layers` (and every torch.nn module) as one call,
+    which both analyses below read; None, with a warning, when torch.fx cannot trace the model."""
     try:
         return _LayerLeafTracer(set(layers)).trace(model)
     except Exception as exc:  # noqa: BLE001  any tracing failure means: no graph to analyse
         warnings.warn(
             f"torch.fx could not trace {type(model).__name__} ({type(exc).__name__}); "
-            "layer outputs are left unquantized",
+            "layer outputs and shared inputs are left unquantized",
             stacklevel=4,
         )
         return None
 
 
-def layers_with_float_readers(model: nn.Module, layers: list[str]) -> list[str]:
+def layers_with_float_readers(model: nn.Module, layers: list[str], graph: fx.Graph) -> list[str]:
     """The names among `layers` whose output reaches an operation other than a layer in `layers`.
 
-    Only ReLU-like activations, max-pooling, reshapes and identities are looked through. If torch.fx cannot
-    trace the model, a warning says so and no layer is returned (the int8 export then quantizes
-    fewer outputs and runs those convolutions in float).
+    Only ReLU-like activations, max-pooling, reshapes and identities are looked through. `graph`:
+    `trace_layers(model, layers)` (when that fails, callers quantize no output: the int8 export then
+    runs those convolutions in float).
     """
     candidates = set(layers)
-    graph = _trace(model, layers)
-    if graph is None:
-        return []
     calls = [n for n in graph.nodes if n.op == "call_module" and n.target in candidates]
     return sorted({n.target for n in calls if _reaches_float_op(n, model, candidates)}, key=layers.index)
 
 
-def shared_input_producers(model: nn.Module, layers: list[str]) -> dict[str, str]:
+def shared_input_producers(model: nn.Module, layers: list[str], graph: fx.Graph) -> dict[str, str]:
     """{layer: producer} for the layers among `layers` whose input is also read by a float operation
     (a residual Add's shortcut), where that input is made by a parameterless module called once
     (a ReLU, not a function call or a module shared between calls) and no other layer in `layers`
     reads it. Rounding the producer's output with the layer's input quantizer then changes nothing
-    for the layer and puts the shortcut on the same grid. Empty when torch.fx cannot trace the model
-    (a warning says so).
+    for the layer and puts the shortcut on the same grid. `graph`: `trace_layers(model, layers)`.
     """
     candidates = set(layers)
-    graph = _trace(model, layers)
-    if graph is None:
-        return {}
     calls: dict[str, int] = {}
     for node in graph.nodes:
         if node.op == "call_module":
