@@ -2,9 +2,11 @@
 
 From one trained --checkpoint (resnet20 or resnet56), each method reaches at most --target-macs of
 its MACs and is fine-tuned for --epochs with the same learning rate, batch size and distillation:
-1. structured: L1-filter pruning with the MAC target (effdl prune's bisection, counts rounded to 8);
+1. structured: L1-filter pruning with the MAC target (effdl prune's bisection, counts rounded to
+   --round-to, 8 by default);
 2. tucker: Tucker-2 with a global MAC target (per-layer sensitivity scan on 500 training images,
-   greedy allocation as AIMET does; --rule ratio: every layer to the same MAC ratio instead);
+   greedy allocation as AIMET does, ranks rounded to --round-to; --rule ratio: every layer to the
+   same MAC ratio instead);
 3. cp: CP the same way;
 4. combination: structured pruning to --combo-prune-macs of the MACs, then Tucker of the pruned model
    down to the same overall target; the epochs are split between the two stages (same total).
@@ -45,7 +47,7 @@ def flat(summary: dict) -> dict:
 
 
 def prune(args, data, source: str, out: Path, target: float, epochs: int) -> dict:
-    options = PruneOptions(method="l1-filter", target_macs=target, round_to=8, epochs=epochs, lr=args.lr,
+    options = PruneOptions(method="l1-filter", target_macs=target, round_to=args.round_to, epochs=epochs, lr=args.lr,
                            batch_size=args.batch_size, train_limit=args.limit_train, test_limit=args.limit_test,
                            device=args.device, distill=args.distill)
     return flat(prune_checkpoint(source, options, out, data=data))
@@ -55,7 +57,7 @@ def factorize(args, data, source: str, out: Path, method: str, target: float, ep
     rule = {"target_macs": target} if args.rule == "target" else {"ratio": target}
     options = FactorizeOptions(method=method, exclude=["conv1"], epochs=epochs, lr=args.lr, batch_size=args.batch_size,
                                train_limit=args.limit_train, test_limit=args.limit_test, device=args.device,
-                               distill=args.distill, scan_images=args.scan_images, **rule)
+                               distill=args.distill, scan_images=args.scan_images, round_to=args.round_to, **rule)
     return flat(factorize_checkpoint(source, options, out, data=data))
 
 
@@ -74,6 +76,8 @@ def main() -> None:
                         help="combination: MAC fraction after its pruning stage (Tucker does the rest)")
     parser.add_argument("--rule", choices=("target", "ratio"), default="target",
                         help="factorization ranks: global MAC target (scan + greedy) or one per-layer ratio")
+    parser.add_argument("--round-to", type=int, default=8,
+                        help="channel counts (pruning) and ranks (factorization) rounded up to multiples of this")
     parser.add_argument("--scan-images", type=int, default=500, help="training images scoring the scan")
     parser.add_argument("--methods", nargs="*", default=["structured", "tucker", "cp", "combination"])
     parser.add_argument("--limit-train", type=int, default=None, help="fine-tune on this many images (smoke tests)")
@@ -86,7 +90,7 @@ def main() -> None:
     data = load_dataset(args.data, root=args.data_root, train_limit=args.limit_train, test_limit=args.limit_test)
     base = Path(args.checkpoint)
     result: dict = {"checkpoint": str(base), "epochs": args.epochs, "lr": args.lr, "distill": args.distill,
-                    "target_macs": args.target_macs, "rule": args.rule, "limit_train": args.limit_train,
+                    "target_macs": args.target_macs, "rule": args.rule, "round_to": args.round_to, "limit_train": args.limit_train,
                     "limit_test": args.limit_test, "load_before": os.getloadavg()[0], "methods": {}}
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)

@@ -186,6 +186,41 @@ def test_rank_rules_energy_ratio_and_vbmf():
     assert factorize_(model, Tucker2Config(vbmf=True), selection=["conv2"]).ranks["conv2"][0] >= 1
 
 
+@pytest.mark.parametrize("config", [
+    Tucker2Config(ratio=0.4, round_to=8), Tucker2Config(energy=0.5, round_to=8), Tucker2Config(vbmf=True, round_to=8),
+    Tucker2Config(target_macs=0.6, round_to=8), CPConfig(ratio=0.3, round_to=8), SpatialSVDConfig(ratio=0.5, round_to=8),
+])
+def test_round_to_makes_every_chosen_rank_a_multiple_or_full(config):
+    """Ranks of 11 or 33 ran slower in ONNX Runtime than 8 or 32 (blocked CPU kernels): with
+    round_to every rank a rule picks is a multiple of it, or the layer's whole rank."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(24, 40, 3, padding=1), nn.ReLU(), nn.Conv2d(40, 36, 3, padding=1))
+    model.effdl_data = {"input_size": [24, 8, 8]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report = factorize_(model, config, calibration=[torch.randn(4, 24, 8, 8)])
+    assert report.layers
+    for name, layer in report.layers.items():
+        conv = {"0": (40, 24), "2": (36, 40)}[name]
+        ranks = layer.rank if isinstance(layer.rank, list) else [layer.rank]
+        limits = conv if isinstance(layer.rank, list) else [None]
+        for rank, limit in zip(ranks, limits):
+            assert rank % 8 == 0 or rank == limit, (name, layer.rank)
+        assert layer.macs_after < layer.macs_before
+
+
+def test_round_to_skips_a_layer_no_multiple_makes_cheaper_and_old_configs_read():
+    from effdl.core.configs import config_from_dict, config_to_dict
+
+    model = nn.Sequential(nn.Conv2d(6, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 32, 3, padding=1))
+    model.effdl_data = {"input_size": [6, 8, 8]}
+    with pytest.warns(UserWarning, match="leaves 1 layer"):
+        report = factorize_(model, Tucker2Config(target_macs=0.8, round_to=8))
+    assert list(report.layers) == ["2"] and "multiple of 8" in report.skipped["0"]
+    assert config_to_dict(Tucker2Config(ratio=0.5, round_to=8))["version"] == 2
+    assert config_from_dict({"type": "factorize.tucker2", "version": 1, "ratio": 0.5}) == Tucker2Config(ratio=0.5)
+
+
 def test_mac_target_scans_and_allocates():
     model = Tiny().eval()
     total = profile(model, (1, 3, 16, 16)).macs
@@ -271,3 +306,5 @@ def test_cli_on_cifar(cifar10_root, tmp_path, monkeypatch, capsys):
     assert main(args) == 2  # an existing run is refused
     assert main([*args[:4], "--rank", "99", *args[6:], "--overwrite"]) == 2
     assert "rank 99 is outside" in capsys.readouterr().err
+    assert main([*args[:4], "--method", "depthwise", "--round-to", "8", *args[6:], "--overwrite"]) == 2
+    assert "has no rank: drop --round-to" in capsys.readouterr().err

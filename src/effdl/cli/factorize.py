@@ -10,7 +10,9 @@ Replaces trained layers by chains of smaller real layers, then optionally fine-t
 Rank rules (one): --rank R for every layer; --energy E keeps E of each layer's squared singular
 values; --ratio X keeps at most X of each layer's MACs; --target-macs X keeps X of the model's MACs,
 ranks chosen greedily from a per-layer sensitivity scan on --scan-images training images (written
-as sensitivity.png and in summary.json; --scan writes it for the other rules too). Layers the
+as sensitivity.png and in summary.json; --scan writes it for the other rules too). --round-to 8
+rounds every chosen rank up to a multiple of 8: on CPUs a chain of odd ranks can run slower than
+the layer it replaces. Layers the
 method cannot take (a 1x1 for tucker, a depthwise conv) are left whole and listed.
 """
 
@@ -33,6 +35,8 @@ def register(subparsers) -> None:
     rule.add_argument("--target-macs", type=float, default=None,
                       help="keep this fraction of the model's MACs (e.g. 0.5), ranks from a sensitivity scan")
     rule.add_argument("--vbmf", action="store_true", help="tucker: each layer's ranks by VBMF")
+    p.add_argument("--round-to", type=int, default=None,
+                   help="ranks a rule chooses rounded up to multiples of this (8 suits CPU kernels)")
     p.add_argument("--groups", type=int, default=4, help="grouped: groups of the kxk convolution (default 4)")
     p.add_argument("--layers", nargs="*", default=[], help="layer names or globs to factorize (default: all it takes)")
     p.add_argument("--exclude", nargs="*", default=[], help="layer names or globs to leave whole")
@@ -62,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
 
     options = FactorizeOptions(
         method=args.method, rank=args.rank, energy=args.energy, ratio=args.ratio, target_macs=args.target_macs,
-        vbmf=args.vbmf, groups=args.groups, layers=args.layers, exclude=args.exclude,
+        vbmf=args.vbmf, round_to=args.round_to, groups=args.groups, layers=args.layers, exclude=args.exclude,
         calibration_images=args.calibration_images, scan=args.scan, scan_images=args.scan_images,
         epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, distill=args.distill,
         distill_temperature=args.distill_temperature, distill_method=getattr(args, "distill_method", "kd"),

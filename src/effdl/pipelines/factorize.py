@@ -36,6 +36,7 @@ class FactorizeOptions:
     ratio: float | None = None  # per layer, keep at most this fraction of its MACs
     target_macs: float | None = None  # whole model: keep this fraction of the MACs (sensitivity + greedy)
     vbmf: bool = False  # tucker: ranks by VBMF
+    round_to: int | None = None  # ranks a rule chooses rounded up to multiples of this (e.g. 8)
     groups: int = 4  # grouped: groups of the kxk convolution
     layers: list[str] = field(default_factory=list)  # include patterns (empty: every layer the method takes)
     exclude: list[str] = field(default_factory=list)
@@ -64,17 +65,19 @@ class FactorizeOptions:
         given = {k: v for k, v in rules.items() if v is not None}
         cls = METHOD_CONFIGS[self.method]
         if self.method in ("depthwise", "grouped"):
-            if given or self.vbmf:
-                raise EffdlError(f"{self.method} has no rank: drop --{next(iter(given or {'vbmf': 1})).replace('_', '-')}")
+            if given or self.vbmf or self.round_to is not None:
+                flag = next(iter(given or ({"vbmf": 1} if self.vbmf else {"round_to": 1})))
+                raise EffdlError(f"{self.method} has no rank: drop --{flag.replace('_', '-')}")
             return cls(groups=self.groups) if self.method == "grouped" else cls()
+        rounding = {} if self.round_to is None else {"round_to": self.round_to}
         if self.vbmf:
             if self.method != "tucker":
                 raise EffdlError("--vbmf chooses Tucker ranks: use it with --method tucker")
-            return cls(vbmf=True, **given)
+            return cls(vbmf=True, **given, **rounding)
         if not given:
             raise EffdlError(f"--method {self.method} needs one of --rank, --energy, --ratio, --target-macs"
                              + (" or --vbmf" if self.method == "tucker" else ""))
-        return cls(**given)
+        return cls(**given, **rounding)
 
     def validate(self) -> None:
         from effdl.compress.distill import check_distill_options

@@ -19,6 +19,11 @@ Rank rules (exactly one per config; depthwise and grouped have none):
   per layer, the smallest ratio still scoring at least that level meets the budget.
 - Tucker2Config(vbmf=True): per layer, ranks by VBMF on the channel unfoldings (decompose.vbmf_rank).
 
+round_to=N (with energy, ratio, target_macs or vbmf): every chosen rank is a multiple of N or the
+layer's full rank, rounded up (AIMET's rank "multiplicity"). Batch-1 CPU latency follows it more
+than the MACs: ONNX Runtime's kernels work on blocks of 8-16 channels (methods' docstring).
+Version 2 of the low-rank configs added round_to; version 1 data reads unchanged.
+
 Layers a method cannot take (a depthwise convolution for Tucker, a 1x1 for CP) are skipped and
 listed in the report's `skipped` when the selection is every layer or a glob; a layer named exactly,
 or a glob none of whose layers can be taken, is an EffdlError, raised before any layer changes.
@@ -65,6 +70,12 @@ def _check_rank_rule(config: Any, *, energy_allowed: bool, extra: int = 0) -> No
         raise EffdlError(f"the per-layer MAC ratio must be in (0, 1], got {config.ratio}")
     if config.target_macs is not None and not 0.0 < config.target_macs < 1.0:
         raise EffdlError(f"the MAC fraction to keep must be in (0, 1), got {config.target_macs}")
+    if config.round_to is not None:
+        if isinstance(config.round_to, bool) or not isinstance(config.round_to, int) or config.round_to < 1:
+            raise EffdlError(f"round_to must be an integer >= 1 (a rank multiple), got {config.round_to!r}")
+        if config.rank is not None:
+            raise EffdlError("round_to rounds the ranks a rule chooses; with an explicit rank there is nothing to "
+                             "round: give the rank you want, or use energy, ratio or target_macs")
 
 
 @dataclass(frozen=True)
@@ -73,24 +84,30 @@ class _LowRank:
     energy: float | None = None
     ratio: float | None = None
     target_macs: float | None = None
+    round_to: int | None = None
 
     def __post_init__(self) -> None:
         _check_rank_rule(self, energy_allowed=True)
 
+    @staticmethod
+    def upgrade(fields: dict[str, Any], version: int) -> dict[str, Any]:
+        """Version 1 had no round_to: its fields read as they are."""
+        return fields
 
-@technique_config("factorize.svd", version=1)
+
+@technique_config("factorize.svd", version=2)
 @dataclass(frozen=True)
 class SVDConfig(_LowRank):
     """Truncated SVD of Linear layers (and 1x1 convolutions): one layer becomes two thinner ones."""
 
 
-@technique_config("factorize.spatial_svd", version=1)
+@technique_config("factorize.spatial_svd", version=2)
 @dataclass(frozen=True)
 class SpatialSVDConfig(_LowRank):
     """Spatial SVD of kxk convolutions: kx1 to `rank` channels, then 1xk (Jaderberg et al. 2014)."""
 
 
-@technique_config("factorize.tucker2", version=1)
+@technique_config("factorize.tucker2", version=2)
 @dataclass(frozen=True)
 class Tucker2Config(_LowRank):
     """Tucker-2 of kxk convolutions: 1x1, a small kxk core, 1x1 (Kim et al. 2016); `vbmf` chooses
@@ -102,7 +119,7 @@ class Tucker2Config(_LowRank):
         _check_rank_rule(self, energy_allowed=True, extra=int(bool(self.vbmf)))
 
 
-@technique_config("factorize.cp", version=1)
+@technique_config("factorize.cp", version=2)
 @dataclass(frozen=True)
 class CPConfig(_LowRank):
     """CP of kxk convolutions: 1x1, kx1 depthwise, 1xk depthwise, 1x1 (Lebedev et al. 2015); ALS
@@ -189,15 +206,19 @@ def factorize_(
 
 
 def method_for(config: Any) -> m.Method:
-    """The `Method` implementing a factorize config."""
+    """The `Method` implementing a factorize config (its rank rounding included)."""
+    low_rank: m.Method | None = None
     if isinstance(config, SVDConfig):
-        return m.SVD()
-    if isinstance(config, SpatialSVDConfig):
-        return m.SpatialSVD()
-    if isinstance(config, Tucker2Config):
-        return m.Tucker2()
-    if isinstance(config, CPConfig):
-        return m.CP(config.seed)
+        low_rank = m.SVD()
+    elif isinstance(config, SpatialSVDConfig):
+        low_rank = m.SpatialSVD()
+    elif isinstance(config, Tucker2Config):
+        low_rank = m.Tucker2()
+    elif isinstance(config, CPConfig):
+        low_rank = m.CP(config.seed)
+    if low_rank is not None:
+        low_rank.round_to = config.round_to
+        return low_rank
     if isinstance(config, DepthwiseConfig):
         return m.Grouped(None)
     if isinstance(config, GroupedConfig):
@@ -256,6 +277,10 @@ def _rank_for_ratio(method: m.Method, layer: nn.Module, shape: tuple[int, ...], 
     if not fitting:
         return ranks[0]
     return max(fitting, key=lambda r: (m.chain_macs(method.specs(layer, r), shape), r))
+
+
+def _cheapest_macs(method: m.Method, layer: nn.Module, shape: tuple[int, ...]) -> int:
+    return m.chain_macs(method.specs(layer, method.candidate_ranks(layer)[0]), shape)
 
 
 def _build(method: m.Method, layer: nn.Module, rank: Any, gram: torch.Tensor | None = None) -> Factorized:
@@ -402,18 +427,26 @@ def _factorize(
         ranks = dict.fromkeys(layers)
     elif config.rank is not None:
         ranks = {name: method.check_rank(layer, config.rank, name) for name, layer in layers.items()}
-    elif isinstance(config, Tucker2Config) and config.vbmf:
-        ranks = {name: method.vbmf_rank(layer) for name, layer in layers.items()}
-    elif config.energy is not None or config.ratio is not None:
+    elif config.energy is not None or config.ratio is not None or getattr(config, "vbmf", False):
         for name, layer in layers.items():
-            rank = (method.energy_rank(layer, config.energy) if config.energy is not None
-                    else _rank_for_ratio(method, layer, shapes[name], config.ratio))
+            if getattr(config, "vbmf", False):
+                rank = method.rounded(layer, method.vbmf_rank(layer))
+            elif config.energy is not None:
+                rank = method.rounded(layer, method.energy_rank(layer, config.energy))
+            else:
+                rank = _rank_for_ratio(method, layer, shapes[name], config.ratio)
             if m.chain_macs(method.specs(layer, rank), shapes[name]) >= layer_macs[name]:
                 report.skipped[name] = (f"at rank {rank} its {method.name} chain would cost as much as the layer "
                                         "or more")
                 continue
             ranks[name] = rank
     else:
+        for name in [n for n, layer in layers.items() if _cheapest_macs(method, layer, shapes[n]) >= layer_macs[n]]:
+            report.skipped[name] = (f"no rank{f' a multiple of {method.round_to}' if method.round_to else ''} "
+                                    f"makes its {method.name} chain cheaper than the layer")
+            del layers[name]
+        if not layers:
+            raise EffdlError(f"no selected layer would get cheaper by {method.name} with these options")
         score = accuracy or _fidelity_score(model, batches)
         options, report.scan = _greedy_ranks(model, method, layers, shapes, config.target_macs, score)
         model_macs = _model_macs(model, batches[0])
