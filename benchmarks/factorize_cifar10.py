@@ -9,7 +9,8 @@ its MACs and is fine-tuned for --epochs with the same learning rate, batch size 
    same MAC ratio instead);
 3. cp: CP the same way;
 4. combination: structured pruning to --combo-prune-macs of the MACs, then Tucker of the pruned model
-   down to the same overall target; the epochs are split between the two stages (same total).
+   down to the same overall target; the epochs are split between the two stages (same total);
+5. block (not by default): whole residual blocks removed to the MAC target (effdl prune --method block).
 One table: top-1 (and the drop in points), parameters, MACs, imt2024 score, and single-thread
 batch-1 ONNX Runtime latency against the base model (best of alternating --rounds rounds, as
 prune_cifar10.py measures it). The issue's target: Tucker or CP at <= 0.5x MACs loses <= 1 point
@@ -46,8 +47,9 @@ def flat(summary: dict) -> dict:
     return {k: merged[k] for k in KEYS if k in merged}
 
 
-def prune(args, data, source: str, out: Path, target: float, epochs: int) -> dict:
-    options = PruneOptions(method="l1-filter", target_macs=target, round_to=args.round_to, epochs=epochs, lr=args.lr,
+def prune(args, data, source: str, out: Path, target: float, epochs: int, method: str = "l1-filter") -> dict:
+    options = PruneOptions(method=method, target_macs=target, round_to=args.round_to if method != "block" else None,
+                           epochs=epochs, lr=args.lr,
                            batch_size=args.batch_size, train_limit=args.limit_train, test_limit=args.limit_test,
                            device=args.device, distill=args.distill)
     return flat(prune_checkpoint(source, options, out, data=data))
@@ -99,6 +101,8 @@ def main() -> None:
             out = workdir / method
             if method == "structured":
                 row = prune(args, data, str(base), out, args.target_macs, args.epochs)
+            elif method == "block":
+                row = prune(args, data, str(base), out, args.target_macs, args.epochs, method="block")
             elif method in ("tucker", "cp"):
                 row = factorize(args, data, str(base), out, method, args.target_macs, args.epochs)
             elif method == "combination":
@@ -111,7 +115,7 @@ def main() -> None:
                            params_before=pruned["params_before"], score_imt2024_before=pruned["score_imt2024_before"],
                            prune_stage=pruned)
             else:
-                raise SystemExit(f"unknown method {method}; use structured, tucker, cp, combination")
+                raise SystemExit(f"unknown method {method}; use structured, tucker, cp, combination, block")
             row["time_s"] = round(time.perf_counter() - start, 1)
             row["macs_ratio"] = row["macs_after"] / row["macs_before"]
             row["params_ratio"] = row["params_after"] / row["params_before"]
