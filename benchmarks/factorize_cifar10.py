@@ -38,7 +38,7 @@ from prune_cifar10 import batch1_latency
 
 KEYS = ("accuracy_before", "accuracy_before_finetune", "accuracy", "total", "macs_before", "macs_after",
         "params_before", "params_after", "score_imt2024_before", "score_imt2024_after", "ranks", "skipped",
-        "channel_ratio", "finetune")
+        "channel_ratio", "blocks_removed", "finetune")
 
 
 def flat(summary: dict) -> dict:
