@@ -217,6 +217,14 @@ def test_round_to_skips_a_layer_no_multiple_makes_cheaper_and_old_configs_read()
     with pytest.warns(UserWarning, match="leaves 1 layer"):
         report = factorize_(model, Tucker2Config(target_macs=0.8, round_to=8))
     assert list(report.layers) == ["2"] and "multiple of 8" in report.skipped["0"]
+    model = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1))
+    model.effdl_data = {"input_size": [8, 8, 8]}
+    with pytest.warns(UserWarning, match="leaves 1 layer"):
+        report = factorize_(model, Tucker2Config(ratio=0.5, round_to=8))  # (8, 8) on layer 0 keeps 0.67x
+    assert list(report.layers) == ["2"] and "above the 0.5 ratio" in report.skipped["0"]
+    assert report.layers["2"].macs_after <= 0.5 * report.layers["2"].macs_before
+    with pytest.raises(EffdlError, match="no selected layer would get cheaper.*above the 0.1 ratio"):
+        factorize_(model, Tucker2Config(ratio=0.1, round_to=8), selection=["0"])
     assert config_to_dict(Tucker2Config(ratio=0.5, round_to=8))["version"] == 2
     assert config_from_dict({"type": "factorize.tucker2", "version": 1, "ratio": 0.5}) == Tucker2Config(ratio=0.5)
 

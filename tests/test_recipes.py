@@ -83,13 +83,14 @@ def test_factorize_then_quantize_runs_and_the_reverse_is_refused(tmp_path, sourc
             "cannot factorize a quantized model", **{"from": source})
     outcome = run_recipe(recipe("""
         stages:
-          - factorize: {method: tucker, ratio: 0.5, exclude: [features.0.0]}
+          - factorize: {method: tucker, ratio: 0.5, round_to: 8, exclude: [features.0.0]}
           - quantize: {method: qat, bits: 8, act_bits: null}
         report: {latency: false}
     """, tmp_path, **{"from": source}))
     quantized = outcome.results["02-quantize"]
     factorized = outcome.results["01-factorize"]
     assert factorized["details"]["macs_after"] < factorized["details"]["macs_before"]
+    assert all(r % 8 == 0 for layer in factorized["details"]["layers"].values() for r in layer["rank"])  # round_to
     assert quantized["details"]["layer_bits"]  # bits read back from the factorized, quantized layers
     lineage = read_checkpoint_meta(tmp_path / "runs" / "r" / "02-quantize" / "best.safetensors")["lineage"]
     assert [e["stage"] for e in lineage[-2:]] == ["factorize", "quantize"]

@@ -279,6 +279,12 @@ def _rank_for_ratio(method: m.Method, layer: nn.Module, shape: tuple[int, ...], 
     return max(fitting, key=lambda r: (m.chain_macs(method.specs(layer, r), shape), r))
 
 
+def _nothing_cheaper(method: m.Method, skipped: dict[str, str]) -> EffdlError:
+    first = next(iter(skipped.items()), None)
+    return EffdlError(f"no selected layer would get cheaper by {method.name} with these options"
+                      + (f" (e.g. '{first[0]}': {first[1]})" if first else ""))
+
+
 def _cheapest_macs(method: m.Method, layer: nn.Module, shape: tuple[int, ...]) -> int:
     return m.chain_macs(method.specs(layer, method.candidate_ranks(layer)[0]), shape)
 
@@ -435,9 +441,16 @@ def _factorize(
                 rank = method.rounded(layer, method.energy_rank(layer, config.energy))
             else:
                 rank = _rank_for_ratio(method, layer, shapes[name], config.ratio)
-            if m.chain_macs(method.specs(layer, rank), shapes[name]) >= layer_macs[name]:
+            macs = m.chain_macs(method.specs(layer, rank), shapes[name])
+            if macs >= layer_macs[name]:
                 report.skipped[name] = (f"at rank {rank} its {method.name} chain would cost as much as the layer "
                                         "or more")
+                continue
+            if config.ratio is not None and macs > config.ratio * layer_macs[name]:
+                # the cheapest allowed rank is over the ratio: "at most" is the rule, not "about"
+                report.skipped[name] = (f"its cheapest rank{f' a multiple of {method.round_to}' if method.round_to else ''} "
+                                        f"({rank}) keeps {macs / layer_macs[name]:.2f}x of its MACs, above the "
+                                        f"{config.ratio} ratio")
                 continue
             ranks[name] = rank
     else:
@@ -446,7 +459,7 @@ def _factorize(
                                     f"makes its {method.name} chain cheaper than the layer")
             del layers[name]
         if not layers:
-            raise EffdlError(f"no selected layer would get cheaper by {method.name} with these options")
+            raise _nothing_cheaper(method, report.skipped)
         score = accuracy or _fidelity_score(model, batches)
         options, report.scan = _greedy_ranks(model, method, layers, shapes, config.target_macs, score)
         model_macs = _model_macs(model, batches[0])
@@ -461,7 +474,7 @@ def _factorize(
             if name not in ranks:
                 report.skipped[name] = "left whole by the MAC budget (too sensitive for its savings)"
     if not ranks:
-        raise EffdlError(f"no selected layer would get cheaper by {method.name} with these options")
+        raise _nothing_cheaper(method, report.skipped)
     if report.skipped:
         warnings.warn(f"{method.name} leaves {len(report.skipped)} layer(s) whole: "
                       + "; ".join(f"{n} ({why})" for n, why in list(report.skipped.items())[:8])
