@@ -119,6 +119,25 @@ def test_depthwise_and_grouped_least_squares_beat_weight_only_fits(conv):
     assert _rel(torch.einsum("om,mikl->oikl", w[1][:, :, 0, 0], w[0]), conv.weight) < 1e-5
 
 
+@pytest.mark.parametrize("groups", ["depthwise", 2])
+def test_grouped_fit_ends_at_the_least_squares_optimum_of_its_filters(groups):
+    """The last ALS step leaves the kxk filters optimal for the mixing matrix: the gradient of
+    tr((W - PB) G (W - PB)^T) on the existing weights vanishes (depthwise: solved exactly)."""
+    torch.manual_seed(0)
+    o, i = 12, 8
+    weight = torch.randn(o, i, 3, 3)
+    x = torch.einsum("cj,njhw->nchw", torch.randn(i, 3), torch.randn(32, 3, 6, 6)) + 0.1 * torch.randn(32, i, 6, 6)
+    gram = dec.patch_gram(x, (3, 3), (1, 1), (1, 1), (1, 1))
+    g, mid = (i, i) if groups == "depthwise" else (groups, o)
+    filters, mixing = dec.fit_grouped(weight, g, mid, gram)
+    mask = dec._group_mask(mid, i, 9, g)
+    b = torch.zeros(mid, i * 9, dtype=torch.float64)
+    b[mask] = filters.double().reshape(-1)
+    p, w = mixing.double()[:, :, 0, 0], weight.double().reshape(o, -1)
+    gradient = (p.T @ (p @ b - w) @ gram) * mask
+    assert float(gradient.norm() / ((p.T @ w @ gram) * mask).norm()) < 1e-4
+
+
 def test_counted_macs_equal_a_hand_count():
     model = Tiny().eval()
     before = profile(model, (1, 3, 16, 16)).macs
