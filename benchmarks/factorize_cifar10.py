@@ -10,7 +10,12 @@ its MACs and is fine-tuned for --epochs with the same learning rate, batch size 
 3. cp: CP the same way;
 4. combination: structured pruning to --combo-prune-macs of the MACs, then Tucker of the pruned model
    down to the same overall target; the epochs are split between the two stages (same total);
-5. block (not by default): whole residual blocks removed to the MAC target (effdl prune --method block).
+5. block (not by default): whole residual blocks removed to the MAC target (effdl prune --method block);
+6. depthwise (not by default): every kxk convolution but the first -> depthwise + pointwise, fitted
+   by least squares on 256 training images' activations. The issue's target for it is separate: a
+   trained VGG-16 or resnet18 keeps within 2 points at under 0.2x MACs, e.g.
+       python benchmarks/factorize_cifar10.py --checkpoint runs/vgg16/best.safetensors \
+           --methods depthwise --first-layer features.0 --epochs 10 --distill 0.7
 One table: top-1 (and the drop in points), parameters, MACs, imt2024 score, and single-thread
 batch-1 ONNX Runtime latency against the base model (best of alternating --rounds rounds, as
 prune_cifar10.py measures it). The issue's target: Tucker or CP at <= 0.5x MACs loses <= 1 point
@@ -55,11 +60,12 @@ def prune(args, data, source: str, out: Path, target: float, epochs: int, method
     return flat(prune_checkpoint(source, options, out, data=data))
 
 
-def factorize(args, data, source: str, out: Path, method: str, target: float, epochs: int) -> dict:
-    rule = {"target_macs": target} if args.rule == "target" else {"ratio": target}
-    options = FactorizeOptions(method=method, exclude=["conv1"], epochs=epochs, lr=args.lr, batch_size=args.batch_size,
+def factorize(args, data, source: str, out: Path, method: str, target: float | None, epochs: int) -> dict:
+    rule = {} if target is None else {"target_macs": target} if args.rule == "target" else {"ratio": target}
+    rounding = {"round_to": args.round_to} if target is not None else {}  # depthwise: no rank to round
+    options = FactorizeOptions(method=method, exclude=[args.first_layer], epochs=epochs, lr=args.lr, batch_size=args.batch_size,
                                train_limit=args.limit_train, test_limit=args.limit_test, device=args.device,
-                               distill=args.distill, scan_images=args.scan_images, round_to=args.round_to, **rule)
+                               distill=args.distill, scan_images=args.scan_images, **rounding, **rule)
     return flat(factorize_checkpoint(source, options, out, data=data))
 
 
@@ -80,6 +86,7 @@ def main() -> None:
                         help="factorization ranks: global MAC target (scan + greedy) or one per-layer ratio")
     parser.add_argument("--round-to", type=int, default=8,
                         help="channel counts (pruning) and ranks (factorization) rounded up to multiples of this")
+    parser.add_argument("--first-layer", default="conv1", help="the stem convolution, left whole by every method")
     parser.add_argument("--scan-images", type=int, default=500, help="training images scoring the scan")
     parser.add_argument("--methods", nargs="*", default=["structured", "tucker", "cp", "combination"])
     parser.add_argument("--limit-train", type=int, default=None, help="fine-tune on this many images (smoke tests)")
@@ -103,6 +110,8 @@ def main() -> None:
                 row = prune(args, data, str(base), out, args.target_macs, args.epochs)
             elif method == "block":
                 row = prune(args, data, str(base), out, args.target_macs, args.epochs, method="block")
+            elif method == "depthwise":
+                row = factorize(args, data, str(base), out, "depthwise", None, args.epochs)
             elif method in ("tucker", "cp"):
                 row = factorize(args, data, str(base), out, method, args.target_macs, args.epochs)
             elif method == "combination":
@@ -115,7 +124,7 @@ def main() -> None:
                            params_before=pruned["params_before"], score_imt2024_before=pruned["score_imt2024_before"],
                            prune_stage=pruned)
             else:
-                raise SystemExit(f"unknown method {method}; use structured, tucker, cp, combination, block")
+                raise SystemExit(f"unknown method {method}; use structured, tucker, cp, combination, block, depthwise")
             row["time_s"] = round(time.perf_counter() - start, 1)
             row["macs_ratio"] = row["macs_after"] / row["macs_before"]
             row["params_ratio"] = row["params_after"] / row["params_before"]
@@ -123,8 +132,11 @@ def main() -> None:
             row["latency_batch1_1thread"] = batch1_latency(base, out / "best.safetensors", workdir, args.repeats,
                                                            args.rounds)
             ort = row["latency_batch1_1thread"]["onnxruntime_ratio"]
-            row["meets_targets"] = row["macs_ratio"] <= args.target_macs + 1e-9 and \
-                row["accuracy_drop_points"] <= 1.0 and ort >= 1.3
+            if method == "depthwise":  # its own target: < 0.2x MACs within 2 points
+                row["meets_targets"] = row["macs_ratio"] < 0.2 and row["accuracy_drop_points"] <= 2.0
+            else:
+                row["meets_targets"] = row["macs_ratio"] <= args.target_macs + 1e-9 and \
+                    row["accuracy_drop_points"] <= 1.0 and ort >= 1.3
             result["methods"][method] = row
             write_result("factorize_cifar10", result)
     result["table"] = [

@@ -243,6 +243,17 @@ def test_labels_of_nearby_runs_do_not_overlap(tmp_path):
     assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
 
 
+def test_report_of_a_recipe_folder_leaves_out_the_stages_it_replaced(runs, tmp_path, capsys):
+    import shutil
+
+    recipe = tmp_path / "recipe"
+    shutil.copytree(runs / "small", recipe / "01-prune")
+    shutil.copytree(runs / "medium", recipe / "01-prune.replaced-0123abcd")
+    assert [run.path.name for run in find_runs([recipe])] == ["01-prune"]
+    assert "left out 1 replaced recipe stage(s)" in capsys.readouterr().err
+    assert [run.path.name for run in find_runs([recipe / "01-prune.replaced-0123abcd"])] == ["01-prune.replaced-0123abcd"]
+
+
 def test_report_of_a_shell_glob_skips_unfinished_runs(runs, tmp_path, capsys):
     """`effdl report runs/*` while a run is in progress or was interrupted (no summary.json yet)."""
     unfinished = tmp_path / "interrupted"

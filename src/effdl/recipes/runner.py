@@ -36,6 +36,7 @@ from effdl.fileio import atomic_write, file_hash
 from effdl.recipes.plan import Plan, PlannedStage, hashed_options, make_plan
 from effdl.recipes.spec import Recipe, shipped_recipes
 from effdl.recipes.stages import StageRun, options_data
+from effdl.report.runs import REPLACED_MARK
 from effdl.train.config import PRESENTATION_KEYS
 
 STATE_FILE = "stage.json"
@@ -184,7 +185,7 @@ def kept_aside(path: Path, state: dict[str, Any]) -> Path:
     """Where a finished stage's folder goes when its stage runs again: beside it, named by its
     hash (`02-prune.replaced-<hash>`, a number added when that name is taken). The recipe's plan and
     report ignore these folders (`effdl report` on the recipe's folder lists them as runs)."""
-    base = path.with_name(f"{path.name}.replaced-{state.get('hash') or 'unknown'}")
+    base = path.with_name(f"{path.name}{REPLACED_MARK}{state.get('hash') or 'unknown'}")
     aside, number = base, 1
     while aside.exists():
         number += 1

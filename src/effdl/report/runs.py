@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from effdl.errors import EffdlError
 
 SUMMARY_FILE = "summary.json"
+REPLACED_MARK = ".replaced-"  # a recipe stage set aside when its options changed: `NN-kind.replaced-<hash>`
 
 
 class ModelRef(BaseModel):
@@ -113,8 +114,14 @@ def find_runs(paths: list[str | Path]) -> list[Run]:
     """Runs named by `paths`: run directories, or folders whose subfolders are runs (e.g. runs/)."""
     runs: list[Run] = []
     unfinished: list[Path] = []
+    set_aside = 0
     for given in map(Path, paths):
         children = sorted(p.parent for p in given.glob(f"*/{SUMMARY_FILE}")) if given.is_dir() else []
+        # a recipe's folder: the stages it replaced are not its runs (named one by one, they are)
+        current = [child for child in children if REPLACED_MARK not in child.name]
+        if current:
+            set_aside += len(children) - len(current)
+            children = current
         if given.is_dir() and not (given / SUMMARY_FILE).exists() and children:
             runs.extend(load_run(child) for child in children)
         elif len(paths) > 1 and given.is_dir() and not (given / SUMMARY_FILE).exists():
@@ -126,6 +133,9 @@ def find_runs(paths: list[str | Path]) -> list[Run]:
             load_run(unfinished[0])  # its error: nothing to report
         print(f"skipped {len(unfinished)} unfinished run(s) (no {SUMMARY_FILE}): "
               f"{', '.join(map(str, unfinished))}", file=sys.stderr)
+    if set_aside:
+        print(f"left out {set_aside} replaced recipe stage(s) (*{REPLACED_MARK}*; name one to report it)",
+              file=sys.stderr)
     if not runs:
         raise EffdlError("no runs given")
     return runs
