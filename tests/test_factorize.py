@@ -138,6 +138,24 @@ def test_grouped_fit_ends_at_the_least_squares_optimum_of_its_filters(groups):
     assert float(gradient.norm() / ((p.T @ w @ gram) * mask).norm()) < 1e-4
 
 
+def test_a_zero_layer_or_zero_inputs_fit_to_zero_not_an_error():
+    """A layer zeroed by global magnitude pruning (or fed only zeros) made the depthwise system
+    singular: the fit is zero filters, not a linear-algebra traceback."""
+    for weight, gram in ((torch.zeros(12, 8, 3, 3), torch.eye(72)), (torch.randn(12, 8, 3, 3), torch.zeros(72, 72))):
+        for groups, mid in ((8, 8), (2, 12)):
+            filters, mixing = dec.fit_grouped(weight, groups, mid, gram)
+            assert torch.isfinite(filters).all() and torch.isfinite(mixing).all()
+
+
+def test_a_ratio_rule_keeps_at_most_the_ratio_without_rounding_too():
+    model = Tiny().eval()
+    with pytest.raises(EffdlError, match="above the 0.01 ratio"):  # rank 1 of fc keeps 0.16x of its MACs
+        factorize_(model, SVDConfig(ratio=0.01), selection=["fc"])
+    with pytest.warns(UserWarning, match="fc .*above the 0.15 ratio"):  # rank 1: fc 0.16x, pw 0.125x
+        report = factorize_(model, SVDConfig(ratio=0.15), selection=["fc", "pw"])
+    assert list(report.layers) == ["pw"] and report.layers["pw"].macs_after <= 0.15 * report.layers["pw"].macs_before
+
+
 def test_counted_macs_equal_a_hand_count():
     model = Tiny().eval()
     before = profile(model, (1, 3, 16, 16)).macs
@@ -244,6 +262,10 @@ def test_round_to_skips_a_layer_no_multiple_makes_cheaper_and_old_configs_read()
     assert report.layers["2"].macs_after <= 0.5 * report.layers["2"].macs_before
     with pytest.raises(EffdlError, match="no selected layer would get cheaper.*above the 0.1 ratio"):
         factorize_(model, Tucker2Config(ratio=0.1, round_to=8), selection=["0"])
+    model = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.Flatten(), nn.Linear(1024, 2))
+    model.effdl_data = {"input_size": [8, 8, 8]}
+    with pytest.raises(EffdlError, match="e.g. '0': .*above the 0.1 ratio"):  # not the Linear skipped by selection
+        factorize_(model, Tucker2Config(ratio=0.1, round_to=8))
     assert config_to_dict(Tucker2Config(ratio=0.5, round_to=8))["version"] == 2
     assert config_from_dict({"type": "factorize.tucker2", "version": 1, "ratio": 0.5}) == Tucker2Config(ratio=0.5)
 

@@ -252,6 +252,10 @@ def test_report_of_a_recipe_folder_leaves_out_the_stages_it_replaced(runs, tmp_p
     assert [run.path.name for run in find_runs([recipe])] == ["01-prune"]
     assert "left out 1 replaced recipe stage(s)" in capsys.readouterr().err
     assert [run.path.name for run in find_runs([recipe / "01-prune.replaced-0123abcd"])] == ["01-prune.replaced-0123abcd"]
+    assert [run.path.name for run in find_runs(sorted(recipe.iterdir()))] == ["01-prune"]  # a shell glob
+    shutil.rmtree(recipe / "01-prune")  # the re-run of the stage failed: only the replaced one is finished
+    with pytest.raises(EffdlError, match="only recipe stages a re-run replaced"):
+        find_runs([recipe])
 
 
 def test_report_of_a_shell_glob_skips_unfinished_runs(runs, tmp_path, capsys):

@@ -11,8 +11,8 @@ Rank rules (one): --rank R for every layer; --energy E keeps E of each layer's s
 values; --ratio X keeps at most X of each layer's MACs; --target-macs X keeps X of the model's MACs,
 ranks chosen greedily from a per-layer sensitivity scan on --scan-images training images (written
 as sensitivity.png and in summary.json; --scan writes it for the other rules too). --round-to 8
-rounds every chosen rank up to a multiple of 8: on CPUs a chain of odd ranks can run slower than
-the layer it replaces. Layers the
+keeps every chosen rank a multiple of 8 (or the layer's whole rank): the rules choose among those
+ranks (--energy and --vbmf round up); on CPUs a chain of odd ranks can run slower than the layer. Layers the
 method cannot take (a 1x1 for tucker, a depthwise conv) are left whole and listed.
 """
 
@@ -36,7 +36,7 @@ def register(subparsers) -> None:
                       help="keep this fraction of the model's MACs (e.g. 0.5), ranks from a sensitivity scan")
     rule.add_argument("--vbmf", action="store_true", help="tucker: each layer's ranks by VBMF")
     p.add_argument("--round-to", type=int, default=None,
-                   help="ranks a rule chooses rounded up to multiples of this (8 suits CPU kernels)")
+                   help="ranks a rule chooses are multiples of this, or the whole rank (8 suits CPU kernels)")
     p.add_argument("--groups", type=int, default=4, help="grouped: groups of the kxk convolution (default 4)")
     p.add_argument("--layers", nargs="*", default=[], help="layer names or globs to factorize (default: all it takes)")
     p.add_argument("--exclude", nargs="*", default=[], help="layer names or globs to leave whole")

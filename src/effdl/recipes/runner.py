@@ -184,7 +184,7 @@ def _prepare(plan: Plan, stage: PlannedStage, status: str) -> Path:
 def kept_aside(path: Path, state: dict[str, Any]) -> Path:
     """Where a finished stage's folder goes when its stage runs again: beside it, named by its
     hash (`02-prune.replaced-<hash>`, a number added when that name is taken). The recipe's plan and
-    report ignore these folders (`effdl report` on the recipe's folder lists them as runs)."""
+    report ignore these folders, and so does `effdl report` unless one is named alone."""
     base = path.with_name(f"{path.name}{REPLACED_MARK}{state.get('hash') or 'unknown'}")
     aside, number = base, 1
     while aside.exists():

@@ -114,14 +114,17 @@ def find_runs(paths: list[str | Path]) -> list[Run]:
     """Runs named by `paths`: run directories, or folders whose subfolders are runs (e.g. runs/)."""
     runs: list[Run] = []
     unfinished: list[Path] = []
-    set_aside = 0
+    set_aside: list[Path] = []
     for given in map(Path, paths):
+        if len(paths) > 1 and REPLACED_MARK in given.name:  # `effdl report out/recipe/*`
+            set_aside.append(given)
+            continue
         children = sorted(p.parent for p in given.glob(f"*/{SUMMARY_FILE}")) if given.is_dir() else []
-        # a recipe's folder: the stages it replaced are not its runs (named one by one, they are)
-        current = [child for child in children if REPLACED_MARK not in child.name]
-        if current:
-            set_aside += len(children) - len(current)
-            children = current
+        # a recipe's folder: the stages a re-run set aside are not its runs (named alone, one is)
+        set_aside += [child for child in children if REPLACED_MARK in child.name]
+        children = [child for child in children if REPLACED_MARK not in child.name]
+        if given.is_dir() and not (given / SUMMARY_FILE).exists() and set_aside and not children:
+            continue
         if given.is_dir() and not (given / SUMMARY_FILE).exists() and children:
             runs.extend(load_run(child) for child in children)
         elif len(paths) > 1 and given.is_dir() and not (given / SUMMARY_FILE).exists():
@@ -133,9 +136,12 @@ def find_runs(paths: list[str | Path]) -> list[Run]:
             load_run(unfinished[0])  # its error: nothing to report
         print(f"skipped {len(unfinished)} unfinished run(s) (no {SUMMARY_FILE}): "
               f"{', '.join(map(str, unfinished))}", file=sys.stderr)
+    if set_aside and not runs:
+        raise EffdlError(f"only recipe stages a re-run replaced (*{REPLACED_MARK}*) were found, e.g. {set_aside[0]}: "
+                         "name one alone to report it")
     if set_aside:
-        print(f"left out {set_aside} replaced recipe stage(s) (*{REPLACED_MARK}*; name one to report it)",
-              file=sys.stderr)
+        print(f"left out {len(set_aside)} replaced recipe stage(s) (*{REPLACED_MARK}*; name one alone to report "
+              "it)", file=sys.stderr)
     if not runs:
         raise EffdlError("no runs given")
     return runs

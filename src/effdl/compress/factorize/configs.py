@@ -20,7 +20,8 @@ Rank rules (exactly one per config; depthwise and grouped have none):
 - Tucker2Config(vbmf=True): per layer, ranks by VBMF on the channel unfoldings (decompose.vbmf_rank).
 
 round_to=N (with energy, ratio, target_macs or vbmf): every chosen rank is a multiple of N or the
-layer's full rank, rounded up (AIMET's rank "multiplicity"). Batch-1 CPU latency follows it more
+layer's full rank (AIMET's rank "multiplicity"): ratio and target_macs choose among those ranks
+(a layer none of them fits is left whole and listed), energy and vbmf round their rank up. Batch-1 CPU latency follows it more
 than the MACs: ONNX Runtime's kernels work on blocks of 8-16 channels (methods' docstring).
 Version 2 of the low-rank configs added round_to; version 1 data reads unchanged.
 
@@ -280,6 +281,7 @@ def _rank_for_ratio(method: m.Method, layer: nn.Module, shape: tuple[int, ...], 
 
 
 def _nothing_cheaper(method: m.Method, skipped: dict[str, str]) -> EffdlError:
+    """The error when every selected layer was left whole by its rank rule; `skipped`: those layers."""
     first = next(iter(skipped.items()), None)
     return EffdlError(f"no selected layer would get cheaper by {method.name} with these options"
                       + (f" (e.g. '{first[0]}': {first[1]})" if first else ""))
@@ -424,7 +426,7 @@ def _factorize(
     given_calibration = calibration is not None
     batches = _default_batches(model, calibration)
     shapes = input_shapes(model, list(layers), batches[0])
-    report = FactorizeReport(method=method.name, skipped=skipped)
+    report = FactorizeReport(method=method.name, skipped=dict(skipped))  # a copy: `skipped` stays the selection's
     layer_macs = {name: m.chain_macs([spec_of(layer)], shapes[name]) for name, layer in layers.items()}
 
     # choose every rank first: a bad rank is refused before any layer changes
@@ -459,7 +461,7 @@ def _factorize(
                                     f"makes its {method.name} chain cheaper than the layer")
             del layers[name]
         if not layers:
-            raise _nothing_cheaper(method, report.skipped)
+            raise _nothing_cheaper(method, {n: why for n, why in report.skipped.items() if n not in skipped})
         score = accuracy or _fidelity_score(model, batches)
         options, report.scan = _greedy_ranks(model, method, layers, shapes, config.target_macs, score)
         model_macs = _model_macs(model, batches[0])
@@ -474,7 +476,7 @@ def _factorize(
             if name not in ranks:
                 report.skipped[name] = "left whole by the MAC budget (too sensitive for its savings)"
     if not ranks:
-        raise _nothing_cheaper(method, report.skipped)
+        raise _nothing_cheaper(method, {n: why for n, why in report.skipped.items() if n not in skipped})
     if report.skipped:
         warnings.warn(f"{method.name} leaves {len(report.skipped)} layer(s) whole: "
                       + "; ".join(f"{n} ({why})" for n, why in list(report.skipped.items())[:8])

@@ -188,7 +188,8 @@ def _fit_depthwise(
         mix = _mixing_step(wm, dense(filters), torch.einsum("jca,ca->jc", g3, filters), ridge)
         ptp = mix.T @ mix
         system = ptp[rows][:, rows] * g
-        system.diagonal().add_(ridge * ptp.diagonal().mean() * g.diagonal().mean())
+        # clamped: a zero layer or zero inputs make P, and so the whole system, zero
+        system.diagonal().add_(ridge * (ptp.diagonal().mean() * g.diagonal().mean()).clamp_min(1e-30))
         rhs = torch.einsum("cj,jca->ca", mix.T @ wm, g3).reshape(-1, 1)
         factor, info = torch.linalg.cholesky_ex(system)
         solution = torch.cholesky_solve(rhs, factor) if int(info) == 0 else torch.linalg.solve(system, rhs)
