@@ -2,8 +2,8 @@
 
 From one trained --checkpoint (resnet20 or resnet56), each method reaches at most --target-macs of
 its MACs and is fine-tuned for --epochs with the same learning rate, batch size and distillation:
-1. structured: L1-filter pruning with the MAC target (effdl prune's bisection, counts rounded to
-   --round-to, 8 by default);
+1. structured: L1-filter pruning with the MAC target (effdl prune's bisection; channel counts
+   rounded to --prune-round-to when given);
 2. tucker: Tucker-2 with a global MAC target (per-layer sensitivity scan on 500 training images,
    greedy allocation as AIMET does, ranks rounded to --round-to; --rule ratio: every layer to the
    same MAC ratio instead);
@@ -53,7 +53,7 @@ def flat(summary: dict) -> dict:
 
 
 def prune(args, data, source: str, out: Path, target: float, epochs: int, method: str = "l1-filter") -> dict:
-    options = PruneOptions(method=method, target_macs=target, round_to=args.round_to if method != "block" else None,
+    options = PruneOptions(method=method, target_macs=target, round_to=args.prune_round_to if method != "block" else None,
                            epochs=epochs, lr=args.lr,
                            batch_size=args.batch_size, train_limit=args.limit_train, test_limit=args.limit_test,
                            device=args.device, distill=args.distill)
@@ -84,8 +84,10 @@ def main() -> None:
                         help="combination: MAC fraction after its pruning stage (Tucker does the rest)")
     parser.add_argument("--rule", choices=("target", "ratio"), default="target",
                         help="factorization ranks: global MAC target (scan + greedy) or one per-layer ratio")
-    parser.add_argument("--round-to", type=int, default=8,
-                        help="channel counts (pruning) and ranks (factorization) rounded up to multiples of this")
+    parser.add_argument("--round-to", type=int, default=8, help="factorization ranks: multiples of this")
+    parser.add_argument("--prune-round-to", type=int, default=None,
+                        help="structured pruning: channel counts rounded to multiples of this (default none: with 8, "
+                             "resnet20's 16-channel stage allows only 8 or 16 and a 0.5x target lands at 0.25x)")
     parser.add_argument("--first-layer", default="conv1", help="the stem convolution, left whole by every method")
     parser.add_argument("--scan-images", type=int, default=500, help="training images scoring the scan")
     parser.add_argument("--methods", nargs="*", default=["structured", "tucker", "cp", "combination"])
@@ -99,7 +101,8 @@ def main() -> None:
     data = load_dataset(args.data, root=args.data_root, train_limit=args.limit_train, test_limit=args.limit_test)
     base = Path(args.checkpoint)
     result: dict = {"checkpoint": str(base), "epochs": args.epochs, "lr": args.lr, "distill": args.distill,
-                    "target_macs": args.target_macs, "rule": args.rule, "round_to": args.round_to, "limit_train": args.limit_train,
+                    "target_macs": args.target_macs, "rule": args.rule, "round_to": args.round_to,
+                    "prune_round_to": args.prune_round_to, "limit_train": args.limit_train,
                     "limit_test": args.limit_test, "load_before": os.getloadavg()[0], "methods": {}}
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
