@@ -254,6 +254,7 @@ def test_round_to_skips_a_layer_no_multiple_makes_cheaper_and_old_configs_read()
     with pytest.warns(UserWarning, match="leaves 1 layer"):
         report = factorize_(model, Tucker2Config(target_macs=0.8, round_to=8))
     assert list(report.layers) == ["2"] and "multiple of 8" in report.skipped["0"]
+    assert profile(model, (1, 6, 8, 8)).macs <= 0.8 * 64 * 9 * (6 * 6 + 6 * 32)  # the skipped layer's MACs counted
     model = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1))
     model.effdl_data = {"input_size": [8, 8, 8]}
     with pytest.warns(UserWarning, match="leaves 1 layer"):

@@ -459,7 +459,7 @@ def _factorize(
         for name in [n for n, layer in layers.items() if _cheapest_macs(method, layer, shapes[n]) >= layer_macs[n]]:
             report.skipped[name] = (f"no rank{f' a multiple of {method.round_to}' if method.round_to else ''} "
                                     f"makes its {method.name} chain cheaper than the layer")
-            del layers[name]
+            del layers[name], layer_macs[name]  # its MACs stay in the model's fixed part of the budget
         if not layers:
             raise _nothing_cheaper(method, {n: why for n, why in report.skipped.items() if n not in skipped})
         score = accuracy or _fidelity_score(model, batches)
