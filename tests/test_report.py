@@ -253,6 +253,10 @@ def test_report_of_a_recipe_folder_leaves_out_the_stages_it_replaced(runs, tmp_p
     assert "left out 1 replaced recipe stage(s)" in capsys.readouterr().err
     assert [run.path.name for run in find_runs([recipe / "01-prune.replaced-0123abcd"])] == ["01-prune.replaced-0123abcd"]
     assert [run.path.name for run in find_runs(sorted(recipe.iterdir()))] == ["01-prune"]  # a shell glob
+    capsys.readouterr()
+    (tmp_path / "interrupted").mkdir()  # after a folder with replaced stages, still reported as unfinished
+    assert [run.path.name for run in find_runs([recipe, tmp_path / "interrupted"])] == ["01-prune"]
+    assert "skipped 1 unfinished run(s)" in capsys.readouterr().err
     shutil.rmtree(recipe / "01-prune")  # the re-run of the stage failed: only the replaced one is finished
     with pytest.raises(EffdlError, match="only recipe stages a re-run replaced"):
         find_runs([recipe])

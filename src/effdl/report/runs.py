@@ -121,9 +121,10 @@ def find_runs(paths: list[str | Path]) -> list[Run]:
             continue
         children = sorted(p.parent for p in given.glob(f"*/{SUMMARY_FILE}")) if given.is_dir() else []
         # a recipe's folder: the stages a re-run set aside are not its runs (named alone, one is)
-        set_aside += [child for child in children if REPLACED_MARK in child.name]
+        replaced = [child for child in children if REPLACED_MARK in child.name]
+        set_aside += replaced
         children = [child for child in children if REPLACED_MARK not in child.name]
-        if given.is_dir() and not (given / SUMMARY_FILE).exists() and set_aside and not children:
+        if replaced and not children and not (given / SUMMARY_FILE).exists():
             continue
         if given.is_dir() and not (given / SUMMARY_FILE).exists() and children:
             runs.extend(load_run(child) for child in children)
