@@ -65,9 +65,9 @@ class FactorizeOptions:
         given = {k: v for k, v in rules.items() if v is not None}
         cls = METHOD_CONFIGS[self.method]
         if self.method in ("depthwise", "grouped"):
-            if given or self.vbmf or self.round_to is not None:
-                flag = next(iter(given or ({"vbmf": 1} if self.vbmf else {"round_to": 1})))
-                raise EffdlError(f"{self.method} has no rank: drop --{flag.replace('_', '-')}")
+            stray = [*given, *(["vbmf"] if self.vbmf else []), *(["round_to"] if self.round_to is not None else [])]
+            if stray:
+                raise EffdlError(f"{self.method} has no rank: drop --{stray[0].replace('_', '-')}")
             return cls(groups=self.groups) if self.method == "grouped" else cls()
         rounding = {} if self.round_to is None else {"round_to": self.round_to}
         if self.vbmf:

@@ -280,9 +280,10 @@ def _rank_for_ratio(method: m.Method, layer: nn.Module, shape: tuple[int, ...], 
     return max(fitting, key=lambda r: (m.chain_macs(method.specs(layer, r), shape), r))
 
 
-def _nothing_cheaper(method: m.Method, skipped: dict[str, str]) -> EffdlError:
-    """The error when every selected layer was left whole by its rank rule; `skipped`: those layers."""
-    first = next(iter(skipped.items()), None)
+def _nothing_cheaper(method: m.Method, skipped: dict[str, str], by_selection: dict[str, str]) -> EffdlError:
+    """The error when every selected layer was left whole by its rank rule, naming one of those
+    (`skipped` less the layers the selection itself left, `by_selection`)."""
+    first = next(((n, why) for n, why in skipped.items() if n not in by_selection), None)
     return EffdlError(f"no selected layer would get cheaper by {method.name} with these options"
                       + (f" (e.g. '{first[0]}': {first[1]})" if first else ""))
 
@@ -428,6 +429,7 @@ def _factorize(
     shapes = input_shapes(model, list(layers), batches[0])
     report = FactorizeReport(method=method.name, skipped=dict(skipped))  # a copy: `skipped` stays the selection's
     layer_macs = {name: m.chain_macs([spec_of(layer)], shapes[name]) for name, layer in layers.items()}
+    multiple = f" a multiple of {method.round_to}" if method.round_to else ""  # for the skip reasons
 
     # choose every rank first: a bad rank is refused before any layer changes
     ranks: dict[str, Any] = {}
@@ -450,18 +452,16 @@ def _factorize(
                 continue
             if config.ratio is not None and macs > config.ratio * layer_macs[name]:
                 # the cheapest allowed rank is over the ratio: "at most" is the rule, not "about"
-                report.skipped[name] = (f"its cheapest rank{f' a multiple of {method.round_to}' if method.round_to else ''} "
-                                        f"({rank}) keeps {macs / layer_macs[name]:.2f}x of its MACs, above the "
+                report.skipped[name] = (f"its cheapest rank{multiple} ({rank}) keeps {macs / layer_macs[name]:.2f}x of its MACs, above the "
                                         f"{config.ratio} ratio")
                 continue
             ranks[name] = rank
     else:
         for name in [n for n, layer in layers.items() if _cheapest_macs(method, layer, shapes[n]) >= layer_macs[n]]:
-            report.skipped[name] = (f"no rank{f' a multiple of {method.round_to}' if method.round_to else ''} "
-                                    f"makes its {method.name} chain cheaper than the layer")
+            report.skipped[name] = f"no rank{multiple} makes its {method.name} chain cheaper than the layer"
             del layers[name], layer_macs[name]  # its MACs stay in the model's fixed part of the budget
         if not layers:
-            raise _nothing_cheaper(method, {n: why for n, why in report.skipped.items() if n not in skipped})
+            raise _nothing_cheaper(method, report.skipped, skipped)
         score = accuracy or _fidelity_score(model, batches)
         options, report.scan = _greedy_ranks(model, method, layers, shapes, config.target_macs, score)
         model_macs = _model_macs(model, batches[0])
@@ -476,7 +476,7 @@ def _factorize(
             if name not in ranks:
                 report.skipped[name] = "left whole by the MAC budget (too sensitive for its savings)"
     if not ranks:
-        raise _nothing_cheaper(method, {n: why for n, why in report.skipped.items() if n not in skipped})
+        raise _nothing_cheaper(method, report.skipped, skipped)
     if report.skipped:
         warnings.warn(f"{method.name} leaves {len(report.skipped)} layer(s) whole: "
                       + "; ".join(f"{n} ({why})" for n, why in list(report.skipped.items())[:8])

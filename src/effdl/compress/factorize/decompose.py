@@ -160,7 +160,7 @@ def _mixing_step(wm: torch.Tensor, b: torch.Tensor, gb: torch.Tensor, ridge: flo
 def _fit_depthwise(
     wm: torch.Tensor, g: torch.Tensor, k: int, iterations: int, ridge: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """`fit_grouped` with groups = mid = I: (B (I, I*k) block-diagonal, P (O, I)).
+    """`fit_grouped` with groups = mid = I: (the depthwise filters (I, k), P (O, I)).
 
     A depthwise B has only I*k free weights, so its step is solved exactly instead of by conjugate
     gradient over the dense (I, I*k) matrix: the normal equations of the stacked filters are
@@ -194,7 +194,7 @@ def _fit_depthwise(
         factor, info = torch.linalg.cholesky_ex(system)
         solution = torch.cholesky_solve(rhs, factor) if int(info) == 0 else torch.linalg.solve(system, rhs)
         filters = solution.reshape(i, k)
-    return dense(filters), mix
+    return filters, mix
 
 
 def fit_grouped(
@@ -207,7 +207,8 @@ def fit_grouped(
     the (I*kh*kw)^2 second-moment matrix of the layer's input patches (`gram`; identity when None,
     i.e. plain weight error): this is the squared error of the layer's outputs on the calibration
     data. Alternating least squares: P in closed form, B by conjugate gradient on its normal
-    equations restricted to the existing weights (depthwise: solved exactly, `_fit_depthwise`). Start: for depthwise (groups = I = mid) the best
+    equations restricted to the existing weights (depthwise: solved exactly, `_fit_depthwise`).
+    Start: for depthwise (groups = I = mid) the best
     rank-1 approximation of each input channel's filters; otherwise the block-diagonal part of W
     (needs mid = O) with P = identity.
     """
@@ -218,13 +219,13 @@ def fit_grouped(
     g = torch.eye(i * k, dtype=torch.float64) if gram is None else gram.to(torch.float64).cpu()
     g = g / (g.diagonal().mean().clamp_min(1e-30))  # scale-free: only the conditioning matters
     ridge = 1e-6
-    mask = _group_mask(mid, i, k, groups)
     if groups == i and mid == i:
-        b, p = _fit_depthwise(wm, g, k, iterations, ridge)
-        grouped = b.reshape(mid, i, k)[mask.reshape(mid, i, k)[:, :, 0]].reshape(mid, 1, kh, kw)
-        return grouped.to(weight.dtype).contiguous(), p.reshape(o, mid, 1, 1).to(weight.dtype).contiguous()
+        filters, p = _fit_depthwise(wm, g, k, iterations, ridge)
+        return filters.reshape(mid, 1, kh, kw).to(weight.dtype).contiguous(), \
+            p.reshape(o, mid, 1, 1).to(weight.dtype).contiguous()
     if mid != o:
         raise EffdlError(f"a grouped start needs as many middle channels as outputs ({o}), got {mid}")
+    mask = _group_mask(mid, i, k, groups)
     b = wm * mask
     p = torch.eye(o, dtype=torch.float64)
     for _ in range(iterations):

@@ -3,7 +3,7 @@
 A `Method` answers, for one trained layer: can it be taken (`why_not`), which ranks are allowed
 (`check_rank`, `candidate_ranks` in increasing cost), the rank keeping a fraction of the energy,
 the specs of the smaller layers at a rank, and their weights (`factors`). With `round_to` set,
-every rank a rule chooses is rounded up to a multiple of it (`rounded`; AIMET's "multiplicity"):
+the candidate ranks are multiples of it or the layer's whole rank (`rounded`; AIMET's "multiplicity"):
 CPU kernels work on blocks of 8 or 16 channels, so in ONNX Runtime a Tucker chain of rank 11 on a
 16-channel 32x32 layer is slower than the layer it replaces, and one of rank 8 is not. The MACs of a chain are
 counted from its specs and the layer's input shape (`chain_macs`), the same convolution arithmetic
