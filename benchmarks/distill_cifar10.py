@@ -16,6 +16,12 @@ Smoke test (numbers meaningless; the pipeline exercised):
     python benchmarks/distill_cifar10.py --epochs 1 --teacher-epochs 1 --train-limit 256 --test-limit 256 \
         --pairs resnet20:resnet20 --methods kd,at
 Writes bench_results/distill_cifar10.json (runs under --out-dir, default runs/bench-distill).
+
+The table takes CPU hours, so it can be built over several sittings: --out-dir keeps a ledger
+(columns.json) of every column's settings (the training keys, the method, the teacher file's
+SHA-256) and result. Run the same command again and a column finished with the same settings is
+read from the ledger, one interrupted (Ctrl-C, or a lost machine after at least one epoch) resumes
+from its last.safetensors, anything else trains from scratch. --fresh ignores the ledger.
 """
 
 from __future__ import annotations
@@ -26,8 +32,11 @@ import statistics
 from pathlib import Path
 
 from common import EpochLog, write_result
+from effdl.errors import Interrupted
+from effdl.fileio import atomic_write, file_hash
 from effdl.pipelines.distill import DistillConfig, distill
 from effdl.train import TrainConfig, train
+from effdl.train.run import resume
 
 METHODS = ["kd", "dkd", "kd-std", "fitnets", "at", "overhaul"]
 
@@ -38,6 +47,46 @@ def recipe(args: argparse.Namespace, model: str, epochs: int, seed: int, name: s
             "schedule": args.schedule, "weight_decay": 5e-4, "seed": seed, "train_limit": args.train_limit,
             "test_limit": args.test_limit, "device": args.device, "bf16": args.bf16, "compile": args.compile,
             "progress": False, "out_dir": args.out_dir, "name": name}
+
+
+class Ledger:
+    """`<out_dir>/columns.json`: name -> {"key": the column's settings, "state": "started" | "done",
+    "result": {"accuracy", "images_per_s", "run"}} (see the module docstring)."""
+
+    def __init__(self, out_dir: str, fresh: bool) -> None:
+        self.path = Path(out_dir) / "columns.json"
+        self.columns = {} if fresh or not self.path.is_file() else json.loads(self.path.read_text())
+
+    def _write(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(self.columns, indent=2) + "\n"
+        atomic_write(self.path, lambda tmp: Path(tmp).write_text(text))
+
+    def column(self, name: str, key: dict, start, proceed) -> dict:
+        """The column's result: from the ledger when it finished with `key`; else `proceed()` (resume)
+        when it started with `key` and left a last.safetensors without a summary; else `start()`."""
+        entry = self.columns.get(name, {})
+        if entry.get("key") == key and entry.get("state") == "done":
+            print(f"{name}: finished earlier, read from {self.path}", flush=True)
+            return entry["result"]
+        run_dir = Path(entry.get("run_dir", ""))
+        interrupted = (entry.get("key") == key and (run_dir / "last.safetensors").is_file()
+                       and not (run_dir / "summary.json").is_file())
+        if not interrupted:
+            self.columns[name] = {"key": key, "state": "started", "run_dir": ""}
+        self._write()
+        print(f"{name}: {'resuming ' + str(run_dir) if interrupted else 'training'}", flush=True)
+        result = proceed() if interrupted else start()
+        self.columns[name] = {"key": key, "state": "done", "run_dir": str(result.run_dir),
+                              "result": {"accuracy": result.accuracy, "images_per_s": result.images_per_s,
+                                         "run": str(result.run_dir)}}
+        self._write()
+        return self.columns[name]["result"]
+
+    def started(self, name: str, run_dir: Path) -> None:
+        """Note where the column's run lives, so an interrupted one can resume."""
+        self.columns[name]["run_dir"] = str(run_dir)
+        self._write()
 
 
 def main() -> None:
@@ -59,6 +108,7 @@ def main() -> None:
     parser.add_argument("--bf16", action="store_true", default=None)
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--out-dir", default="runs/bench-distill")
+    parser.add_argument("--fresh", action="store_true", help="train every column again (ignore the ledger)")
     args = parser.parse_args()
 
     pairs = [tuple(p.split(":")) for p in args.pairs.split(",")]
@@ -67,35 +117,53 @@ def main() -> None:
         parser.error("--teacher-checkpoint needs one checkpoint per pair")
     seeds = [int(s) for s in args.seeds.split(",")]
     methods = [m for m in args.methods.split(",") if m]
+    ledger = Ledger(args.out_dir, args.fresh)
+
+    def column(name: str, key: dict, start) -> dict:
+        """One column through the ledger; its run is `<out_dir>/<name>`, resumed as train or distill."""
+        run_dir = Path(args.out_dir) / name
+
+        def begin():
+            ledger.started(name, run_dir)
+            return start()
+
+        def proceed():
+            if "method" in key:
+                return distill(DistillConfig(**key["config"], teacher=[key["teacher"]], method=key["method"]),
+                               resume=True)
+            return resume(run_dir, callbacks=[EpochLog()])
+        return ledger.column(name, key, begin, proceed)
+
     tables = []
     for (teacher_model, student_model), teacher_path in zip(pairs, teachers):
         if teacher_path is None:
-            print(f"training the teacher {teacher_model} for {args.teacher_epochs} epochs", flush=True)
             name = f"teacher-{teacher_model}"
-            result = train(TrainConfig(**recipe(args, teacher_model, args.teacher_epochs, seeds[0], name)),
-                           callbacks=[EpochLog()], overwrite=True)
-            teacher_path = str(Path(result.run_dir) / "best.safetensors")
+            keys = recipe(args, teacher_model, args.teacher_epochs, seeds[0], name)
+            print(f"the teacher {teacher_model}, {args.teacher_epochs} epochs", flush=True)
+            done = column(name, {"config": keys},
+                          lambda: train(TrainConfig(**keys), callbacks=[EpochLog()], overwrite=True))
+            teacher_path = str(Path(done["run"]) / "best.safetensors")
+        teacher_sha = file_hash(teacher_path)
         rows: dict[str, dict] = {}
         for seed in seeds:
             name = f"{student_model}-alone-s{seed}"
-            print(f"{name}", flush=True)
-            alone = train(TrainConfig(**recipe(args, student_model, args.epochs, seed, name)),
-                          callbacks=[EpochLog()], overwrite=True)
-            rows.setdefault("student alone", {"runs": []})["runs"].append(
-                {"seed": seed, "accuracy": alone.accuracy, "images_per_s": alone.images_per_s, "run": alone.run_dir})
+            keys = recipe(args, student_model, args.epochs, seed, name)
+            alone = column(name, {"config": keys},
+                           lambda: train(TrainConfig(**keys), callbacks=[EpochLog()], overwrite=True))
+            rows.setdefault("student alone", {"runs": []})["runs"].append({"seed": seed, **alone})
             for method in methods:
                 name = f"{student_model}-{method}-s{seed}"
-                print(f"{name} from {teacher_path}", flush=True)
-                config = DistillConfig(**recipe(args, student_model, args.epochs, seed, name),
-                                       teacher=[teacher_path], method=method)
-                result = distill(config, overwrite=True)
-                summary = Path(result.run_dir) / "summary.json"
-                teacher_accuracy = json.loads(summary.read_text())["teacher_accuracy"]
-                rows.setdefault("teacher", {"runs": []})["runs"].append({"seed": seed, "accuracy": teacher_accuracy})
+                keys = recipe(args, student_model, args.epochs, seed, name)
+                key = {"config": keys, "teacher": teacher_path, "teacher_sha256": teacher_sha, "method": method}
+                done = column(name, key, lambda: distill(
+                    DistillConfig(**keys, teacher=[teacher_path], method=method), overwrite=True))
+                summary = json.loads((Path(done["run"]) / "summary.json").read_text())
+                if method == methods[0]:  # every distillation run measures the same teacher
+                    rows.setdefault("teacher", {"runs": []})["runs"].append(
+                        {"seed": seed, "accuracy": summary["teacher_accuracy"]})
                 rows.setdefault(method, {"runs": []})["runs"].append(
-                    {"seed": seed, "accuracy": result.accuracy, "images_per_s": result.images_per_s,
-                     "slowdown_vs_alone": round(alone.images_per_s / max(result.images_per_s, 1e-9), 3),
-                     "run": result.run_dir})
+                    {"seed": seed, **done,
+                     "slowdown_vs_alone": round(alone["images_per_s"] / max(done["images_per_s"], 1e-9), 3)})
         for row in rows.values():
             accuracies = [r["accuracy"] for r in row["runs"]]
             row["mean_accuracy"] = statistics.fmean(accuracies)
@@ -120,4 +188,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except Interrupted as exc:
+        raise SystemExit(f"{exc}\nthe same command continues the table (columns.json in --out-dir)") from None
