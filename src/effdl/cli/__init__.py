@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from types import ModuleType
 
 from effdl import __version__
+from effdl.console import is_main_process
 from effdl.errors import EffdlError
 
 
@@ -128,7 +129,7 @@ def _quiet_unless_rank_zero() -> Iterator[None]:
 def _reports_errors() -> bool:
     """Under torchrun every process meets the same errors: rank 0 alone reports them (a process's
     own error is printed with its rank where it happens, effdl.train.run)."""
-    return os.environ.get("RANK", "0") in ("", "0")
+    return is_main_process()
 
 
 if __name__ == "__main__":

@@ -19,12 +19,12 @@ whose classes or input size differ from the student's data, an unknown method or
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, ValidationError, field_validator
 
+from effdl.console import say
 from effdl.errors import EffdlError
 from effdl.train.config import TrainConfig, _explain
 
@@ -214,7 +214,7 @@ def distill(config: DistillConfig, *, overwrite: bool = False, resume: bool = Fa
 
     device = resolve_device(config.device)
     loader = BatchLoader.for_split(data, "test", batch_size=config.eval_batch_size, device=device)
-    print(f"evaluating the teacher on {len(loader.labels):,} test images...", file=sys.stderr)
+    say(f"evaluating the teacher on {len(loader.labels):,} test images...")
     teacher_accuracy = evaluate(teacher.to(device), loader).top1
     teacher.cpu()
     torch.manual_seed(config.seed)

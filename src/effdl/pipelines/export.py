@@ -13,11 +13,11 @@ stays light.
 from __future__ import annotations
 
 import dataclasses
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from effdl.console import say
 from effdl.errors import EffdlError, unknown_name_error
 from effdl.pipelines.sources import DataOptions, check_input_size, check_positive, load_source
 
@@ -85,7 +85,7 @@ def int8_export_model(model: nn.Module, meta: dict, options: Int8Options) -> nn.
         data = options.dataset(data_config(model, meta), model)
         check_model_fits_data(model, data)
         images = calibration_images(data, options.calibration_images)
-        print(f"calibrating int8 ranges on {len(images):,} training images...", file=sys.stderr)
+        say(f"calibrating int8 ranges on {len(images):,} training images...")
     return int8_model(model.cpu().eval(), images, options.calibration)
 
 
@@ -108,7 +108,7 @@ def check_images(model: nn.Module, meta: dict, options: DataOptions) -> torch.Te
     except EffdlError as exc:
         if options.data:
             raise
-        print(f"note: no images to check the export on ({exc}); using random inputs", file=sys.stderr)
+        say(f"note: no images to check the export on ({exc}); using random inputs")
         return None
     check_model_fits_data(model, data)  # a model of other classes, judged on these images, means nothing
     return calibration_images(data, min(CHECK_IMAGES, len(data.train_labels)), seed=1)
@@ -121,7 +121,7 @@ def export_model(model: nn.Module, meta: dict[str, Any], options: ExportOptions,
     from effdl.deploy.onnx import export_verified, read_metadata
 
     options.validate()
-    print(f"exporting {'int8 ' if options.int8 else ''}ONNX to {out_path}...", file=sys.stderr)
+    say(f"exporting {'int8 ' if options.int8 else ''}ONNX to {out_path}...")
     shape = tuple(options.input_size) if options.input_size else None
     settings = dict(input_size=shape, dynamic_batch=options.dynamic_batch, opset=options.opset,
                     exporter=options.exporter)
@@ -154,7 +154,7 @@ def onnx_test_accuracy(path: Path, model: nn.Module, meta: dict[str, Any], optio
 
     data = options.dataset(data_config(model, meta), model)
     check_model_fits_data(model, data)
-    print(f"evaluating {path.name} in ONNX Runtime on {len(data.test_labels):,} test images...", file=sys.stderr)
+    say(f"evaluating {path.name} in ONNX Runtime on {len(data.test_labels):,} test images...")
     accuracy = evaluate_onnx(path, BatchLoader.for_split(data, "test", batch_size=500))
     return {"onnx_accuracy": accuracy.top1, "onnx_correct": accuracy.correct, "onnx_total": accuracy.total}
 

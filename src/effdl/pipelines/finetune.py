@@ -10,11 +10,11 @@ A checkpoint without a recorded config fine-tunes with TrainConfig's defaults.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from effdl.console import say
 from effdl.errors import EffdlError
 
 if TYPE_CHECKING:
@@ -136,14 +136,14 @@ class FineTuner:
         if epochs < 1:
             return model
         config = self.config(epochs)
-        print(f"fine-tuning for {epochs} epoch(s) on {len(self.data.train_labels):,} training images"
-              f"{' (compiling the step first: minutes)' if config.compile else ''}...", file=sys.stderr)
+        say(f"fine-tuning for {epochs} epoch(s) on {len(self.data.train_labels):,} training images"
+            f"{' (compiling the step first: minutes)' if config.compile else ''}...")
         trainer = Trainer(model, self.data, config, callbacks=[*callbacks, *self.callbacks], run_dir=self.run_dir,
                           resume_hint=self.resume_hint, writes_results=False)
         if self.resume_from is not None:
             if self.results:
                 raise EffdlError("only a technique's first fine-tune can resume")
-            print(f"continuing the interrupted fine-tune from {self.resume_from}...", file=sys.stderr)
+            say(f"continuing the interrupted fine-tune from {self.resume_from}...")
             trainer.resume(self.resume_from)  # a model compressed otherwise fails here, naming the tensor
             self.resume_from = None
         result = trainer.fit()

@@ -11,11 +11,11 @@ under `details`. `quantize_sensitivity` is the per-layer scan (no checkpoint wri
 
 from __future__ import annotations
 
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from effdl.console import say
 from effdl.errors import EffdlError, unknown_name_error
 
 if TYPE_CHECKING:
@@ -137,7 +137,7 @@ def quantize_model(
     needs_calibration = any(layer.act_quantizer is not None for layer in quantized_layers(model).values())
     if replaced_weights or needs_calibration:
         images = take_images(data, calibration_images).to(device)
-        print(f"calibrating on {len(images):,} training images...", file=sys.stderr)
+        say(f"calibrating on {len(images):,} training images...")
         if replaced_weights:
             reestimate_batchnorm(model, images.split(64))
         if needs_calibration:
@@ -188,7 +188,7 @@ def quantize_run(
     run.create()
     loader = BatchLoader.for_split(data, "test", batch_size=256, device=device)
 
-    print(f"evaluating the float model on {len(loader.labels):,} test images...", file=sys.stderr)
+    say(f"evaluating the float model on {len(loader.labels):,} test images...")
     source_accuracy = evaluate(model, loader).top1
     torch.manual_seed(options.seed)  # what is initialised at random (distillation connectors) follows the seed
     # Made before quantize_model changes the model in place: the callback copies the float model as teacher.
@@ -200,11 +200,11 @@ def quantize_run(
     before_finetune = None
     if finetune.planned is not None:
         run.write_config(finetune.planned)
-        print(f"evaluating the {options.method} model before fine-tuning...", file=sys.stderr)
+        say(f"evaluating the {options.method} model before fine-tuning...")
         before_finetune = evaluate(model.eval(), loader).top1
     model = finetune(model, options.epochs, [QuantizationCallback()])
     model = model.to(device).eval()
-    print(f"evaluating the {options.method} model on {len(loader.labels):,} test images...", file=sys.stderr)
+    say(f"evaluating the {options.method} model on {len(loader.labels):,} test images...")
     accuracy = evaluate(model, loader)
     training = None
     if finetune.results:

@@ -9,11 +9,11 @@ own dataset (or the options' data). torch is imported inside the functions.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from effdl.console import say
 from effdl.errors import EffdlError, unknown_name_error
 from effdl.pipelines.sources import DataOptions, check_input_size, load_source
 
@@ -152,7 +152,7 @@ def score_model(model: nn.Module, meta: dict[str, Any], options: ScoreOptions, *
         dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
         evaluated = _cast_inputs(model, dtype).to(device)
         loader = BatchLoader.for_split(data, "test", batch_size=512, device=device)
-        print(f"evaluating on {len(loader.labels):,} test images...", file=sys.stderr)
+        say(f"evaluating on {len(loader.labels):,} test images...")
         accuracy = evaluate(evaluated, loader, tta=options.tta)
     return ScoreReport(name, prof, results, accuracy, data_name, notes)
 

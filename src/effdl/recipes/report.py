@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from effdl.console import say
 from effdl.errors import EffdlError
 
 if TYPE_CHECKING:
@@ -109,9 +110,8 @@ def write_report(plan: Plan, outcome: RecipeResult) -> dict[str, Any] | None:
     out = plan.recipe.directory / "report"
     if not finished:
         return None
-    print(f"measuring {len(finished)} checkpoint(s) for the report (counts, scores"
-          f"{', ONNX Runtime batch-1 latency' if options.latency else ''})...", flush=True,
-          file=__import__("sys").stderr)
+    say(f"measuring {len(finished)} checkpoint(s) for the report (counts, scores"
+        f"{', ONNX Runtime batch-1 latency' if options.latency else ''})...")
     paths = [plan.directory(s) for s in finished]
     start = _source_run(plan)
     if start is not None:  # the starting point, measured the same way, in the same run

@@ -22,15 +22,14 @@ error naming every failure and how to resume. Ctrl-C stops at once, keeping what
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from effdl.console import say
 from effdl.errors import EffdlError, Interrupted
 from effdl.fileio import atomic_write, file_hash
 from effdl.recipes.plan import Plan, PlannedStage, hashed_options, make_plan
@@ -49,11 +48,6 @@ class RecipeResult:
     skipped: list[str] = field(default_factory=list)  # folders found done and not run again
     failed: dict[str, str] = field(default_factory=dict)  # folder -> error message
     report: dict[str, Any] | None = None  # effdl.recipes.report's summary (None: nothing to report)
-
-
-def _say(message: str) -> None:
-    if os.environ.get("RANK", "0") in ("", "0"):  # under torchrun, rank 0 speaks for every process
-        print(message, file=sys.stderr, flush=True)
 
 
 def read_state(path: Path) -> dict[str, Any] | None:
@@ -169,7 +163,7 @@ def _prepare(plan: Plan, stage: PlannedStage, status: str) -> Path:
         if state.get("status") == "done":
             aside = kept_aside(path, state)
             path.rename(aside)
-            _say(f"   the finished run it replaces is kept in {aside}")
+            say(f"   the finished run it replaces is kept in {aside}")
         else:
             shutil.rmtree(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -256,7 +250,7 @@ def run_recipe(recipe: Recipe, *, dry_run: bool = False, report: bool = True) ->
 
     plan = make_plan(recipe)
     for line in describe_plan(plan):
-        _say(line)
+        say(line)
     outcome = RecipeResult(plan)
     if dry_run:
         return outcome
@@ -274,12 +268,12 @@ def run_recipe(recipe: Recipe, *, dry_run: bool = False, report: bool = True) ->
             status, why = distributed.on_main_then_share(lambda: judge_stage(plan, stage, statuses))
             statuses[stage.folder] = status
             if status == "done":
-                _say(f"== {stage.folder}: done before, skipped")
+                say(f"== {stage.folder}: done before, skipped")
                 outcome.results[stage.folder] = (read_state(plan.directory(stage)) or {}).get("result", {})
                 outcome.skipped.append(stage.folder)
                 continue
             what = {"resume": "resuming inside the stage", "rerun": f"running again: {why}", "run": "running"}[status]
-            _say(f"== {stage.folder}: {what}")
+            say(f"== {stage.folder}: {what}")
             try:
                 outcome.results[stage.folder] = _run_stage(plan, stage, status)
             except KeyboardInterrupt:
@@ -292,7 +286,7 @@ def run_recipe(recipe: Recipe, *, dry_run: bool = False, report: bool = True) ->
                 state = read_state(path) if distributed.is_main() else None
                 if state is not None:  # never write into a folder the runner did not make (no stage.json)
                     _write_state(path, {**state, "status": "failed", "error": str(exc)})
-                _say(f"== {stage.folder} failed: {exc}")
+                say(f"== {stage.folder} failed: {exc}")
     if report and distributed.is_main():
         from effdl.recipes.report import write_report
 

@@ -10,13 +10,13 @@ checkpoint's architecture spec, a missing kind is guessed from the keys that kin
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from effdl.console import say
 from effdl.errors import EffdlError
 
 SUMMARY_FILE = "summary.json"
@@ -135,14 +135,12 @@ def find_runs(paths: list[str | Path]) -> list[Run]:
     if unfinished:
         if not runs:
             load_run(unfinished[0])  # its error: nothing to report
-        print(f"skipped {len(unfinished)} unfinished run(s) (no {SUMMARY_FILE}): "
-              f"{', '.join(map(str, unfinished))}", file=sys.stderr)
+        say(f"skipped {len(unfinished)} unfinished run(s) (no {SUMMARY_FILE}): {', '.join(map(str, unfinished))}")
     if set_aside and not runs:
         raise EffdlError(f"only recipe stages a re-run replaced (*{REPLACED_MARK}*) were found, e.g. {set_aside[0]}: "
                          "name one alone to report it")
     if set_aside:
-        print(f"left out {len(set_aside)} replaced recipe stage(s) (*{REPLACED_MARK}*; name one alone to report "
-              "it)", file=sys.stderr)
+        say(f"left out {len(set_aside)} replaced recipe stage(s) (*{REPLACED_MARK}*; name one alone to report it)")
     if not runs:
         raise EffdlError("no runs given")
     return runs

@@ -31,7 +31,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import sys
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,16 +38,13 @@ from typing import Any
 
 import yaml
 
+from effdl.console import say
 from effdl.errors import EffdlError
 from effdl.search.space import Param
 
 FAMILIES = {"resnet": "search_resnet", "mobilenet": "search_mobilenet"}
 STRATEGIES = ("random", "evolution", "nsga2")
 COSTS = ("macs", "params", "imt2024", "micronet", "peak_kb", "latency_ms")  # objectives to minimise
-
-
-def _say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -452,7 +448,7 @@ def run_search(spec: SearchSpec) -> SearchResult:
                 study.tell(trial, [0.0] + [metrics[c] for c in costs])
             else:
                 study.tell(trial, state=TrialState.PRUNED)
-            _say(f"candidate {trial.number}: infeasible ({reason}), not trained")
+            say(f"candidate {trial.number}: infeasible ({reason}), not trained")
             continue
         trainings += 1
         try:
@@ -462,7 +458,7 @@ def run_search(spec: SearchSpec) -> SearchResult:
 
             trial.set_user_attr("error", error_line(exc))
             study.tell(trial, state=TrialState.FAIL)
-            _say(f"candidate {trial.number}: failed: {error_line(exc)}")
+            say(f"candidate {trial.number}: failed: {error_line(exc)}")
             if isinstance(exc, KeyboardInterrupt):
                 raise
             continue
@@ -470,7 +466,7 @@ def run_search(spec: SearchSpec) -> SearchResult:
         trial.set_user_attr("run_dir", str(directory / f"trial-{trial.number:04d}"))
         trial.set_user_attr("test_accuracy", summary.get("accuracy"))
         study.tell(trial, [accuracy] + [metrics[c] for c in costs])
-        _say(f"candidate {trial.number}: proxy accuracy {accuracy:.4f}, " +
+        say(f"candidate {trial.number}: proxy accuracy {accuracy:.4f}, " +
              ", ".join(f"{k} {metrics[k]:.4g}" for k in ("macs", "params", *costs) if k in metrics))
         if spec.strategy == "evolution":
             population.append((values, accuracy))
@@ -511,7 +507,7 @@ def _finish(spec: SearchSpec, study: Any, space: ArchSpace, trained: list[Any], 
     full_accuracy: dict[int, float] = {}
     for t in chosen:
         model = t.user_attrs["model"]
-        _say(f"full training of candidate {t.number}")
+        say(f"full training of candidate {t.number}")
         summary = _train(spec, model["name"], model["kwargs"], model["resolution"], spec.full, f"full-{t.number:04d}")
         full_accuracy[t.number] = _accuracy(summary)
         t.user_attrs["full_test_accuracy"] = summary.get("accuracy")

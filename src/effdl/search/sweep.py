@@ -24,13 +24,13 @@ from __future__ import annotations
 import csv
 import json
 import math
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from effdl.console import say
 from effdl.core.hooks import Callback
 from effdl.errors import EffdlError
 from effdl.search.space import Param, grid_size, parse_param
@@ -40,10 +40,6 @@ from effdl.search.workers import counted_trials, run_trials
 SAMPLERS = ("grid", "random", "tpe")
 PRUNERS = ("none", "median", "halving")
 SPEC_FILE = "sweep.yaml"
-
-
-def _say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -315,7 +311,7 @@ def work(study_dir: str | Path, storage: str | None = None, worker: int = 1) -> 
     study = load_study(spec, stream=worker)
     params = spec.parsed()
     return run_trials(study, spec.directory, target_trials(spec), _objective(spec, params), retries=spec.retries,
-                      say=_say)
+                      say=say)
 
 
 def _worker_main(study_dir: str, storage: str | None, threads: int | None, worker: int) -> None:
@@ -326,7 +322,7 @@ def _worker_main(study_dir: str, storage: str | None, threads: int | None, worke
     try:
         work(study_dir, storage, worker)
     except EffdlError as exc:
-        _say(f"effdl: error: {exc}")
+        say(f"effdl: error: {exc}")
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         raise SystemExit(130) from None
@@ -449,7 +445,7 @@ def finish_sweep(study_dir: str | Path) -> SweepResult:
 
             importance = optuna.importance.get_param_importances(study)
         except (RuntimeError, ValueError, ImportError) as exc:  # e.g. every completed trial identical
-            _say(f"parameter importance skipped: {str(exc).splitlines()[0]}")
+            say(f"parameter importance skipped: {str(exc).splitlines()[0]}")
             importance = {}
         if importance:
             files["importance"] = str(plot_importance(importance, directory / "importance.png",
@@ -476,7 +472,7 @@ def run_sweep(spec: SweepSpec, *, workers: int = 1, threads_per_worker: int | No
     Raises EffdlError for an invalid sweep (before any training) or a worker that stopped."""
     directory = create_sweep(spec, workers)
     for line in describe_sweep(spec):
-        _say(line)
+        say(line)
     run_workers(directory, workers, threads_per_worker=threads_per_worker)
     return finish_sweep(directory)
 
@@ -490,7 +486,7 @@ def resume_sweep(study_dir: str | Path, *, workers: int = 1, storage: str | None
         spec.storage = storage
     study = load_study(spec, workers=workers)
     done = len(counted_trials(study))
-    _say(f"joining study {spec.name}: {done} of {target_trials(spec)} trials started before")
+    say(f"joining study {spec.name}: {done} of {target_trials(spec)} trials started before")
     run_workers(study_dir, workers, storage=storage, threads_per_worker=threads_per_worker)
     return finish_sweep(study_dir)
 
