@@ -31,7 +31,7 @@ import json
 import statistics
 from pathlib import Path
 
-from common import EpochLog, write_result
+from common import write_result
 from effdl.errors import Interrupted
 from effdl.fileio import atomic_write, file_hash
 from effdl.pipelines.distill import DistillConfig, distill
@@ -46,7 +46,7 @@ def recipe(args: argparse.Namespace, model: str, epochs: int, seed: int, name: s
     return {"model": model, "dataset": "cifar10", "epochs": epochs, "batch_size": args.batch_size, "lr": args.lr,
             "schedule": args.schedule, "weight_decay": 5e-4, "seed": seed, "train_limit": args.train_limit,
             "test_limit": args.test_limit, "device": args.device, "bf16": args.bf16, "compile": args.compile,
-            "progress": False, "out_dir": args.out_dir, "name": name}
+            "progress": True, "out_dir": args.out_dir, "name": name}  # in a log: one line per epoch
 
 
 class Ledger:
@@ -131,7 +131,7 @@ def main() -> None:
             if "method" in key:
                 return distill(DistillConfig(**key["config"], teacher=[key["teacher"]], method=key["method"]),
                                resume=True)
-            return resume(run_dir, callbacks=[EpochLog()])
+            return resume(run_dir, callbacks=[])
         return ledger.column(name, key, begin, proceed)
 
     tables = []
@@ -141,7 +141,7 @@ def main() -> None:
             keys = recipe(args, teacher_model, args.teacher_epochs, seeds[0], name)
             print(f"the teacher {teacher_model}, {args.teacher_epochs} epochs", flush=True)
             done = column(name, {"config": keys},
-                          lambda: train(TrainConfig(**keys), callbacks=[EpochLog()], overwrite=True))
+                          lambda: train(TrainConfig(**keys), overwrite=True))
             teacher_path = str(Path(done["run"]) / "best.safetensors")
         teacher_sha = file_hash(teacher_path)
         rows: dict[str, dict] = {}
@@ -149,7 +149,7 @@ def main() -> None:
             name = f"{student_model}-alone-s{seed}"
             keys = recipe(args, student_model, args.epochs, seed, name)
             alone = column(name, {"config": keys},
-                           lambda: train(TrainConfig(**keys), callbacks=[EpochLog()], overwrite=True))
+                           lambda: train(TrainConfig(**keys), overwrite=True))
             rows.setdefault("student alone", {"runs": []})["runs"].append({"seed": seed, **alone})
             for method in methods:
                 name = f"{student_model}-{method}-s{seed}"
