@@ -130,9 +130,8 @@ def test_grouped_fit_ends_at_the_least_squares_optimum_of_its_filters(groups):
     gram = dec.patch_gram(x, (3, 3), (1, 1), (1, 1), (1, 1))
     g, mid = (i, i) if groups == "depthwise" else (groups, o)
     filters, mixing = dec.fit_grouped(weight, g, mid, gram)
-    mask = dec._group_mask(mid, i, 9, g)
-    b = torch.zeros(mid, i * 9, dtype=torch.float64)
-    b[mask] = filters.double().reshape(-1)
+    b = torch.block_diag(*filters.double().reshape(g, mid // g, -1))  # (mid, i*9): group a reads its inputs
+    mask = torch.block_diag(*torch.ones(g, mid // g, i * 9 // g)).bool()
     p, w = mixing.double()[:, :, 0, 0], weight.double().reshape(o, -1)
     gradient = (p.T @ (p @ b - w) @ gram) * mask
     assert float(gradient.norm() / ((p.T @ w @ gram) * mask).norm()) < 1e-4
