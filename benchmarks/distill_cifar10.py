@@ -28,14 +28,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 from pathlib import Path
 
 from common import write_result
-from effdl.errors import Interrupted
 from effdl.fileio import atomic_write, file_hash
 from effdl.pipelines.distill import DistillConfig, distill
 from effdl.train import TrainConfig, train
+from effdl.train.config import PRESENTATION_KEYS
 from effdl.train.run import resume
 
 METHODS = ["kd", "dkd", "kd-std", "fitnets", "at", "overhaul"]
@@ -66,10 +67,10 @@ class Ledger:
         """The column's result: from the ledger when it finished with `key`; else `proceed()` (resume)
         when it started with `key` and left a last.safetensors without a summary; else `start()`."""
         entry = self.columns.get(name, {})
-        if entry.get("key") == key and entry.get("state") == "done":
+        run_dir = Path(entry.get("run_dir", ""))
+        if entry.get("key") == key and entry.get("state") == "done" and (run_dir / "summary.json").is_file():
             print(f"{name}: finished earlier, read from {self.path}", flush=True)
             return entry["result"]
-        run_dir = Path(entry.get("run_dir", ""))
         interrupted = (entry.get("key") == key and (run_dir / "last.safetensors").is_file()
                        and not (run_dir / "summary.json").is_file())
         if not interrupted:
@@ -120,17 +121,22 @@ def main() -> None:
     ledger = Ledger(args.out_dir, args.fresh)
 
     def column(name: str, key: dict, start) -> dict:
-        """One column through the ledger; its run is `<out_dir>/<name>`, resumed as train or distill."""
+        """One column through the ledger; its run is `<out_dir>/<name>`, resumed as train or distill.
+        The key leaves out how progress is shown: changing that retrains nothing."""
         run_dir = Path(args.out_dir) / name
+        key = {**key, "config": {k: v for k, v in key["config"].items() if k not in PRESENTATION_KEYS}}
 
         def begin():
+            # the folder goes first: noted as started while an older run still sat there, a later
+            # sitting would resume that run under these settings
+            shutil.rmtree(run_dir, ignore_errors=True)
             ledger.started(name, run_dir)
             return start()
 
         def proceed():
             if "method" in key:
-                return distill(DistillConfig(**key["config"], teacher=[key["teacher"]], method=key["method"]),
-                               resume=True)
+                config = recipe(args, key["config"]["model"], key["config"]["epochs"], key["config"]["seed"], name)
+                return distill(DistillConfig(**config, teacher=[key["teacher"]], method=key["method"]), resume=True)
             return resume(run_dir, callbacks=[])
         return ledger.column(name, key, begin, proceed)
 
@@ -152,7 +158,7 @@ def main() -> None:
                            lambda: train(TrainConfig(**keys), overwrite=True))
             rows.setdefault("student alone", {"runs": []})["runs"].append({"seed": seed, **alone})
             for method in methods:
-                name = f"{student_model}-{method}-s{seed}"
+                name = f"{teacher_model}-{student_model}-{method}-s{seed}"  # two teachers may share a student
                 keys = recipe(args, student_model, args.epochs, seed, name)
                 key = {"config": keys, "teacher": teacher_path, "teacher_sha256": teacher_sha, "method": method}
                 done = column(name, key, lambda: distill(
@@ -190,5 +196,6 @@ def main() -> None:
 if __name__ == "__main__":
     try:
         main()
-    except Interrupted as exc:
-        raise SystemExit(f"{exc}\nthe same command continues the table (columns.json in --out-dir)") from None
+    except KeyboardInterrupt as exc:  # effdl.errors.Interrupted once training started, says what it saved
+        raise SystemExit(f"{str(exc) or 'interrupted'}\nthe same command continues the table (columns.json in "
+                         "--out-dir)") from None

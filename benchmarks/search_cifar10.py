@@ -82,7 +82,7 @@ def main() -> None:
                           "proxy_trainings": result.trainings, "front": result.front,
                           "rank_correlation": result.correlation}
     verdict = judge(results["resnet20_macs"]["front"], baseline) if baseline and "resnet20_macs" in results else None
-    write_result(args.name, {"resnet20_macs": resnet20_macs, "trials": args.trials, "proxy": proxy,
+    write_result(args.name, {"searches": args.searches, "resnet20_macs": resnet20_macs, "trials": args.trials, "proxy": proxy,
                              "recipe": args.recipe, "full_epochs": args.full_epochs, "full_top": args.full_top,
                              "out": out, "baseline": baseline, "targets": verdict, **results})
 

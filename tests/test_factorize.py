@@ -137,6 +137,11 @@ def test_grouped_fit_ends_at_the_least_squares_optimum_of_its_filters(groups):
     assert float(gradient.norm() / ((p.T @ w @ gram) * mask).norm()) < 1e-4
 
 
+def test_groups_that_do_not_divide_the_channels_are_one_clear_error():
+    with pytest.raises(EffdlError, match="3 groups must divide the 8 input and 12 middle channels"):
+        dec.fit_grouped(torch.randn(12, 8, 3, 3), 3, 12)
+
+
 def test_a_zero_layer_or_zero_inputs_fit_to_zero_not_an_error():
     """A layer zeroed by global magnitude pruning (or fed only zeros) made the depthwise system
     singular: the fit is zero filters, not a linear-algebra traceback."""

@@ -36,6 +36,7 @@ DIRECT_STDERR = {
     "console.py": "say itself",
     "train/trainer.py": "the epoch lines of a progress that only rank 0 creates",
     "train/run.py": "a process's own error, with its rank, to sys.__stderr__",
+    "search/sweep.py": "a sweep worker process's own error",
 }
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -321,8 +322,8 @@ def _worker_main(study_dir: str, storage: str | None, threads: int | None, worke
         torch.set_num_threads(threads)
     try:
         work(study_dir, storage, worker)
-    except EffdlError as exc:
-        say(f"effdl: error: {exc}")
+    except EffdlError as exc:  # a worker's own error, printed whatever RANK a launcher set
+        print(f"effdl: error: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         raise SystemExit(130) from None

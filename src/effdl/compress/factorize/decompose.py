@@ -216,6 +216,8 @@ def fit_grouped(
         filters, p = _fit_depthwise(wm, g, k, iterations, ridge)
         return filters.reshape(mid, 1, kh, kw).to(weight.dtype).contiguous(), \
             p.reshape(o, mid, 1, 1).to(weight.dtype).contiguous()
+    if i % groups or mid % groups:
+        raise EffdlError(f"{groups} groups must divide the {i} input and {mid} middle channels")
     if mid != o:
         raise EffdlError(f"a grouped start needs as many middle channels as outputs ({o}), got {mid}")
     blocks, p = _fit_blocks(wm, g, groups, iterations, ridge)
