@@ -52,7 +52,8 @@ def recipe(args: argparse.Namespace, model: str, epochs: int, seed: int, name: s
 
 class Ledger:
     """`<out_dir>/columns.json`: name -> {"key": the column's settings, "state": "started" | "done",
-    "result": {"accuracy", "images_per_s", "run"}} (see the module docstring)."""
+    "result": {"accuracy", "images_per_s", "run"}}; each column's run is `<out_dir>/<name>` (see the
+    module docstring)."""
 
     def __init__(self, out_dir: str, fresh: bool) -> None:
         self.path = Path(out_dir) / "columns.json"
@@ -64,30 +65,28 @@ class Ledger:
         atomic_write(self.path, lambda tmp: Path(tmp).write_text(text))
 
     def column(self, name: str, key: dict, start, proceed) -> dict:
-        """The column's result: from the ledger when it finished with `key`; else `proceed()` (resume)
-        when it started with `key` and left a last.safetensors without a summary; else `start()`."""
-        entry = self.columns.get(name, {})
-        run_dir = Path(entry.get("run_dir", ""))
-        if entry.get("key") == key and entry.get("state") == "done" and (run_dir / "summary.json").is_file():
+        """The column's result: from the ledger when it finished with `key` (and its run is still
+        there); else `proceed()` (resume) when it started with `key` and left a last.safetensors
+        without a summary; else `start()` in an emptied folder."""
+        entry, run_dir = self.columns.get(name, {}), self.path.parent / name
+        same, finished = entry.get("key") == key, (run_dir / "summary.json").is_file()
+        if same and entry.get("state") == "done" and finished:
             print(f"{name}: finished earlier, read from {self.path}", flush=True)
             return entry["result"]
-        interrupted = (entry.get("key") == key and (run_dir / "last.safetensors").is_file()
-                       and not (run_dir / "summary.json").is_file())
+        interrupted = same and entry.get("state") == "started" and (run_dir / "last.safetensors").is_file() \
+            and not finished
         if not interrupted:
-            self.columns[name] = {"key": key, "state": "started", "run_dir": ""}
-        self._write()
+            # emptied before it is noted as started: an older run left there would otherwise be
+            # resumed under these settings by a later sitting
+            shutil.rmtree(run_dir, ignore_errors=True)
+            self.columns[name] = {"key": key, "state": "started"}
+            self._write()
         print(f"{name}: {'resuming ' + str(run_dir) if interrupted else 'training'}", flush=True)
         result = proceed() if interrupted else start()
-        self.columns[name] = {"key": key, "state": "done", "run_dir": str(result.run_dir),
-                              "result": {"accuracy": result.accuracy, "images_per_s": result.images_per_s,
-                                         "run": str(result.run_dir)}}
+        self.columns[name] = {"key": key, "state": "done", "result": {
+            "accuracy": result.accuracy, "images_per_s": result.images_per_s, "run": str(result.run_dir)}}
         self._write()
         return self.columns[name]["result"]
-
-    def started(self, name: str, run_dir: Path) -> None:
-        """Note where the column's run lives, so an interrupted one can resume."""
-        self.columns[name]["run_dir"] = str(run_dir)
-        self._write()
 
 
 def main() -> None:
@@ -121,24 +120,16 @@ def main() -> None:
     ledger = Ledger(args.out_dir, args.fresh)
 
     def column(name: str, key: dict, start) -> dict:
-        """One column through the ledger; its run is `<out_dir>/<name>`, resumed as train or distill.
-        The key leaves out how progress is shown: changing that retrains nothing."""
-        run_dir = Path(args.out_dir) / name
+        """One column through the ledger, resumed as a training or a distillation. The key leaves
+        out how progress is shown: changing that retrains nothing."""
         key = {**key, "config": {k: v for k, v in key["config"].items() if k not in PRESENTATION_KEYS}}
-
-        def begin():
-            # the folder goes first: noted as started while an older run still sat there, a later
-            # sitting would resume that run under these settings
-            shutil.rmtree(run_dir, ignore_errors=True)
-            ledger.started(name, run_dir)
-            return start()
 
         def proceed():
             if "method" in key:
                 config = recipe(args, key["config"]["model"], key["config"]["epochs"], key["config"]["seed"], name)
                 return distill(DistillConfig(**config, teacher=[key["teacher"]], method=key["method"]), resume=True)
-            return resume(run_dir, callbacks=[])
-        return ledger.column(name, key, begin, proceed)
+            return resume(Path(args.out_dir) / name, callbacks=[])
+        return ledger.column(name, key, start, proceed)
 
     tables = []
     for (teacher_model, student_model), teacher_path in zip(pairs, teachers):
