@@ -281,3 +281,15 @@ def test_a_registry_refuses_a_second_entry_under_a_taken_name_and_accepts_the_sa
     with pytest.raises(EffdlError, match="demo kind 'a' is already"):
         table.register("a")(other)
     assert table == {"a": first}
+
+
+def test_a_version_1_qat_config_reads_as_made_without_output_quantizers():
+    """FakeQuantConfig version 2 added quantize_outputs (default on); checkpoints written before it
+    were quantized without them, and their recorded config must say so."""
+    from effdl.compress.quantize import FakeQuantConfig
+
+    old = {"type": "quantize.fake_quant", "version": 1, "weight_bits": 4, "act_bits": 4, "method": "lsq",
+           "per_channel": True, "first_last_bits": 8, "overrides": {}}
+    assert config_from_dict(old) == FakeQuantConfig(quantize_outputs=False)
+    assert config_from_dict(config_to_dict(FakeQuantConfig())).quantize_outputs is True
+

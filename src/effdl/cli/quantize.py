@@ -55,8 +55,8 @@ def register(subparsers) -> None:
                    help="activation range calibration: minmax, percentile or mse (default minmax)")
     p.add_argument("--calibration-images", type=int, default=512, help="training images used to calibrate")
     p.add_argument("--quantize-outputs", action=argparse.BooleanOptionalAction, default=True,
-                   help="ptq-int8: also quantize the outputs feeding float ops (residual Adds), so an int8 "
-                        "runtime runs every conv on integers (default on)")
+                   help="ptq-int8 and qat: also quantize the outputs feeding float ops (residual Adds), so an "
+                        "int8 runtime runs every conv on integers (default on)")
     p.add_argument("--stochastic", action="store_true", help="stochastic BinaryConnect")
     p.add_argument("--binary-acts", action=argparse.BooleanOptionalAction, default=None,
                    help="binary activations (default: on for xnor, off for binaryconnect)")

@@ -67,19 +67,14 @@ from torch import nn
 from effdl.compress.quantize import Int8StaticConfig, calibrate, fold_batchnorm, is_quantized, quantize_
 from effdl.compress.quantize.api import quantized_layers
 from effdl.compress.quantize.fold import find_conv_bn_pairs, fold_pair
-from effdl.compress.quantize.layers import SharedInputQuant
-from effdl.compress.quantize.quantizers import LSQAct, LSQWeight, MinMaxWeight, PACTAct, RangeAct
+from effdl.compress.quantize.layers import OutputQuantAfter, SharedInputQuant
+from effdl.compress.quantize.grids import MAX_BITS, MIN_BITS, MIN_FOLDED_SCALE, ActGrid, act_grid, grid_bits, weight_scales
 from effdl.core.modules import replace_submodule
 from effdl.deploy.onnx import OnnxCheck, export_onnx, export_verified
 from effdl.errors import EffdlError
 
 WEIGHT_OPS = {"Conv", "Gemm"}
-MIN_BITS, MAX_BITS = 2, 8  # uniform grids int8 QDQ holds exactly (1 bit is a sign, not a grid with a zero)
 UINT8_CODES = (0, 255)
-
-# An activation grid as ONNX writes it: (scale, uint8 zero point, lowest code, highest code). The
-# codes are the uint8 values the quantizer's integers occupy: 0..255 at 8 bits, fewer below.
-ActGrid = tuple[float, int, int, int]
 
 
 @dataclass(frozen=True)
@@ -98,50 +93,10 @@ class LayerQParams:
         return (self.input_scale, self.input_zero_point, *self.input_codes)
 
 
-def _grid_bits(quantizer: nn.Module | None) -> bool:
-    bits = getattr(quantizer, "bits", None)
-    return isinstance(bits, int) and MIN_BITS <= bits <= MAX_BITS
-
-
 def weight_grid(layer: nn.Module) -> np.ndarray | None:
-    """Per-output-channel scales of the symmetric grid the layer's quantized weights lie on (zero
-    point 0, integers in -2^(k-1)..2^(k-1)-1 for k = 2..8 bits, a subset of int8's), or None when
-    they lie on no such grid."""
-    quantizer = layer.weight_quantizer
-    if not _grid_bits(quantizer):
-        return None
-    if isinstance(quantizer, MinMaxWeight):
-        scale = quantizer.scale(layer.weight)
-    elif isinstance(quantizer, LSQWeight):
-        scale = quantizer.step.detach().clamp(min=1e-8)  # the step its forward uses
-    else:
-        return None
-    scale = scale.detach().float().cpu().numpy().reshape(-1)
-    return np.broadcast_to(scale, (layer.weight.shape[0],)).astype(np.float32)  # per tensor -> per channel
-
-
-def act_grid(quantizer: nn.Module | None) -> ActGrid | None:
-    """(scale, uint8 zero point, lowest code, highest code) of the grid an activation quantizer
-    rounds to, when ONNX's uint8 QuantizeLinear (round(x / scale) + zero point, clamped to 0..255)
-    followed by a clip of the codes to [lowest, highest] computes exactly what it does; else None.
-
-    Calibrated range (ptq-int8, QAT minmax: codes 0..2^k-1), LSQ (unsigned: 0..2^k-1; signed:
-    -2^(k-1)..2^(k-1)-1, zero point 2^(k-1)) and PACT (unsigned: 0..2^k-1; signed: clipped at
-    +-alpha, so -(2^(k-1)-1)..2^(k-1)-1, codes 1..2^k-1) at k = 2..8 bits qualify; DoReFa's
-    clip-to-one and sign activations are refused (module docstring).
-    """
-    if quantizer is None or not _grid_bits(quantizer) or not bool(getattr(quantizer, "ready", False)):
-        return None
-    if isinstance(quantizer, RangeAct):
-        scale, zero_point = quantizer.qparams()
-        return scale, zero_point, 0, 2**quantizer.bits - 1
-    lowest, highest = quantizer.levels() if hasattr(quantizer, "levels") else (None, None)
-    if isinstance(quantizer, LSQAct):
-        return float(quantizer.step.detach().clamp(min=1e-8)), int(lowest), 0, int(lowest + highest)
-    if isinstance(quantizer, PACTAct):  # signed PACT clips at +-alpha = +-highest steps, not at -lowest
-        scale = float(quantizer.alpha.detach().clamp(min=1e-6)) / highest
-        return scale, int(lowest), int(lowest - highest) if lowest else 0, int(lowest + highest)
-    return None
+    """`weight_scales` as the float32 array the QDQ initializers are written from."""
+    scales = weight_scales(layer)
+    return None if scales is None else scales.cpu().numpy().astype(np.float32)
 
 
 def _int8_problem(layer: nn.Module) -> str | None:
@@ -154,7 +109,7 @@ def _int8_problem(layer: nn.Module) -> str | None:
         return "it does not quantize its input (weight-only quantization: no integer kernel to run)"
     if act_grid(layer.act_quantizer) is None:
         act = layer.act_quantizer
-        if _grid_bits(act) and not bool(getattr(act, "ready", True)):
+        if grid_bits(act) and not bool(getattr(act, "ready", True)):
             return "its input quantizer is not calibrated (run calibrate(model, images) first)"
         return f"its {type(act).__name__} {layer.act_bits}-bit input quantizer is no uniform grid of at most 8 bits"
     output = layer.output_quantizer
@@ -199,11 +154,14 @@ def dequantized_float_model(model: nn.Module) -> tuple[nn.Module, dict[str, Laye
     float_model = copy.deepcopy(model).eval()
     layer_names = {layer: name for name, layer in quantized_layers(float_model).items()}
     shared = set()
-    for name, wrapper in [(n, m) for n, m in float_model.named_modules() if isinstance(m, SharedInputQuant)]:
+    wrappers = [(n, m) for n, m in float_model.named_modules() if isinstance(m, (SharedInputQuant, OutputQuantAfter))]
+    for name, wrapper in wrappers:
         if wrapper.layer not in layer_names:  # a submodule cut from a quantized model
-            raise EffdlError(f"int8 export: {name} is rounded by the input quantizer of a layer outside this model; "
+            raise EffdlError(f"int8 export: {name} is rounded by a quantizer of a layer outside this model; "
                              "export the whole quantized model")
-        shared.add(layer_names[wrapper.layer])  # the graph rounds that tensor itself: see output_quantization_points
+        if isinstance(wrapper, SharedInputQuant):  # the graph rounds that tensor itself: output_quantization_points
+            shared.add(layer_names[wrapper.layer])
+        # An OutputQuantAfter's BatchNorm is folded into its layer below, whose output grid is then its own.
         replace_submodule(float_model, name, wrapper.module)
     qparams = {}
     for name, layer in quantized_layers(float_model).items():
@@ -225,7 +183,7 @@ def dequantized_float_model(model: nn.Module) -> tuple[nn.Module, dict[str, Laye
     for conv_name, bn_name in find_conv_bn_pairs(float_model):
         if conv_name in qparams:
             factor = fold_pair(float_model, conv_name, bn_name).detach().float().cpu().numpy()
-            scale = np.maximum(qparams[conv_name].weight_scale * np.abs(factor), 1e-12).astype(np.float32)
+            scale = np.maximum(qparams[conv_name].weight_scale * np.abs(factor), MIN_FOLDED_SCALE).astype(np.float32)
             qparams[conv_name] = dataclasses.replace(qparams[conv_name], weight_scale=scale)
     return float_model, qparams
 

@@ -103,7 +103,8 @@ def quantization_config(options: QuantizeOptions):
         bits = 4 if options.bits is None else options.bits
         act_bits = bits if options.act_bits == "same" else options.act_bits
         return FakeQuantConfig(weight_bits=bits, act_bits=act_bits, method=options.qat_method,
-                               first_last_bits=options.first_last_bits, overrides=dict(options.overrides))
+                               first_last_bits=options.first_last_bits, overrides=dict(options.overrides),
+                               quantize_outputs=options.quantize_outputs)
     if method == "binaryconnect":
         return BinaryConnectConfig(stochastic=options.stochastic, binary_acts=bool(options.binary_acts),
                                    skip_first_last=options.float_first_last)

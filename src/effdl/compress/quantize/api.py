@@ -27,8 +27,12 @@ from effdl.compress.quantize.config import (
     TernaryConfig,
     XnorConfig,
 )
-from effdl.compress.quantize.layers import QUANTIZABLE, SharedInputQuant, is_quantized_layer, quantize_layer
-from effdl.compress.quantize.outputs import layers_with_float_readers, shared_input_producers, trace_layers
+from effdl.compress.quantize.layers import (
+    QUANTIZABLE, OutputQuantAfter, SharedInputQuant, is_quantized_layer, quantize_layer,
+)
+from effdl.compress.quantize.outputs import (
+    batchnorms_after, layers_with_float_readers, shared_input_producers, trace_layers,
+)
 from effdl.compress.quantize.quantizers import RangeAct, LazyAct
 from effdl.core.configs import config_from_dict, config_to_dict, dispatch, register_handler
 from effdl.core.edits import model_transforms, record_transform, register_transform
@@ -110,8 +114,14 @@ def quantize_by_layer_spec(config: Any, model: nn.Module, filter_fn: FilterFn | 
             specs[name] = spec
     if not specs:
         raise EffdlError("no Conv2d or Linear layer to quantize (check filter_fn and the model)")
-    graph = trace_layers(model, list(specs)) if getattr(config, "quantize_outputs", False) else None
-    if graph is not None:  # one trace for both analyses
+    # Layers that quantize their input may run on integers: which BatchNorm folds into each, and
+    # (quantize_outputs) where outputs and shared inputs need rounding. One trace for the three.
+    graph = trace_layers(model, list(specs)) if any(spec.get("act") for spec in specs.values()) else None
+    if graph is not None:
+        for name, batchnorm in batchnorms_after(model, list(specs), graph).items():
+            if specs[name].get("act"):
+                specs[name] = {**specs[name], "batchnorm": batchnorm}
+    if graph is not None and getattr(config, "quantize_outputs", False):
         for name in layers_with_float_readers(model, list(specs), graph):
             if specs[name].get("act"):
                 specs[name] = {**specs[name], "output": dict(specs[name]["act"])}
@@ -137,13 +147,25 @@ def _apply_specs(model: nn.Module, specs: dict[str, dict[str, Any]], fit: bool) 
     for name, spec in specs.items():
         if spec.get("shares_input"):  # the producer's output is rounded by this layer's input quantizer
             producer = spec["shares_input"]
-            try:
-                module = model.get_submodule(producer)
-            except AttributeError:
-                raise EffdlError(f"quantized layer {name} names '{producer}' as the maker of its input, "
-                                 "which the architecture lacks") from None
+            module = _module_named(model, producer, name, "the maker of its input")
             replace_submodule(model, producer, SharedInputQuant(module, model.get_submodule(name)))
+        if spec.get("batchnorm"):  # folded into the layer on export (see QuantMixin.quantized_output)
+            layer = model.get_submodule(name)
+            batchnorm = _module_named(model, spec["batchnorm"], name, "its BatchNorm")
+            if not isinstance(batchnorm, nn.BatchNorm2d) or batchnorm.running_var is None:
+                raise EffdlError(f"quantized layer {name} names '{spec['batchnorm']}' as its BatchNorm, which is "
+                                 f"a {type(batchnorm).__name__}, not a BatchNorm2d with running statistics")
+            object.__setattr__(layer, "folded_batchnorm", batchnorm)  # referenced, not registered
+            if spec.get("output"):  # the layer's output quantizer rounds the BatchNorm's output
+                replace_submodule(model, spec["batchnorm"], OutputQuantAfter(batchnorm, layer))
     clip_latent_weights_(model)
+
+
+def _module_named(model: nn.Module, path: str, layer: str, role: str) -> nn.Module:
+    try:
+        return model.get_submodule(path)
+    except AttributeError:
+        raise EffdlError(f"quantized layer {layer} names '{path}' as {role}, which the architecture lacks") from None
 
 
 @register_transform("quantize")

@@ -89,7 +89,7 @@ _WEIGHT_KIND = {"lsq": "lsq", "pact": "minmax", "dorefa": "dorefa", "minmax": "m
 _ACT_KIND = {"lsq": "lsq", "pact": "pact", "dorefa": "dorefa", "minmax": "range"}
 
 
-@technique_config("quantize.fake_quant", version=1)
+@technique_config("quantize.fake_quant", version=2)
 @dataclass(frozen=True)
 class FakeQuantConfig:
     """Fake quantization for quantization-aware training at 1..8 bits, with mixed precision.
@@ -100,6 +100,11 @@ class FakeQuantConfig:
     and 1-bit activations sign(x). `act_bits=None` quantizes weights only.
     first_last_bits: bits for the first and last quantizable layers (None: same as the others).
     overrides: layer name (or fnmatch pattern) -> bits, or [weight_bits, act_bits].
+    quantize_outputs: as in Int8StaticConfig, also quantize (with the layer's own activation
+    quantizer kind and bits, trained with it) the output of each layer that reaches a float
+    operation, after the layer's BatchNorm where it has one, and round each residual block's input
+    where it is made, so the int8 export runs every convolution and residual Add on integers
+    (quantize/outputs.py). Version 1 configs, written before this field, read as False.
     """
 
     weight_bits: int = 4
@@ -108,6 +113,12 @@ class FakeQuantConfig:
     per_channel: bool = True
     first_last_bits: int | None = 8
     overrides: dict[str, Any] = field(default_factory=dict)
+    quantize_outputs: bool = True
+
+    @staticmethod
+    def upgrade(fields: dict[str, Any], version: int) -> dict[str, Any]:
+        """Version 1 (no output quantizers) -> 2."""
+        return {**fields, "quantize_outputs": False}
 
     def __post_init__(self):
         check_bits("weight bits", self.weight_bits)

@@ -66,6 +66,12 @@ def find_conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
     return [(c, b) for c, b in pairs if model.get_submodule(b).running_mean is not None]
 
 
+def batchnorm_factor(bn: nn.BatchNorm2d) -> torch.Tensor:
+    """gamma / sqrt(running_var + eps) per channel: what folding `bn` multiplies the weights by."""
+    inv_std = torch.rsqrt(bn.running_var + bn.eps)
+    return bn.weight * inv_std if bn.affine else inv_std
+
+
 @torch.no_grad()
 def _fold_pair(model: nn.Module, conv_name: str, bn_name: str, values: bool) -> torch.Tensor | None:
     conv, bn = model.get_submodule(conv_name), model.get_submodule(bn_name)
@@ -73,10 +79,8 @@ def _fold_pair(model: nn.Module, conv_name: str, bn_name: str, values: bool) -> 
         conv.bias = nn.Parameter(torch.zeros(conv.out_channels, device=conv.weight.device, dtype=conv.weight.dtype))
     factor = None
     if values:
-        inv_std = torch.rsqrt(bn.running_var + bn.eps)
-        gamma = bn.weight if bn.affine else torch.ones_like(inv_std)
-        beta = bn.bias if bn.affine else torch.zeros_like(inv_std)
-        factor = gamma * inv_std
+        factor = batchnorm_factor(bn)
+        beta = bn.bias if bn.affine else torch.zeros_like(factor)
         conv.weight.mul_(factor.view(-1, 1, 1, 1))
         conv.bias.copy_((conv.bias - bn.running_mean) * factor + beta)
     replace_submodule(model, bn_name, nn.Identity())

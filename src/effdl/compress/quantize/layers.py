@@ -6,7 +6,11 @@ weight_per_channel, quantized_weight()). `spec` is the JSON description the laye
 A layer may also quantize its output (spec key "output"), for integer inference where the output
 feeds a float operation such as a residual Add, and its input where that input is made, for every
 reader of it (spec key "shares_input": the producing module, wrapped in `SharedInputQuant`; see
-outputs.py).
+outputs.py). Spec key "batchnorm" names the BatchNorm2d the int8 exporter folds into the layer: in
+eval mode the layer adds the integer runtime's bias rounding on the folded grid (grids.py), and an
+output quantizer rounds that BatchNorm's output, not the layer's (`OutputQuantAfter`). In eval mode
+every layer on integer grids rounds its bias as the integer runtime does (`integer_bias_shift`), so
+the accuracy measured in PyTorch is the exported model's.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from effdl.compress.quantize.grids import integer_bias_shift
 from effdl.compress.quantize.quantizers import build_act_quantizer, build_weight_quantizer
 
 
@@ -57,6 +62,16 @@ class QuantMixin:
         return self.act_quantizer(x) if self.act_quantizer is not None else x
 
     def quantized_output(self, y: torch.Tensor) -> torch.Tensor:
+        """The float result `y` as the integer layer computes it: in eval mode with the integer bias
+        rounding, then rounded by the output quantizer, unless that rounds the folded BatchNorm's
+        output instead (spec key "batchnorm": `OutputQuantAfter` calls `round_output`)."""
+        if not self.training:
+            shift = integer_bias_shift(self, self.__dict__.get("folded_batchnorm"))
+            if shift is not None:
+                y = y + shift.to(y.dtype).view(-1, *([1] * (y.dim() - 2)))
+        return y if self.spec.get("batchnorm") else self.round_output(y)
+
+    def round_output(self, y: torch.Tensor) -> torch.Tensor:
         return self.output_quantizer(y) if self.output_quantizer is not None else y
 
     def extra_repr(self) -> str:
@@ -123,6 +138,30 @@ class SharedInputQuant(nn.Module):
 
     def extra_repr(self) -> str:
         return "rounded by the reading layer's input quantizer"
+
+
+class OutputQuantAfter(nn.Module):
+    """The BatchNorm2d right after a quantized convolution, its output rounded by that layer's output
+    quantizer: quantization-aware training keeps the BatchNorm, which the int8 exporter folds into
+    the convolution, so this is where the integer convolution's output is. As in `SharedInputQuant`,
+    the layer is referenced, not registered (its quantizer's state stays in its own state_dict).
+    """
+
+    def __init__(self, module: nn.Module, layer: nn.Module):
+        super().__init__()
+        self.module = module
+        object.__setattr__(self, "layer", layer)
+
+    @property
+    def effdl_counted_as(self) -> nn.Module:
+        """Counted as the BatchNorm it wraps: the rounding is the integer convolution's requantization."""
+        return self.module
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return self.layer.round_output(self.module(*args, **kwargs))
+
+    def extra_repr(self) -> str:
+        return "rounded by the preceding layer's output quantizer"
 
 
 def quantize_layer(module: nn.Module, spec: dict[str, Any], fit: bool = True) -> nn.Module:

@@ -10,6 +10,11 @@ the PyTorch model too, or the exported graph would not compute what the PyTorch 
 `layers_with_float_readers` finds those layers in the torch.fx graph of the float model. The
 model's output is not counted as a float reader: quantizing the logits gains nothing.
 
+A convolution followed by its own BatchNorm2d (quantization-aware training keeps BatchNorm; the
+exporter folds it into the convolution) outputs, as an integer runtime sees it, what the BatchNorm
+outputs: the analysis looks from the BatchNorm on, and such a layer's output quantizer rounds the
+BatchNorm's output (`batchnorms_after`; the quantizer sits in `OutputQuantAfter` in the model).
+
 The other side of a residual Add is the block's input, which the block's first layer quantizes
 for itself while the shortcut reads it in float: an integer runtime then adds in float, with a
 dequantize and a quantize around every Add. `shared_input_producers` finds, for such a layer, the
@@ -63,6 +68,43 @@ def _reaches_float_op(node: fx.Node, model: nn.Module, layers: set[str]) -> bool
     return False
 
 
+def _foldable_batchnorm(node: fx.Node, model: nn.Module, calls: dict[str, int]) -> fx.Node | None:
+    """The BatchNorm2d node that reads `node` (a convolution) and nothing else reads, both called once
+    and the BatchNorm with running statistics: the pair the exporter folds (see fold.find_conv_bn_pairs)."""
+    users = list(node.users)
+    if len(users) != 1 or not isinstance(model.get_submodule(node.target), nn.Conv2d):
+        return None
+    bn = users[0]
+    if bn.op != "call_module" or not bn.args or bn.args[0] is not node:
+        return None
+    module = model.get_submodule(bn.target)
+    if not isinstance(module, nn.BatchNorm2d) or module.running_mean is None:
+        return None
+    return bn if calls.get(node.target) == 1 and calls.get(bn.target) == 1 else None
+
+
+def _module_calls(graph: fx.Graph) -> dict[str, int]:
+    calls: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    return calls
+
+
+def batchnorms_after(model: nn.Module, layers: list[str], graph: fx.Graph) -> dict[str, str]:
+    """{layer: batchnorm} for the convolutions among `layers` followed by a BatchNorm2d that the
+    int8 exporter folds into them: their output, as an integer runtime computes it, is that
+    BatchNorm's. `graph`: `trace_layers(model, layers)`."""
+    calls = _module_calls(graph)
+    found = {}
+    for node in graph.nodes:
+        if node.op == "call_module" and node.target in layers:
+            bn = _foldable_batchnorm(node, model, calls)
+            if bn is not None:
+                found[node.target] = bn.target
+    return found
+
+
 def trace_layers(model: nn.Module, layers: list[str]) -> fx.Graph | None:
     """The torch.fx graph of `model` with each of `layers` (and every torch.nn module) as one call,
     which both analyses below read; None, with a warning, when torch.fx cannot trace the model."""
@@ -71,7 +113,8 @@ def trace_layers(model: nn.Module, layers: list[str]) -> fx.Graph | None:
     except Exception as exc:  # noqa: BLE001  any tracing failure means: no graph to analyse
         warnings.warn(
             f"torch.fx could not trace {type(model).__name__} ({type(exc).__name__}); "
-            "layer outputs and shared inputs are left unquantized",
+            "layer outputs and shared inputs are left unquantized, and eval mode does not round folded "
+            "BatchNorm biases as an integer runtime does",
             stacklevel=4,
         )
         return None
@@ -80,13 +123,20 @@ def trace_layers(model: nn.Module, layers: list[str]) -> fx.Graph | None:
 def layers_with_float_readers(model: nn.Module, layers: list[str], graph: fx.Graph) -> list[str]:
     """The names among `layers` whose output reaches an operation other than a layer in `layers`.
 
-    Only ReLU-like activations, max-pooling, reshapes and identities are looked through. `graph`:
+    Only ReLU-like activations, max-pooling, reshapes and identities are looked through, and a
+    convolution's own BatchNorm2d (`batchnorms_after`). `graph`:
     `trace_layers(model, layers)` (when that fails, callers quantize no output: the int8 export then
     runs those convolutions in float).
     """
     candidates = set(layers)
-    calls = [n for n in graph.nodes if n.op == "call_module" and n.target in candidates]
-    return sorted({n.target for n in calls if _reaches_float_op(n, model, candidates)}, key=layers.index)
+    calls = _module_calls(graph)
+    found = set()
+    for node in graph.nodes:
+        if node.op == "call_module" and node.target in candidates:
+            output = _foldable_batchnorm(node, model, calls) or node
+            if _reaches_float_op(output, model, candidates):
+                found.add(node.target)
+    return sorted(found, key=layers.index)
 
 
 def shared_input_producers(model: nn.Module, layers: list[str], graph: fx.Graph) -> dict[str, str]:
@@ -97,10 +147,7 @@ def shared_input_producers(model: nn.Module, layers: list[str], graph: fx.Graph)
     for the layer and puts the shortcut on the same grid. `graph`: `trace_layers(model, layers)`.
     """
     candidates = set(layers)
-    calls: dict[str, int] = {}
-    for node in graph.nodes:
-        if node.op == "call_module":
-            calls[node.target] = calls.get(node.target, 0) + 1
+    calls = _module_calls(graph)
     shared = {}
     for node in graph.nodes:
         if node.op != "call_module" or node.target not in candidates or not node.args:

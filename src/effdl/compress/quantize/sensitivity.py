@@ -29,7 +29,8 @@ def sensitivity_scan(
 
     The result also unpacks as `baseline, points = sensitivity_scan(...)`, as before it was a type.
     """
-    config = FakeQuantConfig(weight_bits=bits, act_bits=None, method="minmax", first_last_bits=None)
+    config = FakeQuantConfig(weight_bits=bits, act_bits=None, method="minmax", first_last_bits=None,
+                             quantize_outputs=False)
     names = [n for n, m in model.named_modules() if type(m) in QUANTIZABLE]
     unknown = sorted(set(layers or []) - set(names))
     if unknown:
