@@ -550,3 +550,42 @@ def test_output_analysis_looks_through_relu_pool_and_flatten_only():
     quantize_(model, Int8StaticConfig())
     layers = quantized_layers(model)
     assert {name for name, layer in layers.items() if layer.output_quantizer is not None} == {"3"}
+
+
+def test_output_quantizers_only_where_activations_lie_on_an_integer_grid():
+    """Output and shared-input rounding exist for integer inference: with sign or DoReFa activations
+    (which int8 export refuses) they would only destroy information (a sign on a ReLU is constant)."""
+    from effdl.compress.quantize.layers import OutputQuantAfter
+
+    def wrappers(config) -> int:
+        model = quantize_(create_model("resnet20", width=0.25), config)
+        return sum(isinstance(m, (OutputQuantAfter, SharedInputQuant)) for m in model.modules())
+
+    assert wrappers(FakeQuantConfig(weight_bits=4, act_bits=4, method="lsq")) > 12
+    assert wrappers(FakeQuantConfig(weight_bits=4, act_bits=4, method="dorefa")) == 0
+    assert wrappers(FakeQuantConfig(weight_bits=1, act_bits=1, first_last_bits=None)) == 0
+
+
+def test_eval_bias_rounding_broadcasts_over_a_linear_layers_last_dimension():
+    """A Linear's features are its output's last dimension (transformer MLPs, [B, T, C] inputs)."""
+    torch.manual_seed(0)
+    model = quantize_(nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)),
+                      FakeQuantConfig(weight_bits=4, act_bits=4, first_last_bits=None))
+    x = torch.randn(2, 5, 8)
+    model.train()
+    model(x)  # initialises the LSQ steps
+    model.eval()
+    with torch.no_grad():
+        tokens = model(x)
+        one_by_one = torch.stack([model(x[:, t]) for t in range(5)], 1)
+    assert tokens.shape == (2, 5, 4) and torch.allclose(tokens, one_by_one, atol=1e-6)
+
+
+def test_a_qat_models_batchnorm_parameters_are_counted_through_their_output_wrapper():
+    model = quantize_(create_model("resnet20", width=0.25), FakeQuantConfig(weight_bits=4, act_bits=4))
+    model.train()
+    model(torch.randn(8, 3, 32, 32))
+    model.eval()
+    result = profile(model)
+    assert not result.warnings  # bn1.module.weight was "used by no counted operation"
+    assert all(p.layer is not None for p in result.parameters)

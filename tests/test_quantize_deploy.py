@@ -155,6 +155,25 @@ def test_eval_rounds_a_folded_bias_onto_the_integer_kernels_grid():
     assert not torch.equal(evaluated, trained) and torch.allclose(evaluated, trained, atol=0.5)
 
 
+def test_a_channel_whose_batchnorm_scale_is_zero_exports_its_constant_exactly(tmp_path):
+    """gamma = 0 (a slimmed channel): the folded weights are 0 and the channel outputs beta; a weight
+    scale of 1e-12 would put beta ~1e11 steps from 0 on the int32 bias grid, beyond int32."""
+    torch.manual_seed(0)
+    model = _conv_bn_model()
+    with torch.no_grad():
+        model[1].weight[:3] = 0.0
+        model[1].bias[:3] = torch.tensor([0.7, -0.4, 0.0])
+    model = quantize_(model, FakeQuantConfig(weight_bits=4, act_bits=4, method="lsq"))
+    images = torch.randn(64, 3, 32, 32)
+    calibrate(model, images)
+    path = export_int8_onnx(int8_model(model, None), tmp_path / "dead.onnx", check_images=images, exporter="torchscript")
+    x = torch.randn(8, 3, 32, 32)
+    with torch.no_grad():
+        want = model(x).numpy()
+    got = ort_session(path).run(None, {"input": x.numpy()})[0]
+    assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+
+
 def test_without_output_quantizers_only_exact_output_points_are_quantized(tmp_path):
     """Block conv1 -> ReLU -> conv2: conv1's output may take conv2's input grid; the Add inputs may not."""
     torch.manual_seed(0)

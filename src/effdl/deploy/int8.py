@@ -34,9 +34,10 @@ A BatchNorm after a quantized conv (QAT keeps it) is folded into the exported co
 channel's grid, not the integers: f * (s * q) = (|f| s) * (sign(f) q), exact. A weight the
 exporter changed anyway is refused rather than clipped onto a grid it no longer fits.
 
-The scales are exactly the fake-quant model's, so ONNX Runtime computes the same function as the
-PyTorch fake-quant model up to rounding: its integer kernels requantize with their own
-arithmetic, and float accumulation order differs, so some activations land one step away. The
+The scales are exactly the fake-quant model's, and in eval mode the fake-quant model rounds each
+bias onto the int32 grid the integer kernels add it on (`effdl.compress.quantize.grids`), so ONNX
+Runtime computes the same function as PyTorch up to float accumulation order: an activation that
+lies on a rounding boundary may still land one step away. The
 check after export (`effdl.deploy.onnx.verify_onnx`, run by `export_int8_verified` on images
 passed in, e.g. calibration-like training images) therefore judges what matters: top-1
 agreement with PyTorch and the largest output error in steps of the output's int8 grid, not a
@@ -68,13 +69,16 @@ from effdl.compress.quantize import Int8StaticConfig, calibrate, fold_batchnorm,
 from effdl.compress.quantize.api import quantized_layers
 from effdl.compress.quantize.fold import find_conv_bn_pairs, fold_pair
 from effdl.compress.quantize.layers import OutputQuantAfter, SharedInputQuant
-from effdl.compress.quantize.grids import MAX_BITS, MIN_BITS, MIN_FOLDED_SCALE, ActGrid, act_grid, grid_bits, weight_scales
+from effdl.compress.quantize.grids import (
+    MAX_BITS, MIN_BITS, ActGrid, act_grid, folded_weight_scales, grid_bits, integer_bias_shift, weight_scales,
+)
 from effdl.core.modules import replace_submodule
 from effdl.deploy.onnx import OnnxCheck, export_onnx, export_verified
 from effdl.errors import EffdlError
 
 WEIGHT_OPS = {"Conv", "Gemm"}
 UINT8_CODES = (0, 255)
+INT32_MAX = 2**31 - 1  # the integer kernels add the bias as int32
 
 
 @dataclass(frozen=True)
@@ -147,9 +151,13 @@ def int8_model(model: nn.Module, calibration_images: torch.Tensor | None, calibr
 def dequantized_float_model(model: nn.Module) -> tuple[nn.Module, dict[str, LayerQParams]]:
     """A float copy with plain layers holding the dequantized weights, and each layer's qparams.
 
-    A BatchNorm2d right after a quantized conv is folded into the copy, with the channel's weight
-    scale multiplied by |gamma / sqrt(var + eps)| so the integers stay those of the fake-quant model
-    (module docstring).
+    Each bias is written already rounded onto the int32 grid the integer kernels add it on, as the
+    PyTorch model's eval rounds it (`integer_bias_shift`): ONNX Runtime rounds a float bias itself
+    only where it fuses an integer kernel, so a layer it leaves in float (the logits) computes the
+    same. A BatchNorm2d right after a quantized conv is folded into the copy, with the channel's
+    weight scale multiplied by |gamma / sqrt(var + eps)| so the integers stay those of the fake-quant
+    model (module docstring; `folded_weight_scales`). Raises EffdlError when a bias does not fit
+    int32 on its grid (a channel scaled almost to zero, with a large shift).
     """
     float_model = copy.deepcopy(model).eval()
     layer_names = {layer: name for name, layer in quantized_layers(float_model).items()}
@@ -167,24 +175,37 @@ def dequantized_float_model(model: nn.Module) -> tuple[nn.Module, dict[str, Laye
     for name, layer in quantized_layers(float_model).items():
         with torch.no_grad():
             weight = layer.quantized_weight().detach().clone()
+            shift = integer_bias_shift(layer, layer.__dict__.get("folded_batchnorm"))
         output_grid = act_grid(layer.output_quantizer) if layer.output_quantizer is not None else None
         scale, zero_point, lowest, highest = act_grid(layer.act_quantizer)
         qparams[name] = LayerQParams(weight_grid(layer), float(scale), int(zero_point), output_grid,
                                      (int(lowest), int(highest)), name in shared)
+        has_bias = layer.bias is not None or shift is not None
         if isinstance(layer, nn.Conv2d):
             plain = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
-                              layer.dilation, layer.groups, layer.bias is not None, layer.padding_mode)
+                              layer.dilation, layer.groups, has_bias, layer.padding_mode)
         else:
-            plain = nn.Linear(layer.in_features, layer.out_features, layer.bias is not None)
+            plain = nn.Linear(layer.in_features, layer.out_features, has_bias)
         plain.weight.data.copy_(weight)
-        if layer.bias is not None:
-            plain.bias.data.copy_(layer.bias.detach())
+        if has_bias:
+            bias = layer.bias.detach().float() if layer.bias is not None else torch.zeros(weight.shape[0])
+            plain.bias.data.copy_(bias + (shift.cpu() if shift is not None else 0))
         replace_submodule(float_model, name, plain)
     for conv_name, bn_name in find_conv_bn_pairs(float_model):
         if conv_name in qparams:
-            factor = fold_pair(float_model, conv_name, bn_name).detach().float().cpu().numpy()
-            scale = np.maximum(qparams[conv_name].weight_scale * np.abs(factor), MIN_FOLDED_SCALE).astype(np.float32)
-            qparams[conv_name] = dataclasses.replace(qparams[conv_name], weight_scale=scale)
+            factor = fold_pair(float_model, conv_name, bn_name).detach().float().cpu()
+            folded_bias = float_model.get_submodule(conv_name).bias.detach().float().cpu()
+            scale = folded_weight_scales(torch.from_numpy(qparams[conv_name].weight_scale), factor, folded_bias,
+                                         qparams[conv_name].input_scale)
+            qparams[conv_name] = dataclasses.replace(qparams[conv_name], weight_scale=scale.numpy().astype(np.float32))
+    for name, q in qparams.items():
+        bias = float_model.get_submodule(name).bias
+        if bias is not None:
+            steps = np.abs(bias.detach().float().cpu().numpy() / (q.input_scale * q.weight_scale))
+            if steps.max() > INT32_MAX:
+                raise EffdlError(f"int8 export: layer {name}'s bias is {steps.max():.3g} steps of its int32 grid in "
+                                 f"channel {int(steps.argmax())} (at most {INT32_MAX}); its weight scale is almost "
+                                 "zero there (a BatchNorm scale near 0?): prune that channel, or export without --int8")
     return float_model, qparams
 
 
@@ -214,7 +235,7 @@ def output_quantization_points(
 ) -> dict[str, ActGrid]:
     """Where each quantized layer's output is quantized: tensor -> its grid (`act_grid`).
 
-    A layer with its own output quantizer (`Int8StaticConfig(quantize_outputs=True)`) is
+    A layer with its own output quantizer (`quantize_outputs` of Int8StaticConfig / FakeQuantConfig) is
     quantized at its output with that quantizer's grid, as in PyTorch. Any other layer's output
     is quantized only where that leaves the function unchanged: at its output, or at the output
     of the Relu that is its only reader, when every path from there runs through grid-preserving

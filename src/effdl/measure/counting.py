@@ -485,6 +485,8 @@ class _Tracer(TorchFunctionMode):
             return
         prefix = self.names[module]
         module = counted_module(module)
+        # A wrapper's parameters are its wrapped module's, named under that module's path (bn1.module.weight)
+        param_prefix = self.names.get(module, prefix)
         weight = bias = None
         extra: dict[str, Any] = {}
         if kind in WEIGHTED_KINDS or kind in ("bn", "norm"):
@@ -502,7 +504,7 @@ class _Tracer(TorchFunctionMode):
             w_bits, a_bits = weight_bits(module), act_bits(module)
         elif weight is not None:
             w_bits = _float_bits(weight)
-        roles = {f"{prefix}.{n}" if prefix else n: self._role(module, n)
+        roles = {f"{param_prefix}.{n}" if param_prefix else n: self._role(module, n)
                  for n, _ in module.named_parameters()}
         inputs = [t for t in inputs if not self.is_state(t)][:1] or inputs[:1]
         self._add(prefix or type(module).__name__, kind, type(module).__name__, inputs, outputs[0],

@@ -27,6 +27,7 @@ from effdl.compress.quantize.config import (
     TernaryConfig,
     XnorConfig,
 )
+from effdl.compress.quantize.grids import integer_act_spec
 from effdl.compress.quantize.layers import (
     QUANTIZABLE, OutputQuantAfter, SharedInputQuant, is_quantized_layer, quantize_layer,
 )
@@ -116,17 +117,20 @@ def quantize_by_layer_spec(config: Any, model: nn.Module, filter_fn: FilterFn | 
         raise EffdlError("no Conv2d or Linear layer to quantize (check filter_fn and the model)")
     # Layers that quantize their input may run on integers: which BatchNorm folds into each, and
     # (quantize_outputs) where outputs and shared inputs need rounding. One trace for the three.
-    graph = trace_layers(model, list(specs)) if any(spec.get("act") for spec in specs.values()) else None
+    # Sign and DoReFa activations are on no integer grid: rounding outputs with them would only
+    # destroy information (a sign on a ReLU output is constant) for an export that refuses them.
+    integer = [name for name, spec in specs.items() if integer_act_spec(spec.get("act"))]
+    graph = trace_layers(model, list(specs)) if integer else None
     if graph is not None:
         for name, batchnorm in batchnorms_after(model, list(specs), graph).items():
-            if specs[name].get("act"):
+            if name in integer:
                 specs[name] = {**specs[name], "batchnorm": batchnorm}
     if graph is not None and getattr(config, "quantize_outputs", False):
         for name in layers_with_float_readers(model, list(specs), graph):
-            if specs[name].get("act"):
+            if name in integer:
                 specs[name] = {**specs[name], "output": dict(specs[name]["act"])}
         for name, producer in shared_input_producers(model, list(specs), graph).items():
-            if specs[name].get("act"):
+            if name in integer:
                 specs[name] = {**specs[name], "shares_input": producer}
     _apply_specs(model, specs, fit=True)
     record = {"layers": specs}

@@ -104,7 +104,9 @@ class FakeQuantConfig:
     quantizer kind and bits, trained with it) the output of each layer that reaches a float
     operation, after the layer's BatchNorm where it has one, and round each residual block's input
     where it is made, so the int8 export runs every convolution and residual Add on integers
-    (quantize/outputs.py). Version 1 configs, written before this field, read as False.
+    (quantize/outputs.py). Only for activations on integer grids (lsq, pact, minmax at 2..8 bits;
+    not DoReFa or 1-bit signs, which int8 export refuses). Version 1 configs, written before this
+    field, read as False.
     """
 
     weight_bits: int = 4

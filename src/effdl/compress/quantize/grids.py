@@ -30,13 +30,23 @@ MIN_BITS, MAX_BITS = 2, 8  # uniform grids int8 holds exactly (1 bit is a sign, 
 # codes are the uint8 values the quantizer's integers occupy: 0..255 at 8 bits, fewer below.
 ActGrid = tuple[float, int, int, int]
 
-MIN_FOLDED_SCALE = 1e-12  # a channel whose BatchNorm scale is 0 keeps a tiny, not a zero, weight scale
+MIN_FOLDED_SCALE = 1e-12  # the least folded weight scale of a channel whose BatchNorm factor is not 0
+
+
+INTEGER_ACT_KINDS = ("range", "lsq", "pact")  # activation quantizer kinds whose grids int8 can hold
 
 
 def grid_bits(quantizer: nn.Module | None) -> bool:
     """Whether `quantizer` rounds to 2..8 bits (the widths an int8 grid holds)."""
     bits = getattr(quantizer, "bits", None)
     return isinstance(bits, int) and MIN_BITS <= bits <= MAX_BITS
+
+
+def integer_act_spec(spec: dict | None) -> bool:
+    """Whether an activation quantizer spec describes a grid an integer runtime can hold (a uniform
+    grid of 2..8 bits: not DoReFa's clip-to-one, not sign): only then do output quantizers, shared
+    inputs and integer bias rounding mean anything."""
+    return bool(spec) and spec.get("kind") in INTEGER_ACT_KINDS and MIN_BITS <= spec.get("bits", 0) <= MAX_BITS
 
 
 def weight_scales(layer: nn.Module) -> torch.Tensor | None:
@@ -80,29 +90,69 @@ def act_grid(quantizer: nn.Module | None) -> ActGrid | None:
     return None
 
 
+def _act_scale(quantizer: nn.Module | None) -> torch.Tensor | None:
+    """`act_grid`'s scale as a 0-dim tensor, read without a host sync for LSQ and PACT (so that eval
+    under torch.compile or torch.export stays one graph); None while the quantizer observes a
+    calibration or has not seen its first batch."""
+    if quantizer is None or not grid_bits(quantizer) or getattr(quantizer, "observing", None):
+        return None
+    if isinstance(quantizer, (LSQAct, PACTAct)):
+        levels = quantizer.known_levels
+        if levels is None:
+            return None
+        if isinstance(quantizer, LSQAct):
+            return quantizer.step.detach().float().clamp(min=1e-8)
+        return quantizer.alpha.detach().float().clamp(min=1e-6) / levels[1]
+    if isinstance(quantizer, RangeAct) and bool(quantizer.ready):  # its own forward reads the range too
+        return torch.tensor(quantizer.qparams()[0], dtype=torch.float32, device=quantizer.lo.device)
+    return None
+
+
+FACTOR_ZERO_STEPS = 2**20  # a zero-factor channel's constant output, in steps of its bias grid
+
+
+def folded_weight_scales(weight_scale: torch.Tensor, factor: torch.Tensor, folded_bias: torch.Tensor,
+                         input_scale: torch.Tensor | float) -> torch.Tensor:
+    """Per-channel weight scales of a convolution with a BatchNorm (per-channel `factor` =
+    gamma / sqrt(var + eps)) folded into it: |factor| x the layer's scale, as the integers stay the
+    layer's (f * s * q = |f| s * sign(f) q). A channel whose factor is 0 has all-zero weights, on any
+    grid: it outputs the constant folded bias (beta), and takes the scale that puts beta exactly
+    `FACTOR_ZERO_STEPS` steps of the int32 bias grid from 0, so the integer kernels add it unrounded
+    (a 1e-12 scale would need ~1e11, beyond int32)."""
+    scale = (weight_scale * factor.abs()).clamp(min=MIN_FOLDED_SCALE)
+    constant = folded_bias.abs() / (input_scale * FACTOR_ZERO_STEPS)
+    dead = torch.where(folded_bias != 0, constant, weight_scale)
+    return torch.where(factor != 0, scale, dead)
+
+
 @torch.no_grad()
 def integer_bias_shift(layer: nn.Module, batchnorm: nn.BatchNorm2d | None = None) -> torch.Tensor | None:
     """What to add to `layer`'s float output (per output channel, shape [out_channels]) so that it
     equals the integer layer's: the bias rounded to the int32 grid of scale input scale x weight
     scale, minus the bias (module docstring). With `batchnorm` (folded into the layer on export)
-    the folded bias is rounded on the folded grid, and the shift is returned on the layer's side of
-    the BatchNorm (divided by its factor), so BatchNorm(output + shift) is the integer result.
+    the folded bias is rounded on the folded grid (`folded_weight_scales`), and the shift is
+    returned on the layer's side of the BatchNorm (divided by its factor), so BatchNorm(output +
+    shift) is the integer result; a channel whose factor is 0 needs none.
 
-    None when the layer is not on integer grids (`weight_scales`, `act_grid`): nothing to emulate.
+    None when the layer has neither bias nor BatchNorm, or is not on integer grids (`weight_scales`,
+    `act_grid`): nothing to emulate. Tensor operations only (no host sync for LSQ / PACT inputs).
     Only meaningful in eval mode (training BatchNorm uses batch statistics, not the folded ones).
     """
-    grid = act_grid(getattr(layer, "act_quantizer", None))
-    weight_scale = weight_scales(layer)
-    if grid is None or weight_scale is None:
+    if layer.bias is None and batchnorm is None:
         return None
+    weight_scale = weight_scales(layer)
+    input_scale = _act_scale(getattr(layer, "act_quantizer", None)) if weight_scale is not None else None
+    if input_scale is None:
+        return None
+    input_scale = input_scale.to(weight_scale.device)
     bias = layer.bias.detach().float() if layer.bias is not None else torch.zeros_like(weight_scale)
-    input_scale = torch.tensor(grid[0], dtype=torch.float32, device=weight_scale.device)
     if batchnorm is None:
         step = input_scale * weight_scale
         return torch.round(bias / step) * step - bias
     factor = batchnorm_factor(batchnorm).detach().float()
-    folded = (bias - batchnorm.running_mean.float()) * factor + (
-        batchnorm.bias.detach().float() if batchnorm.affine else 0.0)
-    step = input_scale * (weight_scale * factor.abs()).clamp(min=MIN_FOLDED_SCALE)
+    beta = batchnorm.bias.detach().float() if batchnorm.affine else torch.zeros_like(factor)
+    folded = (bias - batchnorm.running_mean.float()) * factor + beta
+    step = input_scale * folded_weight_scales(weight_scale, factor, folded, input_scale)
     shift = torch.round(folded / step) * step - folded
-    return torch.where(factor != 0, shift / torch.where(factor != 0, factor, torch.ones_like(factor)), 0.0)
+    live = factor != 0
+    return torch.where(live, shift / torch.where(live, factor, torch.ones_like(factor)), torch.zeros_like(shift))

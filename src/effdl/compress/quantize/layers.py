@@ -68,8 +68,12 @@ class QuantMixin:
         if not self.training:
             shift = integer_bias_shift(self, self.__dict__.get("folded_batchnorm"))
             if shift is not None:
-                y = y + shift.to(y.dtype).view(-1, *([1] * (y.dim() - 2)))
+                y = y + self.per_output_channel(shift.to(y.dtype))
         return y if self.spec.get("batchnorm") else self.round_output(y)
+
+    def per_output_channel(self, values: torch.Tensor) -> torch.Tensor:
+        """`values` ([out_channels]) shaped to broadcast over this layer's output."""
+        raise NotImplementedError
 
     def round_output(self, y: torch.Tensor) -> torch.Tensor:
         return self.output_quantizer(y) if self.output_quantizer is not None else y
@@ -94,6 +98,9 @@ class QuantConv2d(QuantMixin, nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.quantized_output(self._conv_forward(self.quantized_input(x), self.quantized_weight(), self.bias))
 
+    def per_output_channel(self, values: torch.Tensor) -> torch.Tensor:
+        return values.view(-1, 1, 1)  # [N, C, H, W] (or unbatched [C, H, W])
+
 
 class QuantLinear(QuantMixin, nn.Linear):
     @classmethod
@@ -109,6 +116,9 @@ class QuantLinear(QuantMixin, nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.quantized_output(F.linear(self.quantized_input(x), self.quantized_weight(), self.bias))
+
+    def per_output_channel(self, values: torch.Tensor) -> torch.Tensor:
+        return values  # features are the last dimension, whatever comes before
 
 
 QUANTIZABLE = {nn.Conv2d: QuantConv2d, nn.Linear: QuantLinear}

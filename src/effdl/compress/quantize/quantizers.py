@@ -311,6 +311,12 @@ class LazyAct(nn.Module):
         """(-lowest, highest) integer of the grid."""
         return self._grid if self._grid is not None else self._levels_from_buffers()
 
+    @property
+    def known_levels(self) -> tuple[int, int] | None:
+        """`levels()` once a forward pass has read or set them, else None; reads no tensor (no host
+        sync, no graph break), unlike `levels()` before that."""
+        return self._grid
+
     def _levels_from_buffers(self) -> tuple[int, int]:
         if bool(self.signed):
             return 2 ** (self.bits - 1), 2 ** (self.bits - 1) - 1
