@@ -10,7 +10,11 @@ check measured (max |diff| in steps of the output grid). The float export is the
 - qat-minmax-8: FakeQuantConfig(8, 8, method="minmax") on the UNFOLDED model (BatchNorm after a
   quantized conv: the case that used to export wrong), calibrated, exported as int8 QDQ (no QAT
   epochs: the fault was in the export, not in training).
-- 4-bit LSQ: must be refused by the int8 export (it cannot be expressed in int8 QDQ), not exported wrong.
+- qat-lsq-4: FakeQuantConfig(4, 4, method="lsq") (first and last layer 8-bit) on the unfolded
+  model, output quantizers on (every conv and residual Add on integers), calibrated, no QAT epochs;
+  and the same without output quantizers. PyTorch's eval rounds biases as the integer kernels do,
+  so the two sides should agree on almost every image even at 4 bits.
+- DoReFa 4-bit: must be refused by the int8 export (its grids are not int8's), not exported wrong.
 
     EFFDL_DATA=../shared/data python benchmarks/export_parity.py runs/demo/best.safetensors
 """
@@ -30,7 +34,7 @@ from common import write_result
 from effdl.checkpoint import load_model
 from effdl.compress.quantize import FakeQuantConfig, calibrate, calibration_images, quantize_
 from effdl.data import BatchLoader, load_dataset_for
-from effdl.deploy.int8 import export_int8_verified
+from effdl.deploy.int8 import export_int8_verified, optimized_op_counts
 from effdl.deploy.onnx import export_verified, ort_session
 from effdl.errors import EffdlError
 
@@ -90,19 +94,29 @@ def main() -> None:
         path, check, int8 = export_int8_verified(qat, tmp / "qat_int8.onnx", check_images=check_images)
         rows.append(measure("qat-minmax-8 (BN unfolded)", int8, path, check, loader, labels))
 
-        lsq4 = copy.deepcopy(float_model)
-        quantize_(lsq4, FakeQuantConfig(weight_bits=4, act_bits=4, method="lsq"))
-        calibrate(lsq4, calib)
+        for outputs in (True, False):
+            lsq4 = copy.deepcopy(float_model)
+            quantize_(lsq4, FakeQuantConfig(weight_bits=4, act_bits=4, method="lsq", quantize_outputs=outputs))
+            calibrate(lsq4, calib)
+            name = "lsq4" if outputs else "lsq4_float_outputs"
+            path, check, int8 = export_int8_verified(lsq4, tmp / f"{name}.onnx", check_images=check_images)
+            rows.append(measure(f"qat-lsq-4 ({'output quantizers' if outputs else 'float outputs'}, BN unfolded)",
+                                int8, path, check, loader, labels))
+            rows[-1]["integer_convs"] = optimized_op_counts(path).get("QLinearConv", 0)
+
+        dorefa = copy.deepcopy(float_model)
+        quantize_(dorefa, FakeQuantConfig(weight_bits=4, act_bits=4, method="dorefa"))
+        calibrate(dorefa, calib)
         try:
-            export_int8_verified(lsq4, tmp / "lsq4.onnx", check_images=check_images)
+            export_int8_verified(dorefa, tmp / "dorefa4.onnx", check_images=check_images)
             refused = None
         except EffdlError as exc:
             refused = str(exc)
-        print("4-bit LSQ int8 export:", refused or "ACCEPTED (wrong)", flush=True)
-        leftover = (tmp / "lsq4.onnx").exists()
+        print("4-bit DoReFa int8 export:", refused or "ACCEPTED (wrong)", flush=True)
+        leftover = (tmp / "dorefa4.onnx").exists()
     write_result("export_parity", {"command": "python benchmarks/export_parity.py " + args.checkpoint,
                                    "checkpoint": args.checkpoint, "rows": rows,
-                                   "lsq4_int8_refused": refused, "lsq4_file_left": leftover})
+                                   "dorefa4_int8_refused": refused, "dorefa4_file_left": leftover})
 
 
 if __name__ == "__main__":
