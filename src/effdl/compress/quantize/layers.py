@@ -124,13 +124,10 @@ class QuantLinear(QuantMixin, nn.Linear):
 QUANTIZABLE = {nn.Conv2d: QuantConv2d, nn.Linear: QuantLinear}
 
 
-class SharedInputQuant(nn.Module):
-    """A parameterless module (say the ReLU ending a residual block) whose output is rounded by the input
-    quantizer of the quantized `layer` reading it, so that the other readers of that tensor (the next
-    block's shortcut) see the same integers the layer does. The layer rounding its input again changes
-    nothing (it is on the grid already). The layer is referenced, not registered: its quantizer's state
-    stays in the layer's state_dict only, and a deepcopy of the whole model keeps the two together.
-    """
+class RoundingWrapper(nn.Module):
+    """A module whose output a quantized `layer` elsewhere in the model rounds (`rounded`). The layer
+    is referenced, not registered: its quantizer's state stays in the layer's state_dict only, and a
+    deepcopy of the whole model keeps the two together."""
 
     def __init__(self, module: nn.Module, layer: nn.Module):
         super().__init__()
@@ -140,35 +137,38 @@ class SharedInputQuant(nn.Module):
     @property
     def effdl_counted_as(self) -> nn.Module:
         """Counted as the module it wraps (effdl.measure.counting): the rounding is what an int8
-        runtime's quantize does on that tensor anyway, not another buffer or operation."""
+        runtime does on that tensor anyway (a quantize, a requantization), not another operation."""
         return self.module
 
+    def rounded(self, y: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
     def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        return self.layer.quantized_input(self.module(*args, **kwargs))
+        return self.rounded(self.module(*args, **kwargs))
+
+
+class SharedInputQuant(RoundingWrapper):
+    """A parameterless module (say the ReLU ending a residual block) whose output is rounded by the input
+    quantizer of the quantized `layer` reading it, so that the other readers of that tensor (the next
+    block's shortcut) see the same integers the layer does. The layer rounding its input again changes
+    nothing (it is on the grid already).
+    """
+
+    def rounded(self, y: torch.Tensor) -> torch.Tensor:
+        return self.layer.quantized_input(y)
 
     def extra_repr(self) -> str:
         return "rounded by the reading layer's input quantizer"
 
 
-class OutputQuantAfter(nn.Module):
+class OutputQuantAfter(RoundingWrapper):
     """The BatchNorm2d right after a quantized convolution, its output rounded by that layer's output
     quantizer: quantization-aware training keeps the BatchNorm, which the int8 exporter folds into
-    the convolution, so this is where the integer convolution's output is. As in `SharedInputQuant`,
-    the layer is referenced, not registered (its quantizer's state stays in its own state_dict).
+    the convolution, so this is where the integer convolution's output is.
     """
 
-    def __init__(self, module: nn.Module, layer: nn.Module):
-        super().__init__()
-        self.module = module
-        object.__setattr__(self, "layer", layer)
-
-    @property
-    def effdl_counted_as(self) -> nn.Module:
-        """Counted as the BatchNorm it wraps: the rounding is the integer convolution's requantization."""
-        return self.module
-
-    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        return self.layer.round_output(self.module(*args, **kwargs))
+    def rounded(self, y: torch.Tensor) -> torch.Tensor:
+        return self.layer.round_output(y)
 
     def extra_repr(self) -> str:
         return "rounded by the preceding layer's output quantizer"
