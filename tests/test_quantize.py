@@ -575,6 +575,9 @@ def test_eval_bias_rounding_broadcasts_over_a_linear_layers_last_dimension():
     model.train()
     model(x)  # initialises the LSQ steps
     model.eval()
+    from effdl.compress.quantize.grids import integer_bias_shift
+
+    assert integer_bias_shift(model[0]).abs().max() > 0  # there is a rounding to broadcast
     with torch.no_grad():
         tokens = model(x)
         one_by_one = torch.stack([model(x[:, t]) for t in range(5)], 1)
@@ -582,10 +585,26 @@ def test_eval_bias_rounding_broadcasts_over_a_linear_layers_last_dimension():
 
 
 def test_a_qat_models_batchnorm_parameters_are_counted_through_their_output_wrapper():
+    from effdl.compress.quantize.layers import OutputQuantAfter
+
     model = quantize_(create_model("resnet20", width=0.25), FakeQuantConfig(weight_bits=4, act_bits=4))
+    assert any(isinstance(m, OutputQuantAfter) for m in model.modules())
     model.train()
     model(torch.randn(8, 3, 32, 32))
     model.eval()
     result = profile(model)
     assert not result.warnings  # bn1.module.weight was "used by no counted operation"
     assert all(p.layer is not None for p in result.parameters)
+
+
+def test_a_qat_models_eval_is_one_graph_for_torch_compile():
+    """The integer bias rounding runs in every eval forward: tensor operations only, no host sync
+    (a float() per layer split the graph twice per layer)."""
+    model = quantize_(create_model("tiny_cnn"), FakeQuantConfig(weight_bits=4, act_bits=4))
+    model.train()
+    model(torch.randn(8, 3, 32, 32))
+    model.eval()
+    with torch.no_grad():
+        explained = torch._dynamo.explain(model)(torch.randn(2, 3, 32, 32))
+    assert explained.graph_break_count == 0, explained.break_reasons
+

@@ -70,7 +70,8 @@ from effdl.compress.quantize.api import quantized_layers
 from effdl.compress.quantize.fold import find_conv_bn_pairs, fold_pair
 from effdl.compress.quantize.layers import OutputQuantAfter, SharedInputQuant
 from effdl.compress.quantize.grids import (
-    MAX_BITS, MIN_BITS, ActGrid, act_grid, folded_weight_scales, grid_bits, integer_bias_shift, weight_scales,
+    MAX_BITS, MIN_BITS, ActGrid, act_grid, empty_channels, grid_bits, integer_bias_shift, integer_weight_scales,
+    weight_scales,
 )
 from effdl.core.modules import replace_submodule
 from effdl.deploy.onnx import OnnxCheck, export_onnx, export_verified
@@ -156,7 +157,7 @@ def dequantized_float_model(model: nn.Module) -> tuple[nn.Module, dict[str, Laye
     only where it fuses an integer kernel, so a layer it leaves in float (the logits) computes the
     same. A BatchNorm2d right after a quantized conv is folded into the copy, with the channel's
     weight scale multiplied by |gamma / sqrt(var + eps)| so the integers stay those of the fake-quant
-    model (module docstring; `folded_weight_scales`). Raises EffdlError when a bias does not fit
+    model (module docstring; `integer_weight_scales`). Raises EffdlError when a bias does not fit
     int32 on its grid (a channel scaled almost to zero, with a large shift).
     """
     float_model = copy.deepcopy(model).eval()
@@ -171,11 +172,17 @@ def dequantized_float_model(model: nn.Module) -> tuple[nn.Module, dict[str, Laye
             shared.add(layer_names[wrapper.layer])
         # An OutputQuantAfter's BatchNorm is folded into its layer below, whose output grid is then its own.
         replace_submodule(float_model, name, wrapper.module)
-    qparams = {}
+    qparams, empty = {}, {}
+    modules = set(float_model.modules())
     for name, layer in quantized_layers(float_model).items():
+        batchnorm = layer.__dict__.get("folded_batchnorm")
+        if batchnorm is not None and batchnorm not in modules:
+            raise EffdlError(f"int8 export: layer {name}'s BatchNorm is outside this model; export the whole "
+                             "quantized model")
         with torch.no_grad():
             weight = layer.quantized_weight().detach().clone()
-            shift = integer_bias_shift(layer, layer.__dict__.get("folded_batchnorm"))
+            shift = integer_bias_shift(layer, batchnorm)
+        empty[name] = empty_channels(layer.weight).cpu()
         output_grid = act_grid(layer.output_quantizer) if layer.output_quantizer is not None else None
         scale, zero_point, lowest, highest = act_grid(layer.act_quantizer)
         qparams[name] = LayerQParams(weight_grid(layer), float(scale), int(zero_point), output_grid,
@@ -191,21 +198,19 @@ def dequantized_float_model(model: nn.Module) -> tuple[nn.Module, dict[str, Laye
             bias = layer.bias.detach().float() if layer.bias is not None else torch.zeros(weight.shape[0])
             plain.bias.data.copy_(bias + (shift.cpu() if shift is not None else 0))
         replace_submodule(float_model, name, plain)
-    for conv_name, bn_name in find_conv_bn_pairs(float_model):
-        if conv_name in qparams:
-            factor = fold_pair(float_model, conv_name, bn_name).detach().float().cpu()
-            folded_bias = float_model.get_submodule(conv_name).bias.detach().float().cpu()
-            scale = folded_weight_scales(torch.from_numpy(qparams[conv_name].weight_scale), factor, folded_bias,
-                                         qparams[conv_name].input_scale)
-            qparams[conv_name] = dataclasses.replace(qparams[conv_name], weight_scale=scale.numpy().astype(np.float32))
-    for name, q in qparams.items():
-        bias = float_model.get_submodule(name).bias
-        if bias is not None:
-            steps = np.abs(bias.detach().float().cpu().numpy() / (q.input_scale * q.weight_scale))
-            if steps.max() > INT32_MAX:
-                raise EffdlError(f"int8 export: layer {name}'s bias is {steps.max():.3g} steps of its int32 grid in "
-                                 f"channel {int(steps.argmax())} (at most {INT32_MAX}); its weight scale is almost "
-                                 "zero there (a BatchNorm scale near 0?): prune that channel, or export without --int8")
+    factors = {conv: fold_pair(float_model, conv, bn).detach().float().cpu()
+               for conv, bn in find_conv_bn_pairs(float_model) if conv in qparams}
+    for name, q in qparams.items():  # the scales the integer layer holds: folded, and for channels with no weights
+        plain = float_model.get_submodule(name)
+        bias = plain.bias.detach().float().cpu() if plain.bias is not None else torch.zeros(len(q.weight_scale))
+        factor = factors.get(name, torch.ones(len(q.weight_scale)))
+        scale = integer_weight_scales(torch.from_numpy(q.weight_scale), factor, bias, q.input_scale, empty[name])
+        qparams[name] = q = dataclasses.replace(q, weight_scale=scale.numpy().astype(np.float32))
+        steps = np.abs(bias.numpy() / (q.input_scale * q.weight_scale))
+        if steps.max() > INT32_MAX:
+            raise EffdlError(f"int8 export: layer {name}'s bias is {steps.max():.3g} steps of its int32 grid in "
+                             f"channel {int(steps.argmax())} (at most {INT32_MAX}); its weight scale is almost "
+                             "zero there (a BatchNorm scale near 0?): prune that channel, or export without --int8")
     return float_model, qparams
 
 

@@ -27,7 +27,7 @@ from effdl.compress.quantize.config import (
     TernaryConfig,
     XnorConfig,
 )
-from effdl.compress.quantize.grids import integer_act_spec
+from effdl.compress.quantize.grids import integer_layer_spec
 from effdl.compress.quantize.layers import (
     QUANTIZABLE, OutputQuantAfter, SharedInputQuant, is_quantized_layer, quantize_layer,
 )
@@ -117,9 +117,9 @@ def quantize_by_layer_spec(config: Any, model: nn.Module, filter_fn: FilterFn | 
         raise EffdlError("no Conv2d or Linear layer to quantize (check filter_fn and the model)")
     # Layers that quantize their input may run on integers: which BatchNorm folds into each, and
     # (quantize_outputs) where outputs and shared inputs need rounding. One trace for the three.
-    # Sign and DoReFa activations are on no integer grid: rounding outputs with them would only
-    # destroy information (a sign on a ReLU output is constant) for an export that refuses them.
-    integer = [name for name, spec in specs.items() if integer_act_spec(spec.get("act"))]
+    # Sign / DoReFa activations and binary weights are on no integer grid: rounding outputs for them
+    # would only destroy information (a sign on a ReLU output is constant) for an export that refuses them.
+    integer = [name for name, spec in specs.items() if integer_layer_spec(spec)]
     graph = trace_layers(model, list(specs)) if integer else None
     if graph is not None:
         for name, batchnorm in batchnorms_after(model, list(specs), graph).items():

@@ -42,11 +42,17 @@ def grid_bits(quantizer: nn.Module | None) -> bool:
     return isinstance(bits, int) and MIN_BITS <= bits <= MAX_BITS
 
 
-def integer_act_spec(spec: dict | None) -> bool:
-    """Whether an activation quantizer spec describes a grid an integer runtime can hold (a uniform
-    grid of 2..8 bits: not DoReFa's clip-to-one, not sign): only then do output quantizers, shared
-    inputs and integer bias rounding mean anything."""
-    return bool(spec) and spec.get("kind") in INTEGER_ACT_KINDS and MIN_BITS <= spec.get("bits", 0) <= MAX_BITS
+INTEGER_WEIGHT_KINDS = ("minmax", "lsq")  # weight quantizer kinds whose grids int8 can hold
+
+
+def integer_layer_spec(spec: dict) -> bool:
+    """Whether a quantized layer's spec puts its weights and its input on grids an integer runtime
+    can hold (uniform, 2..8 bits: not binary weights, DoReFa, sign activations or k-means): only then
+    do output quantizers, shared inputs and integer bias rounding mean anything."""
+    def fits(part: dict | None, kinds: tuple[str, ...]) -> bool:
+        return bool(part) and part.get("kind") in kinds and MIN_BITS <= part.get("bits", 0) <= MAX_BITS
+
+    return fits(spec.get("weight"), INTEGER_WEIGHT_KINDS) and fits(spec.get("act"), INTEGER_ACT_KINDS)
 
 
 def weight_scales(layer: nn.Module) -> torch.Tensor | None:
@@ -108,31 +114,36 @@ def _act_scale(quantizer: nn.Module | None) -> torch.Tensor | None:
     return None
 
 
-FACTOR_ZERO_STEPS = 2**20  # a zero-factor channel's constant output, in steps of its bias grid
+CONSTANT_STEPS = 2**20  # where a channel with no weights puts its constant output on its bias grid
 
 
-def folded_weight_scales(weight_scale: torch.Tensor, factor: torch.Tensor, folded_bias: torch.Tensor,
-                         input_scale: torch.Tensor | float) -> torch.Tensor:
-    """Per-channel weight scales of a convolution with a BatchNorm (per-channel `factor` =
-    gamma / sqrt(var + eps)) folded into it: |factor| x the layer's scale, as the integers stay the
-    layer's (f * s * q = |f| s * sign(f) q). A channel whose factor is 0 has all-zero weights, on any
-    grid: it outputs the constant folded bias (beta), and takes the scale that puts beta exactly
-    `FACTOR_ZERO_STEPS` steps of the int32 bias grid from 0, so the integer kernels add it unrounded
-    (a 1e-12 scale would need ~1e11, beyond int32)."""
+def empty_channels(weight: torch.Tensor) -> torch.Tensor:
+    """[out_channels] bool: the channels whose weights are all zero (their min-max scale is 1e-12)."""
+    return weight.detach().flatten(1).abs().amax(1) == 0
+
+
+def integer_weight_scales(weight_scale: torch.Tensor, factor: torch.Tensor, bias: torch.Tensor,
+                          input_scale: torch.Tensor | float, empty: torch.Tensor) -> torch.Tensor:
+    """Per-channel weight scales of the integer layer: |factor| x the layer's `weight_scale`, where
+    `factor` is gamma / sqrt(var + eps) of the BatchNorm folded into it (ones without one): the
+    integers stay the layer's (f * s * q = |f| s * sign(f) q). A channel with no weights (factor 0,
+    or `empty`: all its weights zero) outputs its constant (folded) `bias`, and takes the scale that
+    puts that bias exactly `CONSTANT_STEPS` steps of the int32 bias grid (input scale x weight
+    scale) from 0, so the integer kernel adds it unrounded; a 1e-12 scale would need ~1e11 steps,
+    beyond int32. Shapes: [out_channels] each; `input_scale` a scalar."""
     scale = (weight_scale * factor.abs()).clamp(min=MIN_FOLDED_SCALE)
-    constant = folded_bias.abs() / (input_scale * FACTOR_ZERO_STEPS)
-    dead = torch.where(folded_bias != 0, constant, weight_scale)
-    return torch.where(factor != 0, scale, dead)
+    constant = torch.where(bias != 0, bias.abs() / (input_scale * CONSTANT_STEPS), weight_scale)
+    return torch.where((factor == 0) | empty, constant, scale)
 
 
 @torch.no_grad()
 def integer_bias_shift(layer: nn.Module, batchnorm: nn.BatchNorm2d | None = None) -> torch.Tensor | None:
     """What to add to `layer`'s float output (per output channel, shape [out_channels]) so that it
     equals the integer layer's: the bias rounded to the int32 grid of scale input scale x weight
-    scale, minus the bias (module docstring). With `batchnorm` (folded into the layer on export)
-    the folded bias is rounded on the folded grid (`folded_weight_scales`), and the shift is
-    returned on the layer's side of the BatchNorm (divided by its factor), so BatchNorm(output +
-    shift) is the integer result; a channel whose factor is 0 needs none.
+    scale (`integer_weight_scales`), minus the bias (module docstring). With `batchnorm` (folded into
+    the layer on export) the folded bias is rounded on the folded grid, and the shift is returned on
+    the layer's side of the BatchNorm (divided by its factor), so BatchNorm(output + shift) is the
+    integer result; a channel with no weights needs none (its constant is on the grid exactly).
 
     None when the layer has neither bias nor BatchNorm, or is not on integer grids (`weight_scales`,
     `act_grid`): nothing to emulate. Tensor operations only (no host sync for LSQ / PACT inputs).
@@ -146,13 +157,13 @@ def integer_bias_shift(layer: nn.Module, batchnorm: nn.BatchNorm2d | None = None
         return None
     input_scale = input_scale.to(weight_scale.device)
     bias = layer.bias.detach().float() if layer.bias is not None else torch.zeros_like(weight_scale)
-    if batchnorm is None:
-        step = input_scale * weight_scale
-        return torch.round(bias / step) * step - bias
-    factor = batchnorm_factor(batchnorm).detach().float()
-    beta = batchnorm.bias.detach().float() if batchnorm.affine else torch.zeros_like(factor)
-    folded = (bias - batchnorm.running_mean.float()) * factor + beta
-    step = input_scale * folded_weight_scales(weight_scale, factor, folded, input_scale)
+    factor = torch.ones_like(weight_scale)
+    folded = bias
+    if batchnorm is not None:
+        factor = batchnorm_factor(batchnorm).detach().float()
+        beta = batchnorm.bias.detach().float() if batchnorm.affine else torch.zeros_like(factor)
+        folded = (bias - batchnorm.running_mean.float()) * factor + beta
+    step = input_scale * integer_weight_scales(weight_scale, factor, folded, input_scale, empty_channels(layer.weight))
     shift = torch.round(folded / step) * step - folded
     live = factor != 0
     return torch.where(live, shift / torch.where(live, factor, torch.ones_like(factor)), torch.zeros_like(shift))

@@ -113,8 +113,8 @@ def trace_layers(model: nn.Module, layers: list[str]) -> fx.Graph | None:
     except Exception as exc:  # noqa: BLE001  any tracing failure means: no graph to analyse
         warnings.warn(
             f"torch.fx could not trace {type(model).__name__} ({type(exc).__name__}); "
-            "layer outputs and shared inputs are left unquantized, and eval mode does not round folded "
-            "BatchNorm biases as an integer runtime does",
+            "no output or shared input is quantized, and eval rounds biases without the BatchNorm the int8 "
+            "export folds in (ONNX Runtime may then differ from PyTorch by a few rounding steps)",
             stacklevel=4,
         )
         return None

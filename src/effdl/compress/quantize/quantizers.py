@@ -335,7 +335,10 @@ class LazyAct(nn.Module):
 
     def _load_from_state_dict(self, *args, **kwargs) -> None:
         super()._load_from_state_dict(*args, **kwargs)
-        self._grid = None  # the buffers may have changed: read them again on the next forward
+        # The buffers may have changed: read them now (once), so `known_levels` is right before any
+        # forward pass (the int8 exporter reads it on a model loaded from a checkpoint).
+        ready = self.ready.device.type != "meta" and bool(self.ready)
+        self._grid = self._levels_from_buffers() if ready else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._grid is None:
