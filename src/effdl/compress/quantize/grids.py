@@ -31,8 +31,8 @@ MIN_BITS, MAX_BITS = 2, 8  # uniform grids int8 holds exactly (1 bit is a sign, 
 ActGrid = tuple[float, int, int, int]
 
 MIN_FOLDED_SCALE = 1e-12  # the least folded weight scale of a channel whose BatchNorm factor is not 0
-
-
+CONSTANT_STEPS = 2**20  # where a channel with no weights puts its constant output on its bias grid
+INTEGER_WEIGHT_KINDS = ("minmax", "lsq")  # weight quantizer kinds whose grids int8 can hold
 INTEGER_ACT_KINDS = ("range", "lsq", "pact")  # activation quantizer kinds whose grids int8 can hold
 
 
@@ -40,9 +40,6 @@ def grid_bits(quantizer: nn.Module | None) -> bool:
     """Whether `quantizer` rounds to 2..8 bits (the widths an int8 grid holds)."""
     bits = getattr(quantizer, "bits", None)
     return isinstance(bits, int) and MIN_BITS <= bits <= MAX_BITS
-
-
-INTEGER_WEIGHT_KINDS = ("minmax", "lsq")  # weight quantizer kinds whose grids int8 can hold
 
 
 def integer_layer_spec(spec: dict) -> bool:
@@ -71,6 +68,24 @@ def weight_scales(layer: nn.Module) -> torch.Tensor | None:
     return scale.detach().float().reshape(-1).expand(layer.weight.shape[0])  # per tensor -> per channel
 
 
+def _act_scale(quantizer: nn.Module | None) -> torch.Tensor | None:
+    """The scale of `act_grid` as a 0-dim float32 tensor, read without a host sync for LSQ and PACT
+    (so that eval under torch.compile or torch.export stays one graph); None for other quantizers,
+    while the quantizer observes a calibration, or before it knows its grid (first batch or loaded)."""
+    if quantizer is None or not grid_bits(quantizer) or getattr(quantizer, "observing", None):
+        return None
+    if isinstance(quantizer, (LSQAct, PACTAct)):
+        levels = quantizer.known_levels
+        if levels is None:
+            return None
+        if isinstance(quantizer, LSQAct):
+            return quantizer.step.detach().float().clamp(min=1e-8)
+        return quantizer.alpha.detach().float().clamp(min=1e-6) / levels[1]  # signed PACT: +-alpha = +-highest
+    if isinstance(quantizer, RangeAct) and bool(quantizer.ready):  # its own forward reads the range too
+        return torch.tensor(quantizer.qparams()[0], dtype=torch.float32, device=quantizer.lo.device)
+    return None
+
+
 def act_grid(quantizer: nn.Module | None) -> ActGrid | None:
     """(scale, uint8 zero point, lowest code, highest code) of the grid an activation quantizer
     rounds to, when ONNX's uint8 QuantizeLinear (round(x / scale) + zero point, clamped to 0..255)
@@ -82,39 +97,15 @@ def act_grid(quantizer: nn.Module | None) -> ActGrid | None:
     +-alpha, so -(2^(k-1)-1)..2^(k-1)-1, codes 1..2^k-1) at k = 2..8 bits qualify; DoReFa's
     clip-to-one and sign activations do not.
     """
-    if quantizer is None or not grid_bits(quantizer) or not bool(getattr(quantizer, "ready", False)):
+    scale = _act_scale(quantizer)
+    if scale is None:
         return None
     if isinstance(quantizer, RangeAct):
-        scale, zero_point = quantizer.qparams()
-        return scale, zero_point, 0, 2**quantizer.bits - 1
-    lowest, highest = quantizer.levels() if hasattr(quantizer, "levels") else (None, None)
+        return float(scale), quantizer.qparams()[1], 0, 2**quantizer.bits - 1
+    lowest, highest = quantizer.known_levels
     if isinstance(quantizer, LSQAct):
-        return float(quantizer.step.detach().clamp(min=1e-8)), int(lowest), 0, int(lowest + highest)
-    if isinstance(quantizer, PACTAct):  # signed PACT clips at +-alpha = +-highest steps, not at -lowest
-        scale = float(quantizer.alpha.detach().clamp(min=1e-6)) / highest
-        return scale, int(lowest), int(lowest - highest) if lowest else 0, int(lowest + highest)
-    return None
-
-
-def _act_scale(quantizer: nn.Module | None) -> torch.Tensor | None:
-    """`act_grid`'s scale as a 0-dim tensor, read without a host sync for LSQ and PACT (so that eval
-    under torch.compile or torch.export stays one graph); None while the quantizer observes a
-    calibration or has not seen its first batch."""
-    if quantizer is None or not grid_bits(quantizer) or getattr(quantizer, "observing", None):
-        return None
-    if isinstance(quantizer, (LSQAct, PACTAct)):
-        levels = quantizer.known_levels
-        if levels is None:
-            return None
-        if isinstance(quantizer, LSQAct):
-            return quantizer.step.detach().float().clamp(min=1e-8)
-        return quantizer.alpha.detach().float().clamp(min=1e-6) / levels[1]
-    if isinstance(quantizer, RangeAct) and bool(quantizer.ready):  # its own forward reads the range too
-        return torch.tensor(quantizer.qparams()[0], dtype=torch.float32, device=quantizer.lo.device)
-    return None
-
-
-CONSTANT_STEPS = 2**20  # where a channel with no weights puts its constant output on its bias grid
+        return float(scale), int(lowest), 0, int(lowest + highest)
+    return float(scale), int(lowest), int(lowest - highest) if lowest else 0, int(lowest + highest)  # PACT
 
 
 def empty_channels(weight: torch.Tensor) -> torch.Tensor:

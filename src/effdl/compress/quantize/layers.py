@@ -6,11 +6,11 @@ weight_per_channel, quantized_weight()). `spec` is the JSON description the laye
 A layer may also quantize its output (spec key "output"), for integer inference where the output
 feeds a float operation such as a residual Add, and its input where that input is made, for every
 reader of it (spec key "shares_input": the producing module, wrapped in `SharedInputQuant`; see
-outputs.py). Spec key "batchnorm" names the BatchNorm2d the int8 exporter folds into the layer: in
-eval mode the layer adds the integer runtime's bias rounding on the folded grid (grids.py), and an
-output quantizer rounds that BatchNorm's output, not the layer's (`OutputQuantAfter`). In eval mode
-every layer on integer grids rounds its bias as the integer runtime does (`integer_bias_shift`), so
-the accuracy measured in PyTorch is the exported model's.
+outputs.py). In eval mode every layer on integer grids rounds its bias as the integer runtime does
+(`grids.integer_bias_shift`), so the accuracy measured in PyTorch is the exported model's. Spec key
+"batchnorm" names the BatchNorm2d the int8 exporter folds into the layer: the bias is then rounded
+on the folded grid, and an output quantizer rounds that BatchNorm's output, not the layer's
+(`OutputQuantAfter`).
 """
 
 from __future__ import annotations
