@@ -120,6 +120,33 @@ def test_4bit_qat_with_output_quantizers_runs_every_conv_and_add_on_integers_as_
         assert torch.equal(reloaded(x), model(x))
 
 
+def test_layers_reading_one_tensor_share_one_trained_input_quantizer_so_the_add_before_stays_integer(tmp_path):
+    """A downsampling block's input feeds its conv1 and its projection shortcut: with two LSQ steps
+    trained apart, the residual Add making that input could not round its output onto one grid and
+    ran in float. Tied, the step trains once and survives a checkpoint."""
+    torch.manual_seed(0)
+    model = quantize_(create_model("resnet20", width=0.25), FakeQuantConfig(weight_bits=4, act_bits=4, method="lsq"))
+    conv1, shortcut = model.get_submodule("layers.1.0.conv1"), model.get_submodule("layers.1.0.shortcut.0")
+    assert shortcut.spec["shares_act_with"] == "layers.1.0.conv1" and shortcut.act_quantizer is conv1.act_quantizer
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
+    model.train()
+    for _ in range(6):
+        loss = torch.nn.functional.cross_entropy(model(torch.randn(16, 3, 32, 32)), torch.randint(0, 10, (16,)))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    path = export_int8_onnx(int8_model(model, None), tmp_path / "tied.onnx", check_images=torch.randn(64, 3, 32, 32),
+                            exporter="torchscript")
+    optimized = optimized_op_counts(path)
+    assert optimized.get("QLinearConv") == 21 and optimized.get("QLinearAdd") == 8 and optimized.get("Add") == 1
+    save_model(tmp_path / "tied.safetensors", model)
+    reloaded = load_model(tmp_path / "tied.safetensors")[0].eval()
+    tied = reloaded.get_submodule("layers.1.0.shortcut.0").act_quantizer
+    assert tied is reloaded.get_submodule("layers.1.0.conv1").act_quantizer
+    assert torch.equal(tied.step, conv1.act_quantizer.step)
+
+
 def _assert_computes_as_pytorch(model: torch.nn.Module, path, x: torch.Tensor) -> None:
     """ONNX Runtime's integer kernels compute what PyTorch's eval computes: the typical output equal
     to float rounding (a bias left unrounded put it ~1e-3 away), and only an activation that fell on
@@ -199,6 +226,13 @@ def test_a_channel_with_no_weights_exports_its_bias_and_a_bias_beyond_int32_is_r
     path = export_int8_onnx(int8_model(quantized, None), tmp_path / "empty.onnx", check_images=images,
                             exporter="torchscript")
     _assert_computes_as_pytorch(quantized, path, torch.randn(8, 3, 32, 32))
+    # an LSQ input step trained below zero is clamped to its floor: the message names the input step
+    quantized = quantize_(copy.deepcopy(model), FakeQuantConfig(weight_bits=8, act_bits=8, method="lsq"))
+    calibrate(quantized, images)
+    with torch.no_grad():
+        quantized[4].act_quantizer.step.fill_(-0.01)
+    with pytest.raises(EffdlError, match="layer 4's bias .* its input step is 1e-08"):
+        export_int8_onnx(int8_model(quantized, None), tmp_path / "collapsed.onnx", exporter="torchscript")
     with torch.no_grad():
         model[0].weight[2] = 1e-9  # a live channel whose scale puts the bias ~1e10 steps out
         model[0].bias[2] = 1.0
@@ -407,7 +441,7 @@ def trained_tiny(tmp_path_factory):
     torch.manual_seed(0)
     model = create_model("tiny_cnn")
     images = calibration_images(data, len(data.train_labels))
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
     model.train()
     for _ in range(2):
         for start in range(0, len(images), 50):

@@ -208,9 +208,14 @@ def dequantized_float_model(model: nn.Module) -> tuple[nn.Module, dict[str, Laye
         qparams[name] = q = dataclasses.replace(q, weight_scale=scale.numpy().astype(np.float32))
         steps = np.abs(bias.numpy() / (q.input_scale * q.weight_scale))
         if steps.max() > INT32_MAX:
+            channel = int(steps.argmax())
+            # The grid is input step x weight scale: say which of the two collapsed.
+            cause = (f"its input step is {q.input_scale:.3g} (a learned step driven to its floor: train with a "
+                     "lower learning rate)" if q.input_scale < 1e-6 else
+                     f"its weight scale there is {float(q.weight_scale[channel]):.3g} (a BatchNorm scale near 0? "
+                     "prune that channel)")
             raise EffdlError(f"int8 export: layer {name}'s bias is {steps.max():.3g} steps of its int32 grid in "
-                             f"channel {int(steps.argmax())} (at most {INT32_MAX}); its weight scale is almost "
-                             "zero there (a BatchNorm scale near 0?): prune that channel, or export without --int8")
+                             f"channel {channel} (at most {INT32_MAX}); {cause}; or export without --int8")
     return float_model, qparams
 
 

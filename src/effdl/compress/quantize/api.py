@@ -32,7 +32,7 @@ from effdl.compress.quantize.layers import (
     QUANTIZABLE, OutputQuantAfter, SharedInputQuant, is_quantized_layer, quantize_layer,
 )
 from effdl.compress.quantize.outputs import (
-    batchnorms_after, layers_with_float_readers, shared_input_producers, trace_layers,
+    batchnorms_after, layers_with_float_readers, shared_input_producers, tied_input_readers, trace_layers,
 )
 from effdl.compress.quantize.quantizers import RangeAct, LazyAct
 from effdl.core.configs import config_from_dict, config_to_dict, dispatch, register_handler
@@ -129,7 +129,11 @@ def quantize_by_layer_spec(config: Any, model: nn.Module, filter_fn: FilterFn | 
         for name in layers_with_float_readers(model, list(specs), graph):
             if name in integer:
                 specs[name] = {**specs[name], "output": dict(specs[name]["act"])}
-        for name, producer in shared_input_producers(model, list(specs), graph).items():
+        tied = {reader: owner for reader, owner in tied_input_readers(model, list(specs), graph).items()
+                if reader in integer and owner in integer and specs[reader]["act"] == specs[owner]["act"]}
+        for reader, owner in tied.items():
+            specs[reader] = {**specs[reader], "shares_act_with": owner}
+        for name, producer in shared_input_producers(model, list(specs), graph, tied).items():
             if name in integer:
                 specs[name] = {**specs[name], "shares_input": producer}
     _apply_specs(model, specs, fit=True)
@@ -149,6 +153,12 @@ def _apply_specs(model: nn.Module, specs: dict[str, dict[str, Any]], fit: bool) 
     for name, spec in specs.items():
         replace_submodule(model, name, quantize_layer(model.get_submodule(name), spec, fit=fit))
     for name, spec in specs.items():
+        if spec.get("shares_act_with"):  # one input quantizer, registered in both layers, trains once
+            owner = spec["shares_act_with"]
+            if owner not in specs or specs[owner].get("act") != spec.get("act"):
+                raise EffdlError(f"quantized layer {name} shares the input quantizer of '{owner}', "
+                                 "which is no quantized layer with the same activation quantizer")
+            model.get_submodule(name).act_quantizer = model.get_submodule(owner).act_quantizer
         if spec.get("shares_input"):  # the producer's output is rounded by this layer's input quantizer
             producer = spec["shares_input"]
             module = _module_named(model, producer, name, "the maker of its input")

@@ -102,8 +102,10 @@ class FakeQuantConfig:
     overrides: layer name (or fnmatch pattern) -> bits, or [weight_bits, act_bits].
     quantize_outputs: as in Int8StaticConfig, also quantize (with the layer's own activation
     quantizer kind and bits, trained with it) the output of each layer that reaches a float
-    operation, after the layer's BatchNorm where it has one, and round each residual block's input
-    where it is made, so the int8 export runs every convolution and residual Add on integers
+    operation, after the layer's BatchNorm where it has one, round each residual block's input
+    where it is made, and give layers reading one tensor (a block's first convolution and its
+    projection shortcut) one shared input quantizer, so the int8 export runs every convolution and
+    residual Add on integers
     (quantize/outputs.py). Only for activations on integer grids (lsq, pact, minmax at 2..8 bits;
     not DoReFa or 1-bit signs, which int8 export refuses). Version 1 configs, written before this
     field, read as False.

@@ -10,7 +10,8 @@ outputs.py). In eval mode every layer on integer grids rounds its bias as the in
 (`grids.integer_bias_shift`), so the accuracy measured in PyTorch is the exported model's. Spec key
 "batchnorm" names the BatchNorm2d the int8 exporter folds into the layer: the bias is then rounded
 on the folded grid, and an output quantizer rounds that BatchNorm's output, not the layer's
-(`OutputQuantAfter`).
+(`OutputQuantAfter`). Spec key "shares_act_with" names the layer whose input quantizer this layer
+uses too (both read one tensor, which is then rounded on one grid; the module is registered in both).
 """
 
 from __future__ import annotations

@@ -21,6 +21,12 @@ dequantize and a quantize around every Add. `shared_input_producers` finds, for 
 parameterless module (the previous block's final ReLU) producing that input, so the quantizer can
 round the tensor where it is made (`SharedInputQuant`) and every reader, the shortcut included,
 sees the same integers: then the Add itself runs on integers (ONNX Runtime's QLinearAdd).
+
+A tensor read by several layers (a downsampling block's input, read by its first convolution and
+its projection shortcut) can be rounded once where it is made only if every reader rounds it on
+one grid. Quantizers trained apart drift apart (LSQ learns each step), so `tied_input_readers`
+pairs each later reader with the first one, whose input quantizer it then shares: the Add that made
+the tensor keeps an integer output, and runs on integers.
 """
 
 from __future__ import annotations
@@ -139,18 +145,41 @@ def layers_with_float_readers(model: nn.Module, layers: list[str], graph: fx.Gra
     return sorted(found, key=layers.index)
 
 
-def shared_input_producers(model: nn.Module, layers: list[str], graph: fx.Graph) -> dict[str, str]:
+def tied_input_readers(model: nn.Module, layers: list[str], graph: fx.Graph) -> dict[str, str]:
+    """{layer: first reader} for the layers among `layers` whose input (first argument) is the tensor
+    an earlier layer of `layers` reads as its input, each layer called once. A caller ties only
+    readers whose input quantizers are built alike (same bits and method). `graph`:
+    `trace_layers(model, layers)`."""
+    candidates = set(layers)
+    calls = _module_calls(graph)
+    first_reader: dict[fx.Node, str] = {}
+    tied = {}
+    for node in graph.nodes:
+        if (node.op != "call_module" or node.target not in candidates or calls[node.target] != 1
+                or not node.args or not isinstance(node.args[0], fx.Node)):
+            continue
+        owner = first_reader.setdefault(node.args[0], node.target)
+        if owner != node.target:
+            tied[node.target] = owner
+    return tied
+
+
+def shared_input_producers(
+    model: nn.Module, layers: list[str], graph: fx.Graph, tied: dict[str, str] | None = None
+) -> dict[str, str]:
     """{layer: producer} for the layers among `layers` whose input is also read by a float operation
     (a residual Add's shortcut), where that input is made by a parameterless module called once
     (a ReLU, not a function call or a module shared between calls) and no other layer in `layers`
-    reads it. Rounding the producer's output with the layer's input quantizer then changes nothing
-    for the layer and puts the shortcut on the same grid. `graph`: `trace_layers(model, layers)`.
+    reads it, but those `tied` ({reader: layer}, see `tied_input_readers`) to the layer's input
+    quantizer. Rounding the producer's output with that quantizer then changes nothing for the
+    layer and puts the shortcut on the same grid. `graph`: `trace_layers(model, layers)`.
     """
     candidates = set(layers)
+    tied = tied or {}
     calls = _module_calls(graph)
     shared = {}
     for node in graph.nodes:
-        if node.op != "call_module" or node.target not in candidates or not node.args:
+        if node.op != "call_module" or node.target not in candidates or node.target in tied or not node.args:
             continue
         source = node.args[0]
         if not isinstance(source, fx.Node) or source.op != "call_module" or calls.get(source.target) != 1:
@@ -165,7 +194,8 @@ def shared_input_producers(model: nn.Module, layers: list[str], graph: fx.Graph)
                 or any(True for _ in producer.parameters()) or any(True for _ in producer.buffers())):
             continue
         readers = [u for u in source.users if u is not node]
-        layer_readers = [u for u in readers if u.op == "call_module" and u.target in candidates]
+        layer_readers = [u for u in readers if u.op == "call_module" and u.target in candidates
+                         and tied.get(u.target) != node.target]
         if readers and not layer_readers and _reaches_float_op(source, model, candidates):
             shared[node.target] = source.target
     return shared
