@@ -231,6 +231,22 @@ def test_prune_to_a_mac_budget():
     assert 0 < ratio < 1 and 0.35 * macs < after <= 0.5 * macs
 
 
+def test_an_unreachable_mac_budget_says_how_far_pruning_got_and_what_held_it():
+    # every channel reaches a grouped convolution, which is not pruned: no ratio lowers the MACs
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1, groups=4),
+                          nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+    with pytest.raises(EffdlError, match=r"could not reach 50% .*kept 100% of them .*left whole, e\.g\. .*grouped"):
+        prune_channels_to_macs(model, 0.5, steps=4)
+
+
+def test_a_mac_budget_takes_the_traced_batch_and_counts_macs_at_its_image_size():
+    # example_inputs is prune_channels' own keyword: passing it on once raised a TypeError
+    model = create_model("resnet20", width=0.25).eval()
+    macs = profile(model, (1, 3, 16, 16)).macs
+    prune_channels_to_macs(model, 0.5, steps=6, example_inputs=torch.randn(2, 3, 16, 16))
+    assert 0.35 * macs < profile(model, (1, 3, 16, 16)).macs <= 0.5 * macs
+
+
 ZOO = [("mobilenet_v2", {"width": 0.25}), ("densenet_bc", {"depth": 10, "growth": 6}),
        ("shufflenet_v2", {"width": 0.5})]
 

@@ -507,20 +507,26 @@ def prune_channels(
 
 
 def prune_channels_to_macs(
-    model: nn.Module, keep_macs: float, *, input_size: tuple[int, ...] | None = None, steps: int = 10, **kwargs
+    model: nn.Module, keep_macs: float, *, input_size: tuple[int, ...] | None = None, steps: int = 10,
+    example_inputs: torch.Tensor | None = None, **kwargs
 ) -> PrunedChannels:
     """Prune in place until MACs are at most `keep_macs` of the original; returns the final
-    `prune_channels` result, whose `.ratio` is the channel ratio found.
+    `prune_channels` result, whose `.ratio` is the channel ratio found. Other keyword arguments
+    are `prune_channels`'s.
 
-    `input_size`: (C, H, W) or (1, C, H, W) of one input, default `model_input_size(model)`. The
-    ratio is found by bisection on copies of the model, with the same criterion (ThiNet calibration
-    runs once, on the original).
+    MACs are counted on one input of `input_size` ((C, H, W) or (1, C, H, W)); default: the shape of
+    one of `example_inputs` (the batch traced for the dependency graph) when given, else
+    `model_input_size(model)`. The ratio is found by bisection on copies of the model, with the same
+    criterion (ThiNet calibration runs once, on the original).
     """
     keep_macs = float(keep_macs)
     if not 0.0 < keep_macs < 1.0:
         raise EffdlError(f"the MAC fraction to keep must be in (0, 1), got {keep_macs}")
+    if input_size is None and example_inputs is not None:
+        input_size = (1, *example_inputs.shape[1:])
     shape = example_input_shape(model, input_size)
-    example_inputs = default_inputs(model, shape)
+    if example_inputs is None:
+        example_inputs = default_inputs(model, shape)
     criterion = kwargs.pop("criterion", "l1")
     if isinstance(criterion, str):
         criterion = make_importance(criterion, scope=kwargs.get("scope", "layer"), model=model,
@@ -528,22 +534,35 @@ def prune_channels_to_macs(
     prune_channels(copy.deepcopy(model), 0.0, criterion=criterion, example_inputs=example_inputs, **kwargs)  # checks options
     base = profile(model, shape).macs
     low, fitting, failing = 0.0, None, 1.0  # fitting: smallest ratio known to meet the budget
+    deepest: tuple[float, PrunedChannels] | None = None  # MACs kept and result at the largest ratio `low`
     for _ in range(steps):
         ratio = (low + (fitting if fitting is not None else failing)) / 2
         trial = copy.deepcopy(model)
         try:
             with warnings.catch_warnings():  # the final pruning reports the layers left whole
                 warnings.simplefilter("ignore")
-                prune_channels(trial, ratio, criterion=criterion, example_inputs=example_inputs, **kwargs)
+                trial_result = prune_channels(trial, ratio, criterion=criterion, example_inputs=example_inputs,
+                                              **kwargs)
         except EffdlError:  # would empty a layer: too much
             failing = ratio
             continue
-        if profile(trial, shape).macs <= keep_macs * base:
+        kept = profile(trial, shape).macs / base
+        if kept <= keep_macs:
             fitting = ratio
         else:
-            low = ratio
+            low, deepest = ratio, (kept, trial_result)
     if fitting is None:
-        raise EffdlError(f"could not reach {keep_macs:.0%} of the MACs by channel pruning")
+        # Say how far it got and what held it: layers whose channels cannot be removed (coupled, kept
+        # whole by the options) bound the MACs any ratio can reach.
+        detail = ""
+        if deepest is not None:
+            kept, trial_result = deepest
+            detail = f": the deepest pruning kept {kept:.0%} of them (channel ratio {trial_result.ratio:.2f})"
+            if trial_result.skipped:
+                name, why = next(iter(trial_result.skipped.items()))
+                detail += (f", with {len(trial_result.skipped)} layer(s) left whole, e.g. {name}: {why}; "
+                           "prune_channels at a fixed ratio warns with every one")
+        raise EffdlError(f"could not reach {keep_macs:.0%} of the MACs by channel pruning{detail}")
     result = prune_channels(model, fitting, criterion=criterion, example_inputs=example_inputs, **kwargs)
     reached = profile(model, shape).macs / base
     if reached < 0.8 * keep_macs:
