@@ -265,6 +265,28 @@ def test_zoo_models_prune_and_reload(name, kwargs, tmp_path):
     assert torch.allclose(roundtrip(model, tmp_path)(X), expected, atol=1e-5)
 
 
+def test_ghostnet_prunes_each_ghost_modules_maps_with_their_cheap_copies_and_reloads(tmp_path):
+    """A ghost module concatenates a conv's maps with their depthwise copies: channel j and j + C/2
+    of the residual stream are one unit, which was left whole ("coupled in blocks") everywhere."""
+    from effdl.models.ghostnet import GhostModule
+
+    model = create_model("ghostnet", width=0.25).eval()
+    macs = profile(model).macs
+    changed = prune_channels(model, 0.5)
+    assert not changed.skipped and profile(model).macs < 0.6 * macs
+    ghosts = [(name, m) for name, m in model.named_modules() if isinstance(m, GhostModule)]
+    for name, ghost in ghosts:  # the cheap copies follow their maps, and half of each went
+        before, after = changed[f"{name}.primary.0"]
+        assert changed[f"{name}.cheap.0"] == (before, after) and after == ghost.primary[0].out_channels <= before // 2 + 1
+    expected = model(X)
+    assert torch.allclose(roundtrip(model, tmp_path)(X), expected, atol=1e-5)
+    # an odd width cuts the last copy off with a slice, which pruning cannot follow: left whole, said why
+    model = nn.Sequential(GhostModule(3, 7), GhostModule(7, 12), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(12, 10))
+    with pytest.warns(UserWarning, match="0.primary.0.*slice"):
+        kept = prune_channels(model.eval(), 0.5, example_inputs=torch.randn(2, 3, 8, 8))
+    assert "0.primary.0" in kept.skipped and model[0].primary[0].out_channels == 4
+
+
 def test_shufflenet_prunes_only_inside_branches_and_removes_exactly_the_dead_channels():
     from effdl.models.shufflenet import ShuffleUnit
 

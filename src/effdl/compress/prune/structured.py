@@ -24,8 +24,11 @@ Some channels are left whole, listed in the result's `skipped` ({layer: why}) an
   remove the same channels in every group. Depthwise convs shrink with their producer;
 - coupled in blocks: a view/reshape from a Linear's features into a conv's channels (or the
   like) couples every channel with a block of another layer's, so removing the chosen channels
-  would remove many more (87.5% of a Linear's outputs for a 10% ratio, once);
-- crossing a view/reshape, when the model pruned through it did not match (a hard-coded shape).
+  would remove many more (87.5% of a Linear's outputs for a 10% ratio, once). Channels of one
+  layer coupled with each other (GhostNet concatenates a conv's maps with their cheap depthwise
+  copies: channel j goes with channel j + C/2 of the sum after it) are removed in whole units;
+- crossing a view/reshape or a slice, when the model pruned through it did not match (a hard-coded
+  shape, GhostNet's cut of an odd channel count).
   Flattening conv channels into a Linear is followed exactly, so it is pruned and checked.
 
 The whole plan (which channels of which group) is made on the unchanged model, then applied group
@@ -33,7 +36,7 @@ by group, each group's indices mapped afresh: a concatenation's offsets move whe
 shrinks one of its inputs (DenseNet). Then every pruning is checked: in eval mode, on the sample
 input, the pruned model must run and give the outputs of the original with the removed channels
 zeroed where they are read (inputs of the consuming Conv/Linear layers), within a float tolerance.
-A pruning that fails is undone; pruning is retried once with the groups crossing a view/reshape
+A pruning that fails is undone; pruning is retried once with the groups crossing a view/reshape or slice
 left whole, and otherwise raises EffdlError with the model as it was.
 
 The new shapes are recorded as the `prune_channels` transform, and its replay resizes the same
@@ -212,7 +215,7 @@ class _Plan:
     steps: list[tuple[nn.Module, Any, list[int]]] = field(default_factory=list)  # (root layer, handler, indices)
     removed_inputs: dict[nn.Module, set[int]] = field(default_factory=dict)  # consumer layer -> its inputs removed
     skipped: dict[str, str] = field(default_factory=dict)  # layer name -> why it stays whole
-    through_reshape: set[nn.Module] = field(default_factory=set)  # producers whose channels cross a reshape
+    through_reshape: set[nn.Module] = field(default_factory=set)  # producers whose channels cross a reshape/slice
 
 
 def _is_grouped_conv(module: nn.Module) -> bool:
@@ -282,6 +285,24 @@ def _uneven_coupling(dg: tp.DependencyGraph, group, chosen: int, total: int, nam
     return None
 
 
+def _removed_from(dg: tp.DependencyGraph, group, module: nn.Module) -> set[int]:
+    """The output channels of `module` that pruning `group` removes."""
+    return {i for item in group if item.dep.target.module is module and dg.is_out_channel_pruning_fn(item.dep.handler)
+            for i in item.idxs}
+
+
+def _whole_units(dg: tp.DependencyGraph, root: nn.Module, handler, order: list[int], count: int) -> list[int]:
+    """At most `count` channels of `root`, taken in `order` (lowest score first) each with every
+    channel of the root the dependency graph removes with it, skipping a unit that would overshoot."""
+    taken: set[int] = set()
+    for idx in order:
+        if idx not in taken:
+            unit = _removed_from(dg, dg.get_pruning_group(root, handler, [idx]), root) | {idx}
+            if len(taken | unit) <= count:
+                taken |= unit
+    return sorted(taken)
+
+
 def _plan(dg: tp.DependencyGraph, importance, ratio: float, *, scope: str, round_to: int | None,
           ignored: list[nn.Module], chosen: dict[nn.Module, float], names: dict[nn.Module, str],
           keep_whole: set[nn.Module]) -> _Plan:
@@ -295,7 +316,8 @@ def _plan(dg: tp.DependencyGraph, importance, ratio: float, *, scope: str, round
             continue
         reason = _whole_reason(group, names)
         if reason is None and keep_whole.intersection(producers):
-            reason = "its channels cross a view/reshape, and the model pruned through it did not match the original"
+            reason = ("its channels cross a view/reshape or slice, and the model pruned through it did not match "
+                      "the original")
         scores = importance(group) if reason is None else None
         if reason is None and scores is None:
             reason = "the criterion gives its channels no score"
@@ -326,6 +348,13 @@ def _plan(dg: tp.DependencyGraph, importance, ratio: float, *, scope: str, round
         root, handler = group[0].dep.target.module, group[0].dep.handler
         idxs = sorted(idxs)
         chosen_group = dg.get_pruning_group(root, handler, idxs)
+        if len(_removed_from(dg, chosen_group, root)) > len(idxs):
+            # The root's channels are coupled with each other (GhostNet's concatenation of a conv's
+            # maps and their cheap copies: channel j goes with j + C/2): choose whole units.
+            idxs = _whole_units(dg, root, handler, torch.argsort(scores, stable=True).tolist(), len(idxs))
+            if not idxs:
+                continue
+            chosen_group = dg.get_pruning_group(root, handler, idxs)
         reason = _uneven_coupling(dg, chosen_group, len(idxs), len(scores), names)
         if reason is None and not dg.check_pruning_group(chosen_group):
             reason = "removing its channels would empty a coupled module"
@@ -337,7 +366,7 @@ def _plan(dg: tp.DependencyGraph, importance, ratio: float, *, scope: str, round
             layer = item.dep.target.module
             if isinstance(layer, PRUNABLE_TYPES) and dg.is_in_channel_pruning_fn(item.dep.handler):
                 plan.removed_inputs.setdefault(layer, set()).update(item.idxs)
-        if any(item.dep.target.type == tp.ops.OPTYPE.RESHAPE for item in chosen_group):
+        if any(item.dep.target.type in (tp.ops.OPTYPE.RESHAPE, tp.ops.OPTYPE.SLICE) for item in chosen_group):
             plan.through_reshape.update(_producers(dg, group))
     return plan
 
@@ -440,7 +469,7 @@ def prune_channels(
     the original's with the removed channels zeroed, within `tolerance` x (largest |output| + 1e-6).
     Raises EffdlError, with the model left as it was, for bad options, a global ratio that would
     empty a layer, or a pruning that fails that check (after one retry that keeps whole the layers
-    whose channels cross a view/reshape, which a hard-coded shape may not follow).
+    whose channels cross a view/reshape or slice, which a hard-coded shape may not follow).
     """
     ratio = check_fraction(ratio, "channel pruning ratio")
     layer_ratios = dict(layer_ratios or {})
