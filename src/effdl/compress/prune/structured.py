@@ -348,9 +348,11 @@ def _plan(dg: tp.DependencyGraph, importance, ratio: float, *, scope: str, round
         root, handler = group[0].dep.target.module, group[0].dep.handler
         idxs = sorted(idxs)
         chosen_group = dg.get_pruning_group(root, handler, idxs)
-        if len(_removed_from(dg, chosen_group, root)) > len(idxs):
+        crosses_reshape = any(item.dep.target.type == tp.ops.OPTYPE.RESHAPE for item in chosen_group)
+        if not crosses_reshape and len(_removed_from(dg, chosen_group, root)) > len(idxs):
             # The root's channels are coupled with each other (GhostNet's concatenation of a conv's
-            # maps and their cheap copies: channel j goes with j + C/2): choose whole units.
+            # maps and their cheap copies: channel j goes with j + C/2): choose whole units. Not
+            # through a view/reshape, whose index mapping torch-pruning does not always get right.
             idxs = _whole_units(dg, root, handler, torch.argsort(scores, stable=True).tolist(), len(idxs))
             if not idxs:
                 continue
