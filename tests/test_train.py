@@ -305,3 +305,18 @@ def test_reestimate_batchnorm_sets_running_stats_to_the_batches_average():
     assert not model.training and model[1].momentum == 0.1  # momentum restored
     torch.testing.assert_close(model[1].running_mean, conv_out.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
     assert model[0].weight.grad is None
+
+
+def test_model_options_may_repeat_the_datas_class_count_but_not_contradict_it(tmp_path):
+    """num_classes in model_kwargs (a user's, or a checkpoint's recorded spec) collided with the one
+    train() passes: a raw TypeError whatever its value."""
+    from effdl.train import train
+
+    config = quick_config(epochs=1, out_dir=str(tmp_path), name="three", train_limit=64, test_limit=32,
+                          model_kwargs={"width": 0.25, "num_classes": 3})
+    with pytest.raises(EffdlError, match="num_classes=3 differs from the 10 classes of synthetic"):
+        train(config)
+    assert not (tmp_path / "three").exists()
+    config = quick_config(epochs=1, out_dir=str(tmp_path), name="ten", train_limit=64, test_limit=32,
+                          model_kwargs={"width": 0.25, "num_classes": 10})
+    assert train(config).total == 32

@@ -1,7 +1,7 @@
 """The model zoo: CIFAR-sized architectures by name, plus any torchvision model as `tv:NAME`."""
 
 from effdl.models.registry import (
-    create_model, data_meta, list_models, model_input_size, model_spec, register_model,
+    create_model, create_model_for_data, data_meta, list_models, model_input_size, model_spec, register_model,
 )
 
 # Importing each family registers its models.
@@ -27,6 +27,7 @@ from effdl.models.catalog import count_parameters, describe_models  # noqa: E402
 __all__ = [
     "count_parameters",
     "create_model",
+    "create_model_for_data",
     "describe_models",
     "list_models",
     "model_spec",

@@ -74,6 +74,18 @@ def create_model(name: str, num_classes: int = 10, **kwargs: Any) -> nn.Module:
     return model
 
 
+def create_model_for_data(name: str, num_classes: int, options: dict[str, Any], dataset: str = "the data") -> nn.Module:
+    """`create_model` for the `num_classes` classes of `dataset`, with a config's model options
+    (`model_kwargs`), which may repeat num_classes (a checkpoint's recorded spec does). Raises
+    EffdlError when the repeated count differs from the data's: the classes come from the data."""
+    options = dict(options)
+    repeated = options.pop("num_classes", num_classes)
+    if repeated != num_classes:
+        raise EffdlError(f"model option num_classes={repeated!r} differs from the {num_classes} classes of {dataset}; "
+                         "leave it out: the number of classes comes from the data")
+    return create_model(name, num_classes=num_classes, **options)
+
+
 def model_spec(model: nn.Module) -> dict[str, Any] | None:
     """How `model` was built ({"name", "kwargs"}), or None if not built by `create_model`."""
     return getattr(model, "effdl_spec", None)

@@ -177,7 +177,7 @@ def distill(config: DistillConfig, *, overwrite: bool = False, resume: bool = Fa
     from effdl.device import resolve_device
     from effdl.fileio import atomic_write
     from effdl.measure import evaluate
-    from effdl.models import create_model
+    from effdl.models import create_model_for_data
     from effdl.train import distributed
     from effdl.train.run import prepare_data, train
     from effdl.train.run import check_resumable
@@ -208,7 +208,7 @@ def distill(config: DistillConfig, *, overwrite: bool = False, resume: bool = Fa
     # The student's layer shapes come from a model built like it (train() builds the one it trains).
     # Seeded first: the connectors' initial weights follow the run's seed, not what ran before.
     torch.manual_seed(config.seed)
-    probe = create_model(config.model, num_classes=data.num_classes, **config.model_kwargs)
+    probe = create_model_for_data(config.model, data.num_classes, config.model_kwargs, data.name)
     callback = distiller(method, probe, teacher, input_size=data.image_shape)
     del probe
 

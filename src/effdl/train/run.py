@@ -23,7 +23,7 @@ from effdl.train import distributed
 from effdl.data import ImageDataset, load_dataset, subset, train_val_split
 from effdl.errors import EffdlError
 from effdl.fileio import atomic_write, claim_run_dir
-from effdl.models import create_model
+from effdl.models import create_model_for_data
 from effdl.train.config import TrainConfig, make_config, read_config_file
 from effdl.train.trainer import Trainer, TrainResult, default_run_name
 
@@ -124,7 +124,7 @@ def train(
         else:
             val = None
         torch.manual_seed(config.seed)  # the seed governs weight initialisation too
-        model = create_model(config.model, num_classes=data.num_classes, **config.model_kwargs)
+        model = create_model_for_data(config.model, data.num_classes, config.model_kwargs, data.name)
         name = distributed.broadcast_object(config.name or default_run_name(config))  # rank 0's clock
         config = config.model_copy(update={"name": name})
         run_dir = Path(config.out_dir) / name
@@ -150,7 +150,7 @@ def resume(run_dir: str | Path, callbacks: list[Callback] | None = None, epochs:
     with _reported_once():
         config = distributed.on_main_then_share(lambda: _resume_config(run_dir, epochs))
         data, val = _main_first(lambda: prepare_data(config))
-        model = create_model(config.model, num_classes=data.num_classes, **config.model_kwargs)
+        model = create_model_for_data(config.model, data.num_classes, config.model_kwargs, data.name)
         trainer = distributed.agree(lambda: Trainer(model, data, config, callbacks=callbacks, run_dir=run_dir,
                                                     eval_data=val, resume_hint=_resume_hint(run_dir)))
         trainer.resume(run_dir / "last.safetensors")
