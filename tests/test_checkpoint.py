@@ -51,6 +51,38 @@ def test_atomic_write_leaves_old_file_when_write_fails(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]
 
 
+def test_a_folder_or_a_path_under_a_file_is_refused_before_anything_is_written(tmp_path):
+    model = create_model("resnet20", width=0.25)
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(EffdlError, match="runs is a folder: give the path of a file"):
+        save_model(tmp_path / "runs", model)
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(EffdlError, match="notes.txt is a file, not a folder"):
+        save_model(tmp_path / "notes.txt" / "m.safetensors", model)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "runs"] and not any((tmp_path / "runs").iterdir())
+
+
+def test_what_is_not_an_effdl_checkpoint_is_named_for_what_it_is(tmp_path):
+    from safetensors.torch import save_file
+
+    model = create_model("resnet20", width=0.25)
+    run = tmp_path / "run"
+    save_model(run / "best.safetensors", model)
+    with pytest.raises(EffdlError, match=r"run is a folder, not a file: give .*run/best\.safetensors"):
+        load_model(run)
+    torch.save(model.state_dict(), tmp_path / "model.pt")
+    with pytest.raises(EffdlError, match="model.pt is a PyTorch pickle .*safetensors only"):
+        load_model(tmp_path / "model.pt")
+    save_file({"w": torch.zeros(2)}, tmp_path / "plain.safetensors")
+    with pytest.raises(EffdlError, match="plain.safetensors is a safetensors file without effdl's metadata"):
+        load_model(tmp_path / "plain.safetensors")
+    tensors, meta = read_checkpoint(run / "best.safetensors")
+    meta["spec"]["name"] = "resnet9999"
+    write_checkpoint(tmp_path / "renamed.safetensors", tensors, meta)
+    with pytest.raises(EffdlError, match=r"renamed.safetensors: unknown model 'resnet9999'"):
+        load_model(tmp_path / "renamed.safetensors")
+
+
 def test_weights_that_do_not_fit_are_reported(tmp_path):
     path = save_model(tmp_path / "m.safetensors", create_model("resnet20", width=0.25))
     tensors, meta = read_checkpoint(path)

@@ -91,6 +91,22 @@ def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path, argv, message):
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
 
 
+def test_an_output_that_is_a_folder_or_a_file_system_refusal_is_one_line(trained_run, capsys, tmp_path, monkeypatch):
+    code, _, err = run_cli(capsys, "export", str(trained_run / "best.safetensors"), "--out", str(tmp_path))
+    assert code == 2 and "is a folder: give the path of a file" in err and err.count("\n") == 1
+    code, _, err = run_cli(capsys, "export", str(trained_run), "--out", str(tmp_path / "m.onnx"))
+    assert code == 2 and f"give {trained_run / 'best.safetensors'}" in err and err.count("\n") == 1
+
+    def refused(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", "/somewhere/model.onnx")
+
+    monkeypatch.setattr("effdl.fileio.os.replace", refused)
+    code, _, err = run_cli(capsys, "export", str(trained_run / "best.safetensors"), "--out", str(tmp_path / "m.onnx"))
+    assert code == 2 and err.splitlines()[-1] == "effdl: error: Permission denied: /somewhere/model.onnx"
+    assert "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []  # the temporary file went too
+
+
 def test_malformed_config_file(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("epochs: [1,\n")

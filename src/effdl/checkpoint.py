@@ -37,7 +37,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from effdl.errors import EffdlError
-from effdl.fileio import atomic_write
+from effdl.fileio import atomic_write, missing_checkpoint
 from effdl.models.registry import DEFAULT_INPUT_SIZE, create_model, data_meta, model_spec
 from effdl.core.edits import model_transforms, replay_transforms
 
@@ -57,11 +57,24 @@ def write_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], meta: d
     return atomic_write(path, lambda tmp: save_file(plain, tmp, metadata=header))
 
 
+def _unreadable(path: Path, exc: Exception) -> EffdlError:
+    """Why `path` could not be read as a checkpoint: another format, another tool's file, or damage."""
+    with open(path, "rb") as f:
+        start = f.read(4)
+    if start[:2] == b"PK" or start[:1] == b"\x80":  # torch.save's zip archive, or a bare pickle
+        return EffdlError(f"{path} is a PyTorch pickle (torch.save), not a checkpoint: effdl reads safetensors only, "
+                          "which hold no code; load it yourself and save it with effdl.checkpoint.save_model")
+    if isinstance(exc, KeyError):
+        return EffdlError(f"{path} is a safetensors file without effdl's metadata (written by another tool?): it "
+                          "does not say which architecture its weights belong to")
+    return EffdlError(f"{path} is not a readable effdl checkpoint (corrupt or truncated?): {exc}")
+
+
 def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read a checkpoint's tensors and metadata; a clear EffdlError if missing or corrupt."""
+    """Read a checkpoint's tensors and metadata; a clear EffdlError if missing, corrupt or not effdl's."""
     path = Path(path)
     if not path.is_file():
-        raise EffdlError(f"checkpoint not found: {path}")
+        raise EffdlError(missing_checkpoint(path))
     try:
         from safetensors import safe_open
 
@@ -70,7 +83,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         tensors = load_file(str(path))
         meta = json.loads(header[_META_KEY])
     except (SafetensorError, OSError, KeyError, ValueError, RuntimeError) as exc:
-        raise EffdlError(f"{path} is not a readable effdl checkpoint (corrupt or truncated?): {exc}") from None
+        raise _unreadable(path, exc) from None
     if meta.get("format_version", 0) > FORMAT_VERSION:
         raise EffdlError(f"{path} was written by a newer effdl (format {meta['format_version']})")
     return tensors, meta
@@ -80,14 +93,14 @@ def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
     """A checkpoint's metadata alone (its JSON header), without reading the tensors."""
     path = Path(path)
     if not path.is_file():
-        raise EffdlError(f"checkpoint not found: {path}")
+        raise EffdlError(missing_checkpoint(path))
     try:
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as f:
             return json.loads((f.metadata() or {})[_META_KEY])
     except (SafetensorError, OSError, KeyError, ValueError, RuntimeError) as exc:
-        raise EffdlError(f"{path} is not a readable effdl checkpoint (corrupt or truncated?): {exc}") from None
+        raise _unreadable(path, exc) from None
 
 
 def config_hash(config: dict[str, Any] | None) -> str:
@@ -234,7 +247,10 @@ def checkpoint_data_meta(meta: dict[str, Any]) -> dict[str, Any] | None:
 def load_model(path: str | Path, *, namespace: str = "model") -> tuple[nn.Module, dict[str, Any]]:
     """Load a checkpoint as (model, metadata). `namespace="ema"` loads the EMA weights instead."""
     tensors, meta = read_checkpoint(path)
-    model = build_model(meta)
+    try:
+        model = build_model(meta)
+    except EffdlError as exc:  # an architecture or edit this effdl cannot build: say whose
+        raise EffdlError(f"{path}: {exc}") from None
     state = split_namespace(tensors, namespace)
     if not state:
         raise EffdlError(f"{path} holds no '{namespace}' weights")

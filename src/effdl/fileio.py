@@ -20,12 +20,27 @@ def file_hash(path: str | Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def check_output_file(path: str | Path) -> Path:
+    """`path` as a Path, when a file may be written there; EffdlError when it is a folder or lies
+    under a file (checked before any work whose result would go there)."""
+    from effdl.errors import EffdlError
+
+    path = Path(path)
+    if path.is_dir():
+        raise EffdlError(f"{path} is a folder: give the path of a file to write, in it or elsewhere")
+    blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise EffdlError(f"cannot write {path}: {blocking} is a file, not a folder")
+    return path
+
+
 def atomic_write(path: str | Path, write: Callable[[str], object]) -> Path:
     """Call `write(tmp)` to fill a temporary file beside `path`, flush it to disk, then rename it.
 
-    On any failure the temporary file is removed and an existing `path` is left untouched.
+    On any failure the temporary file is removed and an existing `path` is left untouched. Raises
+    EffdlError when `path` is a folder or lies under a file.
     """
-    path = Path(path)
+    path = check_output_file(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -38,6 +53,16 @@ def atomic_write(path: str | Path, write: Callable[[str], object]) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def missing_checkpoint(path: str | Path, what: str = "checkpoint") -> str:
+    """Why `path` (not a file) gives no checkpoint, in one line: a run folder names its checkpoint."""
+    path = Path(path)
+    if path.is_dir():
+        inside = [name for name in ("best.safetensors", "last.safetensors") if (path / name).is_file()]
+        hint = f"give {path / inside[0]}" if inside else "give the .safetensors file itself"
+        return f"{what} {path} is a folder, not a file: {hint}"
+    return f"{what} not found: {path}"
 
 
 # What marks a folder as a run directory: any file that train, prune or quantize writes there.

@@ -95,6 +95,11 @@ def main(argv: list[str] | None = None) -> int:
         if _reports_errors():
             print(f"effdl: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the file system's refusal (permissions, a full disk...): its reason, in one line
+        if _reports_errors():
+            where = f": {exc.filename}" if exc.filename else ""
+            print(f"effdl: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt as exc:  # effdl.errors.Interrupted says what was saved and how to resume
         if _reports_errors():
             print(f"effdl: {str(exc) or 'interrupted'}", file=sys.stderr)

@@ -72,14 +72,25 @@ def checkpoint_file(text: str) -> str:
     """argparse type of a checkpoint argument: the path, or at once (before torch is even imported)
     the EffdlError the loader would raise if there is no such file."""
     if not Path(text).is_file():
-        raise EffdlError(f"checkpoint not found: {text}")
+        from effdl.fileio import missing_checkpoint
+
+        raise EffdlError(missing_checkpoint(text))
+    return text
+
+
+def output_file(text: str) -> str:
+    """argparse type of a file the command writes: a folder, or a path under a file, is an
+    EffdlError at once, before any work."""
+    from effdl.fileio import check_output_file
+
+    check_output_file(text)
     return text
 
 
 def checkpoint_or_model(text: str) -> str:
     """argparse type of a 'checkpoint or registered model name' argument: a missing .safetensors
-    file is an EffdlError at once; names are checked by the command."""
-    return checkpoint_file(text) if text.endswith(".safetensors") else text
+    file (or a folder) is an EffdlError at once; names are checked by the command."""
+    return checkpoint_file(text) if text.endswith(".safetensors") or Path(text).is_dir() else text
 
 
 def int_list(text: str, what: str, length: int | None = None) -> tuple[int, ...]:

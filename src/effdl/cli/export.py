@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from effdl.cli.common import add_data_args, checkpoint_or_model, int_list
+from effdl.cli.common import add_data_args, checkpoint_or_model, int_list, output_file
 from effdl.pipelines.export import CALIBRATION_METHODS, ExportOptions, export_checkpoint
 
 
@@ -48,7 +48,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("export", help="export a checkpoint or model to ONNX (fp32 or int8) and verify it",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", type=checkpoint_or_model, help="checkpoint (.safetensors) or registered model name")
-    p.add_argument("--out", required=True, help="ONNX file to write")
+    p.add_argument("--out", required=True, type=output_file, help="ONNX file to write")
     p.add_argument("--input-size", default=None,
                    help="C,H,W of one input (default: the model's own, from its training data; else 3,32,32)")
     p.add_argument("--num-classes", type=int, default=10, help="classes, for a model name (default 10)")

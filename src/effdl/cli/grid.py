@@ -6,7 +6,7 @@ import argparse
 
 import yaml
 
-from effdl.cli.common import add_data_args, dataset_from_args
+from effdl.cli.common import add_data_args, dataset_from_args, output_file
 from effdl.cli.train import add_config_flags
 from effdl.data import AugmentConfig  # light: the config alone, no torch
 from effdl.errors import EffdlError
@@ -15,7 +15,7 @@ from effdl.errors import EffdlError
 def register(subparsers) -> None:
     p = subparsers.add_parser("grid", help="save a grid of augmented training images (PNG)")
     add_data_args(p, default="cifar10")
-    p.add_argument("--out", default="augmented.png", help="PNG file to write (default augmented.png)")
+    p.add_argument("--out", default="augmented.png", type=output_file, help="PNG file to write (default augmented.png)")
     p.add_argument("-n", type=int, default=64, help="number of images")
     p.add_argument("--seed", type=int, default=0, help="seed of the images picked and their augmentations")
     add_config_flags(p, AugmentConfig, prefix="augment.")

@@ -104,13 +104,14 @@ def make_distill_config(values: dict[str, Any], source: str = "arguments") -> Di
 
 def _load_teachers(paths: list[str]) -> tuple[list, list[dict[str, Any]]]:
     from effdl.checkpoint import load_model
+    from effdl.fileio import missing_checkpoint
 
     if not paths:
         raise EffdlError("the teacher ensemble is empty: give --teacher CKPT[,CKPT...]")
     models, metas = [], []
     for path in paths:
         if not Path(path).is_file():
-            raise EffdlError(f"teacher checkpoint not found: {path}")
+            raise EffdlError(missing_checkpoint(path, "teacher checkpoint"))
         model, meta = load_model(path)
         models.append(model)
         metas.append(meta)
