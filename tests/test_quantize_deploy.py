@@ -374,6 +374,11 @@ def test_cli_qat_can_distill_from_the_float_model(checkpoint, tmp_path, monkeypa
         (["--method", "qat", "--override", "fc"], "LAYER=BITS"),
         (["--method", "qat", "--distill", "0.9"], "give --epochs"),
         (["--method", "qat", "--epochs", "1", "--distill", "-1"], "--distill must be"),
+        # an option the method does not read was ignored without a word: 8-bit activations all the same
+        (["--method", "ptq-int8", "--act-bits", "4"], "--act-bits (act_bits) is an option of --method qat"),
+        (["--method", "qat", "--calibration", "mse"], "--calibration (calibration) is an option of --method ptq-int8"),
+        (["--method", "ternary", "--binary-acts"], "--method binaryconnect, xnor; --method ternary does not use it"),
+        (["--method", "kmeans", "--override", "fc=8"], "--override (overrides) is an option of --method qat"),
     ],
 )
 def test_cli_bad_input_is_one_line_and_exit_2(checkpoint, tmp_path, capsys, args, message):

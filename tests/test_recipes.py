@@ -532,5 +532,5 @@ def test_a_boolean_for_a_number_and_a_device_this_machine_lacks_are_refused_whil
             **{"from": source})
     refused("stages:\n  - prune: {method: magnitude, sparsity: 0.5, device: gpu9}\n", tmp_path,
             "unknown device 'gpu9'", **{"from": source})
-    make_plan(recipe("stages:\n  - quantize: {method: qat, epochs: 1, stochastic: true}\n", tmp_path,
+    make_plan(recipe("stages:\n  - quantize: {method: qat, epochs: 1, quantize_outputs: false}\n", tmp_path,
                      **{"from": source}))  # a boolean where one is due

@@ -11,7 +11,7 @@ under `details`. `quantize_sensitivity` is the per-layer scan (no checkpoint wri
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -30,6 +30,13 @@ METHODS = ("ptq-int8", "ptq-fp16", "ptq-bf16", "int8-weight", "qat", "binaryconn
 WEIGHT_REPLACING = ("binaryconnect", "xnor", "ternary", "kmeans")
 TRAINABLE = ("qat", "binaryconnect", "xnor", "ternary", "kmeans")
 FIXED_BITS = {"ptq-int8": 8, "int8-weight": 8, "ptq-fp16": 16, "ptq-bf16": 16, "binaryconnect": 1, "xnor": 1, "ternary": 2}
+# The options only some methods read: set away from its default for another method, one would be
+# ignored without a word (--act-bits with ptq-int8 quantized activations to 8 bits all the same).
+READ_BY = {
+    "act_bits": ("qat",), "qat_method": ("qat",), "first_last_bits": ("qat",), "overrides": ("qat",),
+    "calibration": ("ptq-int8",), "quantize_outputs": ("ptq-int8", "qat"), "stochastic": ("binaryconnect",),
+    "binary_acts": ("binaryconnect", "xnor"), "float_first_last": ("binaryconnect", "xnor", "ternary"),
+}
 
 
 @dataclass
@@ -67,6 +74,12 @@ class QuantizeOptions:
 
         if self.method not in METHODS:
             raise unknown_name_error("quantization method", self.method, METHODS)
+        defaults = {f.name: f.default if f.default_factory is MISSING else f.default_factory() for f in fields(self)}
+        for name, readers in READ_BY.items():
+            if self.method not in readers and getattr(self, name) != defaults[name]:
+                flag = "--override" if name == "overrides" else "--" + name.replace("_", "-")
+                raise EffdlError(f"{flag} ({name}) is an option of --method {', '.join(readers)}; "
+                                 f"--method {self.method} does not use it")
         if self.epochs < 0:
             raise EffdlError(f"--epochs must be >= 0, got {self.epochs}")
         if self.epochs and self.method not in TRAINABLE:
