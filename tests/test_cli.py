@@ -293,3 +293,20 @@ def test_every_command_rejects_a_bad_flag_without_importing_torch(command):
             "print(heavy)\n") % command
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "[]", (out.stdout, out.stderr[-500:])
+
+
+def test_warnings_are_one_line_when_effdl_runs_as_the_program(monkeypatch, capsys):
+    import warnings
+
+    monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)  # put back after the test
+    monkeypatch.setattr(sys, "argv", ["effdl", "models", "--json"])
+    assert main() == 0
+    capsys.readouterr()
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.warn_explicit("calibrating on all 64 training images\n(asked for 96)", UserWarning,
+                               "/x/effdl/pipelines/quantize.py", 140)
+        warnings.warn_explicit("a library's deprecation", FutureWarning, "/site/torch/onnx/x.py", 7)
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["effdl: warning: calibrating on all 64 training images (asked for 96)",
+                   "effdl: warning: a library's deprecation (FutureWarning from /site/torch/onnx/x.py:7)"]

@@ -21,6 +21,7 @@ import os
 import pkgutil
 import re
 import sys
+import warnings
 from collections.abc import Iterator
 from types import ModuleType
 
@@ -82,7 +83,17 @@ def _command_in(argv: list[str]) -> str:
     return next((word for word in argv if not word.startswith("-")), "")
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as the CLI's one-line messages: effdl's own as 'effdl: warning: ...', a library's
+    with where it came from (Python's default adds a second line of source code)."""
+    text = " ".join(str(message).split())
+    origin = "" if f"{os.sep}effdl{os.sep}" in filename else f" ({category.__name__} from {filename}:{lineno})"
+    print(f"effdl: warning: {text}{origin}", file=file or sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # run as the program (not called in-process, where the caller handles warnings)
+        warnings.showwarning = _one_line_warning
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(command=_command_in(argv))
     try:
