@@ -92,6 +92,17 @@ def test_export_checkpoint_writes_a_verified_float_file(tiny, tmp_path):
     assert result["check"]["rule"] == "float" and result["max_abs_diff"] < 1e-4 and not result["int8"]
     assert result["input_size"] == [3, 32, 32] and result["exporter"] == "torchscript"
     assert onnx.load(str(out)).graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1  # static batch
+    assert result["weights"] == "fp32"
+
+
+def test_a_half_precision_checkpoint_exports_with_its_weights_stored_as_it_computes(tmp_path):
+    """A ptq-fp16 model's file was labelled 'fp32' by the export command: the label is read from the file."""
+    from effdl.compress.quantize import to_half_
+
+    torch.manual_seed(0)
+    half = save_model(tmp_path / "half.safetensors", to_half_(create_model("tiny_cnn")), config={"dataset": "synthetic"})
+    result = export_checkpoint(half, ExportOptions(exporter="torchscript"), tmp_path / "half.onnx")
+    assert result["weights"] == "fp16" and result["check"]["rule"] == "quantized"
 
 
 def test_export_checkpoint_int8_calibrates_a_float_checkpoint(tiny, tmp_path):

@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     from effdl.deploy.onnx import OnnxCheck
 
     check = OnnxCheck(**result["check"])
-    kind = "int8 QDQ" if result["int8"] else "fp32"
+    kind = "int8 QDQ" if result["int8"] else f"{result['weights']} weights"  # read from the file
     print(f"wrote {result['onnx']} ({kind}, {result['bytes'] / 1e6:.2f} MB, {result['exporter']} exporter, input "
           f"{'x'.join(map(str, result['input_size']))}); ONNX Runtime matches PyTorch: {check.summary()}")
     if result["int8"]:

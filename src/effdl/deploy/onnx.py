@@ -163,6 +163,20 @@ def onnx_metadata(model: nn.Module, input_shape: Sequence[int]) -> dict[str, str
     return props
 
 
+_STORAGE_NAMES = {onnx.TensorProto.FLOAT: "fp32", onnx.TensorProto.FLOAT16: "fp16", onnx.TensorProto.BFLOAT16: "bf16",
+                  onnx.TensorProto.INT8: "int8", onnx.TensorProto.UINT8: "uint8", onnx.TensorProto.DOUBLE: "fp64"}
+
+
+def weight_storage(path: str | Path) -> str:
+    """The element type holding most of an ONNX file's weight values (its initializers), read from
+    the file: "fp32", "fp16", "bf16", "int8"... ("none" for a graph without initializers)."""
+    counts: dict[str, int] = {}
+    for init in onnx.load(str(path), load_external_data=False).graph.initializer:
+        name = _STORAGE_NAMES.get(init.data_type, onnx.TensorProto.DataType.Name(init.data_type).lower())
+        counts[name] = counts.get(name, 0) + int(np.prod(init.dims, dtype=np.int64))
+    return max(counts, key=counts.get) if counts else "none"
+
+
 def read_metadata(path: str | Path) -> dict[str, Any]:
     """The effdl entries of an ONNX file's metadata_props, decoded: {"input_size": [3, 32, 32], ...}."""
     props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
@@ -342,7 +356,7 @@ class OnnxCheck:
             text = f"max abs diff {self.max_abs_diff:.2e} on {on}"
         else:
             text = (f"top-1 agreement {self.agreement:.2%} on {on}, max abs diff "
-                    f"{self.max_abs_diff:.3g} = {self.max_steps:.2f} steps of the output's int8 grid "
+                    f"{self.max_abs_diff:.3g} = {self.max_steps:.2f} output steps (max |output| / 127) "
                     f"(limit {self.limit_steps:g}), median {self.median_steps or 0:.2f} steps (limit {MEDIAN_STEPS:g})")
         return f"{text}; {self.note}" if self.note else text
 

@@ -118,7 +118,7 @@ def export_model(model: nn.Module, meta: dict[str, Any], options: ExportOptions,
     """Export an already loaded `model` (with its checkpoint metadata `meta`, {} for none) as
     `export_checkpoint` does; returns the same dict."""
     from effdl.deploy.int8 import export_int8_verified, optimized_op_counts
-    from effdl.deploy.onnx import export_verified, read_metadata
+    from effdl.deploy.onnx import export_verified, read_metadata, weight_storage
 
     options.validate()
     say(f"exporting {'int8 ' if options.int8 else ''}ONNX to {out_path}...")
@@ -134,7 +134,7 @@ def export_model(model: nn.Module, meta: dict[str, Any], options: ExportOptions,
     metadata = read_metadata(path)
     result = {"onnx": str(path), "bytes": path.stat().st_size, "max_abs_diff": check.max_abs_diff,
               "input_size": metadata["input_size"], "exporter": metadata.get("exporter"), "int8": options.int8,
-              "check": dataclasses.asdict(check)}
+              "weights": weight_storage(path), "check": dataclasses.asdict(check)}
     if options.int8:
         ops = optimized_op_counts(path)
         result["integer_convs"] = ops.get("QLinearConv", 0)
@@ -164,6 +164,7 @@ def export_checkpoint(source: str | Path, options: ExportOptions, out_path: str 
     """Export checkpoint or registered model name `source` to ONNX file `out_path`, verified.
 
     Returns {"onnx": path, "bytes", "max_abs_diff", "input_size": [C,H,W], "exporter", "int8",
+    "weights" (the element type holding most weight values in the file: fp32, fp16, int8...),
     "check": the OnnxCheck as a dict (rule, agreement, max_steps in output-grid steps...)}, plus
     "integer_convs" / "float_convs" (convolutions ONNX Runtime runs as QLinearConv / in float) and
     "integer_adds" / "float_adds" (QLinearAdd / Add) with `options.int8`. `num_classes` sizes a model built from a name. Raises EffdlError for bad
