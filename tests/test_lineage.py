@@ -64,3 +64,13 @@ def test_a_checkpoint_without_lineage_starts_with_an_unknown_stage(tmp_path, cap
     unknown, entry = read_checkpoint_meta(tmp_path / "q" / "best.safetensors")["lineage"]
     assert unknown == {"stage": "unknown", "source": str(legacy)}
     assert entry["stage"] == "quantize" and entry["source"] == str(legacy)
+
+
+def test_a_distillation_line_says_it_trained_a_new_student_taught_by_the_model_above():
+    from effdl.cli.info import lineage_lines
+
+    lines = lineage_lines([{"stage": "train", "run": "t20", "accuracy": 0.5},
+                           {"stage": "distill", "method": "kd", "run": "d", "model": "resnet20", "accuracy": 0.6,
+                            "teachers": ["runs/t20/best.safetensors"]}])
+    assert lines == ["1. train  run t20  accuracy 0.5000",
+                     "2. distill kd  run d (a new resnet20 taught by runs/t20/best.safetensors)  accuracy 0.6000"]

@@ -22,11 +22,14 @@ def register(subparsers) -> None:
 
 
 def lineage_lines(lineage: list[dict[str, Any]]) -> list[str]:
-    """One numbered line per lineage entry, oldest first: stage, method, run, accuracy (or source)."""
+    """One numbered line per lineage entry, oldest first: stage, method, run, accuracy (or source).
+    A distilled model's lineage is its teacher's, then the distillation, which trained a new student."""
     lines = []
     for number, entry in enumerate(lineage, 1):
         stage = " ".join(str(part) for part in (entry.get("stage", "?"), entry.get("method")) if part)
         where = f"run {entry['run']}" if entry.get("run") else f"from {entry.get('source', '?')}"
+        if entry.get("teachers"):  # a fresh student, not the model above trained further
+            where += f" (a new {entry.get('model', 'model')} taught by {', '.join(map(str, entry['teachers']))})"
         accuracy = entry.get("accuracy")
         shown = f"accuracy {accuracy:.4f}" if isinstance(accuracy, (int, float)) else "accuracy not recorded"
         lines.append(f"{number}. {stage}  {where}  {shown}")
