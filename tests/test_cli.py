@@ -191,7 +191,9 @@ def test_abbreviated_or_unknown_flags_are_errors(capsys, tmp_path, monkeypatch, 
     (tmp_path / "x.safetensors").write_bytes(b"")
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
-    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err
+    assert err.startswith(f"effdl {argv[0]}: error:") and f"(see 'effdl {argv[0]} --help')" in err  # its own help
 
 
 def test_version(capsys):
