@@ -270,6 +270,13 @@ def test_cli_distill_from_an_ensemble_with_a_logit_method(teacher_checkpoint, tm
     (["--method", "fitnets", "--layers", "features.9=features.2"], "no layer 'features.9'; close names"),
     (["--method", "kd", "--alpha", "1.5"], "alpha must be in"),
     (["--method", "dkd", "--beta", "-1"], "beta must be"),
+    # an option the method does not read is refused, not ignored
+    (["--method", "kd", "--layers", "layers.1=layers.1"], "distillation method kd has no option 'layers'"),
+    (["--method", "fitnets", "--temperature", "2"], "distillation method fitnets has no option 'temperature'"),
+    (["--method", "at", "--method-options", "{margin_batches: 5}"], "at has no option 'margin_batches'"),
+    # one value per option: --method-options used to win over the flag without a word
+    (["--method", "kd", "--alpha", "0.5", "--method-options", "{alpha: 0.7}"],
+     "--alpha and --method-options both set alpha"),
 ])
 def test_cli_bad_input_is_one_line_before_training(teacher_checkpoint, tmp_path, capsys, args, message):
     code = main(["distill", "--teacher", str(teacher_checkpoint), "--student", "tiny_cnn", "--epochs", "1",

@@ -362,3 +362,33 @@ def test_cli_on_cifar(cifar10_root, tmp_path, monkeypatch, capsys):
     assert "rank 99 is outside" in capsys.readouterr().err
     assert main([*args[:4], "--method", "depthwise", "--round-to", "8", *args[6:], "--overwrite"]) == 2
     assert "has no rank: drop --round-to" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [
+    # an option the method does not read, set, is refused (it changed nothing before)
+    (["--method", "tucker", "--ratio", "0.5", "--groups", "2"],
+     "--groups (groups) is an option of --method grouped; --method tucker does not use it"),
+    (["--method", "depthwise", "--groups", "2"], "--method depthwise does not use it"),
+    (["--method", "depthwise", "--scan-images", "100"],
+     "--scan-images (scan_images) is an option of --method svd, tucker, cp, spatial-svd; --method depthwise"),
+    # read by the method, but only together with another option
+    (["--method", "svd", "--ratio", "0.5", "--scan-images", "100"], "scan of --scan or --target-macs: give one"),
+    (["--method", "svd", "--ratio", "0.5", "--distill", "0.5"], "--distill acts during fine-tuning: give --epochs"),
+    (["--method", "svd", "--ratio", "0.5", "--epochs", "1", "--distill-method", "dkd"],
+     "--distill-method (distill_method) shapes the --distill term"),
+    (["--method", "tucker", "--ratio", "0.5", "--epochs", "1", "--distill", "0.5", "--distill-method", "at",
+      "--distill-temperature", "2"],
+     "--distill-temperature (distill_temperature) is an option of --distill-method kd, kd-std, dkd; "
+     "--distill-method at does not use it"),
+])
+def test_cli_refuses_an_option_the_method_does_not_read(tmp_path, capsys, args, message):
+    from effdl.cli import main
+    from effdl.models import create_model
+
+    ckpt = tmp_path / "m.safetensors"
+    save_model(ckpt, create_model("resnet20", width=0.25), config={"dataset": "synthetic", "model": "resnet20",
+                                                                     "model_kwargs": {"width": 0.25}})
+    assert main(["factorize", str(ckpt), "--device", "cpu", "--out", str(tmp_path / "run"), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "run").exists()

@@ -154,6 +154,37 @@ def test_distillation_fine_tunes_against_the_unpruned_model(checkpoint, tmp_path
     (["--method", "block", "--blocks", "1", "--scope", "global"], "--scope and --rounds do not apply"),
     (["--method", "block", "--blocks", "1", "--calibration-batches", "0"], "--calibration-batches must be >= 1"),
     (["--method", "l1-filter", "--target-macs", "1.2"], "in (0, 1); got 1.2"),
+    # an option the method does not read, set, is refused (it changed nothing before)
+    (["--method", "magnitude", "--sparsity", "0.5", "--round-to", "8"],
+     "--round-to (round_to) is an option of --method l1-filter, l2-filter, slimming, thinet; "
+     "--method magnitude does not use it"),
+    (["--method", "agp", "--sparsity", "0.5", "--epochs", "1", "--rounds", "2"],
+     "--rounds (rounds) is an option of --method magnitude, lottery; --method agp does not use it"),
+    (["--method", "l1-filter", "--sparsity", "0.5", "--rounds", "2"], "--method l1-filter does not use it"),
+    (["--method", "magnitude", "--sparsity", "0.5", "--rewind-to", "early.safetensors"],
+     "--rewind-to (rewind_to) is an option of --method lottery; --method magnitude does not use it"),
+    (["--method", "l2-filter", "--sparsity", "0.5", "--penalty-epochs", "1"],
+     "--penalty-epochs (penalty_epochs) is an option of --method slimming"),
+    (["--method", "magnitude", "--sparsity", "0.5", "--penalty", "0.001"], "--penalty (penalty) is an option of"),
+    (["--method", "l1-filter", "--sparsity", "0.5", "--calibration-batches", "2"],
+     "--calibration-batches (calibration_batches) is an option of --method thinet, block; --method l1-filter"),
+    (["--method", "l1-filter", "--sparsity", "0.5", "--scan-images", "100"],
+     "--scan-images (scan_images) is an option of --method magnitude; --method l1-filter does not use it"),
+    # read by the method, but only together with another option
+    (["--method", "slimming", "--sparsity", "0.5", "--penalty", "0.001"], "give --penalty-epochs too"),
+    (["--method", "magnitude", "--sparsity", "0.5", "--scan-images", "100"], "give --sensitivity-drop too"),
+    (["--method", "magnitude", "--sensitivity-drop", "0.02", "--sparsity", "0.5"],
+     "--sparsity and --scope global do not apply"),
+    (["--method", "magnitude", "--sensitivity-drop", "0.02", "--scope", "global"], "--scope global do not apply"),
+    (["--method", "magnitude", "--sparsity", "0.5", "--rounds", "3"], "--rounds alternates pruning and fine-tuning"),
+    (["--method", "l1-filter", "--sparsity", "0.5", "--distill", "0.7"],
+     "--distill acts during fine-tuning: give --epochs"),
+    (["--method", "l1-filter", "--sparsity", "0.5", "--epochs", "1", "--distill-temperature", "2"],
+     "--distill-temperature (distill_temperature) shapes the --distill term"),
+    (["--method", "l1-filter", "--sparsity", "0.5", "--epochs", "1", "--distill-method", "at"],
+     "--distill-method (distill_method) shapes the --distill term"),
+    (["--method", "l1-filter", "--sparsity", "0.5", "--epochs", "1", "--distill", "0.7", "--distill-method", "fitnets",
+      "--distill-temperature", "2"], "--distill-method fitnets does not use it"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(checkpoint, tmp_path, capsys, args, message):
     out = tmp_path / "bad"

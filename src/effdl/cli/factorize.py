@@ -43,7 +43,7 @@ def register(subparsers) -> None:
     p.add_argument("--calibration-images", type=int, default=256,
                    help="training images the depthwise/grouped least-squares fits read (default 256)")
     p.add_argument("--scan", action="store_true", help="write the per-layer sensitivity scan (table and plot)")
-    p.add_argument("--scan-images", type=int, default=500, help="training images scoring the scan (default 500)")
+    p.add_argument("--scan-images", type=int, default=500, help="with --scan or --target-macs: training images scoring the scan (default 500)")
     p.add_argument("--epochs", type=int, default=0, help="fine-tuning epochs after factorizing")
     p.add_argument("--lr", type=float, default=0.01, help="fine-tuning peak learning rate (cosine schedule)")
     p.add_argument("--batch-size", type=int, default=None,

@@ -37,7 +37,8 @@ def register(subparsers) -> None:
                    help="structured: keep this fraction of the MACs (e.g. 0.5 for 2x fewer), instead of --sparsity")
     p.add_argument("--blocks", type=int, default=None, help="block: how many residual blocks to remove")
     p.add_argument("--scope", default=None, help="global or layer (default: global unstructured, layer structured)")
-    p.add_argument("--round-to", type=int, default=None, help="structured: keep channel counts multiples of this")
+    p.add_argument("--round-to", type=int, default=None,
+                   help="structured (l1-filter, l2-filter, slimming, thinet): keep channel counts multiples of this")
     p.add_argument("--epochs", type=int, default=0, help="fine-tuning epochs after pruning (per round)")
     p.add_argument("--lr", type=float, default=0.01, help="fine-tuning peak learning rate (cosine schedule)")
     p.add_argument("--batch-size", type=int, default=None,
@@ -45,16 +46,16 @@ def register(subparsers) -> None:
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the fine-tuning step (faster epochs after a compile of a minute or more)")
     add_distill_args(p, "the unpruned model")
-    p.add_argument("--rounds", type=int, default=1, help="magnitude/lottery: iterative prune-retrain rounds")
+    p.add_argument("--rounds", type=int, default=1, help="magnitude (with --epochs), lottery: iterative prune-retrain rounds")
     p.add_argument("--rewind-to", default=None, help="lottery: early checkpoint of the same run to rewind to")
     p.add_argument("--penalty", type=float, default=1e-4, help="slimming: L1 strength on BN scales")
-    p.add_argument("--penalty-epochs", type=int, default=0, help="slimming: sparsity-training epochs before pruning")
+    p.add_argument("--penalty-epochs", type=int, default=0, help="slimming: sparsity-training epochs before pruning (--penalty needs them)")
     p.add_argument("--calibration-batches", type=int, default=4,
                    help="thinet, block: 64-image training batches to sample")
     p.add_argument("--sensitivity-drop", type=float, default=None,
                    help="magnitude: scan per-layer sensitivity, prune each layer as far as it loses at most this")
-    p.add_argument("--scan-images", type=int, default=1000, help="training images used by the sensitivity scan")
-    p.add_argument("--include", nargs="*", default=[], help="layer-name globs to prune (unstructured)")
+    p.add_argument("--scan-images", type=int, default=1000, help="magnitude, with --sensitivity-drop: training images the sensitivity scan scores")
+    p.add_argument("--include", nargs="*", default=[], help="layer-name globs to prune (unstructured, block)")
     p.add_argument("--exclude", nargs="*", default=[], help="layer-name globs never to prune")
     p.add_argument("--layer-ratio", nargs="*", default=[], type=layer_ratio, metavar="GLOB=RATIO",
                    help="structured, layer scope: channel ratio for matching layers (later wins), "

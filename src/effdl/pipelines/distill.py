@@ -63,8 +63,12 @@ class DistillConfig(TrainConfig):
         from effdl.compress.distill import method_config
 
         options = {"alpha": self.alpha, "beta": self.beta, "temperature": self.temperature,
-                   "layers": tuple(self.layers) or None, **self.method_options}
-        return method_config(self.method, **options)
+                   "layers": tuple(self.layers) or None}
+        # One value per option: merged, method_options would win and the dedicated flag be ignored.
+        twice = sorted(key for key, value in options.items() if value is not None and key in self.method_options)
+        if twice:
+            raise EffdlError(f"--{twice[0]} and --method-options both set {twice[0]} (method_options): give it once")
+        return method_config(self.method, **{**options, **self.method_options})
 
     def train_config(self) -> TrainConfig:
         """The training part: what config.yaml records and `effdl train` can read back."""

@@ -22,6 +22,14 @@ from effdl.errors import EffdlError, unknown_name_error
 
 METHODS = ("svd", "tucker", "cp", "spatial-svd", "depthwise", "grouped")
 LOW_RANK = ("svd", "tucker", "cp", "spatial-svd")
+# The options only some methods read (config() and factorize_checkpoint): set away from its default
+# for another method, one would be ignored without a word (--groups with depthwise or tucker changed
+# nothing). config() refuses the rank rules for depthwise/grouped with advice of its own first.
+# Every method reads --calibration-images: the fits of depthwise/grouped, each layer's error for all.
+READ_BY = {
+    "rank": LOW_RANK, "energy": ("svd", "tucker", "spatial-svd"), "ratio": LOW_RANK, "target_macs": LOW_RANK,
+    "vbmf": ("tucker",), "round_to": LOW_RANK, "groups": ("grouped",), "scan": LOW_RANK, "scan_images": LOW_RANK,
+}
 NOTE = ("each factorized layer is a chain of smaller real convolutions / linears: the MACs, parameters and "
         "latency measured are those that run")
 
@@ -80,16 +88,20 @@ class FactorizeOptions:
         return cls(**given, **rounding)
 
     def validate(self) -> None:
-        from effdl.compress.distill import check_distill_options
+        from effdl.pipelines.method_options import check_finetune_distill, is_set, refuse_unread_options
 
         self.config()
-        check_distill_options(self.distill, self.distill_temperature, self.distill_method)
         if self.epochs < 0:
             raise EffdlError(f"--epochs must be >= 0, got {self.epochs}")
         if self.calibration_images < 1 or self.scan_images < 1:
             raise EffdlError("--calibration-images and --scan-images must be >= 1")
         if self.scan and self.method not in LOW_RANK:
             raise EffdlError(f"--scan scans ranks; {self.method} has none")
+        refuse_unread_options(self, READ_BY, self.method)
+        if is_set(self, "scan_images") and not self.scan and self.target_macs is None:
+            raise EffdlError("--scan-images sizes the sensitivity scan of --scan or --target-macs: "
+                             "give one of them too")
+        check_finetune_distill(self, fine_tunes=bool(self.epochs))
 
 
 def _batches(data, images: int, device: torch.device, batch: int = 64) -> list[tuple[torch.Tensor, torch.Tensor]]:

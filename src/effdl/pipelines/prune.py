@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from effdl.checkpoint import read_checkpoint, split_namespace
-from effdl.compress.distill import check_distill_options, finetune_distiller
+from effdl.compress.distill import finetune_distiller
 from effdl.compress.prune.schedules import AGPCallback, iterative_pruning, lottery_ticket
 from effdl.compress.prune.blocks import check_block_amount
 from effdl.compress.prune.configs import BlockPruneConfig, ChannelPruneConfig, MagnitudePruneConfig, prune_
@@ -37,12 +37,24 @@ from effdl.measure.accuracy import Accuracy, evaluate
 from effdl.pipelines.compression import (
     load_for_compression, measure_compressed, reestimate_and_evaluate, technique_finetuner, training_batches,
 )
+from effdl.pipelines.method_options import check_finetune_distill, is_set, refuse_unread_options
 from effdl.pipelines.run_dir import CompressedRun
 
 UNSTRUCTURED = ("magnitude", "agp", "lottery")
 STRUCTURED = {"l1-filter": "l1", "l2-filter": "l2", "slimming": "bn-scale", "thinet": "thinet"}
 DEPTH = "block"  # whole residual blocks removed (effdl.compress.prune.blocks)
 METHODS = (*UNSTRUCTURED, *STRUCTURED, DEPTH)
+# The options only some methods read (prune_checkpoint below): set away from its default for another
+# method, one would be ignored without a word (--round-to with magnitude, --rounds with agp or
+# l1-filter, --calibration-batches with l1-filter all changed nothing). The checks before it in
+# validate() refuse some of these with advice of their own.
+READ_BY = {
+    "sparsity": (*UNSTRUCTURED, *STRUCTURED), "target_macs": (*STRUCTURED, DEPTH), "blocks": (DEPTH,),
+    "scope": (*UNSTRUCTURED, *STRUCTURED), "round_to": (*STRUCTURED,), "rounds": ("magnitude", "lottery"),
+    "rewind_to": ("lottery",), "penalty": ("slimming",), "penalty_epochs": ("slimming",),
+    "calibration_batches": ("thinet", DEPTH), "sensitivity_drop": ("magnitude",), "scan_images": ("magnitude",),
+    "include": (*UNSTRUCTURED, DEPTH), "layer_ratios": (*STRUCTURED,),
+}
 
 UNSTRUCTURED_NOTE = (
     "unstructured sparsity shrinks storage (and the scores, which count only non-zero weights) "
@@ -117,7 +129,6 @@ class PruneOptions:
                              "block)")
         if self.scope not in (None, "global", "layer"):
             raise EffdlError(f"unknown scope '{self.scope}'; use global or layer")
-        check_distill_options(self.distill, self.distill_temperature, self.distill_method)
         if self.epochs < 0 or self.rounds < 1 or self.penalty_epochs < 0:
             raise EffdlError("--epochs and --penalty-epochs must be >= 0 and --rounds >= 1")
         if self.method == "agp" and self.epochs < 1:
@@ -130,6 +141,20 @@ class PruneOptions:
             raise EffdlError("--layer-ratio applies to structured methods (l1-filter, l2-filter, slimming, thinet)")
         if structured and self.include:
             raise EffdlError("structured pruning takes --exclude (layers whose outputs are kept), not --include")
+        refuse_unread_options(self, READ_BY, self.method, flags={"layer_ratios": "--layer-ratio"})
+        # Read by the method, but only with another option: alone, each would change nothing.
+        if self.sensitivity_drop is not None and (self.sparsity is not None or self.scope == "global"):
+            raise EffdlError("--sensitivity-drop sets each layer's sparsity from the scan (layer scope): "
+                             "--sparsity and --scope global do not apply")
+        if is_set(self, "scan_images") and self.sensitivity_drop is None:
+            raise EffdlError("--scan-images sizes the --sensitivity-drop scan: give --sensitivity-drop too")
+        if is_set(self, "penalty") and not self.penalty_epochs:
+            raise EffdlError("--penalty is the L1 strength of the --penalty-epochs training: give --penalty-epochs too")
+        if self.method == "magnitude" and self.rounds > 1 and not self.epochs:
+            raise EffdlError("--rounds alternates pruning and fine-tuning: give --epochs too")
+        slimming = self.method == "slimming"  # its --penalty-epochs fine-tune distills too
+        check_finetune_distill(self, fine_tunes=bool(self.epochs or (slimming and self.penalty_epochs)),
+                               epochs_hint="--epochs" + (" or --penalty-epochs" if slimming else ""))
 
     def fine_tunes_once(self) -> bool:
         """Whether the method fine-tunes in one phase (what an interrupted run can resume): not the

@@ -11,7 +11,7 @@ under `details`. `quantize_sensitivity` is the per-layer scan (no checkpoint wri
 
 from __future__ import annotations
 
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -70,23 +70,16 @@ class QuantizeOptions:
     seed: int = 0
 
     def validate(self) -> None:
-        from effdl.compress.distill import check_distill_options
+        from effdl.pipelines.method_options import check_finetune_distill, refuse_unread_options
 
         if self.method not in METHODS:
             raise unknown_name_error("quantization method", self.method, METHODS)
-        defaults = {f.name: f.default if f.default_factory is MISSING else f.default_factory() for f in fields(self)}
-        for name, readers in READ_BY.items():
-            if self.method not in readers and getattr(self, name) != defaults[name]:
-                flag = "--override" if name == "overrides" else "--" + name.replace("_", "-")
-                raise EffdlError(f"{flag} ({name}) is an option of --method {', '.join(readers)}; "
-                                 f"--method {self.method} does not use it")
+        refuse_unread_options(self, READ_BY, self.method, flags={"overrides": "--override"})
         if self.epochs < 0:
             raise EffdlError(f"--epochs must be >= 0, got {self.epochs}")
         if self.epochs and self.method not in TRAINABLE:
             raise EffdlError(f"--epochs fine-tunes training methods ({', '.join(TRAINABLE)}), not {self.method}")
-        check_distill_options(self.distill, self.distill_temperature, self.distill_method)
-        if self.distill and not self.epochs:
-            raise EffdlError("--distill acts during fine-tuning: give --epochs too")
+        check_finetune_distill(self, fine_tunes=bool(self.epochs))
         from effdl.compress.quantize.api import MIN_CALIBRATION_IMAGES
 
         if self.calibration_images < MIN_CALIBRATION_IMAGES:
