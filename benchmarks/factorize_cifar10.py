@@ -63,9 +63,10 @@ def prune(args, data, source: str, out: Path, target: float, epochs: int, method
 def factorize(args, data, source: str, out: Path, method: str, target: float | None, epochs: int) -> dict:
     rule = {} if target is None else {"target_macs": target} if args.rule == "target" else {"ratio": target}
     rounding = {"round_to": args.round_to} if target is not None else {}  # depthwise: no rank to round
+    scan = {"scan_images": args.scan_images} if "target_macs" in rule else {}  # only a MAC target scans
     options = FactorizeOptions(method=method, exclude=[args.first_layer], epochs=epochs, lr=args.lr, batch_size=args.batch_size,
                                train_limit=args.limit_train, test_limit=args.limit_test, device=args.device,
-                               distill=args.distill, scan_images=args.scan_images, **rounding, **rule)
+                               distill=args.distill, **scan, **rounding, **rule)
     return flat(factorize_checkpoint(source, options, out, data=data))
 
 

@@ -20,7 +20,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 SOURCE_CONFIG = {
     "dataset": "synthetic", "model": "tiny_cnn", "epochs": 200, "lr": 0.4, "batch_size": 64, "weight_decay": 1e-3,
     "label_smoothing": 0.1, "augment": {"crop_padding": 2, "flip": False, "cutout": 8}, "optimizer": "sgd",
-    "name": "source-run", "out_dir": "elsewhere", "val_size": 100, "ema_decay": 0.99, "milestones": [100, 150],
+    "name": "source-run", "out_dir": "elsewhere", "val_size": 100, "ema_decay": 0.99, "schedule": "multistep",
+    "milestones": [100, 150], "gamma": 0.2,
 }
 
 
@@ -39,6 +40,7 @@ def test_finetune_config_inherits_the_source_run_and_overrides_only_the_fine_tun
     assert (config.epochs, config.lr, config.schedule, config.warmup_epochs) == (3, 0.02, "cosine", 0.0)
     # what described the source run itself is not inherited
     assert config.name is None and config.val_size == 0 and config.ema_decay is None and config.milestones == []
+    assert config.gamma == 0.1  # the source's multistep factor would be refused with the fine-tune's cosine
     assert config.test_limit == 40
     explicit = finetune_config(SOURCE_CONFIG, "synthetic", "tiny_cnn",
                                FineTuneOptions(epochs=1, batch_size=32, overrides={"augment.cutout": 0}))

@@ -320,3 +320,15 @@ def test_model_options_may_repeat_the_datas_class_count_but_not_contradict_it(tm
     config = quick_config(epochs=1, out_dir=str(tmp_path), name="ten", train_limit=64, test_limit=32,
                           model_kwargs={"width": 0.25, "num_classes": 10})
     assert train(config).total == 32
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"optimizer": "adamw", "momentum": 0.8}, "momentum and nesterov are SGD's; optimizer adamw does not use them"),
+    ({"optimizer": "adamw", "nesterov": False}, "momentum and nesterov are SGD's"),
+    ({"schedule": "cosine", "milestones": [3]}, "milestones and gamma are the multistep schedule's; schedule cosine"),
+    ({"gamma": 0.5}, "milestones and gamma are the multistep schedule.s; schedule onecycle does not use them"),
+])
+def test_an_option_the_chosen_optimizer_or_schedule_does_not_read_is_refused(values, message):
+    with pytest.raises(EffdlError, match=f"^invalid config \\(arguments\\): {message}"):
+        make_config(values)
+    assert make_config({"schedule": "multistep", "milestones": [3], "gamma": 0.5}).gamma == 0.5

@@ -26,9 +26,9 @@ if TYPE_CHECKING:
 
 # Keys of the source run's config that describe that run only, never a fine-tune of its model:
 # where it was written, how its training images were held out or subset, its EMA and multistep
-# milestones (epochs of a 200-epoch run), its TensorBoard logs.
+# milestones and factor (epochs of a 200-epoch run; a fine-tune has its own schedule), its TensorBoard logs.
 SOURCE_RUN_ONLY = ("name", "out_dir", "subset", "subset_per_class", "val_size", "ema_decay", "milestones",
-                   "tensorboard")
+                   "gamma", "tensorboard")
 
 
 @dataclass

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from effdl.data import AugmentConfig
 from effdl.errors import EffdlError
@@ -86,6 +86,16 @@ class TrainConfig(BaseModel):
     progress: bool = Field(True, description="show progress: a live bar in a terminal, one line per epoch otherwise")
     tensorboard: bool = Field(False, description="also write TensorBoard logs into the run directory")
 
+    @model_validator(mode="after")
+    def _options_the_choices_read(self) -> TrainConfig:
+        # An option only another optimizer or schedule reads would be ignored without a word.
+        if self.optimizer != "sgd" and (self.momentum != 0.9 or not self.nesterov):
+            raise ValueError(f"momentum and nesterov are SGD's; optimizer {self.optimizer} does not use them")
+        if self.schedule != "multistep" and (self.milestones or self.gamma != 0.1):
+            raise ValueError(f"milestones and gamma are the multistep schedule's; schedule {self.schedule} "
+                             "does not use them")
+        return self
+
 
 def _explain(exc: ValidationError, source: str) -> EffdlError:
     problems = []
@@ -93,6 +103,8 @@ def _explain(exc: ValidationError, source: str) -> EffdlError:
         where = ".".join(str(p) for p in err["loc"])
         if err["type"] == "extra_forbidden":
             problems.append(f"unknown key '{where}'")
+        elif not where:  # a check across keys (a model validator): its own words
+            problems.append(str(err["msg"]).removeprefix("Value error, "))
         else:
             problems.append(f"{where}: {err['msg']}")
     return EffdlError(f"invalid config ({source}): " + "; ".join(problems))
