@@ -115,6 +115,11 @@ def test_malformed_config_file(tmp_path, capsys):
     bad.write_text("epochs: 3\nlearning_rate: 0.1\n")
     code, _, err = run_cli(capsys, "train", "--config", str(bad))
     assert code == 2 and "unknown key 'learning_rate'" in err
+    bad.write_text("epoch: 3\naugment:\n  cutot: 4\n")  # close names, at the top and in a section
+    for command in (["train"], ["distill", "--teacher", "t.safetensors"]):
+        code, _, err = run_cli(capsys, *command, "--config", str(bad))
+        assert code == 2 and "unknown key 'epoch' (did you mean epochs?)" in err
+        assert "unknown key 'augment.cutot' (did you mean cutout?)" in err
 
 
 def test_models_lists_the_zoo(capsys):

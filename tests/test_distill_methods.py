@@ -302,7 +302,25 @@ def test_cli_refuses_a_teacher_of_other_classes_and_an_empty_ensemble(teacher_ch
     code = main(["distill", "--teacher", ",", "--student", "tiny_cnn", "--out", str(tmp_path / "bad")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "empty" in err
+    code = main(["distill", "--teacher", f"{teacher_checkpoint},", "--student", "tiny_cnn", "--out", str(tmp_path / "bad")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "an empty checkpoint path in the teacher list" in err
     assert not (tmp_path / "bad").exists()
+
+
+def test_an_existing_run_is_refused_before_the_data_and_a_teacher_inside_it_is_never_replaced(
+        teacher_checkpoint, tmp_path, capsys):
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "summary.json").write_text("{}")
+    args = ["--student", "tiny_cnn", "--epochs", "1", "--device", "cpu", "--progress", "false", "--out", str(out)]
+    assert main(["distill", "--teacher", str(teacher_checkpoint), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "already holds a run" in err and len(err.splitlines()) == 1  # no teacher evaluation before it
+    inside = out / "teacher.safetensors"
+    inside.write_bytes(teacher_checkpoint.read_bytes())
+    assert main(["distill", "--teacher", str(inside), *args, "--overwrite"]) == 2
+    assert "holds the input" in capsys.readouterr().err and inside.is_file()
 
 
 def test_an_interrupted_distillation_resumes_exactly_and_only_as_a_distillation(teacher_checkpoint, tmp_path,

@@ -55,7 +55,10 @@ class DistillConfig(TrainConfig):
     @classmethod
     def _split_teachers(cls, value: Any) -> Any:
         if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
+            parts = [part.strip() for part in value.split(",")]
+            if any(parts) and not all(parts):  # 'a.safetensors,' would silently be a one-teacher ensemble
+                raise ValueError(f"an empty checkpoint path in the teacher list {value!r}")
+            return [part for part in parts if part]
         return value
 
     def method_config(self) -> Any:
@@ -86,13 +89,16 @@ def _record(config: DistillConfig) -> dict[str, Any]:
     return data
 
 
+CLAIM_HINT = "resume it with --resume, or pick another --name"
+
+
 def _start(run_dir: Path, config: DistillConfig, overwrite: bool) -> None:
     """Claim the run directory (as train() would) and write its resume record (effdl.train.run:
     the whole DistillConfig, and the command that continues it, which `effdl train --resume` names)."""
     from effdl.fileio import claim_run_dir
     from effdl.train.run import write_resume_record
 
-    claim_run_dir(run_dir, overwrite=overwrite, hint="resume it with --resume, or pick another --name")
+    claim_run_dir(run_dir, overwrite=overwrite, hint=CLAIM_HINT, sources=tuple(config.teacher))
     run_dir.mkdir(parents=True, exist_ok=True)
     write_resume_record(run_dir, f"effdl distill --resume --out {run_dir} (with the flags it was started with)",
                         _record(config))
@@ -103,7 +109,7 @@ def make_distill_config(values: dict[str, Any], source: str = "arguments") -> Di
     try:
         return DistillConfig.model_validate(values)
     except ValidationError as exc:
-        raise _explain(exc, source) from None
+        raise _explain(exc, source, DistillConfig) from None
 
 
 def _load_teachers(paths: list[str]) -> tuple[list, list[dict[str, Any]]]:
@@ -204,6 +210,13 @@ def distill(config: DistillConfig, *, overwrite: bool = False, resume: bool = Fa
     if resume:  # before any work: a run that cannot resume is refused at once
         distributed.on_main_then_share(lambda: check_resumable(run_dir, _record(config),
                                                                same="teacher, student and options"))
+    else:  # as is a run there without --overwrite, or one holding a teacher (which --overwrite would delete)
+        from effdl.fileio import claim_run_dir
+
+        teachers = tuple(config.teacher)
+        if not overwrite or any(run_dir.resolve() in Path(t).resolve().parents for t in teachers):
+            # without overwrite, claim_run_dir only checks: the folder is claimed once training starts
+            distributed.on_main_then_share(lambda: claim_run_dir(run_dir, hint=CLAIM_HINT, sources=teachers))
     data, val = prepare_data(config)
     for model, path in zip(models, config.teacher):
         _check_teacher_fits(model, path, data)

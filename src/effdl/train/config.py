@@ -6,6 +6,7 @@ with a default.
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -97,12 +98,25 @@ class TrainConfig(BaseModel):
         return self
 
 
-def _explain(exc: ValidationError, source: str) -> EffdlError:
+def _keys_at(model: type[BaseModel], parents: tuple) -> list[str]:
+    """The keys of the (nested) section of `model` at `parents` ([] when it is no section)."""
+    for part in parents:
+        field = model.model_fields.get(str(part))
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return []
+        model = field.annotation
+    return list(model.model_fields)
+
+
+def _explain(exc: ValidationError, source: str, model: type[BaseModel] | None = None) -> EffdlError:
+    """One line for every problem pydantic found in a config of `model` (default TrainConfig)."""
     problems = []
     for err in exc.errors():
         where = ".".join(str(p) for p in err["loc"])
         if err["type"] == "extra_forbidden":
-            problems.append(f"unknown key '{where}'")
+            close = difflib.get_close_matches(str(err["loc"][-1]), _keys_at(model or TrainConfig, err["loc"][:-1]),
+                                              n=2, cutoff=0.6)
+            problems.append(f"unknown key '{where}'" + (f" (did you mean {' or '.join(close)}?)" if close else ""))
         elif not where:  # a check across keys (a model validator): its own words
             problems.append(str(err["msg"]).removeprefix("Value error, "))
         else:
