@@ -1,5 +1,6 @@
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -323,12 +324,32 @@ def test_model_options_may_repeat_the_datas_class_count_but_not_contradict_it(tm
 
 
 @pytest.mark.parametrize("values, message", [
-    ({"optimizer": "adamw", "momentum": 0.8}, "momentum and nesterov are SGD's; optimizer adamw does not use them"),
-    ({"optimizer": "adamw", "nesterov": False}, "momentum and nesterov are SGD's"),
-    ({"schedule": "cosine", "milestones": [3]}, "milestones and gamma are the multistep schedule's; schedule cosine"),
-    ({"gamma": 0.5}, "milestones and gamma are the multistep schedule.s; schedule onecycle does not use them"),
+    ({"optimizer": "adamw", "momentum": 0.8}, "momentum is read only with optimizer sgd; optimizer adamw does not use it"),
+    ({"optimizer": "adamw", "nesterov": False}, "nesterov is read only with optimizer sgd"),
+    ({"momentum": 0.0}, "nesterov needs momentum > 0"),
+    ({"schedule": "cosine", "milestones": [3]}, "milestones is read only with schedule multistep; schedule cosine"),
+    ({"gamma": 0.5}, "gamma is read only with schedule multistep; schedule onecycle does not use it"),
 ])
 def test_an_option_the_chosen_optimizer_or_schedule_does_not_read_is_refused(values, message):
     with pytest.raises(EffdlError, match=f"^invalid config \\(arguments\\): {message}"):
         make_config(values)
     assert make_config({"schedule": "multistep", "milestones": [3], "gamma": 0.5}).gamma == 0.5
+
+
+def test_configs_made_elsewhere_leave_out_what_their_optimizer_never_read():
+    """A source run, an older run's config.yaml or a sweep trial (momentum swept with adamw) set what
+    their optimizer ignored: fine-tunes, resumes and trials leave it out instead of failing."""
+    from effdl.pipelines.finetune import FineTuneOptions, finetune_config
+    from effdl.search.sweep import SweepSpec, trial_setup
+    from effdl.train.config import without_unread_settings
+
+    source = {"dataset": "synthetic", "model": "tiny_cnn", "optimizer": "adamw", "momentum": 0.8, "nesterov": False}
+    tuned = finetune_config(source, "synthetic", "tiny_cnn", FineTuneOptions(epochs=1))
+    assert tuned.optimizer == "adamw" and (tuned.momentum, tuned.nesterov) == (0.9, True)
+    with pytest.warns(UserWarning, match="old/config.yaml: momentum, nesterov not read"):
+        kept = without_unread_settings(source, where="old/config.yaml")
+    assert kept == {"dataset": "synthetic", "model": "tiny_cnn", "optimizer": "adamw"}
+    spec = SweepSpec(name="s", params={"momentum": [0.9, 0.95]}, base={"dataset": "synthetic", "model": "tiny_cnn"})
+    with pytest.warns(UserWarning, match="sweep s, t1: momentum not read"):
+        trial = trial_setup(spec, {"optimizer": "adamw", "momentum": 0.95}, Path("runs"), "t1", plan_only=True)
+    assert trial.optimizer == "adamw" and trial.momentum == 0.9

@@ -148,9 +148,11 @@ def trial_setup(spec: SweepSpec, values: dict[str, Any], parent: Path, name: str
     at `parent/name`; `plan_only` validates without writing. Raises EffdlError for an unknown key or
     a bad value."""
     if spec.recipe is None:
-        from effdl.train.config import make_config, merge
+        from effdl.train.config import make_config, merge, without_unread_settings
 
-        config_values = merge(spec.base, values)
+        # A trial whose optimizer or schedule does not read a swept key (momentum in an adamw trial)
+        # trains without it, as it would have anyway, and says so.
+        config_values = without_unread_settings(merge(spec.base, values), where=f"sweep {spec.name}, {name}")
         config_values.update(out_dir=str(parent), name=name)
         config_values.setdefault("progress", False)
         return make_config(config_values, source=f"sweep {spec.name}, {name}")

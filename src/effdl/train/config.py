@@ -7,6 +7,7 @@ with a default.
 from __future__ import annotations
 
 import difflib
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -90,12 +91,45 @@ class TrainConfig(BaseModel):
     @model_validator(mode="after")
     def _options_the_choices_read(self) -> TrainConfig:
         # An option only another optimizer or schedule reads would be ignored without a word.
-        if self.optimizer != "sgd" and (self.momentum != 0.9 or not self.nesterov):
-            raise ValueError(f"momentum and nesterov are SGD's; optimizer {self.optimizer} does not use them")
-        if self.schedule != "multistep" and (self.milestones or self.gamma != 0.1):
-            raise ValueError(f"milestones and gamma are the multistep schedule's; schedule {self.schedule} "
-                             "does not use them")
+        unread = unread_settings(self.model_dump())
+        problems = []
+        for chooser, reader, keys in READ_ONLY_WITH:
+            mine = [key for key in unread if key in keys]
+            if mine:
+                one = len(mine) == 1
+                problems.append(f"{' and '.join(mine)} {'is' if one else 'are'} read only with {chooser} {reader}; "
+                                f"{chooser} {getattr(self, chooser)} does not use {'it' if one else 'them'}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        if self.optimizer == "sgd" and self.nesterov and self.momentum <= 0:
+            raise ValueError("nesterov needs momentum > 0: give momentum, or nesterov false for plain SGD")
         return self
+
+
+# (choice, the value that reads them, keys): SGD's momentum, the multistep schedule's milestones.
+READ_ONLY_WITH = (("optimizer", "sgd", ("momentum", "nesterov")), ("schedule", "multistep", ("milestones", "gamma")))
+
+
+def unread_settings(values: dict[str, Any]) -> list[str]:
+    """The keys of config `values` set away from their default that its optimizer or schedule does
+    not read (momentum with adamw, milestones with cosine...)."""
+    fields = TrainConfig.model_fields
+    unread = []
+    for chooser, reader, keys in READ_ONLY_WITH:
+        if values.get(chooser, fields[chooser].default) != reader:
+            unread += [key for key in keys if key in values and values[key] != fields[key].get_default(
+                call_default_factory=True)]
+    return unread
+
+
+def without_unread_settings(values: dict[str, Any], where: str | None = None) -> dict[str, Any]:
+    """`values` less `unread_settings`, for configs made elsewhere, where they never had an effect (a
+    source run's config a fine-tune inherits, an older run's config.yaml, a sweep trial that varies
+    the optimizer); `where` names the config in a warning, None drops them quietly."""
+    unread = unread_settings(values)
+    if unread and where is not None:
+        warnings.warn(f"{where}: {', '.join(unread)} not read with its optimizer/schedule; left out", stacklevel=2)
+    return {key: value for key, value in values.items() if key not in unread}
 
 
 def _keys_at(model: type[BaseModel], parents: tuple) -> list[str]:
