@@ -56,7 +56,7 @@ def prune(args, data, source: str, out: Path, target: float, epochs: int, method
     options = PruneOptions(method=method, target_macs=target, round_to=args.prune_round_to if method != "block" else None,
                            epochs=epochs, lr=args.lr,
                            batch_size=args.batch_size, train_limit=args.limit_train, test_limit=args.limit_test,
-                           device=args.device, distill=args.distill)
+                           device=args.device, distill=args.distill if epochs else 0.0)  # no epochs: nothing to distil
     return flat(prune_checkpoint(source, options, out, data=data))
 
 
@@ -66,7 +66,7 @@ def factorize(args, data, source: str, out: Path, method: str, target: float | N
     scan = {"scan_images": args.scan_images} if "target_macs" in rule else {}  # only a MAC target scans
     options = FactorizeOptions(method=method, exclude=[args.first_layer], epochs=epochs, lr=args.lr, batch_size=args.batch_size,
                                train_limit=args.limit_train, test_limit=args.limit_test, device=args.device,
-                               distill=args.distill, **scan, **rounding, **rule)
+                               distill=args.distill if epochs else 0.0, **scan, **rounding, **rule)
     return flat(factorize_checkpoint(source, options, out, data=data))
 
 

@@ -73,9 +73,15 @@ def test_what_is_not_an_effdl_checkpoint_is_named_for_what_it_is(tmp_path):
     torch.save(model.state_dict(), tmp_path / "model.pt")
     with pytest.raises(EffdlError, match="model.pt is a PyTorch pickle .*safetensors only"):
         load_model(tmp_path / "model.pt")
-    save_file({"w": torch.zeros(2)}, tmp_path / "plain.safetensors")
-    with pytest.raises(EffdlError, match="plain.safetensors is a safetensors file without effdl's metadata"):
-        load_model(tmp_path / "plain.safetensors")
+    torch.save(model.state_dict(), tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+    with pytest.raises(EffdlError, match="legacy.pt is a PyTorch pickle"):
+        load_model(tmp_path / "legacy.pt")
+    # another tool's file, also one whose header length starts with byte 0x80 (as a pickle does)
+    for name, metadata in (("plain", None), ("header128", {"x": "a" * 43})):
+        save_file({"w": torch.zeros(2)}, tmp_path / f"{name}.safetensors", metadata=metadata)
+        assert name == "plain" or (tmp_path / f"{name}.safetensors").read_bytes()[0] == 0x80
+        with pytest.raises(EffdlError, match=f"{name}.safetensors is a safetensors file without effdl's metadata"):
+            load_model(tmp_path / f"{name}.safetensors")
     tensors, meta = read_checkpoint(run / "best.safetensors")
     meta["spec"]["name"] = "resnet9999"
     write_checkpoint(tmp_path / "renamed.safetensors", tensors, meta)

@@ -98,7 +98,7 @@ def test_an_output_that_is_a_folder_or_a_file_system_refusal_is_one_line(trained
     assert code == 2 and f"give {trained_run / 'best.safetensors'}" in err and err.count("\n") == 1
 
     def refused(*args, **kwargs):
-        raise PermissionError(13, "Permission denied", "/somewhere/model.onnx")
+        raise PermissionError(13, "Permission denied", "/somewhere/.model.onnx.x1.tmp", None, "/somewhere/model.onnx")
 
     monkeypatch.setattr("effdl.fileio.os.replace", refused)
     code, _, err = run_cli(capsys, "export", str(trained_run / "best.safetensors"), "--out", str(tmp_path / "m.onnx"))
@@ -304,6 +304,9 @@ def test_every_command_rejects_a_bad_flag_without_importing_torch(command):
 
 def test_warnings_are_one_line_when_effdl_runs_as_the_program(monkeypatch, capsys):
     import warnings
+    from pathlib import Path
+
+    import effdl
 
     monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)  # put back after the test
     monkeypatch.setattr(sys, "argv", ["effdl", "models", "--json"])
@@ -312,8 +315,10 @@ def test_warnings_are_one_line_when_effdl_runs_as_the_program(monkeypatch, capsy
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         warnings.warn_explicit("calibrating on all 64 training images\n(asked for 96)", UserWarning,
-                               "/x/effdl/pipelines/quantize.py", 140)
+                               str(Path(effdl.__file__).parent / "pipelines" / "quantize.py"), 140)
         warnings.warn_explicit("a library's deprecation", FutureWarning, "/site/torch/onnx/x.py", 7)
+        warnings.warn_explicit("in a checkout named effdl", UserWarning, "/home/effdl/.venv/torch/y.py", 3)
     err = capsys.readouterr().err.splitlines()
     assert err == ["effdl: warning: calibrating on all 64 training images (asked for 96)",
-                   "effdl: warning: a library's deprecation (FutureWarning from /site/torch/onnx/x.py:7)"]
+                   "effdl: warning: a library's deprecation (FutureWarning from /site/torch/onnx/x.py:7)",
+                   "effdl: warning: in a checkout named effdl (UserWarning from /home/effdl/.venv/torch/y.py:3)"]

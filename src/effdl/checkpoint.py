@@ -59,14 +59,18 @@ def write_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], meta: d
 
 def _unreadable(path: Path, exc: Exception) -> EffdlError:
     """Why `path` could not be read as a checkpoint: another format, another tool's file, or damage."""
-    with open(path, "rb") as f:
-        start = f.read(4)
-    if start[:2] == b"PK" or start[:1] == b"\x80":  # torch.save's zip archive, or a bare pickle
-        return EffdlError(f"{path} is a PyTorch pickle (torch.save), not a checkpoint: effdl reads safetensors only, "
-                          "which hold no code; load it yourself and save it with effdl.checkpoint.save_model")
-    if isinstance(exc, KeyError):
+    if isinstance(exc, KeyError):  # a valid safetensors file: only effdl's header entry is missing
         return EffdlError(f"{path} is a safetensors file without effdl's metadata (written by another tool?): it "
                           "does not say which architecture its weights belong to")
+    try:
+        with open(path, "rb") as f:
+            start = f.read(4)
+    except OSError:
+        start = b""
+    bare_pickle = len(start) >= 2 and start[0] == 0x80 and 2 <= start[1] <= 5  # PROTO opcode, protocol 2-5
+    if start == b"PK\x03\x04" or bare_pickle:  # torch.save's zip archive, or its older pickle format
+        return EffdlError(f"{path} is a PyTorch pickle (torch.save), not a checkpoint: effdl reads safetensors only, "
+                          "which hold no code; load it yourself and save it with effdl.checkpoint.save_model")
     return EffdlError(f"{path} is not a readable effdl checkpoint (corrupt or truncated?): {exc}")
 
 

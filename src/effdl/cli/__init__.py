@@ -92,11 +92,15 @@ def _command_in(argv: list[str]) -> str:
     return next((word for word in argv if not word.startswith("-")), "")
 
 
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep  # .../effdl/
+
+
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """Warnings as the CLI's one-line messages: effdl's own as 'effdl: warning: ...', a library's
     with where it came from (Python's default adds a second line of source code)."""
     text = " ".join(str(message).split())
-    origin = "" if f"{os.sep}effdl{os.sep}" in filename else f" ({category.__name__} from {filename}:{lineno})"
+    ours = os.path.abspath(filename).startswith(_PACKAGE_DIR)
+    origin = "" if ours else f" ({category.__name__} from {filename}:{lineno})"
     print(f"effdl: warning: {text}{origin}", file=file or sys.stderr)
 
 
@@ -117,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except OSError as exc:  # the file system's refusal (permissions, a full disk...): its reason, in one line
         if _reports_errors():
-            where = f": {exc.filename}" if exc.filename else ""
+            target = exc.filename2 or exc.filename  # a rename's destination, not its temporary source
+            where = f": {target}" if target else ""
             print(f"effdl: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:  # effdl.errors.Interrupted says what was saved and how to resume

@@ -90,7 +90,8 @@ def output_file(text: str) -> str:
 def checkpoint_or_model(text: str) -> str:
     """argparse type of a 'checkpoint or registered model name' argument: a missing .safetensors
     file (or a folder) is an EffdlError at once; names are checked by the command."""
-    return checkpoint_file(text) if text.endswith(".safetensors") or Path(text).is_dir() else text
+    as_path = text.endswith(".safetensors") or ("/" in text and Path(text).is_dir())  # a bare word is a name
+    return checkpoint_file(text) if as_path else text
 
 
 def int_list(text: str, what: str, length: int | None = None) -> tuple[int, ...]:

@@ -155,9 +155,8 @@ def _prune_channels(
 ) -> PrunedChannels:
     options = {"criterion": config.criterion, "scope": config.scope, "round_to": config.round_to,
                "ignore": config.exclude, "layer_ratios": config.layer_ratios, "calibration": calibration}
-    if config.target_macs is not None:
-        input_size = tuple(example_inputs.shape) if example_inputs is not None else None
-        return prune_channels_to_macs(model, config.target_macs, input_size=input_size, **options)
+    if config.target_macs is not None:  # MACs counted on one input of the traced batch's size
+        return prune_channels_to_macs(model, config.target_macs, example_inputs=example_inputs, **options)
     return prune_channels(model, config.ratio, example_inputs=example_inputs, **options)
 
 

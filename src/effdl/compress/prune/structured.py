@@ -296,6 +296,8 @@ def _whole_units(dg: tp.DependencyGraph, root: nn.Module, handler, order: list[i
     channel of the root the dependency graph removes with it, skipping a unit that would overshoot."""
     taken: set[int] = set()
     for idx in order:
+        if len(taken) == count:
+            break
         if idx not in taken:
             unit = _removed_from(dg, dg.get_pruning_group(root, handler, [idx]), root) | {idx}
             if len(taken | unit) <= count:
@@ -353,8 +355,11 @@ def _plan(dg: tp.DependencyGraph, importance, ratio: float, *, scope: str, round
             # The root's channels are coupled with each other (GhostNet's concatenation of a conv's
             # maps and their cheap copies: channel j goes with j + C/2): choose whole units. Not
             # through a view/reshape, whose index mapping torch-pruning does not always get right.
-            idxs = _whole_units(dg, root, handler, torch.argsort(scores, stable=True).tolist(), len(idxs))
+            asked = len(idxs)
+            idxs = _whole_units(dg, root, handler, torch.argsort(scores, stable=True).tolist(), asked)
             if not idxs:
+                plan.skipped.update({names[m]: f"its channels go in coupled units larger than the {asked} the ratio "
+                                     "allows it to lose" for m in _producers(dg, group)})
                 continue
             chosen_group = dg.get_pruning_group(root, handler, idxs)
         reason = _uneven_coupling(dg, chosen_group, len(idxs), len(scores), names)
