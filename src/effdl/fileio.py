@@ -77,7 +77,8 @@ def run_files_in(path: str | Path) -> list[str]:
 
 
 def claim_run_dir(
-    path: str | Path, *, overwrite: bool = False, hint: str = "pick another --out", sources: tuple = ()
+    path: str | Path, *, overwrite: bool = False, hint: str = "pick another --out", sources: tuple = (),
+    check_only: bool = False,
 ) -> Path:
     """Make sure a new run may be written to `path`; the one rule of train, prune and quantize.
 
@@ -85,7 +86,8 @@ def claim_run_dir(
     `overwrite`, in which case the whole old run folder is deleted first (so no stale metrics or
     checkpoints mix with the new run). A missing or run-free folder is fine and left as it is (a
     folder without run files is never deleted). A folder holding one of `sources` (the input
-    checkpoint) is never replaced. Returns `path` as a Path; creates nothing.
+    checkpoint) is never replaced. Returns `path` as a Path; creates nothing. `check_only`: refuse as
+    above but delete nothing (a command checking before its slow work, claiming the folder later).
     """
     import shutil
 
@@ -101,5 +103,6 @@ def claim_run_dir(
             raise EffdlError(f"{path} holds the input {inside[0]}; write the new run to another --out")
         if not overwrite:
             raise EffdlError(f"{path} already holds a run ({', '.join(found)}); {hint}, or pass --overwrite to replace it")
-        shutil.rmtree(path)
+        if not check_only:
+            shutil.rmtree(path)
     return path

@@ -210,13 +210,11 @@ def distill(config: DistillConfig, *, overwrite: bool = False, resume: bool = Fa
     if resume:  # before any work: a run that cannot resume is refused at once
         distributed.on_main_then_share(lambda: check_resumable(run_dir, _record(config),
                                                                same="teacher, student and options"))
-    else:  # as is a run there without --overwrite, or one holding a teacher (which --overwrite would delete)
+    else:  # as is a run there without --overwrite, or one holding a teacher (the folder is claimed in _start)
         from effdl.fileio import claim_run_dir
 
-        teachers = tuple(config.teacher)
-        if not overwrite or any(run_dir.resolve() in Path(t).resolve().parents for t in teachers):
-            # without overwrite, claim_run_dir only checks: the folder is claimed once training starts
-            distributed.on_main_then_share(lambda: claim_run_dir(run_dir, hint=CLAIM_HINT, sources=teachers))
+        distributed.on_main_then_share(lambda: claim_run_dir(run_dir, overwrite=overwrite, hint=CLAIM_HINT,
+                                                             sources=tuple(config.teacher), check_only=True))
     data, val = prepare_data(config)
     for model, path in zip(models, config.teacher):
         _check_teacher_fits(model, path, data)
