@@ -52,11 +52,16 @@ def flat(summary: dict) -> dict:
     return {k: merged[k] for k in KEYS if k in merged}
 
 
+def fine_tune_settings(args, epochs: int) -> dict:
+    """lr, batch size and distillation weight, only for a run that fine-tunes (`epochs` > 0): the
+    options refuse fine-tune settings that nothing would use."""
+    return {"lr": args.lr, "batch_size": args.batch_size, "distill": args.distill} if epochs else {}
+
+
 def prune(args, data, source: str, out: Path, target: float, epochs: int, method: str = "l1-filter") -> dict:
     options = PruneOptions(method=method, target_macs=target, round_to=args.prune_round_to if method != "block" else None,
-                           epochs=epochs, lr=args.lr,
-                           batch_size=args.batch_size, train_limit=args.limit_train, test_limit=args.limit_test,
-                           device=args.device, distill=args.distill if epochs else 0.0)  # no epochs: nothing to distil
+                           epochs=epochs, train_limit=args.limit_train, test_limit=args.limit_test, device=args.device,
+                           **fine_tune_settings(args, epochs))
     return flat(prune_checkpoint(source, options, out, data=data))
 
 
@@ -64,9 +69,9 @@ def factorize(args, data, source: str, out: Path, method: str, target: float | N
     rule = {} if target is None else {"target_macs": target} if args.rule == "target" else {"ratio": target}
     rounding = {"round_to": args.round_to} if target is not None else {}  # depthwise: no rank to round
     scan = {"scan_images": args.scan_images} if "target_macs" in rule else {}  # only a MAC target scans
-    options = FactorizeOptions(method=method, exclude=[args.first_layer], epochs=epochs, lr=args.lr, batch_size=args.batch_size,
-                               train_limit=args.limit_train, test_limit=args.limit_test, device=args.device,
-                               distill=args.distill if epochs else 0.0, **scan, **rounding, **rule)
+    options = FactorizeOptions(method=method, exclude=[args.first_layer], epochs=epochs, train_limit=args.limit_train,
+                               test_limit=args.limit_test, device=args.device, **fine_tune_settings(args, epochs),
+                               **scan, **rounding, **rule)
     return flat(factorize_checkpoint(source, options, out, data=data))
 
 

@@ -55,20 +55,23 @@ def load_fresh(model):
 
 def qat(data, bits: int, epochs: int, args, workdir: Path) -> dict:
     options = QuantizeOptions(method="qat", bits=bits, qat_method="lsq", first_last_bits=8, epochs=epochs,
-                              **fine_tune_options(args))
+                              **fine_tune_options(args, epochs))
     return {"bits": bits, **fine_tune_quantized(data, options, args, workdir / f"qat{bits}")}
 
 
 def binary(data, args, workdir: Path) -> dict:
     options = QuantizeOptions(method=args.binary_method, binary_acts=False, float_first_last=True,
-                              epochs=args.binary_epochs, **fine_tune_options(args))
+                              epochs=args.binary_epochs, **fine_tune_options(args, args.binary_epochs))
     return {"method": args.binary_method, "weights": "binary (first and last layer float)", "activations": "float",
             **fine_tune_quantized(data, options, args, workdir / "binary")}
 
 
-def fine_tune_options(args) -> dict:
-    return {"lr": args.lr, "batch_size": args.batch_size, "bf16": args.bf16, "compile": args.compile,
-            "distill": args.distill, "device": args.device, "calibration_images": args.calibration_images}
+def fine_tune_options(args, epochs: int) -> dict:
+    """The options of a quantization run; the fine-tune's own (lr, batch size, bf16, compile,
+    distill) only when it fine-tunes (`epochs` > 0): QuantizeOptions refuses them otherwise."""
+    tune = {"lr": args.lr, "batch_size": args.batch_size, "bf16": args.bf16, "compile": args.compile,
+            "distill": args.distill} if epochs else {}
+    return {**tune, "device": args.device, "calibration_images": args.calibration_images}
 
 
 def fine_tune_quantized(data, options: QuantizeOptions, args, out: Path) -> dict:

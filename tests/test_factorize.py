@@ -374,6 +374,8 @@ def test_cli_on_cifar(cifar10_root, tmp_path, monkeypatch, capsys):
     # read by the method, but only together with another option
     (["--method", "svd", "--ratio", "0.5", "--scan-images", "100"], "scan of --scan or --target-macs: give one"),
     (["--method", "svd", "--ratio", "0.5", "--distill", "0.5"], "--distill acts during fine-tuning: give --epochs"),
+    (["--method", "svd", "--ratio", "0.5", "--batch-size", "64"],
+     "--batch-size (batch_size) is a setting of the fine-tune; without --epochs there is none"),
     (["--method", "svd", "--ratio", "0.5", "--epochs", "1", "--distill-method", "dkd"],
      "--distill-method (distill_method) shapes the --distill term"),
     (["--method", "tucker", "--ratio", "0.5", "--epochs", "1", "--distill", "0.5", "--distill-method", "at",

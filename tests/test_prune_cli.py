@@ -179,6 +179,8 @@ def test_distillation_fine_tunes_against_the_unpruned_model(checkpoint, tmp_path
     (["--method", "magnitude", "--sparsity", "0.5", "--rounds", "3"], "--rounds alternates pruning and fine-tuning"),
     (["--method", "l1-filter", "--sparsity", "0.5", "--distill", "0.7"],
      "--distill acts during fine-tuning: give --epochs"),
+    (["--method", "l1-filter", "--sparsity", "0.5", "--lr", "0.001"],
+     "--lr (lr) is a setting of the fine-tune; without --epochs there is none"),
     (["--method", "l1-filter", "--sparsity", "0.5", "--epochs", "1", "--distill-temperature", "2"],
      "--distill-temperature (distill_temperature) shapes the --distill term"),
     (["--method", "l1-filter", "--sparsity", "0.5", "--epochs", "1", "--distill-method", "at"],

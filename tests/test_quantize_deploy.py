@@ -379,6 +379,9 @@ def test_cli_qat_can_distill_from_the_float_model(checkpoint, tmp_path, monkeypa
         (["--method", "qat", "--calibration", "mse"], "--calibration (calibration) is an option of --method ptq-int8"),
         (["--method", "ternary", "--binary-acts"], "--method binaryconnect, xnor; --method ternary does not use it"),
         (["--method", "kmeans", "--override", "fc=8"], "--override (overrides) is an option of --method qat"),
+        # a fine-tune setting without a fine-tune changed nothing
+        (["--method", "qat", "--bf16"], "--bf16 (bf16) is a setting of the fine-tune; without --epochs there is none"),
+        (["--method", "ptq-int8", "--compile"], "--compile (compile) is a setting of the fine-tune"),
     ],
 )
 def test_cli_bad_input_is_one_line_and_exit_2(checkpoint, tmp_path, capsys, args, message):

@@ -88,7 +88,7 @@ class FactorizeOptions:
         return cls(**given, **rounding)
 
     def validate(self) -> None:
-        from effdl.pipelines.method_options import check_finetune_distill, is_set, refuse_unread_options
+        from effdl.pipelines.method_options import check_finetune_options, is_set, refuse_unread_options
 
         self.config()
         if self.epochs < 0:
@@ -101,7 +101,7 @@ class FactorizeOptions:
         if is_set(self, "scan_images") and not self.scan and self.target_macs is None:
             raise EffdlError("--scan-images sizes the sensitivity scan of --scan or --target-macs: "
                              "give one of them too")
-        check_finetune_distill(self, fine_tunes=bool(self.epochs))
+        check_finetune_options(self, fine_tunes=bool(self.epochs))
 
 
 def _batches(data, images: int, device: torch.device, batch: int = 64) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -47,16 +47,27 @@ def refuse_unread_options(
                              f"{method_flag} {method} does not use it")
 
 
-def check_finetune_distill(options: Any, *, fine_tunes: bool, epochs_hint: str = "--epochs") -> None:
-    """The fine-tune distillation options (`distill`, `distill_temperature`, `distill_method`)
-    of a compression command: valid (effdl.compress.distill.check_distill_options), and each one
-    read: --distill only when the method fine-tunes (`fine_tunes`), --distill-temperature and
-    --distill-method only with a --distill weight, and the temperature only by the methods whose
-    config has one (kd, kd-std, dkd: the feature methods have none). EffdlError otherwise."""
+# The fine-tune's own settings, in every compression command's options (bf16 only in some): with
+# no fine-tune they would change nothing (`effdl prune ... --lr 0.001` without --epochs).
+FINETUNE_SETTINGS = ("lr", "batch_size", "compile", "bf16")
+
+
+def check_finetune_options(options: Any, *, fine_tunes: bool, epochs_hint: str = "--epochs") -> None:
+    """The fine-tune options of a compression command, each one read: the fine-tune's settings
+    (--lr, --batch-size, --compile, --bf16) and --distill only when the method fine-tunes
+    (`fine_tunes`); the distillation options valid (effdl.compress.distill.check_distill_options),
+    --distill-temperature and --distill-method only with a --distill weight, and the temperature
+    only by the methods whose config has one (kd, kd-std, dkd: the feature methods have none).
+    EffdlError otherwise."""
     from effdl.compress.distill import check_distill_options
     from effdl.compress.distill.methods import method_configs
 
     check_distill_options(options.distill, options.distill_temperature, options.distill_method)
+    if not fine_tunes:
+        for name in FINETUNE_SETTINGS:
+            if hasattr(options, name) and is_set(options, name):
+                raise EffdlError(f"{option_flag(name)} ({name}) is a setting of the fine-tune; without "
+                                 f"{epochs_hint} there is none")
     if options.distill and not fine_tunes:
         raise EffdlError(f"--distill acts during fine-tuning: give {epochs_hint} too")
     if not options.distill:

@@ -37,7 +37,7 @@ from effdl.measure.accuracy import Accuracy, evaluate
 from effdl.pipelines.compression import (
     load_for_compression, measure_compressed, reestimate_and_evaluate, technique_finetuner, training_batches,
 )
-from effdl.pipelines.method_options import check_finetune_distill, is_set, refuse_unread_options
+from effdl.pipelines.method_options import check_finetune_options, is_set, refuse_unread_options
 from effdl.pipelines.run_dir import CompressedRun
 
 UNSTRUCTURED = ("magnitude", "agp", "lottery")
@@ -153,7 +153,7 @@ class PruneOptions:
         if self.method == "magnitude" and self.rounds > 1 and not self.epochs:
             raise EffdlError("--rounds alternates pruning and fine-tuning: give --epochs too")
         slimming = self.method == "slimming"  # its --penalty-epochs fine-tune distills too
-        check_finetune_distill(self, fine_tunes=bool(self.epochs or (slimming and self.penalty_epochs)),
+        check_finetune_options(self, fine_tunes=bool(self.epochs or (slimming and self.penalty_epochs)),
                                epochs_hint="--epochs" + (" or --penalty-epochs" if slimming else ""))
 
     def fine_tunes_once(self) -> bool:

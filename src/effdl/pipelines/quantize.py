@@ -70,7 +70,7 @@ class QuantizeOptions:
     seed: int = 0
 
     def validate(self) -> None:
-        from effdl.pipelines.method_options import check_finetune_distill, refuse_unread_options
+        from effdl.pipelines.method_options import check_finetune_options, refuse_unread_options
 
         if self.method not in METHODS:
             raise unknown_name_error("quantization method", self.method, METHODS)
@@ -79,7 +79,7 @@ class QuantizeOptions:
             raise EffdlError(f"--epochs must be >= 0, got {self.epochs}")
         if self.epochs and self.method not in TRAINABLE:
             raise EffdlError(f"--epochs fine-tunes training methods ({', '.join(TRAINABLE)}), not {self.method}")
-        check_finetune_distill(self, fine_tunes=bool(self.epochs))
+        check_finetune_options(self, fine_tunes=bool(self.epochs))
         from effdl.compress.quantize.api import MIN_CALIBRATION_IMAGES
 
         if self.calibration_images < MIN_CALIBRATION_IMAGES:
