@@ -300,6 +300,37 @@ def _run_folder(tmp_path, source):
     return folder
 
 
+def test_alternatives_give_each_branch_keys_of_its_own(tmp_path, source):
+    # a fan-out over the method cannot carry a key only one method reads: it says how to write it
+    message = refused("stages:\n  - quantize: {method: [ptq-int8, qat], act_bits: 4, epochs: 1}\n", tmp_path,
+                      "act_bits.* does not use it", **{"from": source})
+    assert "- quantize: [{method: A}, {method: B, key: value}]" in message
+    plan = make_plan(recipe("""
+        stages:
+          - quantize:
+              - {method: ptq-int8, calibration_images: 64}
+              - {method: qat, bits: [8, 4], act_bits: 4, epochs: 1, calibration_images: 64}
+          - export: {}
+    """, tmp_path, **{"from": source}))
+    # the folders name the keys the alternatives differ in, then the alternative's own fan-out
+    assert [b[0].folder for b in plan.branches] == [
+        "01-quantize+method=ptq-int8", "01-quantize+method=qat+act_bits=4+epochs=1+bits=8",
+        "01-quantize+method=qat+act_bits=4+epochs=1+bits=4"]
+    assert [(b[0].options.method, b[0].options.bits, b[0].options.act_bits) for b in plan.branches] == [
+        ("ptq-int8", None, "same"), ("qat", 8, 4), ("qat", 4, 4)]
+    assert all(b[0].options.calibration_images == 64 for b in plan.branches)  # shared keys are no choice
+    assert len({b[1].folder for b in plan.branches}) == 3  # each export follows its own branch
+    # the alternatives' keys are checked like a mapping's, with their lines
+    message = refused("stages:\n  - quantize:\n      - {method: ptq-int8}\n      - {method: qat, epoch: 1}\n",
+                      tmp_path, "unknown key 'epoch'", **{"from": source})
+    assert ":7: stage 1 (quantize)" in message
+    refused("stages:\n  - quantize: [{method: qat}, {method: qat, epochs: 0}]\n", tmp_path,
+            "the same config twice", **{"from": source})
+    refused("stages:\n  - quantize: [{method: qat}, 4]\n", tmp_path, "one mapping of keys per branch",
+            **{"from": source})
+    refused("stages:\n  - quantize: []\n", tmp_path, "one mapping of keys per branch", **{"from": source})
+
+
 def test_a_measuring_fan_out_does_not_repeat_what_follows_and_presentation_keys_keep_the_hash(tmp_path, source):
     plan = make_plan(recipe("""
         stages:

@@ -6,7 +6,9 @@ key and the YAML line of what it refuses:
   valid config (its own validation), and no key is one the runner sets (where outputs go);
 - fan-out: a key given a list where its field takes one value (`bits: [8, 4, 2]`), or a list of
   lists where it takes a list, branches the recipe; several fan-out keys in one stage branch on every
-  combination, and later stages run once per branch;
+  combination, and later stages run once per branch; a stage given a list of mappings
+  (`- quantize: [{method: ptq-int8}, {method: qat, act_bits: 4}]`) branches once per mapping, each
+  with keys of its own (and fan-outs of its own);
 - every stage can take the model it will receive: a first stage that needs a checkpoint gets one
   (`from:` or a train stage), training happens only first, nothing quantizes, prunes or factorizes
   a quantized model, an int8 graph is never asked of binary weights (effdl.recipes.stages checks).
@@ -102,29 +104,39 @@ def _kind(recipe: Recipe, spec: StageSpec) -> StageKind:
 
 
 def _variants(recipe: Recipe, spec: StageSpec, kind: StageKind) -> list[tuple[tuple[tuple[str, Any], ...], dict]]:
-    """The stage's fan-out: (choices, values) for every combination of its listed values."""
+    """The stage's branches: (choices, values) for each alternative of the list form (the mapping
+    form is one alternative) and every combination of its listed values. An alternative's choices,
+    which name its folders, are its keys whose values differ between the alternatives, then its
+    fan-out keys."""
     try:
         cls = kind.config_class()
     except ImportError as exc:  # a kind whose module this installation lacks
         raise _fail(recipe, spec, f"this effdl cannot run {spec.kind} stages ({exc})") from None
     annotations = field_annotations(cls)
-    for key in spec.values:
+    alternatives = spec.alternatives or [spec.values]
+    for key in {k for values in alternatives for k in values}:
         if key in kind.set_by_runner:
             raise _fail(recipe, spec, f"'{key}' is set by the runner (each stage writes to "
                         f"{recipe.directory}/NN-{spec.kind}/); remove it", key)
-    fanned = []
-    for key, value in spec.values.items():
-        if not isinstance(value, list):
-            continue
-        nested = bool(value) and all(isinstance(v, list) for v in value)
-        if key not in annotations or (accepts_list(annotations[key]) and not nested):
-            # unknown keys are refused, with close names, when the options are built (stages.build_options)
-            continue  # one list value for a list field
-        if not value:
-            raise _fail(recipe, spec, f"'{key}' lists no value to branch on", key)
-        fanned.append(key)
-    combos = itertools.product(*(spec.values[k] for k in fanned))
-    return [(tuple(zip(fanned, combo)), {**spec.values, **dict(zip(fanned, combo))}) for combo in combos]
+    differing = {k for values in alternatives for k in values
+                 if any(k not in other or other[k] != values[k] for other in alternatives)}
+    variants = []
+    for values in alternatives:
+        fanned = []
+        for key, value in values.items():
+            if not isinstance(value, list):
+                continue
+            nested = bool(value) and all(isinstance(v, list) for v in value)
+            if key not in annotations or (accepts_list(annotations[key]) and not nested):
+                # unknown keys are refused, with close names, when the options are built (stages.build_options)
+                continue  # one list value for a list field
+            if not value:
+                raise _fail(recipe, spec, f"'{key}' lists no value to branch on", key)
+            fanned.append(key)
+        chosen = tuple((k, v) for k, v in values.items() if k in differing and k not in fanned)
+        combos = itertools.product(*(values[k] for k in fanned))
+        variants += [(chosen + tuple(zip(fanned, combo)), {**values, **dict(zip(fanned, combo))}) for combo in combos]
+    return variants
 
 
 def _options(recipe: Recipe, spec: StageSpec, kind: StageKind, values: dict[str, Any]) -> Any:
@@ -137,6 +149,9 @@ def _options(recipe: Recipe, spec: StageSpec, kind: StageKind, values: dict[str,
         text = str(exc)
         key = next((k for k in values if text.startswith(f"{k}:") or f"'{k}'" in text or f"--{k.replace('_', '-')}" in text),
                    None)
+        if "does not use it" in text and not spec.alternatives and values != spec.values:  # a fan-out's branch
+            text += (f"; to give each branch keys of its own, list the branches as alternatives: "
+                     f"'- {spec.kind}: [{{method: A}}, {{method: B, key: value}}]'")
         raise _fail(recipe, spec, text, key) from None
 
 

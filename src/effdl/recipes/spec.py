@@ -12,6 +12,7 @@ keys, the fields of the config class the Python API and the CLI use for that kin
       - prune: {method: l1-filter, target_macs: [0.7, 0.5], epochs: 4}   # a list fans out
       - quantize: {method: qat, bits: 4, epochs: 4}
       - export: {int8: true}
+      - quantize: [{method: ptq-int8}, {method: qat, bits: 4, epochs: 4}]  # alternatives, each with its keys
     report: {latency: true}     # the final report's options (effdl.recipes.runner.ReportOptions)
 
 This module only reads and locates: which stage kinds and keys exist is the stages module's
@@ -37,9 +38,12 @@ class StageSpec:
 
     index: int  # 1-based position in the recipe
     kind: str
-    values: dict[str, Any]
+    values: dict[str, Any]  # the keys of the mapping form ({} with alternatives)
     line: int  # 1-based line of the stage's kind
-    key_lines: dict[str, int] = field(default_factory=dict)  # key -> 1-based line
+    key_lines: dict[str, int] = field(default_factory=dict)  # key -> 1-based line (its first, with alternatives)
+    # The list form `- quantize: [{method: ptq-int8}, {method: qat, act_bits: 4}]`: branches that
+    # differ in more than one key's value, each alternative with keys of its own.
+    alternatives: list[dict[str, Any]] = field(default_factory=list)
 
     def label(self) -> str:
         return f"stage {self.index} ({self.kind})"
@@ -137,8 +141,12 @@ def recipe_from_text(text: str, *, path: Path | None = None, default_name: str =
         kind, values = next(iter(item.items()))
         values = {} if values is None else values
         value_node = item_node.value[0][1] if item_node is not None else None
+        if isinstance(values, list):
+            stages.append(_alternatives(file, i, str(kind), values, value_node, line))
+            continue
         if not isinstance(values, dict):
-            raise EffdlError(f"{file}:{line}: the keys of stage {i} ({kind}) must be a mapping, got {values!r:.60}")
+            raise EffdlError(f"{file}:{line}: the keys of stage {i} ({kind}) must be a mapping (or a list of "
+                             f"mappings, one per branch), got {values!r:.60}")
         stages.append(StageSpec(i, str(kind), {str(k): v for k, v in values.items()}, line,
                                 _keys(value_node, file) if value_node is not None else {}))
     name = check_name(data.get("name", default_name), f"{file}:{top_lines.get('name', 1)}")
@@ -150,6 +158,19 @@ def recipe_from_text(text: str, *, path: Path | None = None, default_name: str =
             what = "a mapping such as '{latency: true}'" if key == "report" else "a path"
             raise EffdlError(f"{file}:{top_lines.get(key, 1)}: '{key}' must be {what}, got {value!r:.60}")
     return Recipe(name=name, stages=stages, out=out, source=source, report=report, path=path, key_lines=top_lines)
+
+
+def _alternatives(file: str, index: int, kind: str, values: list, node: yaml.Node, line: int) -> StageSpec:
+    """The list form of a stage: one or more mappings, each one branch's keys."""
+    if not values or not all(isinstance(v, dict) for v in values):
+        raise EffdlError(f"{file}:{line}: a list after '{kind}:' gives the stage's alternatives, one mapping of keys "
+                         f"per branch, such as '- {kind}: [{{...}}, {{...}}]'; got {values!r:.60}")
+    key_lines: dict[str, int] = {}
+    for alternative_node in node.value:
+        for key, key_line in _keys(alternative_node, file).items():
+            key_lines.setdefault(key, key_line)
+    alternatives = [{str(k): v for k, v in alternative.items()} for alternative in values]
+    return StageSpec(index, kind, {}, line, key_lines, alternatives)
 
 
 def load_recipe(path: str | Path) -> Recipe:
