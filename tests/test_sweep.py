@@ -131,3 +131,21 @@ def test_bad_input_is_one_line(tmp_path):
     with pytest.raises(EffdlError, match="no sweep"):
         load_spec(tmp_path / "missing")
     assert not list(tmp_path.glob("*/trial-*"))  # nothing trained
+
+
+def test_recipe_trials_set_the_key_in_the_stage_whatever_its_form(tmp_path):
+    from pathlib import Path
+
+    from effdl.recipes import make_plan
+    from effdl.search.sweep import trial_setup
+
+    for stage in ("{model: tiny_cnn, dataset: synthetic, epochs: 1}", "[{model: tiny_cnn, dataset: synthetic, epochs: 1}]"):
+        spec = SweepSpec(name="r", out=str(tmp_path), params={"train.lr": [0.05]},
+                         recipe=f"stages:\n  - train: {stage}\n")
+        recipe = trial_setup(spec, {"train.lr": 0.05}, Path(tmp_path), "trial-0000", plan_only=True)
+        (branch,) = make_plan(recipe).branches
+        assert branch[0].options.lr == 0.05 and branch[0].options.progress is False
+    two = SweepSpec(name="r", out=str(tmp_path), params={"train.lr": [0.05]},
+                    recipe="stages:\n  - train: [{model: tiny_cnn, dataset: synthetic}, {model: resnet20, dataset: synthetic}]\n")
+    with pytest.raises(EffdlError, match="one branch per trial"):
+        trial_setup(two, {"train.lr": 0.05}, Path(tmp_path), "trial-0000", plan_only=True)

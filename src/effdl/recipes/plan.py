@@ -113,7 +113,7 @@ def _variants(recipe: Recipe, spec: StageSpec, kind: StageKind) -> list[tuple[tu
     except ImportError as exc:  # a kind whose module this installation lacks
         raise _fail(recipe, spec, f"this effdl cannot run {spec.kind} stages ({exc})") from None
     annotations = field_annotations(cls)
-    alternatives = spec.alternatives or [spec.values]
+    alternatives = spec.mappings()
     for key in {k for values in alternatives for k in values}:
         if key in kind.set_by_runner:
             raise _fail(recipe, spec, f"'{key}' is set by the runner (each stage writes to "

@@ -48,6 +48,10 @@ class StageSpec:
     def label(self) -> str:
         return f"stage {self.index} ({self.kind})"
 
+    def mappings(self) -> list[dict[str, Any]]:
+        """Its keys, one mapping per alternative (the mapping form is one): where to read or set a key."""
+        return self.alternatives or [self.values]
+
 
 @dataclass
 class Recipe:

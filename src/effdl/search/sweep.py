@@ -163,17 +163,18 @@ def trial_setup(spec: SweepSpec, values: dict[str, Any], parent: Path, name: str
         ref, sep, leaf = key.partition(".")
         if not sep or not leaf:
             raise EffdlError(f"recipe sweep key '{key}' must be STAGE.key, such as train.lr or 2.sparsity")
-        stage = recipe.stages[_stage_index(recipe, ref)]
-        stage.values[leaf] = value
+        for keys in recipe.stages[_stage_index(recipe, ref)].mappings():  # every alternative of the stage
+            keys[leaf] = value
     recipe.name, recipe.out = name, str(parent)
     for stage in recipe.stages:
         if stage.kind == "train":
-            stage.values.setdefault("progress", False)
+            for keys in stage.mappings():
+                keys.setdefault("progress", False)
     if plan_only:
         plan = make_plan(recipe)
         if len(plan.branches) != 1:
             raise EffdlError("a recipe sweep runs one branch per trial: sweep the list-valued keys instead "
-                             "of fanning them out in the recipe")
+                             "of fanning them out (or listing a stage's alternatives) in the recipe")
     return recipe
 
 
