@@ -96,9 +96,10 @@ def batch1_latency(before: Path, after: Path, workdir: Path, repeats: int, round
 
 
 def run_method(args, data, checkpoint: str, workdir: Path, name: str, **options) -> dict:
-    opts = PruneOptions(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, train_limit=args.limit_train,
-                        test_limit=args.limit_test, device=args.device, compile=args.compile, distill=args.distill,
-                        **options)
+    # the fine-tune's settings only for a run that fine-tunes: PruneOptions refuses them otherwise
+    tune = {"lr": args.lr, "batch_size": args.batch_size, "compile": args.compile, "distill": args.distill}
+    opts = PruneOptions(epochs=args.epochs, train_limit=args.limit_train, test_limit=args.limit_test, device=args.device,
+                        **(tune if args.epochs else {}), **options)
     start = time.perf_counter()
     written = prune_checkpoint(checkpoint, opts, workdir / name, data=data)
     # one flat view of the core fields and the pruning's own measurements (under "details")
@@ -182,7 +183,7 @@ def main() -> None:
     parser.add_argument("--skip-alignment", action="store_true", help="skip part 3")
     args = parser.parse_args()
 
-    result: dict = {"epochs": args.epochs, "distill": args.distill, "limit_train": args.limit_train,
+    result: dict = {"epochs": args.epochs, "distill": args.distill if args.epochs else 0.0, "limit_train": args.limit_train,
                     "limit_test": args.limit_test, "load_before": os.getloadavg()[0]}
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)

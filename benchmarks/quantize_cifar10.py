@@ -83,8 +83,8 @@ def fine_tune_quantized(data, options: QuantizeOptions, args, out: Path) -> dict
     training = summary["details"]["training"] or {}
     return {"accuracy_before_training": summary["details"]["accuracy_before_finetune"],
             "accuracy": summary["accuracy"], "accuracy_per_epoch": training.get("accuracy_per_epoch"),
-            "epochs": options.epochs, "distill": args.distill, "bf16_training": training.get("bf16"),
-            "compiled": args.compile, "train_time_s": round(time.perf_counter() - start, 1)}
+            "epochs": options.epochs, "distill": options.distill, "bf16_training": training.get("bf16"),
+            "compiled": options.compile, "train_time_s": round(time.perf_counter() - start, 1)}
 
 
 def latency_pair(model, images, repeats: int, workdir: Path, name: str) -> dict:

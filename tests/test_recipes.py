@@ -281,7 +281,7 @@ def test_values_names_and_keys_are_checked_before_anything_runs(tmp_path, source
             **fields)
     refused("stages:\n  - prune:\n      method: magnitude\n      sparsity: 0.5\n      sparsity: 0.6\n", tmp_path,
             r":8: 'sparsity' is given twice \(first on line 7\)", **fields)
-    refused("stages:\n  - prune: {method: magnitude, sparsity: [0.5, 0.50]}\n", tmp_path, "the same config twice",
+    refused("stages:\n  - prune: {method: magnitude, sparsity: [0.5, 0.50]}\n", tmp_path, "two branches give the same config",
             **fields)
     refused("stages:\n  - prune: {method: block, blocks: 2, round_to: 8}\n", tmp_path,
             r"stage 1 \(prune\): .*--round-to are for channel pruning", **fields)
@@ -300,11 +300,30 @@ def _run_folder(tmp_path, source):
     return folder
 
 
+def test_a_shared_key_a_branch_does_not_read_is_left_out_of_that_branch_only(tmp_path, source):
+    from effdl.recipes.runner import describe_plan
+
+    plan = make_plan(recipe("""
+        stages:
+          - prune: {method: l1-filter, sparsity: 0.5, epochs: [0, 2], lr: 0.02}
+          - quantize: {method: [ptq-int8, qat], act_bits: 4, epochs: 1}
+    """, tmp_path, **{"from": source}))
+    prune_0, prune_2 = plan.branches[0][0], plan.branches[2][0]
+    assert prune_0.left_out == ("lr",) and "lr" not in prune_0.values and prune_0.options.lr != 0.02
+    assert prune_2.left_out == () and prune_2.options.lr == 0.02
+    ptq, qat = plan.branches[0][1], plan.branches[1][1]
+    assert ptq.left_out == ("act_bits", "epochs") and (ptq.options.act_bits, ptq.options.epochs) == ("same", 0)
+    assert (qat.options.act_bits, qat.options.epochs) == (4, 1)
+    assert "left out, not read here: act_bits, epochs" in "\n".join(describe_plan(plan))
+    # a key no branch reads changes nothing anywhere: refused, as without a fan-out
+    refused("stages:\n  - quantize: {method: [ptq-int8, int8-weight], act_bits: 4}\n", tmp_path,
+            "--act-bits .act_bits. is an option of --method qat; --method ptq-int8 does not use it", **{"from": source})
+    # the fan-out's own key is the user's choice for that branch: refused where unread
+    refused("stages:\n  - quantize: {method: ptq-int8, act_bits: [4, 8]}\n", tmp_path, "does not use it",
+            **{"from": source})
+
+
 def test_alternatives_give_each_branch_keys_of_its_own(tmp_path, source):
-    # a fan-out over the method cannot carry a key only one method reads: it says how to write it
-    message = refused("stages:\n  - quantize: {method: [ptq-int8, qat], act_bits: 4, epochs: 1}\n", tmp_path,
-                      "act_bits.* does not use it", **{"from": source})
-    assert "- quantize: [{method: A}, {method: B, key: value}]" in message
     plan = make_plan(recipe("""
         stages:
           - quantize:
@@ -320,12 +339,15 @@ def test_alternatives_give_each_branch_keys_of_its_own(tmp_path, source):
         ("ptq-int8", None, "same"), ("qat", 8, 4), ("qat", 4, 4)]
     assert all(b[0].options.calibration_images == 64 for b in plan.branches)  # shared keys are no choice
     assert len({b[1].folder for b in plan.branches}) == 3  # each export follows its own branch
-    # the alternatives' keys are checked like a mapping's, with their lines
+    # an alternative's keys are its own: one it does not read is refused, at its line
+    message = refused("stages:\n  - quantize:\n      - {method: qat, epochs: 1}\n      - {method: ptq-int8, epochs: 1}\n",
+                      tmp_path, "--epochs fine-tunes training methods", **{"from": source})
+    assert ":7: stage 1 (quantize)" in message
     message = refused("stages:\n  - quantize:\n      - {method: ptq-int8}\n      - {method: qat, epoch: 1}\n",
                       tmp_path, "unknown key 'epoch'", **{"from": source})
     assert ":7: stage 1 (quantize)" in message
     refused("stages:\n  - quantize: [{method: qat}, {method: qat, epochs: 0}]\n", tmp_path,
-            "the same config twice", **{"from": source})
+            r"two branches give the same config \(alternative 1 and alternative 2 \(epochs=0\)\)", **{"from": source})
     refused("stages:\n  - quantize: [{method: qat}, 4]\n", tmp_path, "one mapping of keys per branch",
             **{"from": source})
     refused("stages:\n  - quantize: []\n", tmp_path, "one mapping of keys per branch", **{"from": source})

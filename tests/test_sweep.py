@@ -145,6 +145,14 @@ def test_recipe_trials_set_the_key_in_the_stage_whatever_its_form(tmp_path):
         recipe = trial_setup(spec, {"train.lr": 0.05}, Path(tmp_path), "trial-0000", plan_only=True)
         (branch,) = make_plan(recipe).branches
         assert branch[0].options.lr == 0.05 and branch[0].options.progress is False
+    # a trial whose value leaves a recipe key unread (no fine-tune: no learning rate) runs without it
+    spec = SweepSpec(name="r", out=str(tmp_path), params={"prune.epochs": [0, 2]},
+                     recipe="stages:\n  - train: {model: tiny_cnn, dataset: synthetic, epochs: 1}\n"
+                            "  - prune: {method: l1-filter, sparsity: 0.5, lr: 0.02}\n")
+    (branch,) = make_plan(trial_setup(spec, {"prune.epochs": 0}, Path(tmp_path), "trial-0000", plan_only=True)).branches
+    assert branch[1].left_out == ("lr",) and branch[1].options.epochs == 0
+    (branch,) = make_plan(trial_setup(spec, {"prune.epochs": 2}, Path(tmp_path), "trial-0001", plan_only=True)).branches
+    assert branch[1].left_out == () and branch[1].options.lr == 0.02
     two = SweepSpec(name="r", out=str(tmp_path), params={"train.lr": [0.05]},
                     recipe="stages:\n  - train: [{model: tiny_cnn, dataset: synthetic}, {model: resnet20, dataset: synthetic}]\n")
     with pytest.raises(EffdlError, match="one branch per trial"):

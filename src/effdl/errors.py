@@ -10,6 +10,17 @@ class EffdlError(Exception):
     """An error caused by user input (bad name, missing file, malformed config...)."""
 
 
+class UnreadOptionError(EffdlError):
+    """An option set away from its default that nothing reads under the other options (a method
+    that has no such setting, no fine-tune for a fine-tune setting). Refused where one run is asked
+    for; a recipe branch whose fan-out choice leaves a shared key unread drops it instead
+    (effdl.recipes.plan). `name` is the option's field name."""
+
+    def __init__(self, message: str, name: str):
+        super().__init__(message)
+        self.name = name
+
+
 def unknown_name_error(kind: str, name: str, known: Iterable[str]) -> EffdlError:
     """An EffdlError for an unknown `name`, suggesting the closest `known` names."""
     known = sorted(known)

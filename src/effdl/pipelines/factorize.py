@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from effdl.errors import EffdlError, unknown_name_error
+from effdl.errors import EffdlError, UnreadOptionError, unknown_name_error
 
 METHODS = ("svd", "tucker", "cp", "spatial-svd", "depthwise", "grouped")
 LOW_RANK = ("svd", "tucker", "cp", "spatial-svd")
@@ -75,12 +75,12 @@ class FactorizeOptions:
         if self.method in ("depthwise", "grouped"):
             stray = [*given, *(["vbmf"] if self.vbmf else []), *(["round_to"] if self.round_to is not None else [])]
             if stray:
-                raise EffdlError(f"{self.method} has no rank: drop --{stray[0].replace('_', '-')}")
+                raise UnreadOptionError(f"{self.method} has no rank: drop --{stray[0].replace('_', '-')}", stray[0])
             return cls(groups=self.groups) if self.method == "grouped" else cls()
         rounding = {} if self.round_to is None else {"round_to": self.round_to}
         if self.vbmf:
             if self.method != "tucker":
-                raise EffdlError("--vbmf chooses Tucker ranks: use it with --method tucker")
+                raise UnreadOptionError("--vbmf chooses Tucker ranks: use it with --method tucker", "vbmf")
             return cls(vbmf=True, **given, **rounding)
         if not given:
             raise EffdlError(f"--method {self.method} needs one of --rank, --energy, --ratio, --target-macs"
@@ -96,11 +96,11 @@ class FactorizeOptions:
         if self.calibration_images < 1 or self.scan_images < 1:
             raise EffdlError("--calibration-images and --scan-images must be >= 1")
         if self.scan and self.method not in LOW_RANK:
-            raise EffdlError(f"--scan scans ranks; {self.method} has none")
+            raise UnreadOptionError(f"--scan scans ranks; {self.method} has none", "scan")
         refuse_unread_options(self, READ_BY, self.method)
         if is_set(self, "scan_images") and not self.scan and self.target_macs is None:
-            raise EffdlError("--scan-images sizes the sensitivity scan of --scan or --target-macs: "
-                             "give one of them too")
+            raise UnreadOptionError("--scan-images sizes the sensitivity scan of --scan or --target-macs: "
+                                    "give one of them too", "scan_images")
         check_finetune_options(self, fine_tunes=bool(self.epochs))
 
 

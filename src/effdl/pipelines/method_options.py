@@ -4,7 +4,8 @@ An options dataclass (QuantizeOptions, PruneOptions, FactorizeOptions) holds eve
 options; one that the chosen method never reads, set away from its default, would change nothing
 without a word (`effdl quantize --method ptq-int8 --act-bits 4` quantized activations to 8 bits
 all the same). Each pipeline names, per option, the methods whose code reads it (its `READ_BY`),
-and `refuse_unread_options` turns a stray one into one EffdlError line. Light on purpose: no torch
+and `refuse_unread_options` turns a stray one into one UnreadOptionError line (a recipe fan-out
+branch drops such a key instead, where another branch reads it). Light on purpose: no torch
 at import (the command-line checks run before any heavy import).
 """
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 from dataclasses import MISSING, fields
 from typing import Any
 
-from effdl.errors import EffdlError
+from effdl.errors import UnreadOptionError
 
 
 def option_defaults(options: Any) -> dict[str, Any]:
@@ -43,8 +44,8 @@ def refuse_unread_options(
     defaults = option_defaults(options)
     for name, readers in read_by.items():
         if method not in readers and getattr(options, name) != defaults[name]:
-            raise EffdlError(f"{option_flag(name, flags)} ({name}) is an option of {method_flag} {', '.join(readers)}; "
-                             f"{method_flag} {method} does not use it")
+            raise UnreadOptionError(f"{option_flag(name, flags)} ({name}) is an option of {method_flag} "
+                                    f"{', '.join(readers)}; {method_flag} {method} does not use it", name)
 
 
 # The fine-tune's own settings, in every compression command's options (bf16 only in some): with
@@ -66,15 +67,15 @@ def check_finetune_options(options: Any, *, fine_tunes: bool, epochs_hint: str =
     if not fine_tunes:
         for name in FINETUNE_SETTINGS:
             if hasattr(options, name) and is_set(options, name):
-                raise EffdlError(f"{option_flag(name)} ({name}) is a setting of the fine-tune; without "
-                                 f"{epochs_hint} there is none")
+                raise UnreadOptionError(f"{option_flag(name)} ({name}) is a setting of the fine-tune; without "
+                                        f"{epochs_hint} there is none", name)
     if options.distill and not fine_tunes:
-        raise EffdlError(f"--distill acts during fine-tuning: give {epochs_hint} too")
+        raise UnreadOptionError(f"--distill acts during fine-tuning: give {epochs_hint} too", "distill")
     if not options.distill:
         for name in ("distill_temperature", "distill_method"):
             if is_set(options, name):
-                raise EffdlError(f"{option_flag(name)} ({name}) shapes the --distill term; without --distill WEIGHT "
-                                 "(> 0) nothing uses it")
+                raise UnreadOptionError(f"{option_flag(name)} ({name}) shapes the --distill term; without "
+                                        "--distill WEIGHT (> 0) nothing uses it", name)
         return
     with_temperature = tuple(name for name, cls in method_configs().items()
                              if "temperature" in {f.name for f in fields(cls)})

@@ -32,7 +32,7 @@ from effdl.compress.prune.unstructured import MaskCallback, make_permanent, meas
 from effdl.data import BatchLoader, ImageDataset
 from effdl.core.configs import config_to_dict
 from effdl.device import resolve_device
-from effdl.errors import EffdlError, unknown_name_error
+from effdl.errors import EffdlError, UnreadOptionError, unknown_name_error
 from effdl.measure.accuracy import Accuracy, evaluate
 from effdl.pipelines.compression import (
     load_for_compression, measure_compressed, reestimate_and_evaluate, technique_finetuner, training_batches,
@@ -149,9 +149,10 @@ class PruneOptions:
         if is_set(self, "scan_images") and self.sensitivity_drop is None:
             raise EffdlError("--scan-images sizes the --sensitivity-drop scan: give --sensitivity-drop too")
         if is_set(self, "penalty") and not self.penalty_epochs:
-            raise EffdlError("--penalty is the L1 strength of the --penalty-epochs training: give --penalty-epochs too")
+            raise UnreadOptionError("--penalty is the L1 strength of the --penalty-epochs training: give "
+                                    "--penalty-epochs too", "penalty")
         if self.method == "magnitude" and self.rounds > 1 and not self.epochs:
-            raise EffdlError("--rounds alternates pruning and fine-tuning: give --epochs too")
+            raise UnreadOptionError("--rounds alternates pruning and fine-tuning: give --epochs too", "rounds")
         slimming = self.method == "slimming"  # its --penalty-epochs fine-tune distills too
         check_finetune_options(self, fine_tunes=bool(self.epochs or (slimming and self.penalty_epochs)),
                                epochs_hint="--epochs" + (" or --penalty-epochs" if slimming else ""))

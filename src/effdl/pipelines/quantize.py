@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from effdl.console import say
-from effdl.errors import EffdlError, unknown_name_error
+from effdl.errors import EffdlError, UnreadOptionError, unknown_name_error
 
 if TYPE_CHECKING:
     import torch
@@ -78,7 +78,8 @@ class QuantizeOptions:
         if self.epochs < 0:
             raise EffdlError(f"--epochs must be >= 0, got {self.epochs}")
         if self.epochs and self.method not in TRAINABLE:
-            raise EffdlError(f"--epochs fine-tunes training methods ({', '.join(TRAINABLE)}), not {self.method}")
+            raise UnreadOptionError(f"--epochs fine-tunes training methods ({', '.join(TRAINABLE)}), not {self.method}",
+                                    "epochs")
         check_finetune_options(self, fine_tunes=bool(self.epochs))
         from effdl.compress.quantize.api import MIN_CALIBRATION_IMAGES
 

@@ -8,7 +8,9 @@ key and the YAML line of what it refuses:
   lists where it takes a list, branches the recipe; several fan-out keys in one stage branch on every
   combination, and later stages run once per branch; a stage given a list of mappings
   (`- quantize: [{method: ptq-int8}, {method: qat, act_bits: 4}]`) branches once per mapping, each
-  with keys of its own (and fan-outs of its own);
+  with keys of its own (and fan-outs of its own); a key shared by a fan-out's branches that a
+  branch's choice leaves unread (`act_bits` under `method: [ptq-int8, qat]`, `lr` under
+  `epochs: [0, 4]`) is left out of that branch and said so, and refused when no branch reads it;
 - every stage can take the model it will receive: a first stage that needs a checkpoint gets one
   (`from:` or a train stage), training happens only first, nothing quantizes, prunes or factorizes
   a quantized model, an int8 graph is never asked of binary weights (effdl.recipes.stages checks).
@@ -25,9 +27,9 @@ import itertools
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from effdl.errors import EffdlError, unknown_name_error
+from effdl.errors import EffdlError, UnreadOptionError, unknown_name_error
 from effdl.fileio import file_hash
 from effdl.recipes.spec import Recipe, StageSpec
 from effdl.train.config import PRESENTATION_KEYS
@@ -56,6 +58,7 @@ class PlannedStage:
     input: PlannedStage | None  # the stage whose checkpoint this one receives (None: `from:` or nothing)
     hash: str = ""
     state_before: ModelState = field(default_factory=ModelState)
+    left_out: tuple[str, ...] = ()  # shared keys this branch's choices do not read (not in `values`)
 
     @property
     def label(self) -> str:
@@ -92,8 +95,9 @@ def _format(value: Any) -> str:
     return text.replace("/", "_").replace(" ", "")
 
 
-def _fail(recipe: Recipe, spec: StageSpec, message: str, key: str | None = None) -> EffdlError:
-    return EffdlError(f"{recipe.where(spec, key)}: {spec.label()}: {message}")
+def _fail(recipe: Recipe, spec: StageSpec, message: str, key: str | None = None,
+          alternative: int | None = None) -> EffdlError:
+    return EffdlError(f"{recipe.where(spec, key, alternative)}: {spec.label()}: {message}")
 
 
 def _kind(recipe: Recipe, spec: StageSpec) -> StageKind:
@@ -103,11 +107,19 @@ def _kind(recipe: Recipe, spec: StageSpec) -> StageKind:
     return STAGES[spec.kind]
 
 
-def _variants(recipe: Recipe, spec: StageSpec, kind: StageKind) -> list[tuple[tuple[tuple[str, Any], ...], dict]]:
-    """The stage's branches: (choices, values) for each alternative of the list form (the mapping
-    form is one alternative) and every combination of its listed values. An alternative's choices,
-    which name its folders, are its keys whose values differ between the alternatives, then its
-    fan-out keys."""
+class Variant(NamedTuple):
+    """One branch of a stage as written: its fan-out choices, its keys, and which alternative of
+    the list form it comes from (None for the mapping form)."""
+
+    choices: tuple[tuple[str, Any], ...]
+    values: dict[str, Any]
+    alternative: int | None
+
+
+def _variants(recipe: Recipe, spec: StageSpec, kind: StageKind) -> list[Variant]:
+    """The stage's branches: one per alternative of the list form (the mapping form is one
+    alternative) and combination of its listed values. An alternative's choices, which name its
+    folders, are its keys whose values differ between the alternatives, then its fan-out keys."""
     try:
         cls = kind.config_class()
     except ImportError as exc:  # a kind whose module this installation lacks
@@ -121,7 +133,8 @@ def _variants(recipe: Recipe, spec: StageSpec, kind: StageKind) -> list[tuple[tu
     differing = {k for values in alternatives for k in values
                  if any(k not in other or other[k] != values[k] for other in alternatives)}
     variants = []
-    for values in alternatives:
+    for index, values in enumerate(alternatives):
+        alternative = index if spec.alternatives else None
         fanned = []
         for key, value in values.items():
             if not isinstance(value, list):
@@ -131,28 +144,40 @@ def _variants(recipe: Recipe, spec: StageSpec, kind: StageKind) -> list[tuple[tu
                 # unknown keys are refused, with close names, when the options are built (stages.build_options)
                 continue  # one list value for a list field
             if not value:
-                raise _fail(recipe, spec, f"'{key}' lists no value to branch on", key)
+                raise _fail(recipe, spec, f"'{key}' lists no value to branch on", key, alternative)
             fanned.append(key)
         chosen = tuple((k, v) for k, v in values.items() if k in differing and k not in fanned)
-        combos = itertools.product(*(values[k] for k in fanned))
-        variants += [(chosen + tuple(zip(fanned, combo)), {**values, **dict(zip(fanned, combo))}) for combo in combos]
+        for combo in itertools.product(*(values[k] for k in fanned)):
+            variants.append(Variant(chosen + tuple(zip(fanned, combo)), {**values, **dict(zip(fanned, combo))},
+                                    alternative))
     return variants
 
 
-def _options(recipe: Recipe, spec: StageSpec, kind: StageKind, values: dict[str, Any]) -> Any:
-    plan_values = dict(values)
-    for key in FILLED_FROM_INPUT.get(spec.kind, ()):
-        plan_values.setdefault(key, ["<the input checkpoint>"])
-    try:
-        return build_options(kind.config_class(), plan_values)
-    except EffdlError as exc:
-        text = str(exc)
-        key = next((k for k in values if text.startswith(f"{k}:") or f"'{k}'" in text or f"--{k.replace('_', '-')}" in text),
-                   None)
-        if "does not use it" in text and not spec.alternatives and values != spec.values:  # a fan-out's branch
-            text += (f"; to give each branch keys of its own, list the branches as alternatives: "
-                     f"'- {spec.kind}: [{{method: A}}, {{method: B, key: value}}]'")
-        raise _fail(recipe, spec, text, key) from None
+def _options(recipe: Recipe, spec: StageSpec, kind: StageKind, variant: Variant,
+             droppable: bool) -> tuple[Any, dict[str, Any], dict[str, str]]:
+    """The config of one branch, built from its values: (options, the values kept, {key left out:
+    why}). With `droppable` (a fan-out or a sweep trial), a key shared by the branches that this
+    branch's choices leave unread (UnreadOptionError: `act_bits` where the choice is ptq-int8, `lr`
+    where it is `epochs: 0`) is left out of this branch; anything else is refused."""
+    values, left_out = dict(variant.values), {}
+    chosen = {k for k, _ in variant.choices} | set(spec.swept)
+    while True:
+        plan_values = dict(values)
+        for key in FILLED_FROM_INPUT.get(spec.kind, ()):
+            plan_values.setdefault(key, ["<the input checkpoint>"])
+        try:
+            return build_options(kind.config_class(), plan_values), values, left_out
+        except UnreadOptionError as exc:
+            if not (droppable and exc.name in values and exc.name not in chosen):
+                raise _fail(recipe, spec, str(exc), exc.name if exc.name in values else None,
+                            variant.alternative) from None
+            left_out[exc.name] = str(exc)
+            del values[exc.name]
+        except EffdlError as exc:
+            text = str(exc)
+            key = next((k for k in values if text.startswith(f"{k}:") or f"'{k}'" in text
+                        or f"--{k.replace('_', '-')}" in text), None)
+            raise _fail(recipe, spec, text, key, variant.alternative) from None
 
 
 def _folder(spec: StageSpec, choices: tuple[tuple[str, Any], ...]) -> str:
@@ -178,18 +203,25 @@ def _stage_hash(kind: str, options: Any, input_hash: str | None) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _refuse_repeated(recipe: Recipe, spec: StageSpec, variants: list) -> None:
-    """A fan-out whose values give the same config twice (0.5 and 0.50) would run it twice."""
-    seen: dict[str, tuple] = {}
-    for choices, _, options in variants:
+def _refuse_repeated(recipe: Recipe, spec: StageSpec, built: list) -> None:
+    """Branches whose values give the same config twice (0.5 and 0.50) would run it twice."""
+    seen: dict[str, Variant] = {}
+    for variant, options, *_ in built:
         key = json.dumps(options_data(options), sort_keys=True, default=str)
         if key in seen:
-            first = ", ".join(f"{k}={v!r}" for k, v in seen[key])
-            again = ", ".join(f"{k}={v!r}" for k, v in choices)
-            where = choices[0][0] if choices else None
-            raise _fail(recipe, spec, f"the fan-out gives the same config twice ({first} and {again}); "
-                        "list each value once", where)
-        seen[key] = choices
+            first, again = (_describe(spec, v) for v in (seen[key], variant))
+            where = variant.choices[0][0] if variant.choices else None
+            raise _fail(recipe, spec, f"two branches give the same config ({first} and {again}); list each once",
+                        where, variant.alternative)
+        seen[key] = variant
+
+
+def _describe(spec: StageSpec, variant: Variant) -> str:
+    """A branch in words: its choices, or its alternative's number."""
+    choices = ", ".join(f"{k}={v!r}" for k, v in variant.choices)
+    if variant.alternative is None:
+        return choices
+    return f"alternative {variant.alternative + 1}" + (f" ({choices})" if choices else "")
 
 
 def make_plan(recipe: Recipe) -> Plan:
@@ -226,15 +258,20 @@ def make_plan(recipe: Recipe) -> Plan:
     planned: dict[str, PlannedStage] = {}  # folder -> stage: branches that differ only in a measuring
     for spec in recipe.stages:            # stage's choice share what follows it
         kind = _kind(recipe, spec)
-        variants = [(choices, values, _options(recipe, spec, kind, values))
-                    for choices, values in _variants(recipe, spec, kind)]
-        _refuse_repeated(recipe, spec, variants)
+        variants = _variants(recipe, spec, kind)
+        droppable = not spec.alternatives and (len(variants) > 1 or bool(spec.swept))
+        built = [(variant, *_options(recipe, spec, kind, variant, droppable)) for variant in variants]
+        unread_everywhere = [k for k in variants[0].values if all(k in left_out for *_, left_out in built)]
+        if unread_everywhere and not spec.swept:  # no branch reads it: the key would change nothing
+            key = unread_everywhere[0]
+            raise _fail(recipe, spec, built[0][3][key], key)
+        _refuse_repeated(recipe, spec, built)
         grown = []
         for stages, choices_so_far, state, producer, input_choices in branches:
             if kind.takes_checkpoint and not state.exists:
                 raise _fail(recipe, spec, f"{spec.kind} needs a model: start the recipe with a train stage, "
                             "or give one with 'from: CHECKPOINT' in the recipe or `effdl run RECIPE --from CHECKPOINT`")
-            for choices, values, options in variants:
+            for (choices, _, _), options, values, left_out in built:
                 try:
                     if kind.check is not None:
                         kind.check(state, options)
@@ -247,7 +284,7 @@ def make_plan(recipe: Recipe) -> Plan:
                 stage = planned.get(folder)
                 if stage is None:
                     stage = PlannedStage(spec, kind, values, options, folder, input_choices + choices, producer,
-                                         state_before=state)
+                                         state_before=state, left_out=tuple(left_out))
                     stage.hash = _stage_hash(spec.kind, options, producer.hash if producer else source_hash)
                     planned[folder] = stage
                 made = kind.makes_checkpoint

@@ -144,6 +144,8 @@ def describe_plan(plan: Plan) -> list[str]:
                 continue
             shown.add(id(stage))
             keys = ", ".join(f"{k}={v}" for k, v in stage.values.items()) or "defaults"
+            if stage.left_out:
+                keys += f"; left out, not read here: {', '.join(stage.left_out)}"
             status, why = judge_stage(plan, stage, statuses)
             statuses[stage.folder] = status
             lines.append(f"  {stage.folder}  [{status}]  {keys}" + (f"  ({why})" if why else ""))
@@ -169,7 +171,7 @@ def _prepare(plan: Plan, stage: PlannedStage, status: str) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     source = plan.input_checkpoint(stage)
     _write_state(path, {"status": "running", "hash": stage.hash, "kind": stage.spec.kind, "stage": stage.spec.index,
-                        "values": stage.values, "options": options_data(stage.options),
+                        "values": stage.values, "left_out": list(stage.left_out), "options": options_data(stage.options),
                         "input": str(source) if source else None, "input_sha": _input_hash(plan, stage),
                         "started": time.time()})
     return path

@@ -10,9 +10,8 @@ keys, the fields of the config class the Python API and the CLI use for that kin
     stages:
       - train: {model: resnet20, dataset: cifar10, epochs: 15}
       - prune: {method: l1-filter, target_macs: [0.7, 0.5], epochs: 4}   # a list fans out
-      - quantize: {method: qat, bits: 4, epochs: 4}
-      - export: {int8: true}
       - quantize: [{method: ptq-int8}, {method: qat, bits: 4, epochs: 4}]  # alternatives, each with its keys
+      - export: {int8: true}
     report: {latency: true}     # the final report's options (effdl.recipes.runner.ReportOptions)
 
 This module only reads and locates: which stage kinds and keys exist is the stages module's
@@ -40,10 +39,12 @@ class StageSpec:
     kind: str
     values: dict[str, Any]  # the keys of the mapping form ({} with alternatives)
     line: int  # 1-based line of the stage's kind
-    key_lines: dict[str, int] = field(default_factory=dict)  # key -> 1-based line (its first, with alternatives)
+    key_lines: dict[str, int] = field(default_factory=dict)  # key -> 1-based line (mapping form)
     # The list form `- quantize: [{method: ptq-int8}, {method: qat, act_bits: 4}]`: branches that
-    # differ in more than one key's value, each alternative with keys of its own.
+    # differ in more than one key's value, each alternative with keys of its own (and their lines).
     alternatives: list[dict[str, Any]] = field(default_factory=list)
+    alternative_lines: list[dict[str, int]] = field(default_factory=list)
+    swept: tuple[str, ...] = ()  # keys a sweep trial set (effdl.search.sweep): they vary like fan-out keys
 
     def label(self) -> str:
         return f"stage {self.index} ({self.kind})"
@@ -70,13 +71,15 @@ class Recipe:
         """Where its stages are written: <out>/<name>."""
         return Path(self.out) / self.name
 
-    def where(self, stage: StageSpec | None = None, key: str | None = None) -> str:
-        """'FILE:LINE' of a stage's key (or of the stage, or of a top-level key), for error messages."""
+    def where(self, stage: StageSpec | None = None, key: str | None = None, alternative: int | None = None) -> str:
+        """'FILE:LINE' of a stage's key (of the 0-based `alternative` of its list form; or of the
+        stage, or of a top-level key), for error messages."""
         file = str(self.path) if self.path is not None else "<recipe>"
         if stage is None:
             line = self.key_lines.get(key or "", 0)
         else:
-            line = stage.key_lines.get(key, stage.line) if key is not None else stage.line
+            lines = stage.alternative_lines[alternative] if alternative is not None else stage.key_lines
+            line = lines.get(key, stage.line) if key is not None else stage.line
         return f"{file}:{line}" if line else file
 
 
@@ -169,12 +172,9 @@ def _alternatives(file: str, index: int, kind: str, values: list, node: yaml.Nod
     if not values or not all(isinstance(v, dict) for v in values):
         raise EffdlError(f"{file}:{line}: a list after '{kind}:' gives the stage's alternatives, one mapping of keys "
                          f"per branch, such as '- {kind}: [{{...}}, {{...}}]'; got {values!r:.60}")
-    key_lines: dict[str, int] = {}
-    for alternative_node in node.value:
-        for key, key_line in _keys(alternative_node, file).items():
-            key_lines.setdefault(key, key_line)
     alternatives = [{str(k): v for k, v in alternative.items()} for alternative in values]
-    return StageSpec(index, kind, {}, line, key_lines, alternatives)
+    return StageSpec(index, kind, {}, line, alternatives=alternatives,
+                     alternative_lines=[_keys(alternative_node, file) for alternative_node in node.value])
 
 
 def load_recipe(path: str | Path) -> Recipe:

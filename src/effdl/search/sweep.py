@@ -163,8 +163,10 @@ def trial_setup(spec: SweepSpec, values: dict[str, Any], parent: Path, name: str
         ref, sep, leaf = key.partition(".")
         if not sep or not leaf:
             raise EffdlError(f"recipe sweep key '{key}' must be STAGE.key, such as train.lr or 2.sparsity")
-        for keys in recipe.stages[_stage_index(recipe, ref)].mappings():  # every alternative of the stage
+        stage = recipe.stages[_stage_index(recipe, ref)]
+        for keys in stage.mappings():  # every alternative of the stage
             keys[leaf] = value
+        stage.swept += (leaf,)  # a key the trial's value leaves unread is left out, as in a fan-out
     recipe.name, recipe.out = name, str(parent)
     for stage in recipe.stages:
         if stage.kind == "train":
