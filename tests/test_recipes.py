@@ -315,6 +315,13 @@ def test_a_shared_key_a_branch_does_not_read_is_left_out_of_that_branch_only(tmp
     assert ptq.left_out == ("act_bits", "epochs") and (ptq.options.act_bits, ptq.options.epochs) == ("same", 0)
     assert (qat.options.act_bits, qat.options.epochs) == (4, 1)
     assert "left out, not read here: act_bits, epochs" in "\n".join(describe_plan(plan))
+    # training keys follow the same rule: momentum is SGD's
+    train = make_plan(recipe("stages:\n  - train: {model: tiny_cnn, dataset: synthetic, optimizer: [sgd, adamw], "
+                             "momentum: 0.95}\n", tmp_path))
+    assert [(b[0].options.optimizer, b[0].left_out) for b in train.branches] == [("sgd", ()), ("adamw", ("momentum",))]
+    assert train.branches[0][0].options.momentum == 0.95
+    refused("stages:\n  - train: {model: tiny_cnn, dataset: synthetic, optimizer: adamw, lr: [0.1, 0.2], "
+            "momentum: 0.95}\n", tmp_path, "momentum is read only with optimizer sgd")
     # a key no branch reads changes nothing anywhere: refused, as without a fan-out
     refused("stages:\n  - quantize: {method: [ptq-int8, int8-weight], act_bits: 4}\n", tmp_path,
             "--act-bits .act_bits. is an option of --method qat; --method ptq-int8 does not use it", **{"from": source})

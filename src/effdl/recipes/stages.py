@@ -142,7 +142,7 @@ def build_options(cls: type, values: dict[str, Any]) -> Any:
     """An instance of config class `cls` from `values`, validated: each value against its field's
     type (pydantic's rules: "3" may be 3, "yes please" is no boolean, 1.5 no integer; but true is
     no number), a `device` against the devices this machine has, then by the config's own
-    `validate()` when it has one.
+    `validate()` when it has one (a pydantic config: its `refuse_unread_settings(values)` first).
 
     Raises EffdlError naming the key (with close names for an unknown one); the caller adds where
     it comes from."""
@@ -180,6 +180,9 @@ def build_options(cls: type, values: dict[str, Any]) -> Any:
         if validate is not None:
             validate()
         return options
+    refuse_unread = getattr(cls, "refuse_unread_settings", None)  # TrainConfig: momentum without sgd...
+    if refuse_unread is not None:
+        refuse_unread(values)
     try:
         return cls.model_validate(values)
     except ValidationError as exc:

@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from effdl.data import AugmentConfig
-from effdl.errors import EffdlError
+from effdl.errors import EffdlError, UnreadOptionError
 
 
 # Keys that change how a run reports, not what it computes: a resumed run or a recipe's rerun may
@@ -91,19 +91,21 @@ class TrainConfig(BaseModel):
     @model_validator(mode="after")
     def _options_the_choices_read(self) -> TrainConfig:
         # An option only another optimizer or schedule reads would be ignored without a word.
-        unread = unread_settings(self.model_dump())
-        problems = []
-        for chooser, reader, keys in READ_ONLY_WITH:
-            mine = [key for key in unread if key in keys]
-            if mine:
-                one = len(mine) == 1
-                problems.append(f"{' and '.join(mine)} {'is' if one else 'are'} read only with {chooser} {reader}; "
-                                f"{chooser} {getattr(self, chooser)} does not use {'it' if one else 'them'}")
+        problems = _unread_problems(self.model_dump())
         if problems:
-            raise ValueError("; ".join(problems))
+            raise ValueError("; ".join(text for _, text in problems))
         if self.optimizer == "sgd" and self.nesterov and self.momentum <= 0:
             raise ValueError("nesterov needs momentum > 0: give momentum, or nesterov false for plain SGD")
         return self
+
+    @classmethod
+    def refuse_unread_settings(cls, values: dict[str, Any]) -> None:
+        """Raise UnreadOptionError, naming the first key, where config `values` set a key their
+        optimizer or schedule does not read (what validation refuses too; a recipe fan-out branch,
+        effdl.recipes.plan, drops such a key instead when another branch reads it)."""
+        problems = _unread_problems(values)
+        if problems:
+            raise UnreadOptionError(problems[0][1], problems[0][0][0])
 
 
 # (choice, the value that reads them, keys): SGD's momentum, the multistep schedule's milestones.
@@ -120,6 +122,20 @@ def unread_settings(values: dict[str, Any]) -> list[str]:
             unread += [key for key in keys if key in values and values[key] != fields[key].get_default(
                 call_default_factory=True)]
     return unread
+
+
+def _unread_problems(values: dict[str, Any]) -> list[tuple[list[str], str]]:
+    """(keys, why) per choice of config `values` whose value leaves keys set that it does not read."""
+    unread = unread_settings(values)
+    problems = []
+    for chooser, reader, keys in READ_ONLY_WITH:
+        mine = [key for key in unread if key in keys]
+        if mine:
+            one = len(mine) == 1
+            chosen = values.get(chooser, TrainConfig.model_fields[chooser].default)
+            problems.append((mine, f"{' and '.join(mine)} {'is' if one else 'are'} read only with {chooser} {reader}; "
+                                   f"{chooser} {chosen} does not use {'it' if one else 'them'}"))
+    return problems
 
 
 def without_unread_settings(values: dict[str, Any], where: str | None = None) -> dict[str, Any]:
