@@ -174,6 +174,12 @@ def test_a_recipe_runs_resumes_and_reruns_only_what_changed(tmp_path, source, mo
     assert calls == ["quantize", "quantize"] and len(third.skipped) == 2
     assert json.loads((root / "02-quantize+sparsity=0.3" / "stage.json").read_text())["options"][
         "calibration_images"] == 96
+    # A branch dropped from the recipe: its folders are kept, and the plan names them
+    from effdl.recipes.runner import describe_plan
+
+    fewer = changed.replace("sparsity: [0.3, 0.6]", "sparsity: [0.3]")
+    last = describe_plan(make_plan(recipe(fewer, tmp_path, **{"from": source})))[-1]
+    assert last.startswith("not in this plan, kept as they are: 01-prune+sparsity=0.6, 02-quantize+sparsity=0.6")
 
 
 def test_a_failing_branch_keeps_the_others_and_says_how_to_resume(tmp_path, source, monkeypatch):
@@ -322,9 +328,23 @@ def test_a_shared_key_a_branch_does_not_read_is_left_out_of_that_branch_only(tmp
     assert train.branches[0][0].options.momentum == 0.95
     refused("stages:\n  - train: {model: tiny_cnn, dataset: synthetic, optimizer: adamw, lr: [0.1, 0.2], "
             "momentum: 0.95}\n", tmp_path, "momentum is read only with optimizer sgd")
+    # the other kinds of "this method has no such setting" follow it too
+    bits = make_plan(recipe("stages:\n  - quantize: {method: [ptq-int8, qat], bits: 4, epochs: 1}\n", tmp_path,
+                            **{"from": source}))
+    assert [b[0].left_out for b in bits.branches] == [("bits", "epochs"), ()]
+    blocks = make_plan(recipe("stages:\n  - prune: {method: [l1-filter, block], sparsity: 0.3, blocks: 1}\n", tmp_path,
+                              **{"from": source}))
+    assert [b[0].left_out for b in blocks.branches] == [("blocks",), ("sparsity",)]
+    distill = make_plan(recipe("stages:\n  - distill: {model: tiny_cnn, dataset: synthetic, method: [kd, dkd], beta: 4}\n",
+                               tmp_path, **{"from": source}))
+    assert [(b[0].left_out, b[0].options.beta) for b in distill.branches] == [(("beta",), None), ((), 4.0)]
     # a key no branch reads changes nothing anywhere: refused, as without a fan-out
     refused("stages:\n  - quantize: {method: [ptq-int8, int8-weight], act_bits: 4}\n", tmp_path,
-            "--act-bits .act_bits. is an option of --method qat; --method ptq-int8 does not use it", **{"from": source})
+            "--act-bits .act_bits. is an option of --method qat; --method ptq-int8 does not use it; no branch of the "
+            "stage reads act_bits", **{"from": source})
+    # an error in one branch names it
+    refused("stages:\n  - quantize: {method: [ptq-int8, qat], epochs: [0, 1]}\n", tmp_path,
+            r"--epochs fine-tunes training methods .* \(in the branch method='ptq-int8', epochs=1\)", **{"from": source})
     # the fan-out's own key is the user's choice for that branch: refused where unread
     refused("stages:\n  - quantize: {method: ptq-int8, act_bits: [4, 8]}\n", tmp_path, "does not use it",
             **{"from": source})

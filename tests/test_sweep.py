@@ -153,6 +153,19 @@ def test_recipe_trials_set_the_key_in_the_stage_whatever_its_form(tmp_path):
     assert branch[1].left_out == ("lr",) and branch[1].options.epochs == 0
     (branch,) = make_plan(trial_setup(spec, {"prune.epochs": 2}, Path(tmp_path), "trial-0001", plan_only=True)).branches
     assert branch[1].left_out == () and branch[1].options.lr == 0.02
+    # best.yaml: the recipe with the best trial's values, whatever the stage's form
+    from effdl.recipes import recipe_from_text
+    from effdl.search.sweep import _recipe_with
+
+    listed = SweepSpec(name="r", out=str(tmp_path), params={"train.lr": [0.05]},
+                       recipe="stages:\n  - train: [{model: tiny_cnn, dataset: synthetic, epochs: 1}]\n")
+    (branch,) = make_plan(recipe_from_text(_recipe_with(listed, {"train.lr": 0.05}))).branches
+    assert branch[0].options.lr == 0.05
+    # every listed choice is planned before the first trial: a bad one is refused now
+    bad = SweepSpec(name="r", out=str(tmp_path), params={"train.optimizer": ["sgd", "adamw"], "train.schedule": ["cosine", "nope"]},
+                    recipe="stages:\n  - train: {model: tiny_cnn, dataset: synthetic, epochs: 1}\n", sampler="grid")
+    with pytest.raises(EffdlError, match="nope"):
+        bad.validate()
     two = SweepSpec(name="r", out=str(tmp_path), params={"train.lr": [0.05]},
                     recipe="stages:\n  - train: [{model: tiny_cnn, dataset: synthetic}, {model: resnet20, dataset: synthetic}]\n")
     with pytest.raises(EffdlError, match="one branch per trial"):

@@ -107,15 +107,18 @@ class PruneOptions:
             if (self.blocks is None) == (self.target_macs is None):
                 raise EffdlError("method block takes one of --blocks (how many residual blocks to remove) "
                                  "or --target-macs")
-            if self.sparsity is not None or self.layer_ratios or self.round_to is not None:
-                raise EffdlError("method block removes whole blocks: --sparsity, --layer-ratio and --round-to "
-                                 "are for channel pruning (run a channel-pruning stage after it)")
+            channel_keys = {"sparsity": self.sparsity is not None, "layer_ratios": bool(self.layer_ratios),
+                            "round_to": self.round_to is not None}
+            if any(channel_keys.values()):
+                raise UnreadOptionError("method block removes whole blocks: --sparsity, --layer-ratio and --round-to "
+                                        "are for channel pruning (run a channel-pruning stage after it)",
+                                        next(k for k, given in channel_keys.items() if given))
             check_block_amount(self.blocks, self.target_macs)
             if self.scope is not None or self.rounds != 1:
-                raise EffdlError("method block removes blocks in one step, least disruptive first: "
-                                 "--scope and --rounds do not apply")
+                raise UnreadOptionError("method block removes blocks in one step, least disruptive first: "
+                                        "--scope and --rounds do not apply", "scope" if self.scope is not None else "rounds")
         elif self.blocks is not None:
-            raise EffdlError("--blocks applies to method block")
+            raise UnreadOptionError("--blocks applies to method block", "blocks")
         elif self.sparsity is None and not (structured and self.target_macs is not None) and self.sensitivity_drop is None:
             raise EffdlError(f"--sparsity is required for method {self.method}")
         if self.sparsity is not None:

@@ -75,6 +75,9 @@ class QuantizeOptions:
         if self.method not in METHODS:
             raise unknown_name_error("quantization method", self.method, METHODS)
         refuse_unread_options(self, READ_BY, self.method, flags={"overrides": "--override"})
+        if self.method in FIXED_BITS and self.bits not in (None, FIXED_BITS[self.method]):
+            raise UnreadOptionError(f"--method {self.method} quantizes to {FIXED_BITS[self.method]} bits; "
+                                    f"got --bits {self.bits}", "bits")
         if self.epochs < 0:
             raise EffdlError(f"--epochs must be >= 0, got {self.epochs}")
         if self.epochs and self.method not in TRAINABLE:
@@ -96,8 +99,6 @@ def quantization_config(options: QuantizeOptions):
     )
 
     method = options.method
-    if method in FIXED_BITS and options.bits not in (None, FIXED_BITS[method]):
-        raise EffdlError(f"--method {method} quantizes to {FIXED_BITS[method]} bits; got --bits {options.bits}")
     if method == "sensitivity":
         return None
     if method == "ptq-int8":

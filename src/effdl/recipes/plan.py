@@ -169,7 +169,7 @@ def _options(recipe: Recipe, spec: StageSpec, kind: StageKind, variant: Variant,
             return build_options(kind.config_class(), plan_values), values, left_out
         except UnreadOptionError as exc:
             if not (droppable and exc.name in values and exc.name not in chosen):
-                raise _fail(recipe, spec, str(exc), exc.name if exc.name in values else None,
+                raise _fail(recipe, spec, str(exc) + _in_branch(spec, variant), exc.name if exc.name in values else None,
                             variant.alternative) from None
             left_out[exc.name] = str(exc)
             del values[exc.name]
@@ -177,7 +177,13 @@ def _options(recipe: Recipe, spec: StageSpec, kind: StageKind, variant: Variant,
             text = str(exc)
             key = next((k for k in values if text.startswith(f"{k}:") or f"'{k}'" in text
                         or f"--{k.replace('_', '-')}" in text), None)
-            raise _fail(recipe, spec, text, key, variant.alternative) from None
+            raise _fail(recipe, spec, text + _in_branch(spec, variant), key, variant.alternative) from None
+
+
+def _in_branch(spec: StageSpec, variant: Variant) -> str:
+    """' (in the branch ...)' where the stage branches: which of its branches an error is about."""
+    described = _describe(spec, variant)
+    return f" (in the branch {described})" if described else ""
 
 
 def _folder(spec: StageSpec, choices: tuple[tuple[str, Any], ...]) -> str:
@@ -259,12 +265,13 @@ def make_plan(recipe: Recipe) -> Plan:
     for spec in recipe.stages:            # stage's choice share what follows it
         kind = _kind(recipe, spec)
         variants = _variants(recipe, spec, kind)
-        droppable = not spec.alternatives and (len(variants) > 1 or bool(spec.swept))
+        # a sweep trial varies its keys like a fan-out, whatever the stage's form
+        droppable = bool(spec.swept) or (not spec.alternatives and len(variants) > 1)
         built = [(variant, *_options(recipe, spec, kind, variant, droppable)) for variant in variants]
         unread_everywhere = [k for k in variants[0].values if all(k in left_out for *_, left_out in built)]
         if unread_everywhere and not spec.swept:  # no branch reads it: the key would change nothing
             key = unread_everywhere[0]
-            raise _fail(recipe, spec, built[0][3][key], key)
+            raise _fail(recipe, spec, f"{built[0][3][key]}; no branch of the stage reads {key}", key)
         _refuse_repeated(recipe, spec, built)
         grown = []
         for stages, choices_so_far, state, producer, input_choices in branches:

@@ -149,7 +149,23 @@ def describe_plan(plan: Plan) -> list[str]:
             status, why = judge_stage(plan, stage, statuses)
             statuses[stage.folder] = status
             lines.append(f"  {stage.folder}  [{status}]  {keys}" + (f"  ({why})" if why else ""))
+    unused = unplanned_folders(plan)
+    if unused:
+        lines.append(f"not in this plan, kept as they are: {', '.join(unused)} (earlier branches; the report "
+                     "leaves them out)")
     return lines
+
+
+def unplanned_folders(plan: Plan) -> list[str]:
+    """The stage folders in the recipe's directory that no planned stage owns: branches of an
+    earlier version of the recipe (a changed fan-out, or a stage's form), never deleted."""
+    directory = plan.recipe.directory
+    if not directory.is_dir():
+        return []
+    planned = {stage.folder for stage in plan.stages}
+    return sorted(path.name for path in directory.iterdir()
+                  if path.is_dir() and path.name not in planned and ".replaced-" not in path.name
+                  and (path / STATE_FILE).is_file())
 
 
 def _prepare(plan: Plan, stage: PlannedStage, status: str) -> Path:

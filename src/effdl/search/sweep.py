@@ -22,6 +22,7 @@ once, whatever the number of workers). Recipe sweeps name keys `STAGE.key`, STAG
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
 import sys
@@ -41,6 +42,7 @@ from effdl.search.workers import counted_trials, run_trials
 SAMPLERS = ("grid", "random", "tpe")
 PRUNERS = ("none", "median", "halving")
 SPEC_FILE = "sweep.yaml"
+MAX_CHECKED = 64  # combinations of listed choices a sweep plans before its first trial
 
 
 @dataclass
@@ -99,10 +101,15 @@ class SweepSpec:
             if not self.base.get("val_size"):
                 raise EffdlError("pruning needs a validation split (val_size > 0): pruning on the test "
                                  "accuracy would choose on the test split")
-        # Every key must exist: build the first combination's config (or plan its recipe) now.
+        # Every key must exist and every choice must make a valid config: build the first
+        # combination's config (or plan its recipe) with each combination of the listed choices
+        # (up to MAX_CHECKED), so a bad one is refused now, not as a failed trial hours later.
         first = {p.name: (p.grid()[0] if p.kind == "categorical" or p.step or p.kind == "int" else p.low)
                  for p in params}
-        for values in [first, *self.first]:
+        listed = [p for p in params if p.kind == "categorical"]
+        combos = itertools.islice(itertools.product(*(p.choices for p in listed)), MAX_CHECKED)
+        checked = [{**first, **dict(zip((p.name for p in listed), combo))} for combo in combos]
+        for values in [*checked, *self.first]:
             unknown = set(values) - {p.name for p in params}
             if unknown:
                 raise EffdlError(f"first configuration names key(s) not swept: {', '.join(sorted(unknown))}")
@@ -467,7 +474,10 @@ def _recipe_with(spec: SweepSpec, values: dict[str, Any]) -> str:
         index = int(ref) - 1 if ref.isdigit() else next(i for i, s in enumerate(data["stages"]) if ref in s)
         stage = data["stages"][index]
         kind = next(iter(stage))
-        stage[kind] = {**(stage[kind] or {}), leaf: value}
+        if isinstance(stage[kind], list):  # the list form: every alternative
+            stage[kind] = [{**alternative, leaf: value} for alternative in stage[kind]]
+        else:
+            stage[kind] = {**(stage[kind] or {}), leaf: value}
     data.pop("name", None)
     return yaml.safe_dump(data, sort_keys=False)
 
