@@ -536,7 +536,7 @@ def test_calibration_takes_every_training_image_when_fewer_than_asked_and_says_s
 
     data = load_dataset("synthetic")
     available = len(data.train_labels)
-    with pytest.warns(UserWarning, match=f"all {available} training images \\(asked for {available + 5}\\)"):
+    with pytest.warns(UserWarning, match=f"all {available} training images \\(fewer than the {available + 5} calibration images\\)"):
         images = calibration_images(data, available + 5)
     assert len(images) == available
 

@@ -598,7 +598,7 @@ def prune_channels_to_macs(
                 name, why = next(iter(trial_result.skipped.items()))
                 detail += (f", with {len(trial_result.skipped)} layer(s) left whole, e.g. {name}: {why}; "
                            "prune_channels at a fixed ratio warns with every one")
-        raise EffdlError(f"could not reach {keep_macs:.0%} of the MACs by channel pruning{detail}")
+        raise EffdlError(f"could not reach {100 * keep_macs:.3g}% of the MACs by channel pruning{detail}")
     result = prune_channels(model, fitting, criterion=criterion, example_inputs=example_inputs, **kwargs)
     reached = profile(model, shape).macs / base
     if reached < 0.8 * keep_macs:

@@ -264,7 +264,8 @@ def calibration_images(data: ImageDataset, count: int = 512, seed: int = 0) -> t
     """`count` normalised training images drawn at random (seeded), as the model takes them; all of
     them, with a warning, when the training split has fewer (a model fine-tuned on a subset)."""
     if count > len(data.train_labels):
-        warnings.warn(f"calibrating on all {len(data.train_labels)} training images (asked for {count})",
+        warnings.warn(f"calibrating on all {len(data.train_labels)} training images (fewer than the {count} "
+                      "calibration images)",
                       stacklevel=2)
         count = len(data.train_labels)
     order = torch.randperm(len(data.train_labels), generator=torch.Generator().manual_seed(seed))[:count]
