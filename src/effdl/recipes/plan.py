@@ -169,7 +169,7 @@ def _options(recipe: Recipe, spec: StageSpec, kind: StageKind, variant: Variant,
             return build_options(kind.config_class(), plan_values), values, left_out
         except UnreadOptionError as exc:
             if not (droppable and exc.name in values and exc.name not in chosen):
-                raise _fail(recipe, spec, str(exc) + _in_branch(spec, variant), exc.name if exc.name in values else None,
+                raise _fail(recipe, spec, str(exc) + _in_branch(variant), exc.name if exc.name in values else None,
                             variant.alternative) from None
             left_out[exc.name] = str(exc)
             del values[exc.name]
@@ -177,12 +177,12 @@ def _options(recipe: Recipe, spec: StageSpec, kind: StageKind, variant: Variant,
             text = str(exc)
             key = next((k for k in values if text.startswith(f"{k}:") or f"'{k}'" in text
                         or f"--{k.replace('_', '-')}" in text), None)
-            raise _fail(recipe, spec, text + _in_branch(spec, variant), key, variant.alternative) from None
+            raise _fail(recipe, spec, text + _in_branch(variant), key, variant.alternative) from None
 
 
-def _in_branch(spec: StageSpec, variant: Variant) -> str:
+def _in_branch(variant: Variant) -> str:
     """' (in the branch ...)' where the stage branches: which of its branches an error is about."""
-    described = _describe(spec, variant)
+    described = _describe(variant)
     return f" (in the branch {described})" if described else ""
 
 
@@ -215,14 +215,14 @@ def _refuse_repeated(recipe: Recipe, spec: StageSpec, built: list) -> None:
     for variant, options, *_ in built:
         key = json.dumps(options_data(options), sort_keys=True, default=str)
         if key in seen:
-            first, again = (_describe(spec, v) for v in (seen[key], variant))
+            first, again = (_describe(v) for v in (seen[key], variant))
             where = variant.choices[0][0] if variant.choices else None
             raise _fail(recipe, spec, f"two branches give the same config ({first} and {again}); list each once",
                         where, variant.alternative)
         seen[key] = variant
 
 
-def _describe(spec: StageSpec, variant: Variant) -> str:
+def _describe(variant: Variant) -> str:
     """A branch in words: its choices, or its alternative's number."""
     choices = ", ".join(f"{k}={v!r}" for k, v in variant.choices)
     if variant.alternative is None:
