@@ -19,14 +19,13 @@ whose classes or input size differ from the student's data, an unknown method or
 from __future__ import annotations
 
 import json
-from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, ValidationError, field_validator
 
 from effdl.console import say
-from effdl.errors import EffdlError, UnreadOptionError
+from effdl.errors import EffdlError
 from effdl.train.config import TrainConfig, _explain
 
 if TYPE_CHECKING:
@@ -67,17 +66,12 @@ class DistillConfig(TrainConfig):
         """TrainConfig's rule, and a method weight the chosen method has no such option for (beta
         with kd, temperature with at): UnreadOptionError naming the key."""
         super().refuse_unread_settings(values)
-        from effdl.compress.distill.methods import method_configs
+        from effdl.compress.distill.methods import method_configs, refuse_unknown_options
 
         method = values.get("method", cls.model_fields["method"].default)
-        config_class = method_configs().get(method)
-        if config_class is None:
-            return  # an unknown method is refused with close names by method_config()
-        known = {f.name for f in dataclass_fields(config_class)}
-        for key in ("alpha", "beta", "temperature", "layers"):
-            if values.get(key) not in (None, []) and key not in known:
-                raise UnreadOptionError(f"distillation method {method} has no option '{key}'; its options: "
-                                        f"{', '.join(sorted(known))}", key)
+        if method in method_configs():  # an unknown one is refused with close names by method_config()
+            refuse_unknown_options(method, [key for key in ("alpha", "beta", "temperature", "layers")
+                                            if values.get(key) not in (None, [])])
 
     def method_config(self) -> Any:
         """The distillation method's technique config (effdl.compress.distill.methods), validated."""

@@ -45,7 +45,7 @@ from effdl.compress.distill.losses import (
 )
 from effdl.core.configs import dispatch, register_handler, registered_configs, technique_config
 from effdl.core.hooks import Callback
-from effdl.errors import EffdlError, unknown_name_error
+from effdl.errors import EffdlError, UnreadOptionError, unknown_name_error
 
 
 def _check_weight(name: str, value: float, low: float = 0.0, high: float | None = None, *,
@@ -181,17 +181,23 @@ def _config_class(method: str) -> type:
     return known[method]
 
 
+def refuse_unknown_options(method: str, names: list[str]) -> None:
+    """UnreadOptionError, naming the first of `names` (option names given a value) that the config
+    of known method `method` has no field for, with the options it has."""
+    known = {f.name for f in fields(_config_class(method))}
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise UnreadOptionError(f"distillation method {method} has no option '{unknown[0]}'; its options: "
+                                f"{', '.join(sorted(known))}", unknown[0])
+
+
 def method_config(method: str, **options: Any) -> Any:
     """The config of `method` ("kd", "dkd", "kd-std", "fitnets", "at", "overhaul"...) with `options`
     (None values mean the method's default). Raises EffdlError for an unknown method (close names
     listed), an option the method does not have (its options listed) or a value out of range."""
     cls = _config_class(method)
-    known = {f.name for f in fields(cls)}
     given = {k: v for k, v in options.items() if v is not None}
-    unknown = sorted(set(given) - known)
-    if unknown:
-        raise EffdlError(f"distillation method {method} has no option '{unknown[0]}'; its options: "
-                         f"{', '.join(sorted(known))}")
+    refuse_unknown_options(method, sorted(given))
     if "layers" in given:
         given["layers"] = tuple(given["layers"])
     try:
