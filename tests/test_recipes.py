@@ -614,3 +614,19 @@ def test_a_boolean_for_a_number_and_a_device_this_machine_lacks_are_refused_whil
             "unknown device 'gpu9'", **{"from": source})
     make_plan(recipe("stages:\n  - quantize: {method: qat, epochs: 1, quantize_outputs: false}\n", tmp_path,
                      **{"from": source}))  # a boolean where one is due
+
+
+def test_the_report_marks_an_accuracy_measured_on_a_test_subset(tmp_path, source):
+    # A subset's figure next to full-split ones must say so (it is not comparable), as `effdl report` does.
+    outcome = run_recipe(recipe("""
+        stages:
+          - prune: {method: magnitude, sparsity: 0.3, test_limit: [null, 40]}
+        report: {latency: false}
+    """, tmp_path, **{"from": source}))
+    stages = (tmp_path / "runs" / "r" / "report" / "stages.md").read_text()
+    cells = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in stages.splitlines()
+             if line.startswith("| 01-prune")}
+    assert cells["01-prune+test_limit=40"].endswith("(test (balanced subset of 40))")
+    assert cells["01-prune+test_limit=null"].endswith("%")
+    assert "## branch 1 (test_limit=null)" in stages  # as the recipe and the folder write it, not Python's None
+    assert not outcome.failed

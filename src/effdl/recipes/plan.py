@@ -90,9 +90,18 @@ class Plan:
         return Path(self.recipe.source) if self.recipe.source else None
 
 
+def value_text(value: Any) -> str:
+    """A recipe value as its YAML author wrote it (null, true, [a,b]), not as Python prints it."""
+    return json.dumps(value, separators=(",", ":")) if not isinstance(value, str) else value
+
+
+def keys_text(pairs: Any, empty: str) -> str:
+    """`key=value, ...` for (key, value) pairs (a branch's choices, a stage's keys); `empty` when none."""
+    return ", ".join(f"{key}={value_text(value)}" for key, value in pairs) or empty
+
+
 def _format(value: Any) -> str:
-    text = json.dumps(value, separators=(",", ":")) if not isinstance(value, str) else value
-    return text.replace("/", "_").replace(" ", "")
+    return value_text(value).replace("/", "_").replace(" ", "")
 
 
 def _fail(recipe: Recipe, spec: StageSpec, message: str, key: str | None = None,

@@ -56,8 +56,6 @@ def report_options(values: dict[str, Any]) -> ReportOptions:
 def _cell(value: Any, kind: str) -> str:
     if value is None or value == "":
         return "-"
-    if kind == "pct":
-        return f"{100 * value:.2f}%"
     if kind == "int":
         return f"{value:,}"
     if kind == "score":
@@ -65,6 +63,12 @@ def _cell(value: Any, kind: str) -> str:
     if kind == "ms":
         return f"{value:.3f}"
     return str(value)
+
+
+def _accuracy(row: dict[str, Any]) -> str:
+    from effdl.report.table import accuracy_cell
+
+    return accuracy_cell(row) if row.get("accuracy") is not None else "-"
 
 
 def _measure_note(kind: str, result: dict[str, Any]) -> str:
@@ -103,6 +107,7 @@ def write_report(plan: Plan, outcome: RecipeResult) -> dict[str, Any] | None:
     from rich.console import Console
     from rich.table import Table
 
+    from effdl.recipes.plan import keys_text
     from effdl.report import make_report
 
     options = report_options(plan.recipe.report)
@@ -129,7 +134,7 @@ def write_report(plan: Plan, outcome: RecipeResult) -> dict[str, Any] | None:
     if not console.is_terminal:
         console.width = max(console.width, 150)
     for number, branch in enumerate(plan.branches, start=1):
-        choices = ", ".join(f"{k}={v}" for k, v in branch[-1].choices) or "no fan-out"
+        choices = keys_text(branch[-1].choices, "no fan-out")
         lines += [f"## branch {number} ({choices})", "",
                   "| " + " | ".join(c for c, _ in columns) + " |", "|" + "---|" * len(columns)]
         table = Table(title=f"{plan.recipe.name}, branch {number} ({choices})")
@@ -137,7 +142,7 @@ def write_report(plan: Plan, outcome: RecipeResult) -> dict[str, Any] | None:
             table.add_column(column, justify="left" if column in ("stage", "graph") else "right")
         notes = []
         if start_row is not None:
-            cells = [f"from {start.name}", _cell(start_row.get("accuracy"), "pct"),
+            cells = [f"from {start.name}", _accuracy(start_row),
                      _cell(start_row.get(f"{scorer}_score"), "score"), _cell(start_row.get("macs"), "int"),
                      _cell(start_row.get("params"), "int"), _cell(start_row.get("size_bytes"), "int"),
                      _cell(start_row.get("latency_ms"), "ms"), _cell(start_row.get("latency_graph"), ""),
@@ -151,7 +156,7 @@ def write_report(plan: Plan, outcome: RecipeResult) -> dict[str, Any] | None:
                 cells = [stage.folder, status] + ["-"] * (len(columns) - 2)
             elif stage.kind.makes_checkpoint:
                 row = rows.get(stage.folder, {})
-                cells = [stage.folder, _cell(row.get("accuracy"), "pct"), _cell(row.get(f"{scorer}_score"), "score"),
+                cells = [stage.folder, _accuracy(row), _cell(row.get(f"{scorer}_score"), "score"),
                          _cell(row.get("macs"), "int"), _cell(row.get("params"), "int"),
                          _cell(row.get("size_bytes"), "int"), _cell(row.get("latency_ms"), "ms"),
                          _cell(row.get("latency_graph"), ""), "yes" if row.get("pareto") else ""]

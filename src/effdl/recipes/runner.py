@@ -32,7 +32,7 @@ from typing import Any
 from effdl.console import say
 from effdl.errors import EffdlError, Interrupted
 from effdl.fileio import atomic_write, file_hash
-from effdl.recipes.plan import Plan, PlannedStage, hashed_options, make_plan
+from effdl.recipes.plan import Plan, PlannedStage, hashed_options, keys_text, make_plan
 from effdl.recipes.spec import Recipe, shipped_recipes
 from effdl.recipes.stages import StageRun, options_data
 from effdl.report.runs import REPLACED_MARK
@@ -136,14 +136,14 @@ def describe_plan(plan: Plan) -> list[str]:
     shown: set[int] = set()
     statuses: dict[str, str] = {}
     for number, branch in enumerate(plan.branches, start=1):
-        choices = ", ".join(f"{k}={v}" for k, v in branch[-1].choices) or "no fan-out"
+        choices = keys_text(branch[-1].choices, "no fan-out")
         lines.append(f"branch {number} ({choices}):")
         for stage in branch:
             if id(stage) in shown:
                 lines.append(f"  {stage.folder}  (shared, above)")
                 continue
             shown.add(id(stage))
-            keys = ", ".join(f"{k}={v}" for k, v in stage.values.items()) or "defaults"
+            keys = keys_text(stage.values.items(), "defaults")
             if stage.left_out:
                 keys += f"; left out, not read here: {', '.join(stage.left_out)}"
             status, why = judge_stage(plan, stage, statuses)

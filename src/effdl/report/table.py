@@ -112,6 +112,15 @@ def write_json(rows: Sequence[dict[str, Any]], path: str | Path, **extra: Any) -
     return path
 
 
+def accuracy_cell(row: dict[str, Any]) -> str:
+    """A row's top-1 in percent, naming where it was measured when that is not the full test split
+    (a subset's figure is not comparable with full-split ones)."""
+    accuracy = f"{100 * row['accuracy']:.2f}%"
+    if row.get("evaluated_on", "test") != "test":
+        accuracy += f" ({row['evaluated_on']})"
+    return accuracy
+
+
 def runs_table(rows: Sequence[dict[str, Any]], scorers: Sequence[str], title: str = "runs") -> Table:
     """A rich table of the rows; a check mark follows each score that meets its track's threshold.
 
@@ -124,10 +133,7 @@ def runs_table(rows: Sequence[dict[str, Any]], scorers: Sequence[str], title: st
     for column in columns:
         table.add_column(column, justify="left" if column in ("run", "kind", "dataset", "model") else "right")
     for row in rows:
-        accuracy = f"{100 * row['accuracy']:.2f}%"
-        if row.get("evaluated_on", "test") != "test":
-            accuracy += f" ({row['evaluated_on']})"
-        cells = [row["name"], row.get("kind", "train"), row["dataset"], row["model"], accuracy,
+        cells = [row["name"], row.get("kind", "train"), row["dataset"], row["model"], accuracy_cell(row),
                  f"{row['params'] / 1e6:.3f}",
                  f"{row['macs'] / 1e6:.1f}", f"{row['size_bytes'] / 1e6:.3f}"]
         cells += [f"{row[f'{s}_score']:.4g} {'✓' if row[f'{s}_qualifies'] else '✗'}" for s in scorers]
