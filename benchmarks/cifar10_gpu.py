@@ -8,7 +8,11 @@ A100); the run stops at the first epoch whose test accuracy reaches the target. 
 includes the compile, so the JSON also gives each epoch's time. 94% is a figure for the lossless
 CIFAR-10; the JPEG copy of ../shared/data tops out lower (BENCHMARKS.md): pass --target to match.
 
-    EFFDL_DATA=.devdata python benchmarks/cifar10_gpu.py --epochs 16 --target 0.94
+On a lent machine that has no copy of the data: pack it into .devdata here with
+`python benchmarks/carry_data.py pack ../shared/data/cifar10 .devdata/cifar10.npz`, carry .devdata,
+and unpack it there first, as benchmarks/open_targets_gpu.sh does; then
+
+    EFFDL_DATA=/tmp/data python benchmarks/cifar10_gpu.py --epochs 16 --target 0.94
 """
 
 from __future__ import annotations

@@ -30,11 +30,13 @@ def machine() -> dict:
 
 
 def git_commit() -> str:
+    """HEAD's short hash; $EFFDL_COMMIT where the tree travelled without its .git (a lent machine)."""
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=RESULTS.parent).stdout.strip()
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=RESULTS.parent).stdout.strip()
     except OSError:
-        return "unknown"
+        commit = ""
+    return commit or os.environ.get("EFFDL_COMMIT", "unknown")
 
 
 def write_result(name: str, result: dict) -> Path:
