@@ -248,8 +248,8 @@ def test_cli_export_int8_calibrates_a_float_checkpoint_and_runs_every_conv_on_in
     assert report["int8"] and report["bytes"] == out.stat().st_size
     assert (report["integer_convs"], report["float_convs"]) == (3, 0)  # tiny_cnn has three convs
     assert report["max_abs_diff"] < 1e-2
-    weights = [t for t in onnx.load(str(out)).graph.initializer if t.name.endswith("weight_int8")]
-    assert len(weights) == 4 and all(t.data_type == onnx.TensorProto.INT8 for t in weights)
+    weights = [t for t in onnx.load(str(out)).graph.initializer if t.name.endswith("weight_codes")]
+    assert len(weights) == 4 and all(t.data_type == onnx.TensorProto.UINT8 for t in weights)  # U8U8: no saturation
 
 
 def test_cli_export_of_a_fake_quant_checkpoint_and_int8_without_data(tiny_checkpoint, tmp_path, capsys):

@@ -10,9 +10,9 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from onnx import numpy_helper
 
 from effdl.checkpoint import save_model
+from effdl.deploy.int8 import weight_integers
 from effdl.compress.quantize import FakeQuantConfig, calibrate, quantize_
 from effdl.errors import EffdlError
 from effdl.models import create_model
@@ -114,8 +114,7 @@ def test_export_checkpoint_int8_calibrates_a_float_checkpoint(tiny, tmp_path):
 
 
 def _int8_weights(path) -> dict[str, np.ndarray]:
-    return {t.name.removesuffix(".quant.weight_int8"): numpy_helper.to_array(t)
-            for t in onnx.load(str(path)).graph.initializer if t.name.endswith("weight_int8")}
+    return weight_integers(onnx.load(str(path)))
 
 
 def test_a_4_bit_qat_checkpoint_exports_to_int8_qdq_with_its_own_grids(tiny_w4a4, tmp_path):

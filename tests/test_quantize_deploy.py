@@ -22,6 +22,7 @@ from effdl.deploy.int8 import (
     int8_model,
     optimized_op_counts,
     output_quantization_points,
+    weight_integers,
 )
 from effdl.deploy.onnx import check_onnx, export_onnx, onnx_model, ort_session, save_onnx
 from effdl.errors import EffdlError
@@ -43,8 +44,10 @@ def test_int8_onnx_has_int8_weights_runs_every_conv_on_integers_and_matches_the_
     graph = onnx.load(path).graph
     ops = [n.op_type for n in graph.node]
     assert ops.count("Conv") == 21 and ops.count("Gemm") == 1
-    int8_weights = [i for i in graph.initializer if i.data_type == onnx.TensorProto.INT8 and i.name.endswith("weight_int8")]
-    assert len(int8_weights) == 22
+    codes = [i for i in graph.initializer if i.data_type == onnx.TensorProto.UINT8 and i.name.endswith("weight_codes")]
+    assert len(codes) == 22  # uint8 codes around zero point 128: no U8S8 kernel, which saturates on AVX2
+    integers = weight_integers(onnx.load(path))
+    assert len(integers) == 22 and all(-128 <= v.min() and v.max() <= 127 for v in integers.values())
     assert not any(i.name.endswith(".weight") for i in graph.initializer)  # no float copies left
     optimized = optimized_op_counts(path)
     assert optimized.get("QLinearConv") == 21 and "Conv" not in optimized and "FusedConv" not in optimized
@@ -560,8 +563,7 @@ def test_qat_batchnorm_folds_into_the_int8_grid_not_onto_clipped_integers(tmp_pa
     images = torch.randn(128, 3, 32, 32)
     calibrate(model, images)
     path = export_int8_onnx(int8_model(model, None), tmp_path / "qat.onnx", check_images=images, exporter="torchscript")
-    weights = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(path).graph.initializer}
-    conv_int8 = weights["0.quant.weight_int8"].astype(np.int32)
+    conv_int8 = weight_integers(onnx.load(path))["0"]
     latent = model[0].weight.detach()
     expected = torch.round(latent / (latent.abs().amax((1, 2, 3), keepdim=True) / 127)).numpy()
     assert np.array_equal(conv_int8, expected)  # the fake-quant model's integers, not saturated ones
@@ -606,8 +608,9 @@ def test_a_rejected_export_is_deleted_and_an_existing_file_kept(tmp_path):
 
     def wrong(proto: onnx.ModelProto) -> onnx.ModelProto:  # a QDQ graph whose last layer's integers are negated
         proto = insert_qdq(proto, qparams)
-        fc = next(t for t in proto.graph.initializer if t.name == "5.quant.weight_int8")
-        fc.CopyFrom(onnx.numpy_helper.from_array(-onnx.numpy_helper.to_array(fc), fc.name))
+        fc = next(t for t in proto.graph.initializer if t.name == "5.quant.weight_codes")
+        negated = (256 - onnx.numpy_helper.to_array(fc).astype(np.int32)).clip(0, 255).astype(np.uint8)  # 128 + q -> 128 - q
+        fc.CopyFrom(onnx.numpy_helper.from_array(negated, fc.name))
         return proto
 
     with pytest.raises(EffdlError, match="ONNX Runtime disagrees with PyTorch.*nothing written"):

@@ -3,7 +3,8 @@
 Approach: the int8 PyTorch model is copied into a float model whose layers hold the dequantized
 weights; that model goes through the project's fp32 exporter (`effdl.deploy.onnx`), and a
 post-processing step rewrites the graph:
-- each quantized weight becomes an int8 initializer with a per-channel DequantizeLinear (axis 0),
+- each quantized weight becomes a uint8 initializer (the int8 integers + 128, zero point 128: see
+  WEIGHT_ZERO_POINT) with a per-channel DequantizeLinear (axis 0),
 - each quantized layer's input goes through QuantizeLinear -> DequantizeLinear with the grid
   (scale, zero point) of its PyTorch activation quantizer,
 - each quantized layer's output goes through QuantizeLinear -> DequantizeLinear too: with its
@@ -21,7 +22,7 @@ model already quantized whose every quantized layer sits on uniform grids of at 
 (`weight_grid`, `act_grid`): weights min-max or LSQ at 2..8 bits (per channel or per tensor),
 inputs on a calibrated range (ptq-int8, QAT minmax), LSQ or PACT grid at 2..8 bits. A k-bit grid is
 a subset of int8's with the same scale (its integers lie in -2^(k-1)..2^(k-1)-1, or 0..2^k-1), so
-a 4-bit QAT model exports exactly: its weights are int8 initializers holding the 4-bit integers,
+a 4-bit QAT model exports exactly: its weight initializers hold the 4-bit integers (+ 128),
 and where an activation grid is narrower than uint8's 0..255 (fewer bits, or signed PACT's
 symmetric -(2^(k-1)-1)..2^(k-1)-1) an integer Clip between QuantizeLinear and DequantizeLinear
 saturates at the quantizer's own ends, which ONNX Runtime's uint8 rounding alone would not. The
@@ -44,7 +45,7 @@ agreement with PyTorch and the largest output error in steps of the output's int
 float tolerance. A file that fails is deleted, never left at the asked-for path.
 
 Measured with `effdl bench MODEL --int8 --batch-sizes 1 --threads 1` (2026-11-22, 2-core CPU with
-AVX512-VNNI, other jobs running): resnet18 at 32x32, fp32 ONNX 22.7 ms -> int8 8.5 ms (2.7x),
+AVX512-VNNI, other jobs running; weights then stored as int8, see WEIGHT_ZERO_POINT for today's uint8): resnet18 at 32x32, fp32 ONNX 22.7 ms -> int8 8.5 ms (2.7x),
 file 44.7 -> 11.3 MB; resnet20 0.89 -> 0.55 ms (1.6x). On very small models (resnet20 at width
 0.25: 0.34 -> 0.68 ms) the Q/DQ and layout changes cost more than the integer convolutions save.
 """
@@ -79,6 +80,14 @@ from effdl.errors import EffdlError
 
 WEIGHT_OPS = {"Conv", "Gemm"}
 UINT8_CODES = (0, 255)
+# Weights are stored as uint8 codes q + 128 with zero point 128 (the same integers q), not as int8:
+# ONNX Runtime's x86 kernels for uint8 activations x int8 weights (U8S8) sum pairs of products in
+# 16 bits on CPUs without VNNI (AVX2 only: vpmaddubsw) and saturate there (255 * 127 * 2 > 32767), so a
+# file that matched PyTorch on an AVX512-VNNI machine disagreed by 70 output steps on a 2-core AMD
+# EPYC with AVX2 only (the README's demo, 2026-12-01). U8U8 has no such path on any CPU; it costs
+# 1.15-1.4x batch-1 latency there (resnet20 0.84 -> 1.15 ms, resnet18 8.2 -> 9.4 ms, one thread) against the
+# saturating kernel. ONNX Runtime's quantization guide recommends U8U8 for exactly this case.
+WEIGHT_ZERO_POINT = 128
 INT32_MAX = 2**31 - 1  # the integer kernels add the bias as int32
 
 
@@ -315,6 +324,22 @@ def output_quantization_points(
     return points
 
 
+WEIGHT_CODES = ".weight_codes"  # suffix of each layer's uint8 weight initializer: `<layer>.quant.weight_codes`
+
+
+def weight_integers(proto: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """{layer name: its weight integers (int32, the int8 model's q in w = s * q)} of an int8 file
+    written by `insert_qdq`, read back from the stored codes and their zero points."""
+    arrays = {init.name: numpy_helper.to_array(init) for init in proto.graph.initializer}
+    integers = {}
+    for name, codes in arrays.items():
+        if name.endswith(WEIGHT_CODES):
+            prefix = name.removesuffix(WEIGHT_CODES)
+            (zero_point,) = np.unique(arrays[f"{prefix}.weight_zero_point"])  # one for every channel
+            integers[prefix.removesuffix(".quant")] = codes.astype(np.int32) - int(zero_point)
+    return integers
+
+
 def insert_qdq(proto: onnx.ModelProto, qparams: dict[str, LayerQParams]) -> onnx.ModelProto:
     """Rewrite a float graph into QDQ form with the fake-quant model's scales.
 
@@ -370,15 +395,16 @@ def insert_qdq(proto: onnx.ModelProto, qparams: dict[str, LayerQParams]) -> onnx
                     f"int8 export: the exported weight of layer {name} is no longer on its int8 grid (the exporter "
                     "folded another operation, such as a BatchNorm, into it); fold it first or export without --int8"
                 )
-            int8 = np.clip(np.round(steps), -128, 127).astype(np.int8)
+            codes = (np.clip(np.round(steps), -128, 127) + WEIGHT_ZERO_POINT).astype(np.uint8)
             prefix = f"{name}.quant"
             graph.initializer.extend([
-                numpy_helper.from_array(int8, f"{prefix}.weight_int8"),
+                numpy_helper.from_array(codes, f"{prefix}{WEIGHT_CODES}"),
                 numpy_helper.from_array(q.weight_scale, f"{prefix}.weight_scale"),
-                numpy_helper.from_array(np.zeros(len(q.weight_scale), np.int8), f"{prefix}.weight_zero_point"),
+                numpy_helper.from_array(np.full(len(q.weight_scale), WEIGHT_ZERO_POINT, np.uint8),
+                                        f"{prefix}.weight_zero_point"),
             ])
             nodes.append(helper.make_node(
-                "DequantizeLinear", [f"{prefix}.weight_int8", f"{prefix}.weight_scale", f"{prefix}.weight_zero_point"],
+                "DequantizeLinear", [f"{prefix}{WEIGHT_CODES}", f"{prefix}.weight_scale", f"{prefix}.weight_zero_point"],
                 [node.input[1]], name=f"{prefix}.weight_dq", axis=axis,
             ))
             # An input already on this layer's grid (a quantized output point) needs no second rounding.
