@@ -293,3 +293,28 @@ def test_a_version_1_qat_config_reads_as_made_without_output_quantizers():
     assert config_from_dict(old) == FakeQuantConfig(quantize_outputs=False)
     assert config_from_dict(config_to_dict(FakeQuantConfig())).quantize_outputs is True
 
+
+
+def test_a_data_root_is_recorded_absolute_and_a_recorded_one_that_is_gone_falls_back(tmp_path, monkeypatch):
+    # `effdl eval` of the README demo's int8 stage looked for "../shared/data" from another folder
+    from effdl.pipelines.sources import recorded_data_root
+    from effdl.train import TrainConfig
+
+    (tmp_path / "data").mkdir()
+    monkeypatch.chdir(tmp_path / "data")
+    assert TrainConfig(data_root="../data").data_root == str(tmp_path / "data")
+    assert recorded_data_root({"data_root": str(tmp_path / "data")}) == str(tmp_path / "data")
+    assert recorded_data_root({"data_root": str(tmp_path / "moved")}) is None  # then $EFFDL_DATA
+    assert recorded_data_root({}) is None
+
+
+def test_channels_last_is_on_by_default_except_on_avx2_only_cpus(monkeypatch):
+    # oneDNN's AVX2 1x1 stride-2 weight gradient on 3-5 input channels hangs in NHWC (torch 2.14.1)
+    import torch
+
+    from effdl.device import default_channels_last
+
+    for capability, expected in (("AVX2", False), ("AVX512", True), ("AVX512_BF16", True)):
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda c=capability: c)
+        assert default_channels_last(torch.device("cpu")) is expected
+    assert default_channels_last(torch.device("cuda"))

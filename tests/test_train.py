@@ -215,11 +215,23 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(synthetic, tmp_path):
 
     run = tmp_path / "run"
     trainer = Trainer(small_model(), synthetic, quick_config(epochs=3), callbacks=[PoisonSecondEpoch()], run_dir=run)
-    with pytest.raises(NonFiniteLoss):
+    with pytest.raises(NonFiniteLoss, match=f"from before it: {run / 'last.safetensors'}"):
         trainer.fit()
     model, meta = load_model(run / "last.safetensors")
     assert meta["train_state"]["epoch"] == 1  # the checkpoint from the end of the good epoch
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_a_loss_that_fails_in_the_first_epoch_names_no_checkpoint(synthetic, tmp_path):
+    class PoisonFirstStep(Callback):
+        def extra_loss(self, trainer, images, targets, logits, loss):
+            return torch.tensor(math.nan)
+
+    run = tmp_path / "run"
+    trainer = Trainer(small_model(), synthetic, quick_config(epochs=2), callbacks=[PoisonFirstStep()], run_dir=run)
+    with pytest.raises(NonFiniteLoss, match="No checkpoint was written before it") as info:
+        trainer.fit()
+    assert "safetensors" not in str(info.value) and not (run / "last.safetensors").exists()
 
 
 def test_callbacks_see_every_stage_and_can_add_loss(synthetic):

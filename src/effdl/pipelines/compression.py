@@ -45,6 +45,7 @@ def load_for_compression(
     from effdl.data import limited, load_dataset_for
     from effdl.measure.accuracy import check_model_fits_data
     from effdl.models.registry import data_meta
+    from effdl.pipelines.sources import recorded_data_root
 
     model, meta = load_model(checkpoint)
     if is_quantized(model):
@@ -57,7 +58,7 @@ def load_for_compression(
         record = data_meta(model) or {"dataset": train_config.get("dataset")}
         if not record.get("dataset"):
             raise EffdlError("the checkpoint does not name its dataset: pass --data NAME")
-        data = load_dataset_for(record, root=data_root or train_config.get("data_root"), train_limit=train_limit,
+        data = load_dataset_for(record, root=data_root or recorded_data_root(train_config), train_limit=train_limit,
                                 test_limit=test_limit, limit_seed=seed)
     check_model_fits_data(model, data)
     return model, meta, limited(data, train_limit, test_limit, seed)

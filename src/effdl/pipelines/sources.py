@@ -38,6 +38,14 @@ def load_source(source: str | Path, num_classes: int = 10) -> tuple[nn.Module, d
     return create_model(ref, num_classes=num_classes).eval(), {}
 
 
+def recorded_data_root(config: dict[str, Any]) -> str | None:
+    """The data root a run recorded, where that folder exists; None (then $EFFDL_DATA, the default)
+    for a checkpoint moved to another machine, or a relative root (runs recorded before roots were
+    made absolute) that does not exist from the current folder."""
+    root = config.get("data_root")
+    return root if root and Path(root).expanduser().is_dir() else None
+
+
 def dataset_for(
     meta: dict[str, Any] | None = None,
     model: nn.Module | None = None,
@@ -73,7 +81,7 @@ def dataset_for(
         from effdl.checkpoint import checkpoint_data_meta
 
         record = checkpoint_data_meta(meta)
-    root = data_root or config.get("data_root")
+    root = data_root or recorded_data_root(config)
     options: dict[str, Any] = {"train_limit": train_limit, "test_limit": test_limit, "limit_seed": limit_seed or 0}
     if record:
         return load_dataset_for(record, root, name=data, image_size=image_size, resize=resize, **options)

@@ -7,12 +7,13 @@ with a default.
 from __future__ import annotations
 
 import difflib
+import os
 import warnings
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from effdl.data import AugmentConfig
 from effdl.errors import EffdlError, UnreadOptionError
@@ -32,6 +33,14 @@ class TrainConfig(BaseModel):
     out_dir: str = Field("runs", description="folder that holds the run directories")
     dataset: str = Field("cifar10", description="cifar10, cifar100, imagefolder:PATH or synthetic")
     data_root: str | None = Field(None, description="where datasets live; none: $EFFDL_DATA")
+
+    @field_validator("data_root")
+    @classmethod
+    def _absolute_root(cls, root: str | None) -> str | None:
+        # Recorded in every checkpoint: a relative root would mean the folder a later command runs
+        # from, not the one this run was started from (`effdl eval` elsewhere looked in the wrong place).
+        return os.path.abspath(os.path.expanduser(root)) if root else root
+
     model: str = Field("resnet20",
         description="architecture, one of `effdl models`, or tv:NAME for a torchvision model")
     model_kwargs: dict[str, Any] = Field(default_factory=dict,
@@ -76,8 +85,9 @@ class TrainConfig(BaseModel):
 
     device: str = Field("auto", description="cpu, cuda, cuda:N or auto")
     bf16: bool | None = Field(None, description="bf16 autocast; none: on for CUDA and for CPUs with AMX")
-    channels_last: bool = Field(True,
-        description="NHWC activations: faster with cuDNN and oneDNN alike (2-5x on CPU)")
+    channels_last: bool | None = Field(None,
+        description="NHWC activations; none: on for CUDA and for CPUs with AVX-512, off on AVX2-only CPUs "
+                    "(where oneDNN's 1x1 stride-2 backward on 3-5 input channels hangs)")
     compile: bool = Field(False,
         description="torch.compile the model for training (faster epochs after a compile of a minute or more)")
     threads: int | None = Field(None, description="CPU threads for torch; none: torch's choice")

@@ -58,9 +58,9 @@ from effdl.checkpoint import (
 )
 from effdl.core.hooks import Callback
 from effdl.data import BatchLoader, ImageDataset
-from effdl.device import default_bf16, resolve_device
+from effdl.device import default_bf16, default_channels_last, resolve_device
 from effdl.errors import EffdlError, Interrupted
-from effdl.measure.accuracy import Accuracy, check_model_fits_data, evaluate
+from effdl.measure.accuracy import Accuracy, check_model_fits_data, evaluate, evaluated_on
 from effdl.measure.bits import has_quantized_layers
 from effdl.train import distributed
 from effdl.train.config import TrainConfig, save_config
@@ -179,7 +179,7 @@ class Trainer:
         # Automatic bf16 stays off for quantized models: bf16 rounding moves values off the quantizer grid.
         quantized = has_quantized_layers(model)
         self.bf16 = (default_bf16(self.device) and not quantized) if config.bf16 is None else config.bf16
-        self.channels_last = config.channels_last
+        self.channels_last = default_channels_last(self.device) if config.channels_last is None else config.channels_last
         if config.threads:
             torch.set_num_threads(config.threads)
         torch.manual_seed(config.seed)
@@ -280,6 +280,13 @@ class Trainer:
             loss = nn.functional.cross_entropy(logits, targets, label_smoothing=self.config.label_smoothing)
         return logits, loss
 
+    def _checkpoint_before(self) -> str:
+        """Where the weights from before a failure are: only a checkpoint that was written is named."""
+        last = self.run_dir / "last.safetensors" if self.run_dir else None
+        if last is None or not last.is_file():
+            return "No checkpoint was written before it"
+        return f"The last checkpoint, from before it: {last}"
+
     def evaluate(self, loader: BatchLoader | None = None) -> Accuracy:
         """The eval model's accuracy on `loader` (default: validation, else test); under torchrun
         each process measures its shard and the counts are summed."""
@@ -327,11 +334,8 @@ class Trainer:
                     if extra is not None:
                         loss = loss + extra
                 if (i + 1) % check_every == 0 and not torch.isfinite(loss):
-                    raise NonFiniteLoss(
-                        f"loss became {loss.item()} at epoch {self.epoch + 1}, step {self.step}; stopped. "
-                        f"Last good checkpoint: {self.run_dir / 'last.safetensors' if self.run_dir else 'none'}"
-                        " (try a lower --lr or --grad-clip)"
-                    )
+                    raise NonFiniteLoss(f"loss became {loss.item()} at epoch {self.epoch + 1}, step {self.step}; "
+                                        f"stopped. {self._checkpoint_before()} (try a lower --lr or --grad-clip)")
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if self.dist is not None and self._hook_params:  # DDP averages the model's gradients only
@@ -367,7 +371,8 @@ class Trainer:
         self._skip_batches = 0
         total_loss, total_correct, total_seen = distributed.reduce_sums(loss_sum.item(), correct.item(), seen)
         if total_seen and not math.isfinite(total_loss):
-            raise NonFiniteLoss(f"loss became non-finite during epoch {self.epoch + 1}; stopped")
+            raise NonFiniteLoss(f"loss became non-finite during epoch {self.epoch + 1}; stopped. "
+                                f"{self._checkpoint_before()} (try a lower --lr or --grad-clip)")
         return {
             "train_loss": total_loss / max(total_seen, 1),
             "train_acc": total_correct / max(total_seen, 1),
@@ -610,8 +615,9 @@ class Trainer:
             "device": str(self.device), "checkpoint": "best.safetensors",
             "processes": self.dist.world_size if self.dist is not None else 1,
             # as quantize and prune say it, so `effdl report` marks accuracies measured on a subset
-            "evaluated_on": "test" if self.config.test_limit is None else f"test (balanced subset of {result.total})",
+            "evaluated_on": evaluated_on(self.config.test_limit, result.total),
             "selected_on": "val" if self.select_on_val else "last_epoch",
+            "tta": self.config.tta,  # the report marks it: a flip-averaged accuracy is not a plain one
         }
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         if self._tensorboard is not None:
