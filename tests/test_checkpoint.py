@@ -200,3 +200,18 @@ def test_cli_eval_refuses_data_with_other_classes(tmp_path, capsys, command):
     err = capsys.readouterr().err
     assert "predicts 4 classes" in err and "has 10" in err and "Traceback" not in err
     assert "evaluating" not in err  # refused before any work
+
+
+@pytest.mark.parametrize("command", [["eval"], ["score", "--eval"], ["quantize", "--method", "ptq-int8"]])
+def test_a_checkpoint_with_nan_weights_gives_no_accuracy(tmp_path, capsys, command):
+    # argmax of NaN logits is class 0: the "accuracy" would be that class's share, exit 0
+    from effdl.cli import main
+
+    model = create_model("tiny_cnn")
+    with torch.no_grad():
+        next(model.parameters())[0].fill_(float("nan"))
+    path = save_model(tmp_path / "m.safetensors", model, config={"dataset": "synthetic", "model": "tiny_cnn"})
+    extra = ["--out", str(tmp_path / "q")] if command[0] == "quantize" else []
+    assert main([command[0], str(path), *command[1:], "--data", "synthetic", *extra]) == 2
+    err = capsys.readouterr().err
+    assert "NaN or infinite" in err and "holds NaN" in err and "Traceback" not in err

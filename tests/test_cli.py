@@ -83,6 +83,12 @@ def test_config_file_and_flag_override(tmp_path, capsys):
         (["train", "--epochs", "many", "--data", "synthetic"], "epochs"),
         (["eval", "/nonexistent/best.safetensors"], "checkpoint not found"),
         (["train", "--resume", "/nonexistent/run"], "nothing to resume"),
+        # a flag's value that is not YAML: one line naming the flag, not yaml's traceback
+        (["train", "--data", "synthetic", "--model-kwargs", "{width: "], "--model-kwargs: '{width: ' is not a valid"),
+        (["distill", "--teacher", "t.safetensors", "--student", "tiny_cnn", "--milestones", "[3"], "--milestones: '[3'"),
+        (["distill", "--teacher", "t.safetensors", "--student", "tiny_cnn", "--method-options", "{a: "],
+         "--method-options: '{a: ' is not a valid"),
+        (["grid", "--data", "synthetic", "--augment.cutout", "[1", "--out", "g.png"], "--augment.cutout: '[1'"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path, argv, message):

@@ -94,6 +94,28 @@ def checkpoint_or_model(text: str) -> str:
     return checkpoint_file(text) if as_path else text
 
 
+def flag_values(args: argparse.Namespace, prefix: str = "cfg:") -> dict[str, Any]:
+    """{config key: value} of the config flags given (`prefix` + key in `args`), each value read as
+    YAML ('0.1' -> 0.1, '[30, 60]' -> a list); EffdlError naming the flag for text that is not YAML."""
+    values = {}
+    for key, text in vars(args).items():
+        if key.startswith(prefix) and text is not None:
+            values[key[len(prefix):]] = yaml_value(text, "--" + key.partition(":")[2].replace("_", "-"))
+    return values
+
+
+def yaml_value(text: str, flag: str) -> Any:
+    """`text` read as YAML; EffdlError (one line, naming `flag`) where it is not valid YAML."""
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        problem = str(getattr(exc, "problem", None) or exc).splitlines()[0]
+        raise EffdlError(f"{flag}: {text!r} is not a valid value ({problem}); quote lists and mappings "
+                         "whole, such as '[30, 60]' or '{width: 0.5}'") from None
+
+
 def int_list(text: str, what: str, length: int | None = None) -> tuple[int, ...]:
     """Parse '3,32,32' into (3, 32, 32); an EffdlError naming `what` unless `length` positive integers."""
     try:

@@ -18,7 +18,7 @@ import argparse
 import json
 from pathlib import Path
 
-import yaml
+from effdl.cli.common import flag_values, yaml_value
 
 from effdl.cli.train import add_config_flags
 from effdl.errors import EffdlError
@@ -60,8 +60,7 @@ def config_from_args(args: argparse.Namespace):
     from effdl.pipelines.distill import make_distill_config
 
     values = read_config_file(args.config) if args.config else {}
-    overrides = {key[4:]: yaml.safe_load(value) for key, value in vars(args).items()
-                 if key.startswith("cfg:") and value is not None}
+    overrides = flag_values(args)
     for key in ("name", "out_dir", "dataset", "data_root", "model", "device"):  # strings even when YAML-like
         if key in overrides:
             overrides[key] = str(getattr(args, f"cfg:{key}"))
@@ -69,7 +68,7 @@ def config_from_args(args: argparse.Namespace):
         if key.startswith("d:") and value is not None:
             overrides[key[2:]] = value
     if isinstance(overrides.get("method_options"), str):
-        options = yaml.safe_load(overrides["method_options"])
+        options = yaml_value(overrides["method_options"], "--method-options")
         if not isinstance(options, dict):
             raise EffdlError(f"--method-options is a YAML mapping such as '{{ramp_epochs: 2}}', got {overrides['method_options']!r}")
         overrides["method_options"] = options

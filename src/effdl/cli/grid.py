@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-import yaml
 
-from effdl.cli.common import add_data_args, dataset_from_args, output_file
+from effdl.cli.common import add_data_args, dataset_from_args, flag_values, output_file
 from effdl.cli.train import add_config_flags
 from effdl.data import AugmentConfig  # light: the config alone, no torch
 from effdl.errors import EffdlError
@@ -25,8 +24,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from effdl.data import save_augmentation_grid
 
-    values = {k[len("cfg:augment."):]: yaml.safe_load(v) for k, v in vars(args).items()
-              if k.startswith("cfg:augment.") and v is not None}
+    values = flag_values(args, "cfg:augment.")
     try:
         augment = AugmentConfig.model_validate(values)
     except ValueError as exc:

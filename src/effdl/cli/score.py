@@ -60,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
-        print_report(report.name, report.profile, report.results, report.accuracy, report.dataset, report.notes)
+        print_report(report.name, report.profile, report.results, report.accuracy, report.dataset, report.notes,
+                     report.accuracy_where)
     return 0
 
 
@@ -70,7 +71,7 @@ def _bits(record) -> str:
 
 
 def print_report(name: str, prof: ModelProfile, results: list[ScoreResult], accuracy: Accuracy | None,
-                 dataset: str | None, notes: list[str] | None = None) -> None:
+                 dataset: str | None, notes: list[str] | None = None, accuracy_where: str = "test split") -> None:
     from effdl.models.catalog import PARAMETERS_COUNTED
 
     console = Console(width=None if sys.stdout.isatty() else 160)
@@ -116,7 +117,7 @@ def print_report(name: str, prof: ModelProfile, results: list[ScoreResult], accu
         for note in r.notes:
             console.print(f"  {note}")
     if accuracy is not None:
-        console.print(f"accuracy on {dataset} test split: {accuracy.top1:.2%} "
+        console.print(f"accuracy on {dataset} {accuracy_where}: {accuracy.top1:.2%} "
                       f"({accuracy.correct:,} of {accuracy.total:,} correct)")
         mismatched = sorted({r.track for r in results if r.track != dataset})
         if mismatched:

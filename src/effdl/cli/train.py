@@ -12,7 +12,7 @@ import json
 import typing
 from pathlib import Path
 
-import yaml
+from effdl.cli.common import flag_values
 from pydantic import BaseModel
 
 # effdl.train.config is light (pydantic, no torch): `effdl train --help` needs no more.
@@ -62,11 +62,7 @@ def register(subparsers) -> None:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     values = read_config_file(args.config) if args.config else {}
-    overrides = {
-        key[4:]: yaml.safe_load(value)
-        for key, value in vars(args).items()
-        if key.startswith("cfg:") and value is not None
-    }
+    overrides = flag_values(args)
     # Names and paths stay strings even when they look like YAML (e.g. a run named "2024").
     for key in ("name", "out_dir", "dataset", "data_root", "model", "device"):
         if key in overrides:

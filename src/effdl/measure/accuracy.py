@@ -33,6 +33,12 @@ class Accuracy:
         return self.correct / max(self.total, 1)
 
 
+def evaluated_on(test_limit: int | None, total: int) -> str:
+    """How summaries name the split an accuracy was measured on: "test", or "test (balanced subset
+    of N)" (the report marks subsets and keeps them off the Pareto front)."""
+    return "test" if test_limit is None else f"test (balanced subset of {total})"
+
+
 def model_classes(model: nn.Module) -> tuple[int | None, list[str] | None]:
     """(number of classes, their names in label order) that `model` predicts, as far as it records them.
 
@@ -75,12 +81,27 @@ def check_model_fits_data(model: nn.Module, data: ImageDataset) -> None:
         )
 
 
+def _refuse_non_finite(logits: torch.Tensor, model: nn.Module | None) -> None:
+    """EffdlError when any logit is NaN or infinite: argmax would then pick class 0 for those images
+    and the "accuracy" would be that class's share, not the model's. Names a non-finite weight of
+    `model` where there is one (a diverged or damaged checkpoint)."""
+    bad = ~torch.isfinite(logits).all(1)
+    if not bad.any():
+        return
+    weight = next((name for name, t in (model.state_dict().items() if model is not None else ())
+                   if t.is_floating_point() and not torch.isfinite(t).all()), None)
+    cause = f"its weight {weight} holds NaN or inf" if weight else "an activation overflows"
+    raise EffdlError(f"the model's outputs are NaN or infinite for {int(bad.sum())} of {len(bad)} images in a batch "
+                     f"({cause}); no accuracy can be measured from them")
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: BatchLoader, *, tta: bool = False, autocast: bool = False) -> Accuracy:
     """Top-1 accuracy and mean loss of `model` over every example `loader` yields.
 
     `tta` averages the logits of each image and its horizontal mirror. Raises EffdlError if the
-    model's logits do not have one entry per class of the loader (`loader.num_classes`).
+    model's logits do not have one entry per class of the loader (`loader.num_classes`), or if any
+    is NaN or infinite (an accuracy read from them would be class 0's share).
     """
     with eval_mode(model):
         correct, total, loss_sum = 0, 0, 0.0
@@ -94,6 +115,7 @@ def evaluate(model: nn.Module, loader: BatchLoader, *, tta: bool = False, autoca
             if total == 0 and logits.shape[1] != loader.num_classes:
                 raise _classes_error(logits.shape[1], loader.num_classes, "the evaluation data",
                                      (data_meta(model) or {}).get("dataset"))
+            _refuse_non_finite(logits, model)
             loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum").item()
             correct += int((logits.argmax(1) == labels).sum())
             total += labels.numel()
@@ -115,6 +137,7 @@ def evaluate_onnx(path: str | Path, loader: BatchLoader, *, threads: int | None 
         logits = torch.from_numpy(session.run(None, {input_name: batch})[0]).float()
         if total == 0 and logits.shape[1] != loader.num_classes:
             raise _classes_error(logits.shape[1], loader.num_classes, "the evaluation data", None)
+        _refuse_non_finite(logits, None)
         labels = labels.cpu()
         loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum").item()
         correct += int((logits.argmax(1) == labels).sum())

@@ -271,7 +271,10 @@ def distill(config: DistillConfig, *, overwrite: bool = False, resume: bool = Fa
         update_checkpoint_meta(run_dir / "best.safetensors", lineage=lineage, distill=record)
         summary_path = run_dir / "summary.json"
         summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-        summary.update(kind="distill", source=config.teacher[0], source_accuracy=teacher_accuracy,
+        # source_accuracy is the source checkpoint's own: with an ensemble, teacher_accuracy is that of
+        # the averaged logits, which no single source file has
+        single = len(config.teacher) == 1
+        summary.update(kind="distill", source=config.teacher[0], source_accuracy=teacher_accuracy if single else None,
                        teacher_accuracy=teacher_accuracy, details=record)
         text = json.dumps(summary, indent=2) + "\n"
         atomic_write(summary_path, lambda tmp: Path(tmp).write_text(text))

@@ -71,11 +71,6 @@ def _differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]
     return changes + record_differences(recorded.get("options") or {}, current["options"] or {})
 
 
-def evaluated_on(test_limit: int | None, total: int) -> str:
-    """How summaries name the split an accuracy was measured on (the report marks subsets)."""
-    return "test" if test_limit is None else f"test (balanced subset of {total})"
-
-
 class CompressedRun:
     """A compressed run's directory, claimed on creation (nothing is written until asked)."""
 
@@ -156,6 +151,7 @@ class CompressedRun:
         stored in the checkpoint's header under the kind's name; `checkpoint_config` as its config.
         The lineage entry takes `details["method"]` and hashes `details["options"]` (the run's config)."""
         from effdl.checkpoint import lineage_entry, save_model
+        from effdl.measure.accuracy import evaluated_on
         from effdl.models import model_spec
 
         summary = {

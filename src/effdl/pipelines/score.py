@@ -56,6 +56,14 @@ class ScoreReport:
     accuracy: Accuracy | None = None
     dataset: str | None = None
     notes: list[str] = field(default_factory=list)
+    evaluated_on: str | None = None  # with the accuracy: "test" or "test (balanced subset of N)"
+    tta: bool = False  # with the accuracy: averaged with the flipped images
+
+    @property
+    def accuracy_where(self) -> str:
+        """Where the accuracy was measured, in words: "test split", "test (balanced subset of 256), flip TTA"."""
+        where = "test split" if self.evaluated_on in (None, "test") else self.evaluated_on
+        return where + (", flip TTA" if self.tta else "")
 
     def to_dict(self) -> dict[str, Any]:
         """The dict `effdl score --json` prints."""
@@ -70,7 +78,8 @@ class ScoreReport:
             out["scores"].append(entry)
         if self.accuracy is not None:
             out["accuracy"] = {"top1": self.accuracy.top1, "correct": self.accuracy.correct,
-                               "total": self.accuracy.total, "loss": self.accuracy.loss, "dataset": self.dataset}
+                               "total": self.accuracy.total, "loss": self.accuracy.loss, "dataset": self.dataset,
+                               "evaluated_on": self.evaluated_on, "tta": self.tta}
         return out
 
 
@@ -140,7 +149,7 @@ def score_model(model: nn.Module, meta: dict[str, Any], options: ScoreOptions, *
     results = [score(prof, s, t, freebie=options.freebie) for s, t in pairs]
     accuracy, data_name = None, None
     if options.evaluate:
-        from effdl.measure.accuracy import check_model_fits_data
+        from effdl.measure.accuracy import check_model_fits_data, evaluated_on
 
         data = options.dataset(meta, model)  # the model's recorded data unless the options say otherwise
         check_model_fits_data(model, data)  # before any work, with the same words as every other command
@@ -154,7 +163,8 @@ def score_model(model: nn.Module, meta: dict[str, Any], options: ScoreOptions, *
         loader = BatchLoader.for_split(data, "test", batch_size=512, device=device)
         say(f"evaluating on {len(loader.labels):,} test images...")
         accuracy = evaluate(evaluated, loader, tta=options.tta)
-    return ScoreReport(name, prof, results, accuracy, data_name, notes)
+    where = evaluated_on(options.test_limit, accuracy.total) if accuracy is not None else None
+    return ScoreReport(name, prof, results, accuracy, data_name, notes, where, bool(options.tta and accuracy))
 
 
 def score_checkpoint(source: str | Path, options: ScoreOptions, *, num_classes: int = 10) -> dict[str, Any]:

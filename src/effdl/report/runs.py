@@ -48,6 +48,7 @@ class RunSummary(BaseModel):
     checkpoint: str = "best.safetensors"
     evaluated_on: str = "test"  # the split the accuracy was measured on ("test", or a subset of it)
     selected_on: str | None = None  # train: "val" (best epoch on validation) or "last_epoch"
+    tta: bool = False  # the accuracy averages each image with its mirror (not comparable with plain ones)
 
     @model_validator(mode="after")
     def _counts_match_accuracy(self) -> RunSummary:

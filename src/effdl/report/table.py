@@ -73,6 +73,7 @@ def measure_run(
     row: dict[str, Any] = {
         "name": s.name, "kind": s.kind, "model": s.model.name, "dataset": s.dataset, "accuracy": s.accuracy,
         "correct": s.correct, "total": s.total, "evaluated_on": s.evaluated_on, "selected_on": s.selected_on,
+        "tta": s.tta,
         "input_size": list(input_size), "params": prof.params, "macs": prof.macs,
         "size_bytes": prof.size_bytes, "peak_activation_bytes": prof.peak_activation_bytes,
         "train_time_s": s.time_s, "path": str(run.path),
@@ -114,11 +115,12 @@ def write_json(rows: Sequence[dict[str, Any]], path: str | Path, **extra: Any) -
 
 def accuracy_cell(row: dict[str, Any]) -> str:
     """A row's top-1 in percent, naming where it was measured when that is not the full test split
-    (a subset's figure is not comparable with full-split ones)."""
+    and saying "flip TTA" when it averages each image with its mirror (neither is comparable with
+    a plain full-split figure)."""
     accuracy = f"{100 * row['accuracy']:.2f}%"
     if row.get("evaluated_on", "test") != "test":
         accuracy += f" ({row['evaluated_on']})"
-    return accuracy
+    return accuracy + (" (flip TTA)" if row.get("tta") else "")
 
 
 def runs_table(rows: Sequence[dict[str, Any]], scorers: Sequence[str], title: str = "runs") -> Table:
