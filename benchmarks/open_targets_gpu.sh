@@ -36,15 +36,18 @@ for target in "$@"; do
     case "$target" in
     12)  # VGG-16 trained here (its recipe is free: the target is the drop from it), then converted
         $PY -m effdl train --model vgg16 --dataset cifar10 --epochs "$VGG_EPOCHS" --batch-size 256 --lr 0.1 \
-            --device "$DEVICE" --out-dir "$OUT" --name vgg16 --progress false "${LIMITS[@]}" 2>&1 | tee "$OUT/vgg16.log"
+            --device "$DEVICE" --out-dir "$OUT" --name vgg16 --progress false "${LIMITS[@]}" 2>&1 | tee "$OUT/vgg16.log" \
+            || exit 1
+        rm -f bench_results/factorize_cifar10.json  # never an older run's figures
         (cd benchmarks && $PY factorize_cifar10.py --checkpoint "$OUT/vgg16/best.safetensors" --methods depthwise \
             --first-layer features.0 --epochs "$FT_EPOCHS" --distill 0.7 --device "$DEVICE" "${FLIMITS[@]}") \
-            2>&1 | tee "$OUT/depthwise.log"
+            2>&1 | tee "$OUT/depthwise.log" || exit 1
         cp bench_results/factorize_cifar10.json "$OUT/" ;;
-    13)  # same recipe as the same-family row in BENCHMARKS.md (batch 128, lr 0.1 one-cycle, 15 epochs)
+    13)  rm -f bench_results/distill_cifar10.json
+        # same recipe as the same-family row in BENCHMARKS.md (batch 128, lr 0.1 one-cycle, 15 epochs)
         (cd benchmarks && $PY distill_cifar10.py --pairs resnet56:mobilenet_v2 --teacher-epochs "$TEACHER_EPOCHS" \
             --epochs "$EPOCHS" --seeds 0 --device "$DEVICE" --out-dir "$OUT/bench-distill" "${LIMITS[@]}") \
-            2>&1 | tee "$OUT/distill.log"
+            2>&1 | tee "$OUT/distill.log" || exit 1
         cp bench_results/distill_cifar10.json "$OUT/" ;;
     *) echo "unknown target $target: use 12 and/or 13"; exit 2 ;;
     esac

@@ -89,6 +89,8 @@ def test_config_file_and_flag_override(tmp_path, capsys):
         (["distill", "--teacher", "t.safetensors", "--student", "tiny_cnn", "--method-options", "{a: "],
          "--method-options: '{a: ' is not a valid"),
         (["grid", "--data", "synthetic", "--augment.cutout", "[1", "--out", "g.png"], "--augment.cutout: '[1'"),
+        # names and paths are text, never YAML: "@exp" is a name, refused only for what it names
+        (["train", "--data", "synthetic", "--model", "@exp"], "unknown model '@exp'"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path, argv, message):

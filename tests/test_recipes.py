@@ -630,3 +630,12 @@ def test_the_report_marks_an_accuracy_measured_on_a_test_subset(tmp_path, source
     assert cells["01-prune+test_limit=null"].endswith("%")
     assert "## branch 1 (test_limit=null)" in stages  # as the recipe and the folder write it, not Python's None
     assert not outcome.failed
+
+
+def test_a_distill_stage_with_its_own_teacher_records_that_teacher_as_its_input(tmp_path, source):
+    teacher = save_model(tmp_path / "teacher.safetensors", create_model("tiny_cnn"), config=SOURCE_CONFIG)
+    plan = make_plan(recipe(f"stages:\n  - distill: {{teacher: {teacher}, epochs: 1}}\n  - distill: {{epochs: 1}}\n",
+                            tmp_path, **{"from": source}))
+    first, second = plan.branches[0]
+    assert plan.input_checkpoint(first) == teacher  # not the recipe's from:, which it never reads
+    assert plan.input_checkpoint(second) == plan.directory(first) / "best.safetensors"

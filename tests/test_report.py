@@ -205,13 +205,16 @@ def test_runs_on_different_datasets_get_their_own_front(tmp_path):
     assert report.files["png"].read_bytes()[:8] == PNG_MAGIC
 
 
-def test_runs_measured_on_a_test_subset_are_never_on_the_front(tmp_path):
+def test_runs_measured_on_a_test_subset_or_with_tta_are_never_on_the_front(tmp_path):
     make_run(tmp_path, "full", 0.5, correct=9_000)
     subset = make_run(tmp_path, "subset", 0.5, correct=950, total=1_000)  # "beats" full on 1,000 images
     summary = json.loads((subset / "summary.json").read_text())
     (subset / "summary.json").write_text(json.dumps({**summary, "evaluated_on": "test (balanced subset of 1000)"}))
+    tta = make_run(tmp_path, "tta", 0.5, correct=9_500)  # two passes per image, scored as one
+    summary = json.loads((tta / "summary.json").read_text())
+    (tta / "summary.json").write_text(json.dumps({**summary, "tta": True}))
     report = make_report([tmp_path], tmp_path / "out", scorers=["imt2024"])
-    assert {row["name"]: row["pareto"] for row in report.rows} == {"full": True, "subset": False}
+    assert {row["name"]: row["pareto"] for row in report.rows} == {"full": True, "subset": False, "tta": False}
     assert report.thresholds == {"cifar10": pytest.approx(0.9)}
 
 
@@ -272,3 +275,17 @@ def test_report_of_a_shell_glob_skips_unfinished_runs(runs, tmp_path, capsys):
     (tmp_path / "another").mkdir()
     with pytest.raises(EffdlError, match="no summary.json"):  # nothing finished: the error, as for one run
         find_runs([unfinished, tmp_path / "another"])
+
+
+def test_an_accuracy_cell_says_where_and_how_it_was_measured():
+    from effdl.measure.accuracy import evaluated_on
+    from effdl.pipelines.score import ScoreReport
+    from effdl.report.table import accuracy_cell
+
+    assert accuracy_cell({"accuracy": 0.5}) == "50.00%"
+    assert accuracy_cell({"accuracy": 0.5, "evaluated_on": evaluated_on(256, 256), "tta": True}) == \
+        "50.00% (test (balanced subset of 256)) (flip TTA)"
+    assert evaluated_on(0, 10_000) == evaluated_on(None, 10_000) == "test"  # a limit of 0 is none
+    report = ScoreReport("m", None, [], evaluated_on=evaluated_on(256, 256), tta=True)
+    assert report.accuracy_where == "test (balanced subset of 256), flip TTA"
+    assert ScoreReport("m", None, []).accuracy_where == "test split"

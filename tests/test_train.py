@@ -263,11 +263,12 @@ def test_callbacks_see_every_stage_and_can_add_loss(synthetic):
     assert model.fc.weight.abs().max() <= 0.01
 
 
-def test_ema_and_options_run(synthetic):
+def test_ema_and_options_run(synthetic, tmp_path):
     config = quick_config(epochs=1, ema_decay=0.9, label_smoothing=0.1, grad_clip=1.0, optimizer="adamw",
                           lr=1e-3, schedule="cosine", warmup_epochs=0.5, tta=True)
-    result = Trainer(small_model(), synthetic, config).fit()
+    result = Trainer(small_model(), synthetic, config, run_dir=tmp_path / "run").fit()
     assert 0 <= result.accuracy <= 1 and result.total == 256
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["tta"] is True  # the report marks it
 
 
 @pytest.mark.parametrize("schedule", ["onecycle", "triangular", "cosine"])

@@ -24,8 +24,8 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def default_channels_last(device: torch.device) -> bool:
-    """channels_last (NHWC) by default on CUDA and on CPUs whose kernels PyTorch runs at AVX-512 or
-    above; not on AVX2-only CPUs. There (torch 2.14.1, oneDNN's jit_avx2_1x1_convolution_bwd_weights,
+    """channels_last (NHWC) by default on CUDA and on every CPU but the AVX2-only x86 ones (PyTorch's
+    CPU capability "AVX2"; AVX-512 CPUs and others keep it). There (torch 2.14.1, oneDNN's jit_avx2_1x1_convolution_bwd_weights,
     2-core AMD EPYC, 2026-12-01) the weight gradient of a 1x1 stride-2 convolution with 3 to 5 input
     channels on 32x32 NHWC inputs ran for minutes without finishing, or crashed with one thread: a
     resnet20 at width 0.25 (a 4 -> 8 shortcut) never finished its first step. NHWC was worth only

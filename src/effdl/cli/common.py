@@ -94,13 +94,20 @@ def checkpoint_or_model(text: str) -> str:
     return checkpoint_file(text) if as_path else text
 
 
+# Names and paths stay the text given even where it looks like YAML (a run named "2024", "@exp").
+TEXT_KEYS = ("name", "out_dir", "dataset", "data_root", "model", "device")
+
+
 def flag_values(args: argparse.Namespace, prefix: str = "cfg:") -> dict[str, Any]:
     """{config key: value} of the config flags given (`prefix` + key in `args`), each value read as
-    YAML ('0.1' -> 0.1, '[30, 60]' -> a list); EffdlError naming the flag for text that is not YAML."""
+    YAML ('0.1' -> 0.1, '[30, 60]' -> a list) but TEXT_KEYS' as given; EffdlError naming the flag for
+    text that is not YAML."""
     values = {}
     for key, text in vars(args).items():
         if key.startswith(prefix) and text is not None:
-            values[key[len(prefix):]] = yaml_value(text, "--" + key.partition(":")[2].replace("_", "-"))
+            name = key[len(prefix):]
+            values[name] = str(text) if name in TEXT_KEYS else yaml_value(
+                text, "--" + key.partition(":")[2].replace("_", "-"))
     return values
 
 

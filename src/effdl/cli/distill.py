@@ -61,9 +61,6 @@ def config_from_args(args: argparse.Namespace):
 
     values = read_config_file(args.config) if args.config else {}
     overrides = flag_values(args)
-    for key in ("name", "out_dir", "dataset", "data_root", "model", "device"):  # strings even when YAML-like
-        if key in overrides:
-            overrides[key] = str(getattr(args, f"cfg:{key}"))
     for key, value in vars(args).items():
         if key.startswith("d:") and value is not None:
             overrides[key[2:]] = value

@@ -63,10 +63,6 @@ def register(subparsers) -> None:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     values = read_config_file(args.config) if args.config else {}
     overrides = flag_values(args)
-    # Names and paths stay strings even when they look like YAML (e.g. a run named "2024").
-    for key in ("name", "out_dir", "dataset", "data_root", "model", "device"):
-        if key in overrides:
-            overrides[key] = str(getattr(args, f"cfg:{key}"))
     if args.out:  # --out runs/x is --out-dir runs --name x
         if "out_dir" in overrides or "name" in overrides:
             raise EffdlError("--out RUN_DIR is --out-dir and --name in one: give either, not both")

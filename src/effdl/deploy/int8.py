@@ -343,8 +343,8 @@ def weight_integers(proto: onnx.ModelProto) -> dict[str, np.ndarray]:
 def insert_qdq(proto: onnx.ModelProto, qparams: dict[str, LayerQParams]) -> onnx.ModelProto:
     """Rewrite a float graph into QDQ form with the fake-quant model's scales.
 
-    Each quantized layer gets int8 weights with a per-channel DequantizeLinear and a
-    QuantizeLinear -> DequantizeLinear pair on its input; each point `output_quantization_points`
+    Each quantized layer gets its int8 weights (as uint8 codes, WEIGHT_ZERO_POINT) with a per-channel
+    DequantizeLinear and a QuantizeLinear -> DequantizeLinear pair on its input; each point `output_quantization_points`
     finds gets a QuantizeLinear -> DequantizeLinear pair as well, so ONNX Runtime sees
     DQ -> Conv -> Q and can run the convolution on integers (QLinearConv).
     """
@@ -353,7 +353,7 @@ def insert_qdq(proto: onnx.ModelProto, qparams: dict[str, LayerQParams]) -> onnx
     initializer_names = set(initializers)
     output_points = output_quantization_points(graph, qparams)
     done: set[str] = set()
-    replaced: set[str] = set()  # float weights now stored as int8
+    replaced: set[str] = set()  # float weights now stored as integer codes
     nodes = []
 
     def add_qdq(source: str, target: str, prefix: str, scale: float, zero_point: int, lowest: int = 0,

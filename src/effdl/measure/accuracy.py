@@ -36,7 +36,7 @@ class Accuracy:
 def evaluated_on(test_limit: int | None, total: int) -> str:
     """How summaries name the split an accuracy was measured on: "test", or "test (balanced subset
     of N)" (the report marks subsets and keeps them off the Pareto front)."""
-    return "test" if test_limit is None else f"test (balanced subset of {total})"
+    return "test" if not test_limit else f"test (balanced subset of {total})"  # 0: no limit, as in loading
 
 
 def model_classes(model: nn.Module) -> tuple[int | None, list[str] | None]:
@@ -90,7 +90,8 @@ def _refuse_non_finite(logits: torch.Tensor, model: nn.Module | None) -> None:
         return
     weight = next((name for name, t in (model.state_dict().items() if model is not None else ())
                    if t.is_floating_point() and not torch.isfinite(t).all()), None)
-    cause = f"its weight {weight} holds NaN or inf" if weight else "an activation overflows"
+    cause = (f"its weight {weight} holds NaN or inf" if weight else "an activation overflows" if model is not None
+             else "a weight or an activation of the graph is not finite")
     raise EffdlError(f"the model's outputs are NaN or infinite for {int(bad.sum())} of {len(bad)} images in a batch "
                      f"({cause}); no accuracy can be measured from them")
 

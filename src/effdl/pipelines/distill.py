@@ -94,9 +94,10 @@ def _record(config: DistillConfig) -> dict[str, Any]:
     """What a resume must match: the config, less where it runs and is written (the run folder is
     the one resumed, however its path was spelled), with the teachers by their bytes."""
     from effdl.fileio import file_hash
-    from effdl.train.config import PRESENTATION_KEYS
+    from effdl.train.config import MACHINE_KEYS, PRESENTATION_KEYS
 
-    data = config.model_dump(mode="json", exclude={*PRESENTATION_KEYS, "out_dir", "name", "teacher", "device"})
+    data = config.model_dump(mode="json", exclude={*PRESENTATION_KEYS, *MACHINE_KEYS, "out_dir", "name", "teacher",
+                                                   "device"})
     data["teacher_sha256"] = [file_hash(path) if Path(path).is_file() else None for path in config.teacher]
     return data
 

@@ -164,7 +164,7 @@ def export_checkpoint(source: str | Path, options: ExportOptions, out_path: str 
     """Export checkpoint or registered model name `source` to ONNX file `out_path`, verified.
 
     Returns {"onnx": path, "bytes", "max_abs_diff", "input_size": [C,H,W], "exporter", "int8",
-    "weights" (the element type holding most weight values in the file: fp32, fp16, int8...),
+    "weights" (the element type holding most weight values in the file: fp32, fp16, uint8 for an int8 graph (its integer codes, see effdl.deploy.int8)...),
     "check": the OnnxCheck as a dict (rule, agreement, max_steps in output-grid steps...)}, plus
     "integer_convs" / "float_convs" (convolutions ONNX Runtime runs as QLinearConv / in float) and
     "integer_adds" / "float_adds" (QLinearAdd / Add) with `options.int8`. `num_classes` sizes a model built from a name. Raises EffdlError for bad

@@ -65,10 +65,11 @@ def finetune_config(
 
     Raises EffdlError (naming the key) if the source config or the overrides are not a valid TrainConfig.
     """
-    from effdl.train.config import make_config, merge, without_unread_settings
+    from effdl.train.config import for_this_machine, make_config, merge, without_unread_settings
 
     # The source's settings its own optimizer never read (momentum with adamw) had no effect: left out.
-    base = without_unread_settings({k: v for k, v in (source_config or {}).items() if k not in SOURCE_RUN_ONLY})
+    base = for_this_machine(without_unread_settings(
+        {k: v for k, v in (source_config or {}).items() if k not in SOURCE_RUN_ONLY}))
     values = {
         **base,
         "dataset": dataset, "model": base.get("model", model_name), "epochs": options.epochs if epochs is None else epochs,

@@ -84,7 +84,13 @@ class Plan:
         return self.recipe.directory / stage.folder
 
     def input_checkpoint(self, stage: PlannedStage) -> Path | None:
-        """The checkpoint `stage` receives: its input stage's best.safetensors, or the recipe's `from:`."""
+        """The checkpoint `stage` receives: its input stage's best.safetensors, or the recipe's `from:`;
+        for a stage given its own value of a key it would fill from its input (a distill stage's
+        `teacher:`), that checkpoint (the first teacher): recorded in stage.json, hashed for reruns."""
+        for key in FILLED_FROM_INPUT.get(stage.spec.kind, ()):
+            value = getattr(stage.options, key, None) if stage.values.get(key) else None
+            if value:
+                return Path(value[0] if isinstance(value, list) else value)
         if stage.input is not None:
             return self.directory(stage.input) / "best.safetensors"
         return Path(self.recipe.source) if self.recipe.source else None

@@ -288,8 +288,12 @@ def _distill_options(run: StageRun) -> Any:
         kwargs = {k: v for k, v in (meta["spec"].get("kwargs") or {}).items() if k != "num_classes"}
         if kwargs and "model_kwargs" not in run.values:
             update["model_kwargs"] = kwargs
-    if "data_root" not in run.values and (meta.get("config") or {}).get("data_root"):
-        update["data_root"] = meta["config"]["data_root"]
+    if "data_root" not in run.values:
+        from effdl.pipelines.sources import recorded_data_root
+
+        root = recorded_data_root(meta.get("config") or {})  # only where it still exists here
+        if root:
+            update["data_root"] = root
     return _placed(run.options.model_copy(update=update), run.out_dir)
 
 

@@ -22,6 +22,15 @@ from effdl.errors import EffdlError, UnreadOptionError
 # Keys that change how a run reports, not what it computes: a resumed run or a recipe's rerun may
 # change them (a progress bar turned off does not make another run).
 PRESENTATION_KEYS = ("progress", "tensorboard")
+# Settings of the machine a run is on, not of the run: a recorded channels_last true (every run before
+# it defaulted to None) hangs AVX2-only CPUs, so runs that continue or inherit a config read it afresh.
+MACHINE_KEYS = ("channels_last", "data_root")
+
+
+def for_this_machine(values: dict[str, Any]) -> dict[str, Any]:
+    """A recorded config to continue or inherit here: channels_last true (the old default) back to
+    None, this machine's choice (`effdl.device.default_channels_last`); an explicit false is kept."""
+    return {**values, "channels_last": None} if values.get("channels_last") is True else values
 
 
 class TrainConfig(BaseModel):

@@ -24,7 +24,7 @@ from effdl.data import ImageDataset, load_dataset, subset, train_val_split
 from effdl.errors import EffdlError
 from effdl.fileio import atomic_write, claim_run_dir
 from effdl.models import create_model_for_data
-from effdl.train.config import TrainConfig, make_config, read_config_file, without_unread_settings
+from effdl.train.config import TrainConfig, for_this_machine, make_config, read_config_file, without_unread_settings
 from effdl.train.trainer import Trainer, TrainResult, default_run_name
 
 
@@ -170,7 +170,8 @@ def _resume_config(run_dir: Path, epochs: int | None) -> TrainConfig:
     if not (run_dir / "last.safetensors").is_file():
         raise EffdlError(f"nothing to resume in {run_dir}: no last.safetensors")
     # A run started before unread settings were refused had them ignored: resumed the same way.
-    values = without_unread_settings(read_config_file(run_dir / "config.yaml"), where=str(run_dir / "config.yaml"))
+    values = for_this_machine(without_unread_settings(read_config_file(run_dir / "config.yaml"),
+                                                      where=str(run_dir / "config.yaml")))
     if epochs is not None:
         values["epochs"] = epochs
     config = make_config(values, source=str(run_dir / "config.yaml"))
