@@ -19,7 +19,6 @@ import json
 from pathlib import Path
 
 from effdl.cli.common import flag_values, yaml_value
-
 from effdl.cli.train import add_config_flags
 from effdl.errors import EffdlError
 from effdl.train.config import TrainConfig, merge, read_config_file

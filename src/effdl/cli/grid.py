@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-
 from effdl.cli.common import add_data_args, dataset_from_args, flag_values, output_file
 from effdl.cli.train import add_config_flags
 from effdl.data import AugmentConfig  # light: the config alone, no torch

@@ -12,9 +12,9 @@ import json
 import typing
 from pathlib import Path
 
-from effdl.cli.common import flag_values
 from pydantic import BaseModel
 
+from effdl.cli.common import flag_values
 # effdl.train.config is light (pydantic, no torch): `effdl train --help` needs no more.
 from effdl.errors import EffdlError
 from effdl.train.config import TrainConfig, make_config, merge, read_config_file
