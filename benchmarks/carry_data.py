@@ -4,8 +4,8 @@ A remote benchmark machine that takes a working tree of limited size (and no fol
 cannot receive CIFAR-10's 60,000 JPEG files: in a tar they take 100 MB of headers and padding
 around 57 MB of images. `pack` stores the file bytes as they are (no re-encoding: the same images,
 bit for bit) in one uncompressed .npz of about their total size; `unpack` writes the same
-`split/class/NNNNN.ext` layout back (each file keeps its extension). Only image files (torchvision's
-extensions, not hidden) and the splits and classes of the ImageFolder layout are kept, not the names.
+`split/class/NNNNN.ext` layout back (each file keeps its extension). Only what effdl's image-folder
+reader reads (`is_image_file`) and the splits and classes of the layout are kept, not the names.
 
     python benchmarks/carry_data.py pack ../shared/data/cifar10 .devdata/cifar10.npz
     python benchmarks/carry_data.py unpack .devdata/cifar10.npz /tmp/data/cifar10
@@ -17,7 +17,8 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from torchvision.datasets.folder import IMG_EXTENSIONS
+
+from effdl.data.imagefolder import is_image_file
 
 SPLITS = ("train", "val", "test")
 
@@ -31,8 +32,7 @@ def pack(folder: Path, out: Path) -> int:
         for class_dir in sorted(p for p in (folder / split).iterdir() if p.is_dir() and not p.name.startswith(".")):
             if class_dir.name not in classes:
                 classes.append(class_dir.name)
-            for image in sorted(p for p in class_dir.iterdir() if p.is_file() and not p.name.startswith(".")
-                                and p.name.lower().endswith(IMG_EXTENSIONS)):
+            for image in sorted(p for p in class_dir.iterdir() if p.is_file() and is_image_file(p.name)):
                 blobs.append(np.frombuffer(image.read_bytes(), dtype=np.uint8))
                 splits.append(SPLITS.index(split))
                 labels.append(classes.index(class_dir.name))

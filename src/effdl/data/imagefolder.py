@@ -202,8 +202,9 @@ def _hidden(name: str) -> bool:
     return name.startswith(".")
 
 
-def _is_image(name: str) -> bool:
-    return name.lower().endswith(IMG_EXTENSIONS)
+def is_image_file(name: str) -> bool:
+    """Whether a file named `name` is read as an image: an image extension, not hidden."""
+    return not _hidden(name) and name.lower().endswith(IMG_EXTENSIONS)
 
 
 def _list_files(root: Path) -> tuple[list[str], Listing, Listing, dict]:
@@ -257,7 +258,7 @@ def _class_files(split_dir: Path, present: list[str], classes: list[str], root: 
         for folder, names in sorted(walked):
             for file in sorted(names):
                 path = os.path.join(folder, file)
-                if _hidden(file) or not _is_image(file):
+                if not is_image_file(file):
                     skipped.append(os.path.relpath(path, root))
                 else:
                     files.append((path, label[name]))
