@@ -20,11 +20,11 @@ if compgen -G ".whl/*.whl" > /dev/null; then
 else
     export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
 fi
+PY=${PY:-python3}
 if [ -f .devdata/cifar10.npz ]; then
-    [ -d /tmp/data/cifar10 ] || python3 benchmarks/carry_data.py unpack .devdata/cifar10.npz /tmp/data/cifar10 || exit 1
+    [ -d /tmp/data/cifar10 ] || $PY benchmarks/carry_data.py unpack .devdata/cifar10.npz /tmp/data/cifar10 || exit 1
     export EFFDL_DATA=/tmp/data
 fi
-PY=${PY:-python3}
 if [ "${SMOKE:-0}" = 1 ]; then
     DEVICE=cpu; VGG_EPOCHS=1; FT_EPOCHS=1; TEACHER_EPOCHS=1; EPOCHS=1
     LIMITS=(--train-limit 256 --test-limit 256); FLIMITS=(--limit-train 256 --limit-test 256 --repeats 5 --rounds 1)
